@@ -1,0 +1,6 @@
+//! The test control plane: an in-memory Kubernetes API double and a process kubelet.
+//!
+//! See `tests/README.md` for what is modelled and what is not.
+#![forbid(unsafe_code)]
+
+pub mod apiserver;
