@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
@@ -68,7 +68,7 @@ pub struct ExitInfo {
     /// The exit code, or 128 + signal number when killed by a signal.
     pub code: i32,
     pub signal: Option<i32>,
-    pub finished_at: DateTime<Utc>,
+    pub finished_at: Timestamp,
 }
 
 pub struct SpawnSpec {
@@ -82,7 +82,7 @@ pub struct SpawnSpec {
 /// A started process. Dropping it does not kill it; the exit watcher owns the child.
 pub struct Running {
     pub pid: u32,
-    pub started_at: DateTime<Utc>,
+    pub started_at: Timestamp,
     pub exit: oneshot::Receiver<ExitInfo>,
 }
 
@@ -130,7 +130,7 @@ pub fn spawn(spec: SpawnSpec, registry: &ProcessRegistry) -> std::io::Result<Run
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("process exited at once"))?;
-    let started_at = Utc::now();
+    let started_at = Timestamp::now();
     registry.insert(pid as i32);
     let guard = GroupGuard {
         pgid: pid,
@@ -148,24 +148,24 @@ pub fn spawn(spec: SpawnSpec, registry: &ProcessRegistry) -> std::io::Result<Run
                     (Some(code), _) => ExitInfo {
                         code,
                         signal: None,
-                        finished_at: Utc::now(),
+                        finished_at: Timestamp::now(),
                     },
                     (None, Some(sig)) => ExitInfo {
                         code: 128 + sig,
                         signal: Some(sig),
-                        finished_at: Utc::now(),
+                        finished_at: Timestamp::now(),
                     },
                     (None, None) => ExitInfo {
                         code: 255,
                         signal: None,
-                        finished_at: Utc::now(),
+                        finished_at: Timestamp::now(),
                     },
                 }
             }
             Err(_) => ExitInfo {
                 code: 255,
                 signal: None,
-                finished_at: Utc::now(),
+                finished_at: Timestamp::now(),
             },
         };
         let _ = tx.send(info);
