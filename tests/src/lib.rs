@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod cluster;
 pub mod kubelet;
