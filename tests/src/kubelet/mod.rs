@@ -18,6 +18,7 @@ pub mod probe;
 pub mod process;
 pub mod scheduler;
 pub mod status;
+pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
