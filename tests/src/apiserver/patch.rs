@@ -921,6 +921,13 @@ impl FieldSet {
         }
     }
 
+    fn has(&self, path: &[String]) -> bool {
+        match path.split_first() {
+            None => self.member,
+            Some((first, rest)) => self.children.get(first).is_some_and(|c| c.has(rest)),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         !self.member && self.children.values().all(FieldSet::is_empty)
     }
@@ -2009,26 +2016,39 @@ pub fn apply(
     let cmp = compare(Some(&before), Some(&merged), &lists);
     let mut changed = cmp.added.clone();
     changed.union_with(&cmp.modified);
-    let mut conflicts = Vec::new();
+    let mut conflicts: Vec<(ApplyConflict, Vec<String>)> = Vec::new();
     for (j, e) in entries.iter().enumerate() {
         if Some(j) == own_idx {
             continue;
         }
         for p in e.set.intersection(&changed).members() {
-            conflicts.push(ApplyConflict {
+            let c = ApplyConflict {
                 manager: e.manager.clone(),
                 field: path_string(&p),
-            });
+            };
+            conflicts.push((c, p));
         }
     }
     if !ctx.force && !conflicts.is_empty() {
-        conflicts.sort_by(|a, b| {
-            a.manager
-                .cmp(&b.manager)
-                .then_with(|| a.field.cmp(&b.field))
-        });
-        conflicts.dedup();
-        return Err(PatchError::Conflict(conflicts));
+        // kubectl's upgrade from client-side apply (`lastAppliedManager`): conflicts on
+        // fields whose live value is still the last-applied one are forced.
+        if ctx.manager == LAST_APPLIED_MANAGER
+            && let Some(allowed) = live_body
+                .as_ref()
+                .and_then(|l| allowed_from_last_applied(l, &lists))
+        {
+            conflicts.retain(|(_, p)| !allowed.has(p));
+        }
+        if !conflicts.is_empty() {
+            let mut out: Vec<ApplyConflict> = conflicts.into_iter().map(|(c, _)| c).collect();
+            out.sort_by(|a, b| {
+                a.manager
+                    .cmp(&b.manager)
+                    .then_with(|| a.field.cmp(&b.field))
+            });
+            out.dedup();
+            return Err(PatchError::Conflict(out));
+        }
     }
     for (j, e) in entries.iter_mut().enumerate() {
         if Some(j) == own_idx {
@@ -2056,8 +2076,60 @@ pub fn apply(
             set: new_set,
         }),
     }
+    // `lastAppliedUpdater`: kubectl's server-side apply keeps an existing client-side
+    // last-applied annotation in step with what it applied.
+    if ctx.manager == LAST_APPLIED_MANAGER {
+        sync_last_applied(&mut merged, applied);
+    }
     write_managed(&mut merged, entries);
     Ok(merged)
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+const LAST_APPLIED_MANAGER: &str = "kubectl";
+
+fn last_applied(obj: &Value) -> Option<&str> {
+    obj.get("metadata")?
+        .get("annotations")?
+        .get(LAST_APPLIED_ANNOTATION)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
+
+/// Fields of the last-applied configuration whose live value is still the applied one.
+fn allowed_from_last_applied(live: &Value, lists: &Schema<'_>) -> Option<FieldSet> {
+    let last: Value = serde_json::from_str(last_applied(live)?).ok()?;
+    if !last.is_object() {
+        return None;
+    }
+    let set = to_field_set(&last, lists).ok()?;
+    let cmp = compare(Some(&last), Some(live), lists);
+    Some(set.difference(&cmp.modified).difference(&cmp.removed))
+}
+
+fn sync_last_applied(merged: &mut Value, applied: &Value) {
+    if last_applied(merged).is_none() {
+        return;
+    }
+    let mut cfg = applied.clone();
+    if let Some(Value::Object(ann)) = cfg
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+    {
+        ann.remove(LAST_APPLIED_ANNOTATION);
+        if ann.is_empty()
+            && let Some(Value::Object(meta)) = cfg.get_mut("metadata")
+        {
+            meta.remove("annotations");
+        }
+    }
+    let encoded = format!("{cfg}\n");
+    if let Some(Value::Object(ann)) = merged
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+    {
+        ann.insert(LAST_APPLIED_ANNOTATION.into(), Value::String(encoded));
+    }
 }
 
 /// Records a non-apply write (create, update, any non-apply patch) in
@@ -3282,6 +3354,67 @@ mod tests {
             [ApplyConflict {
                 manager: "before-first-apply".into(),
                 field: ".data.k".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn kubectl_upgrades_from_client_side_apply_without_conflicts() {
+        let lists = core("v1", "ConfigMap");
+        let last =
+            r#"{"apiVersion":"v1","data":{"key":"v"},"kind":"ConfigMap","metadata":{"name":"c"}}"#;
+        let mut live = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "annotations": {LAST_APPLIED_ANNOTATION: format!("{last}\n")}},
+            "data": {"key": "v", "other": "o"}});
+        record_update(
+            None,
+            &mut live,
+            "kubectl-client-side-apply",
+            None,
+            "2024-01-01T00:00:00Z",
+        );
+        // Someone else changed `other` since: not covered by last-applied.
+        let old = live.clone();
+        live["data"]["other"] = json!("changed");
+        record_update(
+            Some(&old),
+            &mut live,
+            "kubectl-edit",
+            None,
+            "2024-01-01T00:01:00Z",
+        );
+        let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"key": "w"}});
+        let out =
+            apply(Some(&live), &cfg, &ctx("kubectl", &lists)).expect("upgrade is conflict-free");
+        assert_eq!(out["data"]["key"], "w");
+        let csa =
+            entry(&out, "kubectl-client-side-apply", "Update").expect("csa entry keeps the rest");
+        assert!(csa["fieldsV1"]["f:data"].get("f:key").is_none());
+        let ann = out["metadata"]["annotations"][LAST_APPLIED_ANNOTATION]
+            .as_str()
+            .unwrap_or("");
+        assert_eq!(
+            ann,
+            "{\"apiVersion\":\"v1\",\"data\":{\"key\":\"w\"},\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"c\"}}\n"
+        );
+        // A field changed by another manager since the client-side apply still conflicts.
+        let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"key": "v", "other": "mine"}});
+        let c = conflicts(apply(Some(&live), &cfg, &ctx("kubectl", &lists)));
+        assert_eq!(
+            c,
+            [ApplyConflict {
+                manager: "kubectl-edit".into(),
+                field: ".data.other".into()
+            }]
+        );
+        // Other managers get no such leniency.
+        let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"key": "w"}});
+        let c = conflicts(apply(Some(&live), &cfg, &ctx("my-manager", &lists)));
+        assert_eq!(
+            c,
+            [ApplyConflict {
+                manager: "kubectl-client-side-apply".into(),
+                field: ".data.key".into()
             }]
         );
     }
