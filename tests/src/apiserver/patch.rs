@@ -1688,6 +1688,11 @@ fn write_managed(obj: &mut Value, entries: Vec<ManagedEntry>) {
 
 /// Fields nobody owns (the apiserver's `stripMetaManager`).
 fn strip_meta(set: &FieldSet) -> FieldSet {
+    set.difference(&unowned_fields())
+}
+
+/// The paths of `stripMetaManager`: identity and server-set metadata.
+fn unowned_fields() -> FieldSet {
     let mut strip = FieldSet::default();
     for p in [
         &["f:apiVersion"][..],
@@ -1706,7 +1711,7 @@ fn strip_meta(set: &FieldSet) -> FieldSet {
         let p: Vec<String> = p.iter().map(|s| (*s).to_string()).collect();
         strip.insert(&p);
     }
-    set.difference(&strip)
+    strip
 }
 
 fn without_managed_fields(v: &Value) -> Value {
@@ -1993,7 +1998,9 @@ pub fn apply(
         .position(|e| e.same_key(ctx.manager, "Apply", subresource));
     // Prune what the applier owned before, does not apply now, and nobody else owns.
     if let Some(i) = own_idx {
-        let mut owned = config_set.clone();
+        // Identity fields are never pruned, even if the config omits them.
+        let mut owned = unowned_fields();
+        owned.union_with(&config_set);
         for (j, e) in entries.iter().enumerate() {
             if j != i {
                 owned.union_with(&e.set);
@@ -3417,6 +3424,22 @@ mod tests {
                 field: ".data.key".into()
             }]
         );
+    }
+
+    #[test]
+    fn apply_without_metadata_keeps_identity() {
+        let lists = core("v1", "ConfigMap");
+        let live = apply(None, &cm_config(), &ctx("kubectl", &lists)).expect("create");
+        let bare = json!({"apiVersion": "v1", "kind": "ConfigMap"});
+        let out = apply(Some(&live), &bare, &ctx("kubectl", &lists)).expect("bare apply");
+        assert_eq!(out["metadata"]["name"], "test-cm");
+        assert_eq!(out["metadata"]["namespace"], "default");
+        assert!(
+            out["metadata"].get("labels").is_none(),
+            "labels were only owned by kubectl"
+        );
+        assert!(out.get("data").is_none());
+        assert!(out["metadata"].get("managedFields").is_none());
     }
 
     // ---------------- record_update ----------------
