@@ -30,6 +30,20 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// Defaults plus the conformance fixtures (`tests/fixtures`, e.g. the Widget CRD).
+    pub fn with_fixtures() -> Self {
+        let mut o = Self::default();
+        o.manifest_dirs.push(fixtures_dir());
+        o
+    }
+}
+
+/// `tests/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
 /// The repository root (the workspace directory above `tests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -780,11 +780,16 @@ fn patch_resource(
         .trim()
         .to_string();
     let is_apply = ct == "application/apply-patch+yaml" || ct == "application/apply-patch+cbor";
+    let accepted = if t.ri.is_custom() {
+        "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+    } else {
+        "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+    };
     if !matches!(ct.as_str(), "application/merge-patch+json" | "application/json-patch+json" | "application/strategic-merge-patch+json") && !is_apply {
-        return Err(ApiError::unsupported_media_type(&ct));
+        return Err(ApiError::unsupported_media_type(accepted));
     }
     if ct == "application/strategic-merge-patch+json" && t.ri.is_custom() {
-        return Err(ApiError::unsupported_media_type(&ct));
+        return Err(ApiError::unsupported_media_type(accepted));
     }
     let patch_doc: Value = if is_apply {
         serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?

@@ -105,11 +105,12 @@ impl ApiError {
         )
     }
 
+    /// `ct` is the list of accepted media types.
     pub fn unsupported_media_type(ct: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {ct})"),
+            format!("the body of the request was in an unknown format - accepted media types include: {ct}"),
             None,
         )
     }
