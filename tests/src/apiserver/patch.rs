@@ -3442,6 +3442,116 @@ mod tests {
         assert!(out["metadata"].get("managedFields").is_none());
     }
 
+    #[test]
+    fn apply_list_merge_order_follows_structured_merge_diff() {
+        let lists = core("v1", "Pod");
+        let cfg = |names: &[&str]| {
+            let cs: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"name": n, "image": "i"}))
+                .collect();
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": cs}})
+        };
+        let live = apply(None, &cfg(&["a", "b", "c"]), &ctx("m1", &lists)).expect("m1");
+        let out = apply(Some(&live), &cfg(&["d", "b"]), &ctx("m2", &lists)).expect("m2");
+        let names: Vec<&str> = out["spec"]["containers"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn update_adding_a_list_item_owns_the_item() {
+        let lists = core("v1", "Pod");
+        let live = apply(
+            None,
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+            &ctx("m1", &lists),
+        )
+        .expect("create");
+        let mut new = live.clone();
+        new["spec"]["containers"]
+            .as_array_mut()
+            .expect("list")
+            .push(json!({"name": "x", "image": "x:1"}));
+        record_update(Some(&live), &mut new, "adder", None, "2024-01-02T00:00:00Z");
+        assert_eq!(
+            entry(&new, "adder", "Update").map(|e| e["fieldsV1"].clone()),
+            Some(
+                json!({"f:spec": {"f:containers": {"k:{\"name\":\"x\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
+            )
+        );
+        // The applier dropping its container does not touch the updater's one.
+        let out = apply(
+            Some(&new),
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}}),
+            &ctx("m1", &lists),
+        )
+        .expect("drop");
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "x", "image": "x:1"}])
+        );
+    }
+
+    #[test]
+    fn dropping_one_label_keeps_labels_owned_by_others() {
+        let lists = core("v1", "ConfigMap");
+        let cfg = |labels: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": labels}});
+        let live =
+            apply(None, &cfg(json!({"a": "1", "b": "2"})), &ctx("m1", &lists)).expect("create");
+        let mut new = live.clone();
+        new["metadata"]["labels"]["c"] = json!("3");
+        record_update(
+            Some(&live),
+            &mut new,
+            "labeler",
+            None,
+            "2024-01-02T00:00:00Z",
+        );
+        let out = apply(Some(&new), &cfg(json!({"a": "1"})), &ctx("m1", &lists)).expect("drop b");
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
+        // Forcing a value owned by the labeler moves ownership to the applier.
+        let mut force = ctx("m1", &lists);
+        force.force = true;
+        let out = apply(Some(&out), &cfg(json!({"a": "1", "c": "mine"})), &force).expect("force");
+        assert_eq!(out["metadata"]["labels"]["c"], "mine");
+        assert!(entry(&out, "labeler", "Update").is_none());
+        assert_eq!(
+            entry(&out, "m1", "Apply").map(|e| e["fieldsV1"].clone()),
+            Some(json!({"f:metadata": {"f:labels": {"f:a": {}, "f:c": {}}}}))
+        );
+    }
+
+    #[test]
+    fn multiple_conflicts_are_all_reported() {
+        let lists = core("apps/v1", "Deployment");
+        let live = apply(None, &deployment(3, "nginx:1"), &ctx("owner", &lists)).expect("create");
+        let c = conflicts(apply(
+            Some(&live),
+            &deployment(4, "nginx:2"),
+            &ctx("other", &lists),
+        ));
+        assert_eq!(
+            c,
+            [
+                ApplyConflict {
+                    manager: "owner".into(),
+                    field: ".spec.replicas".into()
+                },
+                ApplyConflict {
+                    manager: "owner".into(),
+                    field: ".spec.template.spec.containers[name=\"nginx\"].image".into()
+                },
+            ]
+        );
+        assert!(conflict_message(&c).starts_with("Apply failed with 2 conflicts: "));
+    }
+
     // ---------------- record_update ----------------
 
     #[test]
