@@ -1,4 +1,14 @@
 //! The workpool queue protocol on Redis Streams and the worker runtime.
+//!
+//! - [`queue`]: the protocol (used by the operator for stats and consumer cleanup);
+//! - [`runtime`], [`handler`], [`metrics`]: the `workpool-worker` binary's runtime;
+//! - `testing` (feature `test-support`): a real `redis-server` for tests.
 #![forbid(unsafe_code)]
 
-pub mod queue {}
+pub mod handler;
+pub mod metrics;
+pub mod queue;
+pub mod runtime;
+
+#[cfg(feature = "test-support")]
+pub mod testing;

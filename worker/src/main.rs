@@ -1,3 +1,503 @@
+//! `workpool-worker`: run a worker, submit tasks, or print queue stats.
 #![forbid(unsafe_code)]
 
-fn main() {}
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use workpool_worker::handler::{Builtin, Handler};
+use workpool_worker::metrics::{Health, Metrics};
+use workpool_worker::queue::{self, NewTask, Queue, QueueStats};
+use workpool_worker::runtime::{self, WorkerConfig};
+
+const ENV_HELP: &str = "\
+Every flag can also be set from the environment (the flag wins):
+  WORKPOOL_REDIS_URL, WORKPOOL_STREAM, WORKPOOL_GROUP, WORKPOOL_CONSUMER,
+  WORKPOOL_CONCURRENCY, WORKPOOL_BATCH, WORKPOOL_VISIBILITY_TIMEOUT,
+  WORKPOOL_MAX_DELIVERIES, WORKPOOL_DEAD_LETTER_STREAM, WORKPOOL_METRICS_ADDR,
+  WORKPOOL_SHUTDOWN_GRACE, WORKPOOL_RETRY_BACKOFF, WORKPOOL_RETRY_BACKOFF_MAX,
+  WORKPOOL_BUILTIN, WORKPOOL_HTTP, WORKPOOL_EXEC (a shell command line run with sh -c),
+  WORKPOOL_LOG_FORMAT. Log levels: RUST_LOG (default info).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "workpool-worker",
+    version,
+    about = "The workpool worker: runs tasks from a Redis Streams queue",
+    after_help = ENV_HELP
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "WORKPOOL_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a worker: read tasks, run the handler, acknowledge, retry, dead-letter.
+    #[command(after_help = ENV_HELP)]
+    Run(Box<RunArgs>),
+    /// Enqueue tasks: --payload JSON [--count N], or JSON lines on stdin.
+    #[command(after_help = ENV_HELP)]
+    Submit(SubmitArgs),
+    /// Print queue statistics (backlog, pending, dead letters, consumers).
+    #[command(after_help = ENV_HELP)]
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+struct RedisArgs {
+    /// Redis URL, e.g. redis://host:6379/0.
+    #[arg(long, env = "WORKPOOL_REDIS_URL")]
+    redis_url: String,
+    /// The task stream.
+    #[arg(long, env = "WORKPOOL_STREAM")]
+    stream: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("handler").required(true).multiple(false)
+    .args(["builtin", "exec", "exec_shell", "http"])))]
+struct RunArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The consumer group (one per pool).
+    #[arg(long, env = "WORKPOOL_GROUP")]
+    group: String,
+    /// This worker's consumer name, unique in the group (the pod name).
+    #[arg(long, env = "WORKPOOL_CONSUMER")]
+    consumer: String,
+    /// Tasks run at once [default: 1000 for --builtin, 32 for --http, one per CPU for --exec].
+    #[arg(long, env = "WORKPOOL_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: Option<u32>,
+    /// Entries fetched per read [default: min(concurrency, 250)].
+    #[arg(long, env = "WORKPOOL_BATCH", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: Option<u32>,
+    /// Seconds a task may stay unacknowledged by a silent worker before it is reclaimed
+    /// (fractions allowed). Live workers renew their leases every third of it.
+    #[arg(long, env = "WORKPOOL_VISIBILITY_TIMEOUT", default_value = "300", value_parser = parse_secs)]
+    visibility_timeout: Duration,
+    /// Deliveries of a task before it goes to the dead-letter stream.
+    #[arg(long, env = "WORKPOOL_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_deliveries: u32,
+    /// Dead-letter stream [default: <stream>:dead].
+    #[arg(long, env = "WORKPOOL_DEAD_LETTER_STREAM")]
+    dead_letter_stream: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints (port 0: any free port).
+    #[arg(long, env = "WORKPOOL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// Seconds to finish in-flight tasks after SIGTERM/SIGINT before handing them back.
+    #[arg(long, env = "WORKPOOL_SHUTDOWN_GRACE", default_value = "25", value_parser = parse_secs_or_zero)]
+    shutdown_grace: Duration,
+    /// Seconds before the first retry of a failed task (doubles per delivery).
+    #[arg(long, env = "WORKPOOL_RETRY_BACKOFF", default_value = "1", value_parser = parse_secs_or_zero)]
+    retry_backoff: Duration,
+    /// Maximum seconds between retries.
+    #[arg(long, env = "WORKPOOL_RETRY_BACKOFF_MAX", default_value = "60", value_parser = parse_secs_or_zero)]
+    retry_backoff_max: Duration,
+    /// Built-in handler: noop, sleep (payload {"ms": N}) or fail (always fails).
+    #[arg(long, env = "WORKPOOL_BUILTIN", value_enum)]
+    builtin: Option<Builtin>,
+    /// Run CMD [ARGS...] per task: payload on stdin, exit 0 = done; WORKPOOL_TASK_ID and
+    /// WORKPOOL_DELIVERY in its environment; its stderr tail becomes the error. Must be
+    /// the last flag: everything after it belongs to the command.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD [ARGS...]")]
+    exec: Option<Vec<String>>,
+    /// Like --exec with one shell command line run by `sh -c`.
+    #[arg(long, env = "WORKPOOL_EXEC", value_name = "SHELL_COMMAND")]
+    exec_shell: Option<String>,
+    /// POST each payload to this URL (e.g. http://127.0.0.1:8080/task); 2xx = done.
+    #[arg(long, env = "WORKPOOL_HTTP", value_name = "URL")]
+    http: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").multiple(false).args(["payload", "stdin"])))]
+struct SubmitArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The payload of every task (must be valid JSON).
+    #[arg(long)]
+    payload: Option<String>,
+    /// How many tasks with --payload.
+    #[arg(long, default_value_t = 1, requires = "payload")]
+    count: u64,
+    /// Read one JSON payload per line from stdin (the default without --payload).
+    #[arg(long)]
+    stdin: bool,
+    /// Tasks per pipeline.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pipeline: u32,
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The consumer group.
+    #[arg(long, env = "WORKPOOL_GROUP")]
+    group: String,
+    /// Dead-letter stream [default: <stream>:dead].
+    #[arg(long, env = "WORKPOOL_DEAD_LETTER_STREAM")]
+    dead_letter_stream: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_secs_impl(s: &str, allow_zero: bool) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 1e9 {
+        return Err(format!(
+            "{s:?} must be {} number of seconds",
+            if allow_zero { "a non-negative" } else { "a positive" }
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    parse_secs_impl(s, false)
+}
+
+fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
+    parse_secs_impl(s, true)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.command {
+            Command::Run(a) => run(*a).await,
+            Command::Submit(a) => submit(a).await,
+            Command::Stats(a) => stats(a).await,
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json_logs {
+                error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_names(stream: &str, group: Option<&str>) -> anyhow::Result<()> {
+    if stream.trim().is_empty() {
+        bail!("--stream must not be empty");
+    }
+    if let Some(g) = group
+        && g.trim().is_empty()
+    {
+        bail!("--group must not be empty");
+    }
+    Ok(())
+}
+
+fn check_url(url: &str) -> anyhow::Result<redis::Client> {
+    redis::Client::open(url).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --redis-url {:?}: {e}",
+            runtime::redacted(url)
+        )
+    })
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    check_names(&a.redis.stream, Some(&a.group))?;
+    if a.consumer.trim().is_empty() {
+        bail!("--consumer must not be empty");
+    }
+    check_url(&a.redis.redis_url)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (handler, default_conc) = if let Some(b) = a.builtin {
+        (Handler::Builtin(b), 1000)
+    } else if let Some(cmd) = a.exec {
+        let mut it = cmd.into_iter();
+        let program = it
+            .next()
+            .filter(|p| !p.is_empty())
+            .context("--exec needs a command")?;
+        (
+            Handler::Exec {
+                program,
+                args: it.collect(),
+            },
+            cpus,
+        )
+    } else if let Some(sh) = a.exec_shell {
+        if sh.trim().is_empty() {
+            bail!("--exec-shell (WORKPOOL_EXEC) must not be empty");
+        }
+        (
+            Handler::Exec {
+                program: "sh".into(),
+                args: vec!["-c".into(), sh],
+            },
+            cpus,
+        )
+    } else if let Some(url) = a.http {
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| anyhow::anyhow!("invalid --http URL {url:?}: {e}"))?;
+        if parsed.scheme() != "http" {
+            bail!("invalid --http URL {url:?}: only http:// is supported (the handler runs in the same pod)");
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .context("creating the HTTP client")?;
+        (Handler::Http { url, client }, 32)
+    } else {
+        bail!("choose a handler: --builtin, --exec, --exec-shell or --http");
+    };
+    let concurrency = a.concurrency.map(|c| c as usize).unwrap_or(default_conc);
+    let batch = a
+        .batch
+        .map(|b| b as usize)
+        .unwrap_or_else(|| concurrency.min(250));
+    let mut queue = Queue::new(a.redis.stream.clone(), a.group.clone());
+    if let Some(dl) = a.dead_letter_stream {
+        queue = queue.with_dead_letter_stream(dl);
+    }
+    queue.validate()?;
+    let cfg = WorkerConfig {
+        redis_url: a.redis.redis_url,
+        queue,
+        consumer: a.consumer,
+        concurrency,
+        batch,
+        visibility_timeout: a.visibility_timeout,
+        max_deliveries: a.max_deliveries,
+        retry_backoff: a.retry_backoff,
+        retry_backoff_max: a.retry_backoff_max.max(a.retry_backoff),
+        shutdown_grace: a.shutdown_grace,
+    };
+
+    let metrics = Metrics::new().context("creating metrics")?;
+    let health = Health {
+        metrics,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let http_stop = CancellationToken::new();
+    let (bound, http) = workpool_worker::metrics::serve(a.metrics_addr, health.clone(), http_stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", a.metrics_addr))?;
+    info!(
+        metrics_addr = %bound,
+        stream = cfg.queue.stream(),
+        group = cfg.queue.group(),
+        consumer = %cfg.consumer,
+        concurrency,
+        batch,
+        visibility_timeout_secs = cfg.visibility_timeout.as_secs_f64(),
+        max_deliveries = cfg.max_deliveries,
+        dead_letter_stream = cfg.queue.dead_letter_stream(),
+        "workpool worker starting; serving /metrics, /healthz, /readyz on {bound}"
+    );
+
+    let shutdown = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                n += 1;
+                if n == 1 {
+                    info!(signal = name, "received signal: draining");
+                    shutdown.cancel();
+                } else {
+                    info!(signal = name, "received a second signal: stopping now");
+                    hard_stop.cancel();
+                }
+            }
+        });
+    }
+    runtime::run(cfg, handler, health, shutdown, hard_stop).await?;
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    Ok(())
+}
+
+async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    check_names(&a.redis.stream, None)?;
+    let client = check_url(&a.redis.redis_url)?;
+    // Validate everything first: bad input enqueues nothing.
+    let payloads: Vec<Vec<u8>> = if let Some(p) = &a.payload {
+        serde_json::from_str::<serde::de::IgnoredAny>(p)
+            .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+        vec![p.clone().into_bytes()]
+    } else {
+        let mut input = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut input)
+            .context("reading stdin")?;
+        let mut out = Vec::new();
+        for (i, line) in input.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                .map_err(|e| anyhow::anyhow!("stdin line {}: not valid JSON: {e}", i + 1))?;
+            out.push(line.to_vec());
+        }
+        out
+    };
+    let total: u64 = if a.payload.is_some() {
+        a.count
+    } else {
+        payloads.len() as u64
+    };
+    let conn = queue::connect_client(&client, Some(Duration::from_secs(30)))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to redis at {}",
+                runtime::redacted(&a.redis.redis_url)
+            )
+        })?;
+    let q = Queue::new(a.redis.stream.clone(), "unused");
+    let per = u64::from(a.pipeline);
+    let chunks = total.div_ceil(per);
+    let payloads = &payloads;
+    let q = &q;
+    let fixed = a.payload.is_some();
+    let mut results = futures::stream::iter(0..chunks)
+        .map(|i| {
+            let mut c = conn.clone();
+            async move {
+                let start = i * per;
+                let end = (start + per).min(total);
+                let tasks: Vec<NewTask<'_>> = (start..end)
+                    .map(|j| {
+                        let p = if fixed {
+                            &payloads[0]
+                        } else {
+                            &payloads[j as usize]
+                        };
+                        NewTask::new(p)
+                    })
+                    .collect();
+                q.enqueue(&mut c, &tasks).await.map(|ids| ids.len() as u64)
+            }
+        })
+        .buffered(8);
+    let mut done = 0u64;
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(n) => done += n,
+            Err(e) => bail!("enqueue failed after {done} tasks: {e}"),
+        }
+    }
+    println!("enqueued {done}");
+    Ok(())
+}
+
+async fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    check_names(&a.redis.stream, Some(&a.group))?;
+    let client = check_url(&a.redis.redis_url)?;
+    let mut conn = queue::connect_client(&client, Some(Duration::from_secs(30)))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to redis at {}",
+                runtime::redacted(&a.redis.redis_url)
+            )
+        })?;
+    let mut q = Queue::new(a.redis.stream.clone(), a.group.clone());
+    if let Some(dl) = a.dead_letter_stream {
+        q = q.with_dead_letter_stream(dl);
+    }
+    let st = q.stats(&mut conn).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print_stats(&st);
+    }
+    Ok(())
+}
+
+fn print_stats(st: &QueueStats) {
+    println!("stream:        {} (exists: {}, length: {})", st.stream, st.stream_exists, st.stream_length);
+    println!("group:         {} (exists: {})", st.group, st.group_exists);
+    println!("backlog:       {}", st.backlog);
+    println!(
+        "lag:           {}{}",
+        st.lag,
+        if st.lag_computed { " (computed: redis reported nil)" } else { "" }
+    );
+    println!("pending:       {}", st.pending);
+    println!("dead letters:  {}", st.dead_letters);
+    match st.oldest_pending_age_ms {
+        Some(ms) => println!("oldest pending: {:.3}s", ms as f64 / 1000.0),
+        None => println!("oldest pending: -"),
+    }
+    println!("consumers:     {}", st.consumers.len());
+    for c in &st.consumers {
+        println!(
+            "  {:<30} pending {:>8}  idle {:>10.3}s",
+            c.name,
+            c.pending,
+            c.idle_ms as f64 / 1000.0
+        );
+    }
+}

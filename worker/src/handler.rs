@@ -1,0 +1,297 @@
+//! Task handlers: built-in (`noop`, `sleep`, `fail`), `--exec` (one process per task)
+//! and `--http` (POST to a container in the same pod).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::queue::Entry;
+
+/// How many bytes of a failing process's stderr (or an HTTP error body) become the error.
+pub const ERROR_TAIL_BYTES: usize = 2048;
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskError {
+    /// Worth retrying (until `maxDeliveries`).
+    Retryable(String),
+    /// The entry itself is bad (no payload, invalid JSON, ...): dead-letter it at once.
+    Malformed(String),
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::Retryable(e) => f.write_str(e),
+            TaskError::Malformed(e) => write!(f, "malformed task: {e}"),
+        }
+    }
+}
+
+/// A built-in handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builtin {
+    /// Succeeds at once (benchmarks).
+    Noop,
+    /// Sleeps for the payload's `{"ms": N}` milliseconds, then succeeds.
+    Sleep,
+    /// Always fails (to exercise retries and dead letters).
+    Fail,
+}
+
+/// The user's code, one of three kinds.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// A built-in handler.
+    Builtin(Builtin),
+    /// Run `program args...` per task: payload on stdin, exit 0 = done.
+    Exec {
+        /// Program.
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+    },
+    /// POST the payload to this URL; 2xx = done.
+    Http {
+        /// Target URL.
+        url: String,
+        /// Shared client.
+        client: reqwest::Client,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct SleepPayload {
+    ms: u64,
+}
+
+fn payload(entry: &Entry) -> Result<&[u8], TaskError> {
+    entry.payload.as_deref().ok_or_else(|| {
+        let names: Vec<String> = entry
+            .fields
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        TaskError::Malformed(format!(
+            "entry has no `payload` field (fields: [{}])",
+            names.join(", ")
+        ))
+    })
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(ERROR_TAIL_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+impl Handler {
+    /// Whether this handler runs inline without awaiting anything (no task spawn needed).
+    pub fn is_inline(&self) -> bool {
+        matches!(self, Handler::Builtin(Builtin::Noop | Builtin::Fail))
+    }
+
+    /// Runs the task once.
+    pub async fn run(&self, entry: &Entry) -> Result<(), TaskError> {
+        match self {
+            Handler::Builtin(b) => run_builtin(*b, entry).await,
+            Handler::Exec { program, args } => run_exec(program, args, entry).await,
+            Handler::Http { url, client } => run_http(client, url, entry).await,
+        }
+    }
+
+    /// Runs an inline handler synchronously; `None` if this handler is not inline.
+    pub fn run_inline(&self, entry: &Entry) -> Option<Result<(), TaskError>> {
+        match self {
+            Handler::Builtin(Builtin::Noop) => Some(payload(entry).map(|_| ())),
+            Handler::Builtin(Builtin::Fail) => Some(
+                payload(entry)
+                    .and_then(|_| Err(TaskError::Retryable("the fail handler always fails".into()))),
+            ),
+            _ => None,
+        }
+    }
+}
+
+async fn run_builtin(b: Builtin, entry: &Entry) -> Result<(), TaskError> {
+    let p = payload(entry)?;
+    match b {
+        Builtin::Noop => Ok(()),
+        Builtin::Fail => Err(TaskError::Retryable(
+            "the fail handler always fails".into(),
+        )),
+        Builtin::Sleep => {
+            let s: SleepPayload = serde_json::from_slice(p).map_err(|e| {
+                TaskError::Malformed(format!(
+                    "the sleep handler needs a JSON payload like {{\"ms\": 100}}: {e}"
+                ))
+            })?;
+            tokio::time::sleep(Duration::from_millis(s.ms)).await;
+            Ok(())
+        }
+    }
+}
+
+async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), TaskError> {
+    let p = payload(entry)?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("WORKPOOL_TASK_ID", entry.id.to_string())
+        .env("WORKPOOL_DELIVERY", entry.deliveries.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| TaskError::Retryable(format!("cannot start {program:?}: {e}")))?;
+    let mut stdin = child.stdin.take();
+    let mut stderr = child.stderr.take();
+    let write = async {
+        if let Some(mut s) = stdin.take() {
+            // A handler may exit without reading its input: a broken pipe is not an error.
+            let _ = s.write_all(p).await;
+            let _ = s.shutdown().await;
+        }
+    };
+    let read = async {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.len() > 4 * ERROR_TAIL_BYTES {
+                            buf.drain(..buf.len() - ERROR_TAIL_BYTES);
+                        }
+                    }
+                }
+            }
+        }
+        buf
+    };
+    let ((), err_buf) = tokio::join!(write, read);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| TaskError::Retryable(format!("waiting for {program:?}: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let what = match status.code() {
+        Some(c) => format!("exit status {c}"),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(s) => format!("killed by signal {s}"),
+                None => status.to_string(),
+            }
+        }
+    };
+    let t = tail(&err_buf);
+    Err(TaskError::Retryable(if t.is_empty() {
+        format!("{program}: {what}")
+    } else {
+        format!("{program}: {what}: {t}")
+    }))
+}
+
+async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<(), TaskError> {
+    let p = payload(entry)?;
+    let resp = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("X-Workpool-Task-Id", entry.id.to_string())
+        .header("X-Workpool-Delivery", entry.deliveries.to_string())
+        .body(p.to_vec())
+        .send()
+        .await
+        .map_err(|e| TaskError::Retryable(format!("POST {url}: {e}")))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    let t = tail(&body);
+    Err(TaskError::Retryable(if t.is_empty() {
+        format!("POST {url}: HTTP {status}")
+    } else {
+        format!("POST {url}: HTTP {status}: {t}")
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::EntryId;
+
+    fn entry(payload: Option<&[u8]>) -> Entry {
+        Entry {
+            id: EntryId { ms: 1, seq: 0 },
+            payload: payload.map(|p| p.to_vec()),
+            fields: vec![(b"id".to_vec(), b"x".to_vec())],
+            deliveries: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn builtins() {
+        let noop = Handler::Builtin(Builtin::Noop);
+        assert_eq!(noop.run(&entry(Some(b"{}"))).await, Ok(()));
+        assert!(matches!(
+            noop.run(&entry(None)).await,
+            Err(TaskError::Malformed(m)) if m.contains("no `payload` field") && m.contains("id")
+        ));
+        let sleep = Handler::Builtin(Builtin::Sleep);
+        assert_eq!(sleep.run(&entry(Some(br#"{"ms": 1}"#))).await, Ok(()));
+        assert!(matches!(
+            sleep.run(&entry(Some(b"not json"))).await,
+            Err(TaskError::Malformed(_))
+        ));
+        assert!(matches!(
+            Handler::Builtin(Builtin::Fail).run(&entry(Some(b"{}"))).await,
+            Err(TaskError::Retryable(_))
+        ));
+        assert_eq!(
+            Handler::Builtin(Builtin::Fail).run_inline(&entry(Some(b"{}"))),
+            Some(Err(TaskError::Retryable(
+                "the fail handler always fails".into()
+            )))
+        );
+        assert_eq!(sleep.run_inline(&entry(Some(b"{}"))), None);
+    }
+
+    #[tokio::test]
+    async fn exec_passes_payload_env_and_stderr_tail() {
+        let ok = Handler::Exec {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                r#"test "$(cat)" = hello && test "$WORKPOOL_TASK_ID" = 1-0 && test "$WORKPOOL_DELIVERY" = 1"#
+                    .into(),
+            ],
+        };
+        assert_eq!(ok.run(&entry(Some(b"hello"))).await, Ok(()));
+        assert!(matches!(ok.run(&entry(Some(b"other"))).await, Err(TaskError::Retryable(_))));
+        let fail = Handler::Exec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo boom >&2; exit 3".into()],
+        };
+        match fail.run(&entry(Some(b""))).await {
+            Err(TaskError::Retryable(m)) => {
+                assert!(m.contains("exit status 3"), "{m}");
+                assert!(m.ends_with("boom"), "{m}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing = Handler::Exec {
+            program: "/nonexistent/workpool-handler".into(),
+            args: vec![],
+        };
+        assert!(matches!(
+            missing.run(&entry(Some(b""))).await,
+            Err(TaskError::Retryable(m)) if m.contains("cannot start")
+        ));
+    }
+}

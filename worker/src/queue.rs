@@ -1,0 +1,1213 @@
+//! The workpool queue protocol on Redis Streams (one consumer group per pool).
+//!
+//! Every operation is a method of [`Queue`] (which only names the stream, group and
+//! dead-letter stream) taking any async Redis connection (`MultiplexedConnection`,
+//! `ConnectionManager`, ...). See `DESIGN.md`, "The queue protocol":
+//!
+//! - producers `XADD` entries with a `payload` field (optional `id`, `attempt`): [`Queue::enqueue`];
+//! - workers read in batches with `XREADGROUP ... >` ([`Queue::read`]), acknowledge and
+//!   delete on success ([`Queue::ack`]), renew the lease of in-flight entries
+//!   ([`Queue::renew`]), reclaim entries idle past the visibility timeout
+//!   ([`Queue::autoclaim`]), count retries in the group's delivery counter
+//!   ([`Queue::claim_for_retry`]), hand entries back on shutdown ([`Queue::release`]) and
+//!   move exhausted or malformed entries to the dead-letter stream ([`Queue::dead_letter`]);
+//! - the operator reads [`Queue::stats`] and removes consumers with
+//!   [`Queue::remove_consumer_if_idle`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Script, Value};
+
+/// The field that carries a task's payload in a stream entry.
+pub const PAYLOAD_FIELD: &str = "payload";
+
+/// Errors of the queue protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached or the connection broke.
+    #[error("redis connection error: {0}")]
+    Connection(#[source] redis::RedisError),
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// The consumer group does not exist (e.g. Redis restarted without persistence).
+    #[error("consumer group {group:?} does not exist on stream {stream:?}")]
+    NoGroup {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+    },
+    /// Redis answered with something this protocol does not expect.
+    #[error("unexpected reply from redis to {command}: {detail}")]
+    Protocol {
+        /// The command that got the reply.
+        command: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// An argument was invalid (e.g. an empty stream name or a bad URL).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl QueueError {
+    /// True when the error means the connection is unusable and should be re-established.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, QueueError::Connection(_))
+    }
+}
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            QueueError::Connection(e)
+        } else {
+            QueueError::Redis(e)
+        }
+    }
+}
+
+fn protocol(command: &'static str, detail: impl Into<String>) -> QueueError {
+    QueueError::Protocol {
+        command,
+        detail: detail.into(),
+    }
+}
+
+/// Result type of this module.
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// A stream entry id `<ms>-<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    /// Milliseconds part (the enqueue time for auto-generated ids).
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// `0-0`, the smallest id.
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    /// Parses `<ms>-<seq>` (or `<ms>`) from bytes.
+    pub fn parse(b: &[u8]) -> Option<EntryId> {
+        fn num(b: &[u8]) -> Option<u64> {
+            if b.is_empty() || b.len() > 20 {
+                return None;
+            }
+            let mut n: u64 = 0;
+            for &c in b {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            }
+            Some(n)
+        }
+        match b.iter().position(|&c| c == b'-') {
+            Some(i) => Some(EntryId {
+                ms: num(&b[..i])?,
+                seq: num(&b[i + 1..])?,
+            }),
+            None => Some(EntryId { ms: num(b)?, seq: 0 }),
+        }
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for EntryId {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self> {
+        EntryId::parse(s.as_bytes())
+            .ok_or_else(|| QueueError::InvalidArgument(format!("invalid stream entry id {s:?}")))
+    }
+}
+
+impl serde::Serialize for EntryId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EntryId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EntryId::parse(s.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid stream entry id {s:?}")))
+    }
+}
+
+impl redis::ToRedisArgs for EntryId {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        let mut buf = [0u8; 48];
+        let n = {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            // 20 + 1 + 20 digits always fit into 48 bytes.
+            let _ = write!(cur, "{}-{}", self.ms, self.seq);
+            cur.position() as usize
+        };
+        out.write_arg(&buf[..n]);
+    }
+}
+
+impl redis::ToSingleRedisArg for EntryId {}
+
+/// A task read from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The stream entry id.
+    pub id: EntryId,
+    /// The `payload` field, if present.
+    pub payload: Option<Vec<u8>>,
+    /// All other fields (e.g. `id`, `attempt`), in order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// How many times the group has delivered this entry, this delivery included
+    /// (from `XPENDING`; 1 for a fresh read).
+    pub deliveries: u32,
+}
+
+impl Entry {
+    /// The value of a field other than `payload`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A task to enqueue.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    /// The payload (usually JSON).
+    pub payload: &'a [u8],
+    /// An optional application task id, stored in the `id` field.
+    pub id: Option<&'a str>,
+    /// An optional attempt number, stored in the `attempt` field.
+    pub attempt: Option<u32>,
+}
+
+impl<'a> NewTask<'a> {
+    /// A task with just a payload.
+    pub fn new(payload: &'a [u8]) -> Self {
+        NewTask {
+            payload,
+            id: None,
+            attempt: None,
+        }
+    }
+}
+
+/// The result of one [`Queue::autoclaim`] step.
+#[derive(Debug, Clone, Default)]
+pub struct AutoClaim {
+    /// Where the next step starts; `0-0` when the scan of the pending list is complete.
+    pub next_cursor: EntryId,
+    /// The claimed entries with their delivery counts (this delivery included).
+    pub entries: Vec<Entry>,
+    /// Ids that were pending but no longer exist in the stream; Redis removed them from
+    /// the pending list.
+    pub deleted: Vec<EntryId>,
+}
+
+/// One entry of the pending list (`XPENDING` extended form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// Entry id.
+    pub id: EntryId,
+    /// The consumer holding it.
+    pub consumer: String,
+    /// Milliseconds since it was last delivered (or its lease renewed).
+    pub idle_ms: u64,
+    /// Delivery count.
+    pub deliveries: u32,
+}
+
+/// One consumer of the group (`XINFO CONSUMERS`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsumerInfo {
+    /// Consumer name (the worker's `--consumer`, the pod name in Kubernetes).
+    pub name: String,
+    /// Entries it holds (delivered, not yet acknowledged).
+    pub pending: u64,
+    /// Milliseconds since its last interaction with the group (read, claim, ack).
+    pub idle_ms: u64,
+    /// Milliseconds since its last successful read or claim (Redis >= 7.2 only).
+    pub inactive_ms: Option<i64>,
+}
+
+/// A snapshot of the queue, read atomically (one Lua script).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    /// Stream name.
+    pub stream: String,
+    /// Group name.
+    pub group: String,
+    /// Whether the stream exists.
+    pub stream_exists: bool,
+    /// Whether the consumer group exists.
+    pub group_exists: bool,
+    /// `XLEN` of the stream.
+    pub stream_length: u64,
+    /// Entries not yet delivered to the group. When the group does not exist yet this is
+    /// the whole stream (the group is created at id 0 and will deliver all of it).
+    pub lag: u64,
+    /// True when Redis reported `lag` as nil and it was computed by counting entries.
+    pub lag_computed: bool,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// `lag + pending`: the work waiting or in flight; what the autoscaler scales on.
+    pub backlog: u64,
+    /// `XLEN` of the dead-letter stream.
+    pub dead_letters: u64,
+    /// The group's last delivered id.
+    pub last_delivered_id: Option<EntryId>,
+    /// The oldest pending entry.
+    pub oldest_pending_id: Option<EntryId>,
+    /// Age in milliseconds of the oldest pending entry (Redis server time minus the
+    /// millisecond part of its id, i.e. since it was enqueued).
+    pub oldest_pending_age_ms: Option<u64>,
+    /// The group's consumers.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+impl QueueStats {
+    /// [`QueueStats::oldest_pending_age_ms`] as a `Duration`.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        self.oldest_pending_age_ms.map(Duration::from_millis)
+    }
+}
+
+/// Outcome of [`Queue::remove_consumer_if_idle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveConsumer {
+    /// The consumer held nothing and was deleted.
+    Removed,
+    /// The consumer still holds this many entries; nothing was changed.
+    StillPending(u64),
+    /// No such consumer in the group (nothing to do).
+    NotFound,
+    /// The stream or the group does not exist (nothing to do).
+    NoGroup,
+}
+
+/// Names of the stream, group and dead-letter stream of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    stream: String,
+    group: String,
+    dead_letter_stream: String,
+}
+
+/// Lease renewal: re-claim (JUSTID, so the delivery counter is untouched) those ids that
+/// this consumer still holds; return the ids it no longer holds.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local owned = {}
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    owned[#owned + 1] = ARGV[i]
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+local n = 0
+while n < #owned do
+  local chunk = {}
+  for j = n + 1, math.min(n + 200, #owned) do chunk[#chunk + 1] = owned[j] end
+  n = n + #chunk
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(chunk), 'JUSTID')
+end
+return lost
+"#,
+    )
+});
+
+/// Retry bookkeeping: if this consumer still holds the entry, set its delivery counter
+/// (and reset its idle time). Returns 1 when done, 0 when the entry is no longer held.
+static CLAIM_FOR_RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 1 and p[1][2] == ARGV[2] then
+  local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID', 'RETRYCOUNT', ARGV[4])
+  return #r
+end
+return 0
+"#,
+    )
+});
+
+/// Hand back: for each (id, count) this consumer still holds, set the delivery counter
+/// and make the entry look idle for ARGV[3] ms so that the next XAUTOCLAIM by any worker
+/// takes it. Returns how many were released.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for i = 4, #ARGV, 2 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+    n = n + #r
+  end
+end
+return n
+"#,
+    )
+});
+
+/// Consumer removal, race-free: delete the consumer only if it holds nothing.
+/// Returns -1 (no stream/group), -2 (no such consumer), 0 (removed) or its pending count.
+static REMOVE_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local found = false
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #g, 2 do
+    if g[i] == 'name' and g[i + 1] == ARGV[1] then found = true end
+  end
+end
+if not found then return -1 end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending = nil, 0
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] end
+    if c[i] == 'pending' then pending = c[i + 1] end
+  end
+  if name == ARGV[2] then
+    if pending > 0 then return pending end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 0
+  end
+end
+return -2
+"#,
+    )
+});
+
+/// Stats snapshot. KEYS: stream, dead-letter stream. ARGV: group.
+/// Returns {sec, usec, dead, exists, len, group_found, pending, lag|-1, computed,
+/// last_delivered, oldest_pending|'', consumers}.
+static STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local dead = 0
+if redis.call('EXISTS', KEYS[2]) == 1 then dead = redis.call('XLEN', KEYS[2]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}}
+end
+local len = redis.call('XLEN', KEYS[1])
+local grp = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then grp = f end
+end
+if grp == nil then
+  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}}
+end
+local ld = grp['last-delivered-id']
+local lag = grp['lag']
+local computed = 0
+if not lag then
+  -- Redis cannot tell (entries deleted or trimmed): count exactly. Count the entries
+  -- <= ld and the entries > ld alternately in chunks and stop at whichever side ends
+  -- first, so the cost is bounded by the smaller side.
+  computed = 1
+  local le, gt = 0, 0
+  local le_from, gt_from = '-', '(' .. ld
+  while true do
+    local r = redis.call('XRANGE', KEYS[1], le_from, ld, 'COUNT', 1000)
+    le = le + #r
+    if #r < 1000 then lag = len - le break end
+    le_from = '(' .. r[#r][1]
+    local r2 = redis.call('XRANGE', KEYS[1], gt_from, '+', 'COUNT', 1000)
+    gt = gt + #r2
+    if #r2 < 1000 then lag = gt break end
+    gt_from = '(' .. r2[#r2][1]
+  end
+end
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+local oldest = summary[2]
+if not oldest then oldest = '' end
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+return {t[1], t[2], dead, 1, len, 1, summary[1], lag, computed, ld, oldest, consumers}
+"#,
+    )
+});
+
+/// Opens a multiplexed connection with the given per-command response timeout
+/// (`None`: wait forever; use it for connections that run blocking reads longer than the
+/// default 500 ms timeout of the redis crate).
+pub async fn connect(
+    url: &str,
+    response_timeout: Option<Duration>,
+) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)
+        .map_err(|e| QueueError::InvalidArgument(format!("invalid redis URL {url:?}: {e}")))?;
+    connect_client(&client, response_timeout).await
+}
+
+/// Like [`connect`] for an already parsed client.
+pub async fn connect_client(
+    client: &redis::Client,
+    response_timeout: Option<Duration>,
+) -> Result<redis::aio::MultiplexedConnection> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(response_timeout);
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await?)
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Double(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+fn as_id(v: &Value) -> Option<EntryId> {
+    as_bytes(v).and_then(EntryId::parse)
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn into_array(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        Value::Nil => Some(Vec::new()),
+        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        _ => None,
+    }
+}
+
+/// Parses one `[id, [f1, v1, ...]]` entry. `Ok(Err(id))` for an entry whose fields are
+/// nil (deleted while pending, Redis < 7).
+fn parse_entry(v: Value) -> Result<std::result::Result<Entry, EntryId>> {
+    let mut parts = into_array(v).ok_or_else(|| protocol("stream entry", "not an array"))?;
+    if parts.len() != 2 {
+        return Err(protocol("stream entry", "expected [id, fields]"));
+    }
+    let fields_v = parts.pop().unwrap_or(Value::Nil);
+    let id = parts
+        .first()
+        .and_then(as_id)
+        .ok_or_else(|| protocol("stream entry", "bad entry id"))?;
+    if matches!(fields_v, Value::Nil) {
+        return Ok(Err(id));
+    }
+    let flat = into_array(fields_v).ok_or_else(|| protocol("stream entry", "bad fields"))?;
+    let mut payload = None;
+    let mut fields = Vec::new();
+    let mut it = flat.into_iter();
+    while let Some(k) = it.next() {
+        let k = into_bytes(k).ok_or_else(|| protocol("stream entry", "bad field name"))?;
+        let v = it
+            .next()
+            .and_then(into_bytes)
+            .ok_or_else(|| protocol("stream entry", "bad field value"))?;
+        if payload.is_none() && k == PAYLOAD_FIELD.as_bytes() {
+            payload = Some(v);
+        } else {
+            fields.push((k, v));
+        }
+    }
+    Ok(Ok(Entry {
+        id,
+        payload,
+        fields,
+        deliveries: 1,
+    }))
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+impl Queue {
+    /// A queue on `stream` read by `group`; the dead-letter stream defaults to
+    /// `<stream>:dead`.
+    pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
+        let stream = stream.into();
+        let dead_letter_stream = format!("{stream}:dead");
+        Queue {
+            stream,
+            group: group.into(),
+            dead_letter_stream,
+        }
+    }
+
+    /// Sets the dead-letter stream.
+    pub fn with_dead_letter_stream(mut self, dead_letter_stream: impl Into<String>) -> Self {
+        self.dead_letter_stream = dead_letter_stream.into();
+        self
+    }
+
+    /// Checks that the names are usable (non-empty, dead letters not the stream itself).
+    pub fn validate(&self) -> Result<()> {
+        if self.stream.is_empty() {
+            return Err(QueueError::InvalidArgument("stream name is empty".into()));
+        }
+        if self.group.is_empty() {
+            return Err(QueueError::InvalidArgument("group name is empty".into()));
+        }
+        if self.dead_letter_stream.is_empty() {
+            return Err(QueueError::InvalidArgument(
+                "dead-letter stream name is empty".into(),
+            ));
+        }
+        if self.dead_letter_stream == self.stream {
+            return Err(QueueError::InvalidArgument(
+                "the dead-letter stream must differ from the task stream".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The task stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The dead-letter stream.
+    pub fn dead_letter_stream(&self) -> &str {
+        &self.dead_letter_stream
+    }
+
+    fn map_err(&self, e: redis::RedisError) -> QueueError {
+        if is_nogroup(&e) {
+            QueueError::NoGroup {
+                stream: self.stream.clone(),
+                group: self.group.clone(),
+            }
+        } else {
+            e.into()
+        }
+    }
+
+    /// Creates the stream and the group (at id 0, so entries enqueued before any worker
+    /// existed are delivered) if missing. Idempotent: an existing group is fine.
+    pub async fn ensure_group<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<()> {
+        let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Enqueues tasks in one pipeline; returns their entry ids in order.
+    pub async fn enqueue<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        tasks: &[NewTask<'_>],
+    ) -> Result<Vec<EntryId>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for t in tasks {
+            let c = pipe
+                .cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg(PAYLOAD_FIELD)
+                .arg(t.payload);
+            if let Some(id) = t.id {
+                c.arg("id").arg(id);
+            }
+            if let Some(a) = t.attempt {
+                c.arg("attempt").arg(a);
+            }
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        replies
+            .iter()
+            .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
+            .collect()
+    }
+
+    /// Reads up to `count` new entries for `consumer`, blocking up to `block`
+    /// (`XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS s >`). Entries have
+    /// `deliveries == 1`. The connection's response timeout must exceed `block`.
+    pub async fn read<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>> {
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let streams = into_array(v).ok_or_else(|| protocol("XREADGROUP", "not an array"))?;
+        let mut out = Vec::new();
+        for s in streams {
+            let mut pair = match s {
+                Value::Array(a) => a,
+                // RESP3 maps are flattened by into_array; handle both shapes.
+                other => into_array(other).unwrap_or_default(),
+            };
+            if pair.len() != 2 {
+                return Err(protocol("XREADGROUP", "expected [stream, entries]"));
+            }
+            let entries = into_array(pair.pop().unwrap_or(Value::Nil))
+                .ok_or_else(|| protocol("XREADGROUP", "entries not an array"))?;
+            out.reserve(entries.len());
+            for e in entries {
+                // Fresh reads never return deleted entries; ignore one if it ever does.
+                if let Ok(entry) = parse_entry(e)? {
+                    out.push(entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges and deletes entries (`MULTI XACK XDEL EXEC`, one round trip).
+    pub async fn ack<C: ConnectionLike + Send>(&self, conn: &mut C, ids: &[EntryId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(ids)
+            .ignore();
+        pipe.cmd("XDEL").arg(&self.stream).arg(ids).ignore();
+        let _: Value = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
+        Ok(())
+    }
+
+    /// One step of reclaiming entries idle longer than `min_idle` from any consumer to
+    /// `consumer` (`XAUTOCLAIM`, which increments their delivery counters), starting at
+    /// `cursor` and looking at about `count` entries. The delivery counts of the claimed
+    /// entries are then read from `XPENDING`.
+    pub async fn autoclaim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: EntryId,
+        count: usize,
+    ) -> Result<AutoClaim> {
+        let v: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let mut parts = into_array(v).ok_or_else(|| protocol("XAUTOCLAIM", "not an array"))?;
+        if parts.len() < 2 {
+            return Err(protocol("XAUTOCLAIM", "expected [cursor, entries, ...]"));
+        }
+        let deleted_v = if parts.len() >= 3 {
+            parts.pop()
+        } else {
+            None
+        };
+        let entries_v = parts.pop().unwrap_or(Value::Nil);
+        let next_cursor = parts
+            .first()
+            .and_then(as_id)
+            .ok_or_else(|| protocol("XAUTOCLAIM", "bad cursor"))?;
+        let mut out = AutoClaim {
+            next_cursor,
+            ..Default::default()
+        };
+        if let Some(d) = deleted_v {
+            for id in into_array(d).unwrap_or_default() {
+                if let Some(id) = as_id(&id) {
+                    out.deleted.push(id);
+                }
+            }
+        }
+        let mut nil_ids = Vec::new();
+        for e in into_array(entries_v).ok_or_else(|| protocol("XAUTOCLAIM", "bad entries"))? {
+            match parse_entry(e)? {
+                Ok(entry) => out.entries.push(entry),
+                Err(id) => nil_ids.push(id),
+            }
+        }
+        if !nil_ids.is_empty() {
+            // Redis < 7 returns deleted-but-pending entries with nil fields and keeps them
+            // pending: acknowledge them so they do not come back forever.
+            self.ack(conn, &nil_ids).await?;
+            out.deleted.extend(nil_ids);
+        }
+        if !out.entries.is_empty() {
+            let mut pipe = redis::pipe();
+            for e in &out.entries {
+                pipe.cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(e.id)
+                    .arg(e.id)
+                    .arg(1);
+            }
+            let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
+            for (e, r) in out.entries.iter_mut().zip(replies) {
+                let p = parse_pending(r)?;
+                // Not pending any more (acknowledged meanwhile): count stays 1 and the
+                // later ack is a no-op.
+                if let Some(p) = p.into_iter().next() {
+                    e.deliveries = p.deliveries;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Renews the lease on entries `consumer` is working on: re-claims them to itself
+    /// without touching their delivery counters, which resets their idle time. Entries it
+    /// no longer holds (claimed by another worker, acknowledged or deleted) are left alone
+    /// and returned.
+    pub async fn renew<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        ids: &[EntryId],
+    ) -> Result<Vec<EntryId>> {
+        let mut lost = Vec::new();
+        for chunk in ids.chunks(500) {
+            let mut inv = RENEW.key(&self.stream);
+            inv.arg(&self.group).arg(consumer);
+            for id in chunk {
+                inv.arg(*id);
+            }
+            let v: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+            for id in into_array(v).unwrap_or_default() {
+                if let Some(id) = as_id(&id) {
+                    lost.push(id);
+                }
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Before retrying an entry in place: if `consumer` still holds it, set its delivery
+    /// counter to `deliveries` (so a crash during the retry is counted) and reset its idle
+    /// time. Returns false when the entry is no longer held by `consumer`.
+    pub async fn claim_for_retry<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        id: EntryId,
+        deliveries: u32,
+    ) -> Result<bool> {
+        let n: i64 = CLAIM_FOR_RETRY
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(id)
+            .arg(deliveries)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Hands entries back (e.g. on shutdown): for each `(id, deliveries)` that `consumer`
+    /// still holds, sets the delivery counter and marks the entry idle for a day, so the
+    /// next `XAUTOCLAIM` of any worker takes it at once. Returns how many were released.
+    pub async fn release<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        entries: &[(EntryId, u32)],
+    ) -> Result<u64> {
+        let mut total = 0u64;
+        for chunk in entries.chunks(500) {
+            let mut inv = RELEASE.key(&self.stream);
+            inv.arg(&self.group).arg(consumer).arg(86_400_000u64);
+            for (id, d) in chunk {
+                inv.arg(*id).arg(*d);
+            }
+            let n: i64 = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+            total += n.max(0) as u64;
+        }
+        Ok(total)
+    }
+
+    /// Moves an entry to the dead-letter stream and acknowledges + deletes it, atomically
+    /// (`MULTI XADD XACK XDEL EXEC`). The dead-letter entry carries the original `payload`
+    /// (when there was one) and other fields, plus `original_id`, `error`, `deliveries`,
+    /// `stream`, `group` and `consumer`. Original fields whose names collide with these get
+    /// an `orig_` prefix.
+    pub async fn dead_letter<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        entry: &Entry,
+        consumer: &str,
+        error: &str,
+    ) -> Result<EntryId> {
+        const OURS: [&str; 6] = [
+            "original_id",
+            "error",
+            "deliveries",
+            "stream",
+            "group",
+            "consumer",
+        ];
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let c = pipe.cmd("XADD").arg(&self.dead_letter_stream).arg("*");
+        if let Some(p) = &entry.payload {
+            c.arg(PAYLOAD_FIELD).arg(p.as_slice());
+        }
+        c.arg("original_id")
+            .arg(entry.id)
+            .arg("error")
+            .arg(error)
+            .arg("deliveries")
+            .arg(entry.deliveries)
+            .arg("stream")
+            .arg(&self.stream)
+            .arg("group")
+            .arg(&self.group)
+            .arg("consumer")
+            .arg(consumer);
+        for (k, v) in &entry.fields {
+            if OURS.iter().any(|o| o.as_bytes() == k.as_slice()) || k == b"payload" {
+                let mut name = b"orig_".to_vec();
+                name.extend_from_slice(k);
+                c.arg(name).arg(v.as_slice());
+            } else {
+                c.arg(k.as_slice()).arg(v.as_slice());
+            }
+        }
+        pipe.cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(entry.id)
+            .ignore();
+        pipe.cmd("XDEL").arg(&self.stream).arg(entry.id).ignore();
+        let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
+        replies
+            .first()
+            .and_then(as_id)
+            .ok_or_else(|| protocol("XADD", "dead-letter reply is not an entry id"))
+    }
+
+    /// Pending entries in id order, optionally only those of one consumer
+    /// (`XPENDING s g - + count [consumer]`).
+    pub async fn pending_entries<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        count: usize,
+        consumer: Option<&str>,
+    ) -> Result<Vec<PendingEntry>> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.stream)
+            .arg(&self.group)
+            .arg("-")
+            .arg("+")
+            .arg(count);
+        if let Some(c) = consumer {
+            cmd.arg(c);
+        }
+        let v: Value = cmd.query_async(conn).await.map_err(|e| self.map_err(e))?;
+        parse_pending(v)
+    }
+
+    /// The group's consumers (`XINFO CONSUMERS`).
+    pub async fn consumers<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Vec<ConsumerInfo>> {
+        let v: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .query_async(conn)
+            .await
+            .map_err(|e| {
+                if e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("no such key"))
+                {
+                    QueueError::NoGroup {
+                        stream: self.stream.clone(),
+                        group: self.group.clone(),
+                    }
+                } else {
+                    self.map_err(e)
+                }
+            })?;
+        parse_consumers(v)
+    }
+
+    /// Deletes `consumer` from the group only if it holds no pending entry; checked and
+    /// done atomically in one Lua script, so an entry delivered to it meanwhile is never
+    /// dropped.
+    pub async fn remove_consumer_if_idle<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+    ) -> Result<RemoveConsumer> {
+        let n: i64 = REMOVE_CONSUMER
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(match n {
+            -1 => RemoveConsumer::NoGroup,
+            -2 => RemoveConsumer::NotFound,
+            0 => RemoveConsumer::Removed,
+            n => RemoveConsumer::StillPending(n as u64),
+        })
+    }
+
+    /// An atomic snapshot of the queue: backlog (= lag + pending), pending, dead letters,
+    /// oldest pending age and the consumers. When Redis reports the group's `lag` as nil
+    /// (entries were deleted or trimmed) it is computed exactly by counting entries after
+    /// the group's last delivered id.
+    pub async fn stats<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<QueueStats> {
+        let v: Value = STATS
+            .key(&self.stream)
+            .key(&self.dead_letter_stream)
+            .arg(&self.group)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let a = into_array(v).ok_or_else(|| protocol("stats script", "not an array"))?;
+        if a.len() != 12 {
+            return Err(protocol("stats script", format!("{} elements", a.len())));
+        }
+        let int = |i: usize| -> Result<i64> {
+            as_int(&a[i]).ok_or_else(|| protocol("stats script", format!("element {i}")))
+        };
+        let now_ms = (int(0)? as u64) * 1000 + (int(1)? as u64) / 1000;
+        let mut st = QueueStats {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            dead_letters: int(2)?.max(0) as u64,
+            stream_exists: int(3)? == 1,
+            stream_length: int(4)?.max(0) as u64,
+            group_exists: int(5)? == 1,
+            pending: int(6)?.max(0) as u64,
+            lag: int(7)?.max(0) as u64,
+            lag_computed: int(8)? == 1,
+            last_delivered_id: as_id(&a[9]),
+            oldest_pending_id: as_id(&a[10]),
+            ..Default::default()
+        };
+        st.backlog = st.lag + st.pending;
+        st.oldest_pending_age_ms = st.oldest_pending_id.map(|id| now_ms.saturating_sub(id.ms));
+        if st.group_exists {
+            let mut a = a;
+            st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
+        }
+        Ok(st)
+    }
+}
+
+fn parse_pending(v: Value) -> Result<Vec<PendingEntry>> {
+    let rows = into_array(v).ok_or_else(|| protocol("XPENDING", "not an array"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let r = into_array(r).ok_or_else(|| protocol("XPENDING", "row not an array"))?;
+        if r.len() < 4 {
+            return Err(protocol("XPENDING", "short row"));
+        }
+        out.push(PendingEntry {
+            id: as_id(&r[0]).ok_or_else(|| protocol("XPENDING", "bad id"))?,
+            consumer: as_string(&r[1]).ok_or_else(|| protocol("XPENDING", "bad consumer"))?,
+            idle_ms: as_int(&r[2]).unwrap_or(0).max(0) as u64,
+            deliveries: as_int(&r[3]).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_consumers(v: Value) -> Result<Vec<ConsumerInfo>> {
+    let rows = into_array(v).ok_or_else(|| protocol("XINFO CONSUMERS", "not an array"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let flat = into_array(r).ok_or_else(|| protocol("XINFO CONSUMERS", "bad row"))?;
+        let mut c = ConsumerInfo {
+            name: String::new(),
+            pending: 0,
+            idle_ms: 0,
+            inactive_ms: None,
+        };
+        let mut it = flat.iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            match as_bytes(k) {
+                Some(b"name") => c.name = as_string(v).unwrap_or_default(),
+                Some(b"pending") => c.pending = as_int(v).unwrap_or(0).max(0) as u64,
+                Some(b"idle") => c.idle_ms = as_int(v).unwrap_or(0).max(0) as u64,
+                Some(b"inactive") => c.inactive_ms = as_int(v),
+                _ => {}
+            }
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_id_parse_and_display() {
+        let id = EntryId::parse(b"1700000000000-42").expect("valid id");
+        assert_eq!(
+            id,
+            EntryId {
+                ms: 1_700_000_000_000,
+                seq: 42
+            }
+        );
+        assert_eq!(id.to_string(), "1700000000000-42");
+        assert_eq!(EntryId::parse(b"5"), Some(EntryId { ms: 5, seq: 0 }));
+        assert_eq!(EntryId::parse(b""), None);
+        assert_eq!(EntryId::parse(b"1-"), None);
+        assert_eq!(EntryId::parse(b"-1"), None);
+        assert_eq!(EntryId::parse(b"1-2-3"), None);
+        assert_eq!(EntryId::parse(b"abc"), None);
+        assert_eq!(EntryId::parse(b"99999999999999999999999-0"), None);
+        assert!("x".parse::<EntryId>().is_err());
+        assert!(EntryId::parse(b"1-2") < EntryId::parse(b"1-10"));
+        assert!(EntryId::parse(b"2-0") > EntryId::parse(b"1-10"));
+    }
+
+    #[test]
+    fn entry_id_as_redis_arg() {
+        let args = redis::ToRedisArgs::to_redis_args(&EntryId {
+            ms: u64::MAX,
+            seq: u64::MAX,
+        });
+        assert_eq!(
+            args,
+            vec![format!("{}-{}", u64::MAX, u64::MAX).into_bytes()]
+        );
+    }
+
+    #[test]
+    fn parse_entry_splits_payload_and_fields() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"1-1".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"id".to_vec()),
+                Value::BulkString(b"t1".to_vec()),
+                Value::BulkString(b"payload".to_vec()),
+                Value::BulkString(b"{}".to_vec()),
+            ]),
+        ]);
+        let e = parse_entry(v).expect("parses").expect("has fields");
+        assert_eq!(e.payload.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(e.field("id"), Some(&b"t1"[..]));
+        assert_eq!(e.deliveries, 1);
+        let nil = Value::Array(vec![Value::BulkString(b"1-2".to_vec()), Value::Nil]);
+        assert_eq!(
+            parse_entry(nil).expect("parses"),
+            Err(EntryId { ms: 1, seq: 2 })
+        );
+        assert!(parse_entry(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn parse_consumers_reads_fields() {
+        let v = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"name".to_vec()),
+            Value::BulkString(b"w1".to_vec()),
+            Value::BulkString(b"pending".to_vec()),
+            Value::Int(3),
+            Value::BulkString(b"idle".to_vec()),
+            Value::Int(1500),
+        ])]);
+        let c = parse_consumers(v).expect("parses");
+        assert_eq!(
+            c,
+            vec![ConsumerInfo {
+                name: "w1".into(),
+                pending: 3,
+                idle_ms: 1500,
+                inactive_ms: None
+            }]
+        );
+    }
+}
