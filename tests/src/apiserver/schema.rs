@@ -837,59 +837,103 @@ impl OpenApi {
         }
     }
 
+    /// allOf / anyOf / oneOf / not, as kube-openapi's schemaPropsValidator: the
+    /// composite message (a plain error, reported on the nil path) plus the errors of
+    /// the first failing branch.
     fn schema_props(&mut self, s: &Value, v: &Value, path: &str, depth: usize) {
-        let valid = |branch: &Value| {
+        let run = |branch: &Value| {
             let mut sub = OpenApi { errs: Vec::new() };
             sub.validate(branch, v, path, depth + 1);
-            sub.errs.is_empty()
+            sub.errs
         };
-        if let Some(all) = s.get("allOf").and_then(Value::as_array) {
-            for b in all {
-                self.validate(b, v, path, depth + 1);
-            }
-        }
+        let composite = |msg: String| OErr::new(Code::Other, "", None, msg);
         if let Some(any) = s
             .get("anyOf")
             .and_then(Value::as_array)
             .filter(|a| !a.is_empty())
-            && !any.iter().any(valid)
         {
-            self.errs.push(OErr::new(
-                Code::Other,
-                path,
-                None,
-                format!("{path} must validate at least one schema (anyOf)"),
-            ));
+            let mut best: Option<Vec<OErr>> = None;
+            let mut ok = false;
+            for b in any {
+                let errs = run(b);
+                if errs.is_empty() {
+                    ok = true;
+                    break;
+                }
+                if best.is_none() {
+                    best = Some(errs);
+                }
+            }
+            if !ok {
+                self.errs.push(composite(format!(
+                    "{} must validate at least one schema (anyOf)",
+                    go_quote(path)
+                )));
+                self.errs.extend(best.unwrap_or_default());
+            }
         }
         if let Some(one) = s
             .get("oneOf")
             .and_then(Value::as_array)
             .filter(|a| !a.is_empty())
         {
-            let n = one.iter().filter(|b| valid(b)).count();
-            if n != 1 {
-                let extra = if n == 0 {
+            let mut best: Option<Vec<OErr>> = None;
+            let mut validated = 0;
+            for b in one {
+                let errs = run(b);
+                if errs.is_empty() {
+                    validated += 1;
+                } else if validated == 0 && best.is_none() {
+                    best = Some(errs);
+                }
+            }
+            if validated != 1 {
+                let extra = if validated == 0 {
                     "Found none valid".to_string()
                 } else {
-                    format!("Found {n} valid alternatives")
+                    format!("Found {validated} valid alternatives")
                 };
-                self.errs.push(OErr::new(
-                    Code::Other,
-                    path,
-                    None,
-                    format!("{path} must validate one and only one schema (oneOf). {extra}"),
-                ));
+                self.errs.push(composite(format!(
+                    "{} must validate one and only one schema (oneOf). {extra}",
+                    go_quote(path)
+                )));
+                if validated == 0 {
+                    self.errs.extend(best.unwrap_or_default());
+                }
+            }
+        }
+        if let Some(all) = s
+            .get("allOf")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+        {
+            let mut validated = 0;
+            for b in all {
+                let errs = run(b);
+                if errs.is_empty() {
+                    validated += 1;
+                }
+                self.errs.extend(errs);
+            }
+            if validated != all.len() {
+                let extra = if validated == 0 {
+                    ". None validated"
+                } else {
+                    ""
+                };
+                self.errs.push(composite(format!(
+                    "{} must validate all the schemas (allOf){extra}",
+                    go_quote(path)
+                )));
             }
         }
         if let Some(not) = s.get("not").filter(|n| n.is_object())
-            && valid(not)
+            && run(not).is_empty()
         {
-            self.errs.push(OErr::new(
-                Code::Other,
-                path,
-                None,
-                format!("{path} must not validate the schema (not)"),
-            ));
+            self.errs.push(composite(format!(
+                "{} must not validate the schema (not)",
+                go_quote(path)
+            )));
         }
     }
 
@@ -2007,23 +2051,31 @@ fn analyze_cel(src: &str) -> Result<RuleShape, String> {
     })
 }
 
-/// Counts the JSON nodes of a value (bounded).
-fn value_size(v: &Value) -> f64 {
-    let mut n = 0f64;
+/// Length of the largest list, map or string (in 64-byte units) in a value: the
+/// iteration count a comprehension over it can reach (bounded walk).
+fn largest_collection(v: &Value) -> f64 {
+    let mut max = 1usize;
+    let mut seen = 0usize;
     let mut stack = vec![v];
     while let Some(x) = stack.pop() {
-        n += 1.0;
-        if n > 1e9 {
+        seen += 1;
+        if seen > 10_000_000 {
             break;
         }
         match x {
-            Value::Array(a) => stack.extend(a.iter()),
-            Value::Object(m) => stack.extend(m.values()),
-            Value::String(s) => n += (s.len() / 64) as f64,
+            Value::Array(a) => {
+                max = max.max(a.len());
+                stack.extend(a.iter());
+            }
+            Value::Object(m) => {
+                max = max.max(m.len());
+                stack.extend(m.values());
+            }
+            Value::String(s) => max = max.max(s.len() / 64),
             _ => {}
         }
     }
-    n
+    max as f64
 }
 
 /// Removes `x-kubernetes-validations` from every node below the root.
@@ -2262,10 +2314,8 @@ impl CelPass {
                 continue;
             }
             if shape.loop_depth > 0 {
-                let est = value_size(v).powi(shape.loop_depth as i32)
-                    + old
-                        .map(|o| value_size(o).powi(shape.loop_depth as i32))
-                        .unwrap_or(0.0);
+                let n = largest_collection(v).max(old.map(largest_collection).unwrap_or(1.0));
+                let est = n.powi(shape.loop_depth.min(64) as i32);
                 if est > PER_CALL_LIMIT {
                     self.errs.push(cause(
                         R_INVALID,
@@ -2541,17 +2591,19 @@ impl CrdVersionSchema {
         flag(&self.schema, "x-kubernetes-preserve-unknown-fields")
     }
 
-    /// Applies `default` values, as the apiserver does on create/update and on read:
-    /// first non-nullable `null`s without a default are dropped, then defaults are
-    /// applied top-down (a defaulted object gets its own nested defaults), including
-    /// under `additionalProperties` and `items` (where a non-nullable `null` is
-    /// replaced by the default).
+    /// Applies `default` values, as the apiserver does when decoding a request and when
+    /// reading from storage (`structuraldefaulting.Default`): defaults of absent
+    /// properties (and of non-nullable `null`s) are set top-down, so a defaulted object
+    /// gets its own nested defaults; also under `additionalProperties` and `items`.
+    /// Call before [`Self::prune`], as the apiserver's decoder does.
     pub fn apply_defaults(&self, obj: &mut Value) {
-        prune_nulls(obj, Some(&self.schema), 0);
         default_node(obj, &self.schema, 0);
     }
 
-    /// Drops fields the schema does not know (unless preserved), like the apiserver.
+    /// Drops fields the schema does not know (unless preserved), like the apiserver
+    /// (`pruning.Prune` with the root treated as an embedded resource, so top-level
+    /// `apiVersion`, `kind` and `metadata` stay), then drops `null`s of non-nullable
+    /// fields that have no default (`PruneNonNullableNullsWithoutDefaults`).
     pub fn prune(&self, obj: &mut Value) {
         let _ = self.prune_unknown_fields(obj);
     }
@@ -2564,6 +2616,7 @@ impl CrdVersionSchema {
             unknown: Vec::new(),
         };
         p.prune(obj, Some(&self.schema), true, "", 0);
+        prune_nulls(obj, Some(&self.schema), 0);
         p.unknown.sort();
         p.unknown
     }
@@ -2597,7 +2650,16 @@ impl CrdVersionSchema {
         oa.validate(&self.schema, obj, "", 0);
         for e in &oa.errs {
             if let Some(old) = ratchet_old
-                && ratcheted(&self.schema, obj, old, &e.name)
+                && ratcheted(
+                    &self.schema,
+                    obj,
+                    old,
+                    if e.code == Code::Required {
+                        e.name.rsplit_once('.').map(|(p, _)| p).unwrap_or("")
+                    } else {
+                        &e.name
+                    },
+                )
             {
                 continue;
             }
@@ -3996,7 +4058,7 @@ mod tests {
             ),
             (
                 json!({"spec": {"nullable": null, "nonnull": null, "dropme": null, "keepnull": null}}),
-                json!({"spec": {"a": 5, "obj": {"x": "dx", "deep": {"k": 1, "j": 2}}, "nullable": null, "nonnull": "nn", "keepnull": null}}),
+                json!({"spec": {"a": 5, "obj": {"x": "dx", "deep": {"k": 1, "j": 2}}, "nullable": null, "nonnull": "nn", "dropme": null, "keepnull": null}}),
             ),
         ];
         for (i, (input, want)) in cases.into_iter().enumerate() {
@@ -4093,6 +4155,11 @@ mod tests {
                 "spec.unknown"
             ]
         );
+        // nulls of non-nullable fields without a default are dropped too
+        let mut nulls =
+            json!({"spec": {"known": null, "free": {"typed": null, "x": null}, "ios": null}});
+        assert!(s.prune_unknown_fields(&mut nulls).is_empty());
+        assert_eq!(nulls, json!({"spec": {"free": {"x": null}}}));
         // preserve-unknown at the root keeps everything
         let s2 = schema(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
         let mut o2 = json!({"a": {"b": 1}, "spec": [1]});
@@ -4931,7 +4998,8 @@ mod tests {
     #[test]
     fn crd_validation_table() {
         let root = "spec.validation.openAPIV3Schema";
-        let mut cases: Vec<(&str, Value, Vec<(&str, &str)>)> = Vec::new();
+        type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
+        let mut cases: Vec<Case> = Vec::new();
         cases.push((
             "bad CEL rule",
             crd_with_spec_rules(json!([{"rule": "self.replicas >"}])),
