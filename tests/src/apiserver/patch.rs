@@ -421,7 +421,11 @@ fn smp_map(
         } else {
             let (in_order, server_only) = partition(&merged, &order, merge_key)?;
             let orig_ref = orig_list.unwrap_or_default();
-            normalize_element_order(in_order, server_only, &order, &orig_ref, merge_key)?
+            let server_order = match (merge_key, &patch_list) {
+                (Some(k), Some(p)) => aliased_server_order(&orig_ref, p, k),
+                _ => orig_ref,
+            };
+            normalize_element_order(in_order, server_only, &order, &server_order, merge_key)?
         };
         names.pop();
         original.insert(field, Value::Array(merged));
@@ -497,6 +501,58 @@ fn smp_merge_key(lt: &ListType) -> Option<&str> {
         ListType::Map(keys) => keys.first().map(String::as_str),
         _ => None,
     }
+}
+
+/// The live order upstream uses when a `$setElementOrder` list is merged together with
+/// its patch list. Upstream reads it from the original slice *after* the merge mutated
+/// that slice's backing array in place (Go slice aliasing: `$patch: delete` items shift
+/// the array left, then appended items land in the freed tail). The apiserver decodes
+/// objects with `len == cap`, so appends alias only into slots freed by deletions.
+fn aliased_server_order(orig: &[Value], patch: &[Value], key: &str) -> Vec<Value> {
+    let n = orig.len();
+    let mut backing = orig.to_vec();
+    let mut cur: Vec<Value> = orig.to_vec();
+    let mut replace = false;
+    for item in patch {
+        match item.get(DIRECTIVE).and_then(Value::as_str) {
+            Some("delete") => {
+                let Some(kv) = item.get(key) else {
+                    continue;
+                };
+                while let Some(i) = cur.iter().position(|o| o.get(key) == Some(kv)) {
+                    cur.remove(i);
+                    for (j, slot) in backing.iter_mut().enumerate().take(cur.len()).skip(i) {
+                        *slot = cur[j].clone();
+                    }
+                }
+            }
+            Some("replace") => replace = true,
+            _ => {}
+        }
+    }
+    if replace {
+        return backing;
+    }
+    let mut aliased = true;
+    for item in patch {
+        if item.get(DIRECTIVE).is_some() {
+            continue;
+        }
+        let Some(kv) = item.get(key) else {
+            continue;
+        };
+        if cur.iter().any(|o| o.get(key) == Some(kv)) {
+            continue;
+        }
+        if cur.len() >= n {
+            aliased = false;
+        }
+        if aliased && let Some(slot) = backing.get_mut(cur.len()) {
+            *slot = item.clone();
+        }
+        cur.push(item.clone());
+    }
+    backing
 }
 
 /// `mergeSliceHandler` + `mergeSlice`.
@@ -2742,6 +2798,30 @@ mod tests {
             out["spec"]["containers"][0]["env"][1],
             json!({"name":"E1","value":"1"})
         );
+    }
+
+    #[test]
+    fn smp_delete_and_add_with_set_element_order_orders_like_the_apiserver() {
+        // kubectl's three-way patch when a container is removed and another added while
+        // the live object has a server-only container: upstream orders the result by the
+        // live list as mutated in place during the merge.
+        let live = json!({"spec": {"containers": [
+            {"name": "a", "image": "a"}, {"name": "b", "image": "b"}, {"name": "d", "image": "d"}
+        ]}});
+        let out = smp(
+            live,
+            json!({"spec": {
+                "$setElementOrder/containers": [{"name": "b"}, {"name": "c"}],
+                "containers": [{"name": "c", "image": "c"}, {"$patch": "delete", "name": "a"}]
+            }}),
+        );
+        let names: Vec<&str> = out["spec"]["containers"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["b", "d", "c"]);
     }
 
     #[test]
