@@ -2205,6 +2205,166 @@ fn with_cel_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .ok()
 }
 
+/// What evaluating one rule gave.
+enum Outcome {
+    /// The rule returned false; the message as kube-cel resolves it (messageExpression
+    /// result, else message, else `failed rule: <rule>`).
+    Fail(String),
+    /// Evaluation failed with this error text.
+    Eval(String),
+    /// The rule did not return a bool.
+    NotBool,
+    /// The rule could not be compiled.
+    Compile(String),
+}
+
+/// Evaluates one rule with kube-cel on `s` stripped of nested rules.
+fn eval_with_kube_cel(r: &RuleSpec, s: &Value, v: &Value, old: Option<&Value>) -> Vec<Outcome> {
+    let mut node = s.clone();
+    strip_nested_rules(&mut node, 0);
+    if let Some(m) = node.as_object_mut() {
+        m.insert(
+            "x-kubernetes-validations".into(),
+            Value::Array(vec![r.raw.clone()]),
+        );
+        m.remove("allOf");
+    }
+    let Err(errors) = kube_cel::validate(&node, v, old) else {
+        return Vec::new();
+    };
+    errors
+        .into_vec()
+        .into_iter()
+        .map(|e| match e.kind {
+            kube_cel::ErrorKind::ValidationFailure => Outcome::Fail(e.message),
+            kube_cel::ErrorKind::EvaluationError | kube_cel::ErrorKind::UnsupportedReference => {
+                Outcome::Eval(
+                    e.message
+                        .strip_prefix("rule evaluation error: ")
+                        .unwrap_or(&e.message)
+                        .to_string(),
+                )
+            }
+            kube_cel::ErrorKind::InvalidResult => Outcome::NotBool,
+            _ => Outcome::Compile(e.message),
+        })
+        .collect()
+}
+
+/// CEL reserved words escaped as `__word__` when used as field names.
+const CEL_RESERVED: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// JSON to CEL value with the apiserver's field-name escaping (maps under
+/// `additionalProperties` keep their keys).
+fn json_to_cel(v: &Value, s: Option<&Value>, depth: usize) -> kube_cel::cel::Value {
+    use kube_cel::cel::Value as C;
+    use kube_cel::cel::objects::{Key, Map as CelMap};
+    use std::sync::Arc;
+    if depth > MAX_DEPTH {
+        return C::Null;
+    }
+    match v {
+        Value::Null => C::Null,
+        Value::Bool(b) => C::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                C::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                C::UInt(u)
+            } else {
+                C::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(x) => C::String(Arc::new(x.clone())),
+        Value::Array(a) => C::List(Arc::new(
+            a.iter()
+                .map(|x| json_to_cel(x, s.and_then(items), depth + 1))
+                .collect(),
+        )),
+        Value::Object(m) => {
+            let is_map = s.is_some_and(|s| addl(s).is_some());
+            let mut out = std::collections::HashMap::with_capacity(m.len());
+            for (k, x) in m {
+                let key = if is_map {
+                    k.clone()
+                } else if CEL_RESERVED.contains(&k.as_str()) {
+                    format!("__{k}__")
+                } else {
+                    k.replace('_', "__")
+                        .replace('.', "__dot__")
+                        .replace('-', "__dash__")
+                        .replace('/', "__slash__")
+                };
+                out.insert(
+                    Key::String(Arc::new(key)),
+                    json_to_cel(x, s.and_then(|s| field_schema(s, k)), depth + 1),
+                );
+            }
+            C::Map(CelMap { map: Arc::new(out) })
+        }
+    }
+}
+
+/// Evaluates an `optionalOldSelf: true` transition rule: `oldSelf` is an optional,
+/// `optional.none()` on create and `optional.of(old)` on update (as the apiserver).
+fn eval_optional_old_self(r: &RuleSpec, s: &Value, v: &Value, old: Option<&Value>) -> Vec<Outcome> {
+    use kube_cel::KubeCelExt;
+    use kube_cel::cel::objects::OptionalValue;
+    use kube_cel::cel::{Context, Program, Value as C};
+    use std::sync::Arc;
+    let program = match Program::compile(&r.rule) {
+        Ok(p) => p,
+        Err(e) => return vec![Outcome::Compile(format!("compilation failed: {e}"))],
+    };
+    let mut ctx = Context::default().with_all();
+    ctx.add_variable_from_value("self", json_to_cel(v, Some(s), 0));
+    let opt = match old {
+        Some(o) => OptionalValue::of(json_to_cel(o, Some(s), 0)),
+        None => OptionalValue::none(),
+    };
+    ctx.add_variable_from_value("oldSelf", C::Opaque(Arc::new(opt)));
+    match program.execute(&ctx) {
+        Ok(C::Bool(true)) => Vec::new(),
+        Ok(C::Bool(false)) => {
+            let mut message = r
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("failed rule: {}", r.rule));
+            if let Some(me) = r.message_expression.as_deref()
+                && let Ok(p) = Program::compile(me)
+                && let Ok(C::String(m)) = p.execute(&ctx)
+            {
+                message = (*m).clone();
+            }
+            vec![Outcome::Fail(message)]
+        }
+        Ok(_) => vec![Outcome::NotBool],
+        Err(e) => vec![Outcome::Eval(e.to_string())],
+    }
+}
+
 /// State of one CEL validation pass.
 struct CelPass {
     errs: Vec<Cause>,
@@ -2335,39 +2495,33 @@ impl CelPass {
         if runnable.is_empty() {
             return;
         }
-        // one kube-cel run per rule keeps results attributable to their rule
+        // one run per rule keeps results attributable to their rule
         for (i, uses_old_self) in runnable {
             let r = &rules[i];
-            let mut node = s.clone();
-            strip_nested_rules(&mut node, 0);
-            if let Some(m) = node.as_object_mut() {
-                m.insert(
-                    "x-kubernetes-validations".into(),
-                    Value::Array(vec![r.raw.clone()]),
-                );
-                m.remove("allOf");
-            }
-            let result = kube_cel::validate(&node, v, old);
-            let Err(errors) = result else { continue };
-            for e in errors.into_vec() {
-                let field = match r
-                    .field_path
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                {
-                    Some(fp) => match normalize_field_path(fp, s) {
-                        Ok(n) if !n.is_empty() => child(path, &n),
-                        _ => path.to_string(),
-                    },
-                    None => path.to_string(),
-                };
-                match e.kind {
-                    kube_cel::ErrorKind::ValidationFailure => {
+            let outcomes = if r.optional_old_self == Some(true) && uses_old_self {
+                eval_optional_old_self(r, s, v, old)
+            } else {
+                eval_with_kube_cel(r, s, v, old)
+            };
+            let field = match r
+                .field_path
+                .as_deref()
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+            {
+                Some(fp) => match normalize_field_path(fp, s) {
+                    Ok(n) if !n.is_empty() => child(path, &n),
+                    _ => path.to_string(),
+                },
+                None => path.to_string(),
+            };
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Fail(message) => {
                         if !uses_old_self && ratchet {
                             continue; // ratcheting: unchanged value, error becomes a warning
                         }
-                        let detail = self.failure_detail(r, &e.message);
+                        let detail = self.failure_detail(r, &message);
                         let f = nil_path(&field);
                         let c = match r.reason.as_deref() {
                             Some("FieldValueForbidden") => {
@@ -2379,13 +2533,8 @@ impl CelPass {
                         };
                         self.errs.push(c);
                     }
-                    kube_cel::ErrorKind::EvaluationError
-                    | kube_cel::ErrorKind::UnsupportedReference => {
-                        let raw = e
-                            .message
-                            .strip_prefix("rule evaluation error: ")
-                            .unwrap_or(&e.message);
-                        let mut msg = raw.to_string();
+                    Outcome::Eval(raw) => {
+                        let mut msg = raw;
                         if let Some(first) = msg.get(..1) {
                             msg = first.to_lowercase() + &msg[1..];
                         }
@@ -2400,7 +2549,7 @@ impl CelPass {
                         self.errs
                             .push(cause(R_INVALID, &node_path, bad_str(&ty), &detail));
                     }
-                    kube_cel::ErrorKind::InvalidResult => {
+                    Outcome::NotBool => {
                         self.errs.push(cause(
                             R_INVALID,
                             &node_path,
@@ -2408,12 +2557,12 @@ impl CelPass {
                             "rule compile error: cel expression must evaluate to a bool",
                         ));
                     }
-                    _ => {
+                    Outcome::Compile(message) => {
                         self.errs.push(cause(
                             R_INVALID,
                             &node_path,
                             bad_str(&ty),
-                            &format!("rule compile error: {}", e.message),
+                            &format!("rule compile error: {message}"),
                         ));
                     }
                 }
@@ -4699,6 +4848,69 @@ mod tests {
         }
     }
 
+    #[test]
+    fn int_or_string_any_of_reports_like_kube_openapi() {
+        let s = workpool();
+        let obj = with(
+            good_pool(),
+            "/spec/resources",
+            json!({"cpu": "500m", "mem": 3, "bad": true}),
+        );
+        assert_eq!(
+            s.validate(&obj, None),
+            vec![
+                c(
+                    R_TYPE_INVALID,
+                    "spec.resources.bad",
+                    "Invalid value: \"boolean\": spec.resources.bad in body must be of type integer,string: \"boolean\""
+                ),
+                c(
+                    R_INVALID,
+                    "<nil>",
+                    "Invalid value: \"\": \"spec.resources.bad\" must validate at least one schema (anyOf)"
+                ),
+                c(
+                    R_TYPE_INVALID,
+                    "spec.resources.bad",
+                    "Invalid value: \"boolean\": spec.resources.bad in body must be of type integer: \"boolean\""
+                ),
+                c(
+                    R_INVALID,
+                    "<nil>",
+                    "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn schema_errors_ratchet_on_update() {
+        let s = kw_schema();
+        let bad = obj_with(json!({"replicas": -1, "x": "a"}));
+        assert_eq!(s.validate(&bad, None).len(), 1);
+        // unchanged invalid field: tolerated on update
+        let edited = obj_with(json!({"replicas": -1, "x": "b"}));
+        assert_eq!(s.validate(&edited, Some(&bad)), vec![]);
+        // changed and still invalid: reported
+        let worse = obj_with(json!({"replicas": -2, "x": "a"}));
+        assert_eq!(
+            s.validate(&worse, Some(&bad)),
+            vec![c(
+                R_INVALID,
+                "spec.replicas",
+                "Invalid value: -2: spec.replicas in body should be greater than or equal to 0"
+            )]
+        );
+        // a missing required field is tolerated while its object is unchanged
+        let no_queue = json!({"metadata": {"name": "ok"}, "spec": {"replicas": 1}});
+        assert_eq!(s.validate(&no_queue, Some(&no_queue)), vec![]);
+        let no_queue_edit = json!({"metadata": {"name": "ok"}, "spec": {"replicas": 2}});
+        assert_eq!(
+            s.validate(&no_queue_edit, Some(&no_queue))[0],
+            c(R_REQUIRED, "spec.queue", "Required value")
+        );
+    }
+
     fn cel_schema(rules: Value) -> CrdVersionSchema {
         schema(json!({
             "type": "object",
@@ -4851,6 +5063,31 @@ mod tests {
                 json!({"minReplicas": 3, "maxReplicas": 1}),
                 Some(json!({"minReplicas": 3, "maxReplicas": 1})),
                 vec![],
+            ),
+            (
+                "optionalOldSelf on create",
+                json!([{"rule": "!oldSelf.hasValue() || self.mode == oldSelf.value().mode", "optionalOldSelf": true, "message": "immutable"}]),
+                json!({"mode": "b"}),
+                None,
+                vec![],
+            ),
+            (
+                "optionalOldSelf on update",
+                json!([{"rule": "!oldSelf.hasValue() || self.mode == oldSelf.value().mode", "optionalOldSelf": true, "message": "immutable"}]),
+                json!({"mode": "b"}),
+                Some(json!({"mode": "a"})),
+                vec![c(R_INVALID, "spec", "Invalid value: \"object\": immutable")],
+            ),
+            (
+                "optionalOldSelf evaluated on create",
+                json!([{"rule": "oldSelf.hasValue()", "optionalOldSelf": true}]),
+                json!({}),
+                None,
+                vec![c(
+                    R_INVALID,
+                    "spec",
+                    "Invalid value: \"object\": failed rule: oldSelf.hasValue()",
+                )],
             ),
             (
                 "runtime error",
