@@ -145,16 +145,13 @@ impl TestCluster {
         };
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|x| x == "yaml" || x == "yml")
-            })
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
             .collect();
         files.sort();
         let mut docs = Vec::new();
         for f in &files {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?;
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             docs.extend(parse_docs(&text).with_context(|| format!("parsing {}", f.display()))?);
         }
         docs.sort_by_key(|d| d["kind"] != "CustomResourceDefinition");
@@ -174,8 +171,12 @@ impl TestCluster {
 
     /// Server-side applies one object, resolving its kind through discovery.
     pub async fn apply_object(&self, obj: &serde_json::Value) -> Result<()> {
-        let api_version = obj["apiVersion"].as_str().ok_or_else(|| anyhow!("object without apiVersion"))?;
-        let kind = obj["kind"].as_str().ok_or_else(|| anyhow!("object without kind"))?;
+        let api_version = obj["apiVersion"]
+            .as_str()
+            .ok_or_else(|| anyhow!("object without apiVersion"))?;
+        let kind = obj["kind"]
+            .as_str()
+            .ok_or_else(|| anyhow!("object without kind"))?;
         let name = obj
             .pointer("/metadata/name")
             .and_then(|v| v.as_str())
@@ -221,7 +222,10 @@ async fn wait_established(api: &Api<DynamicObject>, name: &str) -> Result<()> {
         let crd = api.get(name).await?;
         let ok = crd.data["status"]["conditions"]
             .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
         if ok {
             return Ok(());
         }

@@ -11,8 +11,8 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -45,8 +45,10 @@ fn widget(name: &str, spec: Value) -> DynamicObject {
 }
 
 fn cm(name: &str, labels: Value) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}))
-        .expect("valid configmap")
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .expect("valid configmap")
 }
 
 fn api_code(e: &kube::Error) -> Option<u16> {
@@ -74,12 +76,18 @@ where
 async fn crud_generate_name_conflict_and_not_found() {
     let c = cluster().await;
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    let created = api.create(&PostParams::default(), &cm("a", json!({}))).await.expect("create");
+    let created = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect("create");
     let rv = created.metadata.resource_version.clone().expect("rv");
     assert!(created.metadata.uid.is_some());
     assert!(created.metadata.creation_timestamp.is_some());
     // AlreadyExists
-    let e = api.create(&PostParams::default(), &cm("a", json!({}))).await.expect_err("dup");
+    let e = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect_err("dup");
     match &e {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists"));
@@ -91,15 +99,24 @@ async fn crud_generate_name_conflict_and_not_found() {
     let mut g = cm("", json!({}));
     g.metadata.name = None;
     g.metadata.generate_name = Some("gen-".into());
-    let made = api.create(&PostParams::default(), &g).await.expect("generateName");
+    let made = api
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("generateName");
     let n = made.metadata.name.expect("named");
     assert!(n.starts_with("gen-") && n.len() == 9, "{n}");
     // Replace with the current version succeeds, with a stale one is a 409 Conflict.
     let mut upd = created.clone();
     upd.data = Some([("k".to_string(), "v2".to_string())].into());
-    let upd2 = api.replace("a", &PostParams::default(), &upd).await.expect("replace");
+    let upd2 = api
+        .replace("a", &PostParams::default(), &upd)
+        .await
+        .expect("replace");
     assert_ne!(upd2.metadata.resource_version.as_deref(), Some(rv.as_str()));
-    let e = api.replace("a", &PostParams::default(), &upd).await.expect_err("stale");
+    let e = api
+        .replace("a", &PostParams::default(), &upd)
+        .await
+        .expect_err("stale");
     match &e {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
@@ -121,7 +138,10 @@ async fn crud_generate_name_conflict_and_not_found() {
     }
     // A namespace that does not exist.
     let other: Api<ConfigMap> = Api::namespaced(c.client(), "ghost");
-    let e = other.create(&PostParams::default(), &cm("x", json!({}))).await.expect_err("no ns");
+    let e = other
+        .create(&PostParams::default(), &cm("x", json!({})))
+        .await
+        .expect_err("no ns");
     assert_eq!(api_code(&e), Some(404));
 }
 
@@ -130,33 +150,68 @@ async fn list_selectors_and_pagination() {
     let c = cluster().await;
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
     for (i, tier) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-        let labels = if i % 2 == 0 { json!({"tier": tier, "even": "yes"}) } else { json!({"tier": tier}) };
-        api.create(&PostParams::default(), &cm(&format!("cm{i}"), labels)).await.expect("create");
+        let labels = if i % 2 == 0 {
+            json!({"tier": tier, "even": "yes"})
+        } else {
+            json!({"tier": tier})
+        };
+        api.create(&PostParams::default(), &cm(&format!("cm{i}"), labels))
+            .await
+            .expect("create");
     }
     let names = |l: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
-        l.items.into_iter().filter_map(|o| o.metadata.name).collect()
+        l.items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect()
     };
     let lp = |s: &str| ListParams::default().labels(s);
-    assert_eq!(names(api.list(&lp("even=yes")).await.expect("list")), ["cm0", "cm2", "cm4"]);
-    assert_eq!(names(api.list(&lp("even!=yes")).await.expect("list")), ["cm1", "cm3"]);
-    assert_eq!(names(api.list(&lp("tier in (a,b)")).await.expect("list")), ["cm0", "cm1"]);
-    assert_eq!(names(api.list(&lp("tier notin (a,b),!even")).await.expect("list")), ["cm3"]);
+    assert_eq!(
+        names(api.list(&lp("even=yes")).await.expect("list")),
+        ["cm0", "cm2", "cm4"]
+    );
+    assert_eq!(
+        names(api.list(&lp("even!=yes")).await.expect("list")),
+        ["cm1", "cm3"]
+    );
+    assert_eq!(
+        names(api.list(&lp("tier in (a,b)")).await.expect("list")),
+        ["cm0", "cm1"]
+    );
+    assert_eq!(
+        names(api.list(&lp("tier notin (a,b),!even")).await.expect("list")),
+        ["cm3"]
+    );
     assert_eq!(names(api.list(&lp("even")).await.expect("list")).len(), 3);
     let fs = ListParams::default().fields("metadata.name=cm3");
     assert_eq!(names(api.list(&fs).await.expect("list")), ["cm3"]);
     let bad = ListParams::default().fields("data.k=v");
-    assert_eq!(api_code(&api.list(&bad).await.expect_err("unsupported field")), Some(400));
+    assert_eq!(
+        api_code(&api.list(&bad).await.expect_err("unsupported field")),
+        Some(400)
+    );
     // Pagination.
-    let first = api.list(&ListParams::default().limit(2)).await.expect("page 1");
+    let first = api
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
     assert_eq!(first.items.len(), 2);
     let token = first.metadata.continue_.clone().expect("continue token");
     assert_eq!(first.metadata.remaining_item_count, Some(3));
-    let second = api.list(&ListParams::default().limit(2).continue_token(&token)).await.expect("page 2");
+    let second = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .expect("page 2");
     assert_eq!(names(second.clone()), ["cm2", "cm3"]);
     assert!(first.metadata.resource_version.is_some());
     // deletecollection with a label selector.
-    api.delete_collection(&DeleteParams::default(), &lp("even=yes")).await.expect("deletecollection");
-    assert_eq!(names(api.list(&ListParams::default()).await.expect("list")), ["cm1", "cm3"]);
+    api.delete_collection(&DeleteParams::default(), &lp("even=yes"))
+        .await
+        .expect("deletecollection");
+    assert_eq!(
+        names(api.list(&ListParams::default()).await.expect("list")),
+        ["cm1", "cm3"]
+    );
 }
 
 #[tokio::test]
@@ -165,13 +220,26 @@ async fn watch_events_bookmarks_and_resume() {
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
     let start = api.list(&ListParams::default()).await.expect("list");
     let rv0 = start.metadata.resource_version.expect("rv");
-    let a = api.create(&PostParams::default(), &cm("w", json!({"x": "1"}))).await.expect("create");
-    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v2"}})))
+    let a = api
+        .create(&PostParams::default(), &cm("w", json!({"x": "1"})))
         .await
-        .expect("patch");
-    api.delete("w", &DeleteParams::default()).await.expect("delete");
+        .expect("create");
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v2"}})),
+    )
+    .await
+    .expect("patch");
+    api.delete("w", &DeleteParams::default())
+        .await
+        .expect("delete");
     // Resume from before the changes: ADDED, MODIFIED, DELETED in order.
-    let mut s = api.watch(&WatchParams::default().timeout(2), &rv0).await.expect("watch").boxed();
+    let mut s = api
+        .watch(&WatchParams::default().timeout(2), &rv0)
+        .await
+        .expect("watch")
+        .boxed();
     let mut seen = Vec::new();
     while let Some(ev) = s.try_next().await.expect("event") {
         match ev {
@@ -183,11 +251,22 @@ async fn watch_events_bookmarks_and_resume() {
         }
     }
     let w = Some("w".to_string());
-    assert_eq!(seen, vec![("ADDED", w.clone()), ("MODIFIED", w.clone()), ("DELETED", w)]);
+    assert_eq!(
+        seen,
+        vec![
+            ("ADDED", w.clone()),
+            ("MODIFIED", w.clone()),
+            ("DELETED", w)
+        ]
+    );
     assert!(a.metadata.uid.is_some());
     // A compacted version: ERROR event with 410 Expired.
     c.server().compact();
-    let mut s = api.watch(&WatchParams::default().timeout(2), &rv0).await.expect("watch").boxed();
+    let mut s = api
+        .watch(&WatchParams::default().timeout(2), &rv0)
+        .await
+        .expect("watch")
+        .boxed();
     match s.try_next().await.expect("event") {
         Some(WatchEvent::Error(e)) => {
             assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
@@ -195,16 +274,28 @@ async fn watch_events_bookmarks_and_resume() {
         other => panic!("expected 410, got {other:?}"),
     }
     // Selector transitions: an object leaving the selector is DELETED for that watcher.
-    api.create(&PostParams::default(), &cm("sel", json!({"x": "1"}))).await.expect("create");
-    let now = api.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
+    api.create(&PostParams::default(), &cm("sel", json!({"x": "1"})))
+        .await
+        .expect("create");
+    let now = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
     let mut s = api
         .watch(&WatchParams::default().labels("x=1").timeout(2), &now)
         .await
         .expect("watch")
         .boxed();
-    api.patch("sel", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "2"}}})))
-        .await
-        .expect("relabel");
+    api.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "2"}}})),
+    )
+    .await
+    .expect("relabel");
     match s.try_next().await.expect("event") {
         Some(WatchEvent::Deleted(o)) => assert_eq!(o.metadata.name.as_deref(), Some("sel")),
         other => panic!("expected DELETED, got {other:?}"),
@@ -217,7 +308,13 @@ async fn periodic_bookmarks() {
     opts.server.bookmark_interval = Duration::from_millis(200);
     let c = TestCluster::start_with(opts).await.expect("start");
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    let rv = api.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
     let mut s = api
         .watch(&WatchParams::default().timeout(2), &rv)
         .await
@@ -233,7 +330,9 @@ async fn periodic_bookmarks() {
 async fn watcher_relists_after_410_and_streaming_list() {
     let c = cluster().await;
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    api.create(&PostParams::default(), &cm("before", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &cm("before", json!({})))
+        .await
+        .expect("create");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let w = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
     let task = tokio::spawn(async move {
@@ -241,7 +340,9 @@ async fn watcher_relists_after_410_and_streaming_list() {
         while let Some(ev) = w.next().await {
             let s = match ev {
                 Ok(Event::Init) => "init".to_string(),
-                Ok(Event::InitApply(o)) => format!("initapply:{}", o.metadata.name.unwrap_or_default()),
+                Ok(Event::InitApply(o)) => {
+                    format!("initapply:{}", o.metadata.name.unwrap_or_default())
+                }
                 Ok(Event::InitDone) => "initdone".to_string(),
                 Ok(Event::Apply(o)) => format!("apply:{}", o.metadata.name.unwrap_or_default()),
                 Ok(Event::Delete(o)) => format!("delete:{}", o.metadata.name.unwrap_or_default()),
@@ -266,13 +367,17 @@ async fn watcher_relists_after_410_and_streaming_list() {
     }
     expect(&mut rx, "initapply:before").await;
     expect(&mut rx, "initdone").await;
-    api.create(&PostParams::default(), &cm("live", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &cm("live", json!({})))
+        .await
+        .expect("create");
     expect(&mut rx, "apply:live").await;
     // Keep the watch down while the history moves on and is compacted: the re-watch
     // from the old version gets 410 and the watcher relists.
     c.faults().fail(&["watch"], &["configmaps"], 500, None);
     c.faults().close_watches();
-    api.create(&PostParams::default(), &cm("after", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &cm("after", json!({})))
+        .await
+        .expect("create");
     c.server().compact();
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.faults().clear();
@@ -285,7 +390,10 @@ async fn watcher_relists_after_410_and_streaming_list() {
     let mut s = s.boxed();
     let mut names = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("event in time") {
+        match tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("event in time")
+        {
             Some(Ok(Event::InitApply(o))) => names.push(o.metadata.name.unwrap_or_default()),
             Some(Ok(Event::InitDone)) => break,
             Some(Ok(_)) => {}
@@ -302,7 +410,13 @@ async fn status_subresource_generation_and_scale() {
     let c = cluster().await;
     let api = widgets(&c);
     let w = api
-        .create(&PostParams::default(), &widget("w", json!({"replicas": 2, "minReplicas": 0, "maxReplicas": 5})))
+        .create(
+            &PostParams::default(),
+            &widget(
+                "w",
+                json!({"replicas": 2, "minReplicas": 0, "maxReplicas": 5}),
+            ),
+        )
         .await
         .expect("create");
     assert_eq!(w.metadata.generation, Some(1));
@@ -310,12 +424,31 @@ async fn status_subresource_generation_and_scale() {
     // Main-resource writes ignore status.
     let mut m = w.clone();
     m.data["status"] = json!({"replicas": 9});
-    let m2 = api.replace("w", &PostParams::default(), &m).await.expect("replace");
-    assert!(m2.data.get("status").is_none_or(|s| s.get("replicas").is_none()), "{:?}", m2.data);
-    assert_eq!(m2.metadata.generation, Some(1), "no spec change, no generation bump");
+    let m2 = api
+        .replace("w", &PostParams::default(), &m)
+        .await
+        .expect("replace");
+    assert!(
+        m2.data
+            .get("status")
+            .is_none_or(|s| s.get("replicas").is_none()),
+        "{:?}",
+        m2.data
+    );
+    assert_eq!(
+        m2.metadata.generation,
+        Some(1),
+        "no spec change, no generation bump"
+    );
     // Status writes change only status.
     let s = api
-        .patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"replicas": 2, "selector": "app=w"}, "spec": {"replicas": 100}})))
+        .patch_status(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"replicas": 2, "selector": "app=w"}, "spec": {"replicas": 100}}),
+            ),
+        )
         .await
         .expect("status patch");
     assert_eq!(s.data["status"]["replicas"], 2);
@@ -323,13 +456,21 @@ async fn status_subresource_generation_and_scale() {
     assert_eq!(s.metadata.generation, Some(1));
     // Spec change bumps generation.
     let g = api
-        .patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .expect("spec patch");
     assert_eq!(g.metadata.generation, Some(2));
     // A no-op patch keeps the resourceVersion.
     let same = api
-        .patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .expect("noop patch");
     assert_eq!(same.metadata.resource_version, g.metadata.resource_version);
@@ -337,10 +478,20 @@ async fn status_subresource_generation_and_scale() {
     let sc = api.get_scale("w").await.expect("get scale");
     assert_eq!(sc.spec.as_ref().and_then(|s| s.replicas), Some(3));
     assert_eq!(sc.status.as_ref().map(|s| s.replicas), Some(2));
-    assert_eq!(sc.status.as_ref().and_then(|s| s.selector.clone()).as_deref(), Some("app=w"));
-    api.patch_scale("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 4}})))
-        .await
-        .expect("patch scale");
+    assert_eq!(
+        sc.status
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .as_deref(),
+        Some("app=w")
+    );
+    api.patch_scale(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .expect("patch scale");
     let after = api.get("w").await.expect("get");
     assert_eq!(after.data["spec"]["replicas"], 4);
     assert_eq!(after.metadata.generation, Some(3));
@@ -350,14 +501,29 @@ async fn status_subresource_generation_and_scale() {
 async fn strategic_merge_patch_is_refused_for_custom_resources() {
     let c = cluster().await;
     let api = widgets(&c);
-    api.create(&PostParams::default(), &widget("w", json!({"replicas": 1}))).await.expect("create");
+    api.create(&PostParams::default(), &widget("w", json!({"replicas": 1})))
+        .await
+        .expect("create");
     let e = api
-        .patch("w", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"replicas": 2}})))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"replicas": 2}})),
+        )
         .await
         .expect_err("415");
     assert_eq!(api_code(&e), Some(415));
     let e = api
-        .patch("w", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "test", "path": "/spec/replicas", "value": 7}])).expect("patch")))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(
+                    json!([{"op": "test", "path": "/spec/replicas", "value": 7}]),
+                )
+                .expect("patch"),
+            ),
+        )
         .await
         .expect_err("failed test op");
     assert_eq!(api_code(&e), Some(422));
@@ -369,28 +535,64 @@ async fn finalizers_and_deletion_timestamp() {
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
     let mut o = cm("f", json!({}));
     o.metadata.finalizers = Some(vec!["conformance.workpool.dev/hold".into()]);
-    api.create(&PostParams::default(), &o).await.expect("create");
-    let r = api.delete("f", &DeleteParams::default()).await.expect("delete");
+    api.create(&PostParams::default(), &o)
+        .await
+        .expect("create");
+    let r = api
+        .delete("f", &DeleteParams::default())
+        .await
+        .expect("delete");
     let kept = r.left().expect("object kept while finalizers remain");
     assert!(kept.metadata.deletion_timestamp.is_some());
     assert_eq!(kept.metadata.deletion_grace_period_seconds, Some(0));
     // New finalizers cannot be added while deleting.
     let e = api
-        .patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["conformance.workpool.dev/hold", "x/y"]}})))
+        .patch(
+            "f",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": ["conformance.workpool.dev/hold", "x/y"]}}),
+            ),
+        )
         .await
         .expect_err("forbidden");
     assert_eq!(api_code(&e), Some(422));
-    api.patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .expect("remove finalizer");
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove finalizer");
     assert_eq!(api_code(&api.get("f").await.expect_err("gone")), Some(404));
     // Preconditions.
-    let made = api.create(&PostParams::default(), &cm("p", json!({}))).await.expect("create");
-    let dp = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some("wrong".into()), resource_version: None }), ..Default::default() };
-    assert_eq!(api_code(&api.delete("p", &dp).await.expect_err("precondition")), Some(409));
-    let dp = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: made.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+    let made = api
+        .create(&PostParams::default(), &cm("p", json!({})))
+        .await
+        .expect("create");
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_code(&api.delete("p", &dp).await.expect_err("precondition")),
+        Some(409)
+    );
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: made.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
     let gone = api.delete("p", &dp).await.expect("delete");
-    assert!(gone.is_right(), "configmaps answer a Status on immediate delete");
+    assert!(
+        gone.is_right(),
+        "configmaps answer a Status on immediate delete"
+    );
 }
 
 #[tokio::test]
@@ -402,48 +604,96 @@ async fn pod_binding_and_graceful_deletion() {
         "spec": {"terminationGracePeriodSeconds": 7, "containers": [{"name": "c", "image": "busybox"}]}
     }))
     .expect("pod");
-    let made = pods.create(&PostParams::default(), &pod).await.expect("create");
+    let made = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
     let st = made.status.clone().expect("status");
     assert_eq!(st.phase.as_deref(), Some("Pending"));
-    assert_eq!(made.spec.as_ref().and_then(|s| s.restart_policy.as_deref()), Some("Always"));
+    assert_eq!(
+        made.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
+        Some("Always")
+    );
     // Invalid pod: 422 with causes.
-    let bad: Pod = serde_json::from_value(json!({"metadata": {"name": "bad"}, "spec": {"containers": []}})).expect("pod");
-    match pods.create(&PostParams::default(), &bad).await.expect_err("invalid") {
+    let bad: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "spec": {"containers": []}}))
+            .expect("pod");
+    match pods
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("invalid")
+    {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
-            assert_eq!(s.message, "Pod \"bad\" is invalid: spec.containers: Required value");
+            assert_eq!(
+                s.message,
+                "Pod \"bad\" is invalid: spec.containers: Required value"
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
     // Binding.
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}});
-    let req = http_request("POST", "/api/v1/namespaces/default/pods/p/binding", &binding);
+    let req = http_request(
+        "POST",
+        "/api/v1/namespaces/default/pods/p/binding",
+        &binding,
+    );
     let _: Value = c.client().request(req).await.expect("bind");
     let bound = pods.get("p").await.expect("get");
-    assert_eq!(bound.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-1"));
-    let again = http_request("POST", "/api/v1/namespaces/default/pods/p/binding", &binding);
-    let e = c.client().request::<Value>(again).await.expect_err("already bound");
+    assert_eq!(
+        bound.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-1")
+    );
+    let again = http_request(
+        "POST",
+        "/api/v1/namespaces/default/pods/p/binding",
+        &binding,
+    );
+    let e = c
+        .client()
+        .request::<Value>(again)
+        .await
+        .expect_err("already bound");
     assert_eq!(api_code(&e), Some(409));
     // Spec is immutable apart from images.
     let e = pods
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"restartPolicy": "Never"}})))
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"restartPolicy": "Never"}})),
+        )
         .await
         .expect_err("immutable");
     assert_eq!(api_code(&e), Some(422));
     // Graceful deletion keeps a bound pod with deletionTimestamp.
-    let r = pods.delete("p", &DeleteParams::default()).await.expect("delete");
+    let r = pods
+        .delete("p", &DeleteParams::default())
+        .await
+        .expect("delete");
     let kept = r.left().expect("pod kept");
     assert_eq!(kept.metadata.deletion_grace_period_seconds, Some(7));
     assert!(kept.metadata.deletion_timestamp.is_some());
     assert!(pods.get("p").await.is_ok());
     // The kubelet's final delete with grace 0 removes it.
-    pods.delete("p", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
-        .await
-        .expect("final delete");
+    pods.delete(
+        "p",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("final delete");
     assert_eq!(api_code(&pods.get("p").await.expect_err("gone")), Some(404));
     // Unbound pods go at once.
-    pods.create(&PostParams::default(), &pod).await.expect("create again");
-    let r = pods.delete("p", &DeleteParams::default()).await.expect("delete");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create again");
+    let r = pods
+        .delete("p", &DeleteParams::default())
+        .await
+        .expect("delete");
     assert!(r.is_left(), "pods return the deleted object");
     assert_eq!(api_code(&pods.get("p").await.expect_err("gone")), Some(404));
 }
@@ -469,38 +719,91 @@ async fn garbage_collection_background_foreground_orphan() {
         .expect("secret")
     };
     for mode in ["bg", "fg", "orphan"] {
-        let owner = cms.create(&PostParams::default(), &cm(mode, json!({}))).await.expect("owner");
-        let dep = secrets.create(&PostParams::default(), &owner_of(&owner, &format!("{mode}-dep"))).await.expect("dependent");
-        assert_eq!(dep.data.as_ref().map(|d| d.len()), Some(1), "stringData folded into data");
+        let owner = cms
+            .create(&PostParams::default(), &cm(mode, json!({})))
+            .await
+            .expect("owner");
+        let dep = secrets
+            .create(
+                &PostParams::default(),
+                &owner_of(&owner, &format!("{mode}-dep")),
+            )
+            .await
+            .expect("dependent");
+        assert_eq!(
+            dep.data.as_ref().map(|d| d.len()),
+            Some(1),
+            "stringData folded into data"
+        );
     }
-    cms.delete("bg", &DeleteParams::background()).await.expect("delete bg");
-    eventually("background cascade", || async { secrets.get_opt("bg-dep").await.ok().flatten().is_none() }).await;
-
-    let r = cms.delete("fg", &DeleteParams::foreground()).await.expect("delete fg");
-    let kept = r.left().expect("owner kept during foreground deletion");
-    assert!(kept.metadata.finalizers.unwrap_or_default().contains(&"foregroundDeletion".to_string()));
-    eventually("foreground cascade", || async {
-        secrets.get_opt("fg-dep").await.ok().flatten().is_none() && cms.get_opt("fg").await.ok().flatten().is_none()
+    cms.delete("bg", &DeleteParams::background())
+        .await
+        .expect("delete bg");
+    eventually("background cascade", || async {
+        secrets.get_opt("bg-dep").await.ok().flatten().is_none()
     })
     .await;
 
-    cms.delete("orphan", &DeleteParams::orphan()).await.expect("delete orphan");
-    eventually("owner gone", || async { cms.get_opt("orphan").await.ok().flatten().is_none() }).await;
-    let dep = secrets.get("orphan-dep").await.expect("orphaned dependent survives");
+    let r = cms
+        .delete("fg", &DeleteParams::foreground())
+        .await
+        .expect("delete fg");
+    let kept = r.left().expect("owner kept during foreground deletion");
+    assert!(
+        kept.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    eventually("foreground cascade", || async {
+        secrets.get_opt("fg-dep").await.ok().flatten().is_none()
+            && cms.get_opt("fg").await.ok().flatten().is_none()
+    })
+    .await;
+
+    cms.delete("orphan", &DeleteParams::orphan())
+        .await
+        .expect("delete orphan");
+    eventually("owner gone", || async {
+        cms.get_opt("orphan").await.ok().flatten().is_none()
+    })
+    .await;
+    let dep = secrets
+        .get("orphan-dep")
+        .await
+        .expect("orphaned dependent survives");
     assert!(dep.metadata.owner_references.unwrap_or_default().is_empty());
 
     // Namespace deletion removes the content, then the namespace.
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "tmp"}})).expect("ns"))
-        .await
-        .expect("ns");
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "tmp"}})).expect("ns"),
+    )
+    .await
+    .expect("ns");
     let in_tmp: Api<ConfigMap> = Api::namespaced(c.client(), "tmp");
-    in_tmp.create(&PostParams::default(), &cm("x", json!({}))).await.expect("create in ns");
-    nss.delete("tmp", &DeleteParams::default()).await.expect("delete ns");
-    let e = in_tmp.create(&PostParams::default(), &cm("y", json!({}))).await.map(|_| ()).err();
+    in_tmp
+        .create(&PostParams::default(), &cm("x", json!({})))
+        .await
+        .expect("create in ns");
+    nss.delete("tmp", &DeleteParams::default())
+        .await
+        .expect("delete ns");
+    let e = in_tmp
+        .create(&PostParams::default(), &cm("y", json!({})))
+        .await
+        .map(|_| ())
+        .err();
     // Either still terminating (403) or already gone (404).
-    assert!(matches!(e.as_ref().and_then(api_code), Some(403) | Some(404)), "{e:?}");
-    eventually("namespace gone", || async { nss.get_opt("tmp").await.ok().flatten().is_none() }).await;
+    assert!(
+        matches!(e.as_ref().and_then(api_code), Some(403) | Some(404)),
+        "{e:?}"
+    );
+    eventually("namespace gone", || async {
+        nss.get_opt("tmp").await.ok().flatten().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -517,7 +820,9 @@ async fn controller_reconciles_widgets() {
                 api.patch_status(
                     &name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"replicas": replicas, "observedGeneration": generation}})),
+                    &Patch::Merge(
+                        json!({"status": {"replicas": replicas, "observedGeneration": generation}}),
+                    ),
                 )
                 .await?;
                 Ok::<_, kube::Error>(Action::await_change())
@@ -527,16 +832,26 @@ async fn controller_reconciles_widgets() {
         )
         .for_each(|_| async {});
     let task = tokio::spawn(ctl);
-    api.create(&PostParams::default(), &widget("r", json!({"replicas": 3}))).await.expect("create");
+    api.create(&PostParams::default(), &widget("r", json!({"replicas": 3})))
+        .await
+        .expect("create");
     eventually("status.replicas == 3", || async {
-        api.get("r").await.is_ok_and(|w| w.data["status"]["replicas"] == 3)
+        api.get("r")
+            .await
+            .is_ok_and(|w| w.data["status"]["replicas"] == 3)
     })
     .await;
-    api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 6}})))
-        .await
-        .expect("patch");
+    api.patch(
+        "r",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 6}})),
+    )
+    .await
+    .expect("patch");
     eventually("status follows spec", || async {
-        api.get("r").await.is_ok_and(|w| w.data["status"]["replicas"] == 6 && w.data["status"]["observedGeneration"] == 2)
+        api.get("r").await.is_ok_and(|w| {
+            w.data["status"]["replicas"] == 6 && w.data["status"]["observedGeneration"] == 2
+        })
     })
     .await;
     task.abort();
@@ -547,9 +862,14 @@ async fn fault_injection() {
     let c = cluster().await;
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
     c.faults().fail(&["create"], &["configmaps"], 500, Some(1));
-    let e = api.create(&PostParams::default(), &cm("f", json!({}))).await.expect_err("injected 500");
+    let e = api
+        .create(&PostParams::default(), &cm("f", json!({})))
+        .await
+        .expect_err("injected 500");
     assert_eq!(api_code(&e), Some(500));
-    api.create(&PostParams::default(), &cm("f", json!({}))).await.expect("count exhausted");
+    api.create(&PostParams::default(), &cm("f", json!({})))
+        .await
+        .expect("count exhausted");
     // 429 with Retry-After, over HTTP configuration.
     let http = reqwest::Client::new();
     let r = http
@@ -560,20 +880,31 @@ async fn fault_injection() {
         .expect("configure faults");
     assert!(r.status().is_success());
     let r = http
-        .get(format!("{}/api/v1/namespaces/default/configmaps/f", c.server_url()))
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps/f",
+            c.server_url()
+        ))
         .send()
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 429);
-    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("3"));
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("3")
+    );
     let body: Value = r.json().await.expect("status body");
     assert_eq!(body["reason"], "TooManyRequests");
     c.faults().fail(&["update"], &["configmaps"], 409, Some(1));
     let cur = api.get("f").await.expect("get");
-    let e = api.replace("f", &PostParams::default(), &cur).await.expect_err("409");
+    let e = api
+        .replace("f", &PostParams::default(), &cur)
+        .await
+        .expect_err("409");
     assert_eq!(api_code(&e), Some(409));
     c.faults().clear();
-    api.replace("f", &PostParams::default(), &cur).await.expect("no more faults");
+    api.replace("f", &PostParams::default(), &cur)
+        .await
+        .expect("no more faults");
 }
 
 #[tokio::test]
@@ -587,7 +918,9 @@ async fn events_both_views_and_leases() {
         "reportingInstance": "conformance-1"
     }))
     .expect("event");
-    ev.create(&PostParams::default(), &e).await.expect("create events.k8s.io/v1 event");
+    ev.create(&PostParams::default(), &e)
+        .await
+        .expect("create events.k8s.io/v1 event");
     let core: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(c.client());
     let got = core.get("e1").await.expect("core view");
     assert_eq!(got.message.as_deref(), Some("hello"));
@@ -599,13 +932,27 @@ async fn events_both_views_and_leases() {
     assert_eq!(found.items.len(), 1);
     let leases: Api<Lease> = Api::default_namespaced(c.client());
     let l: Lease = serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).expect("lease");
-    let made = leases.create(&PostParams::default(), &l).await.expect("lease");
+    let made = leases
+        .create(&PostParams::default(), &l)
+        .await
+        .expect("lease");
     let mut stale = made.clone();
     let mut newer = made.clone();
     newer.spec.as_mut().expect("spec").holder_identity = Some("b".into());
-    leases.replace("leader", &PostParams::default(), &newer).await.expect("take over");
+    leases
+        .replace("leader", &PostParams::default(), &newer)
+        .await
+        .expect("take over");
     stale.spec.as_mut().expect("spec").holder_identity = Some("c".into());
-    assert_eq!(api_code(&leases.replace("leader", &PostParams::default(), &stale).await.expect_err("stale")), Some(409));
+    assert_eq!(
+        api_code(
+            &leases
+                .replace("leader", &PostParams::default(), &stale)
+                .await
+                .expect_err("stale")
+        ),
+        Some(409)
+    );
 }
 
 /// (patch engine) Server-side apply: creates when absent, conflicts between managers
@@ -615,13 +962,21 @@ async fn server_side_apply_conflicts() {
     let c = cluster().await;
     let api = widgets(&c);
     let w = widget("a", json!({"replicas": 1, "size": "small"}));
-    api.patch("a", &PatchParams::apply("alice"), &Patch::Apply(&w)).await.expect("apply creates");
+    api.patch("a", &PatchParams::apply("alice"), &Patch::Apply(&w))
+        .await
+        .expect("apply creates");
     let w2 = widget("a", json!({"replicas": 5}));
-    let e = api.patch("a", &PatchParams::apply("bob"), &Patch::Apply(&w2)).await.expect_err("conflict");
+    let e = api
+        .patch("a", &PatchParams::apply("bob"), &Patch::Apply(&w2))
+        .await
+        .expect_err("conflict");
     match &e {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
-            assert_eq!(s.message, "Apply failed with 1 conflict: conflict with \"alice\": .spec.replicas");
+            assert_eq!(
+                s.message,
+                "Apply failed with 1 conflict: conflict with \"alice\": .spec.replicas"
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -630,7 +985,10 @@ async fn server_side_apply_conflicts() {
         .await
         .expect("force");
     assert_eq!(forced.data["spec"]["replicas"], 5);
-    assert_eq!(forced.data["spec"]["size"], "small", "alice still owns size");
+    assert_eq!(
+        forced.data["spec"]["size"], "small",
+        "alice still owns size"
+    );
     let e = api
         .patch("a", &PatchParams::default(), &Patch::Apply(&w2))
         .await
@@ -647,11 +1005,21 @@ async fn custom_resource_validation_and_defaults() {
         .create(&PostParams::default(), &widget("d", json!({"unknown": 1})))
         .await
         .expect("create");
-    assert_eq!(made.data["spec"]["replicas"], 1, "default applied: {:?}", made.data);
+    assert_eq!(
+        made.data["spec"]["replicas"], 1,
+        "default applied: {:?}",
+        made.data
+    );
     assert_eq!(made.data["spec"]["size"], "small");
-    assert!(made.data["spec"].get("unknown").is_none(), "unknown field pruned");
+    assert!(
+        made.data["spec"].get("unknown").is_none(),
+        "unknown field pruned"
+    );
     let e = api
-        .create(&PostParams::default(), &widget("bad", json!({"size": "huge"})))
+        .create(
+            &PostParams::default(),
+            &widget("bad", json!({"size": "huge"})),
+        )
         .await
         .expect_err("invalid enum");
     match &e {
@@ -662,7 +1030,11 @@ async fn custom_resource_validation_and_defaults() {
                 // As the real apiserver: CEL rules are skipped once the schema fails.
                 "Widget.conformance.workpool.dev \"bad\" is invalid: [spec.size: Unsupported value: \"huge\": supported values: \"small\", \"medium\", \"large\", <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
             );
-            let causes = s.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
+            let causes = s
+                .details
+                .as_ref()
+                .map(|d| d.causes.clone())
+                .unwrap_or_default();
             assert_eq!(causes.len(), 2, "{causes:?}");
             assert_eq!(causes[0].field, "spec.size");
             assert_eq!(causes[0].reason, "FieldValueNotSupported");
@@ -670,7 +1042,10 @@ async fn custom_resource_validation_and_defaults() {
         other => panic!("unexpected {other:?}"),
     }
     let e = api
-        .create(&PostParams::default(), &widget("bad", json!({"minReplicas": 5, "maxReplicas": 2})))
+        .create(
+            &PostParams::default(),
+            &widget("bad", json!({"minReplicas": 5, "maxReplicas": 2})),
+        )
         .await
         .expect_err("invalid CEL");
     match &e {
@@ -684,7 +1059,10 @@ async fn custom_resource_validation_and_defaults() {
         other => panic!("unexpected {other:?}"),
     }
     let e = api
-        .create(&PostParams::default(), &widget("bad", json!({"replicas": -1})))
+        .create(
+            &PostParams::default(),
+            &widget("bad", json!({"replicas": -1})),
+        )
         .await
         .expect_err("minimum");
     assert_eq!(api_code(&e), Some(422));

@@ -21,7 +21,11 @@ struct Out {
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ok={} stdout={:?} stderr={:?}", self.ok, self.stdout, self.stderr)
+        write!(
+            f,
+            "ok={} stdout={:?} stderr={:?}",
+            self.ok, self.stdout, self.stderr
+        )
     }
 }
 
@@ -64,7 +68,10 @@ async fn kubectl_in(c: &TestCluster, args: &[&str], input: &str) -> Out {
     cmd.stdin(Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl runs");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).await.expect("write stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .expect("write stdin");
     drop(stdin);
     let out = child.wait_with_output().await.expect("kubectl output");
     Out {
@@ -89,17 +96,24 @@ async fn ok_in(c: &TestCluster, args: &[&str], input: &str) -> String {
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: web}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '100']\n";
 
 fn widget(name: &str, spec: &str) -> String {
-    format!("apiVersion: conformance.workpool.dev/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec: {spec}\n")
+    format!(
+        "apiVersion: conformance.workpool.dev/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec: {spec}\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_tables_and_explain() {
-    let Some(c) = setup("discovery_tables_and_explain").await else { return };
+    let Some(c) = setup("discovery_tables_and_explain").await else {
+        return;
+    };
     // Verbose, with an empty discovery cache: kubectl asks for aggregated discovery and
     // accepts the plain answer.
     let v = kubectl(&c, &["get", "ns", "-v=8"]).await;
     assert!(v.ok, "{v:?}");
-    assert!(v.stderr.contains("as=APIGroupDiscoveryList"), "kubectl did not ask for aggregated discovery");
+    assert!(
+        v.stderr.contains("as=APIGroupDiscoveryList"),
+        "kubectl did not ask for aggregated discovery"
+    );
     assert!(!v.stderr.contains("couldn't get"), "{}", v.stderr);
     let res = ok(&c, &["api-resources"]).await;
     let line = res
@@ -107,25 +121,79 @@ async fn discovery_tables_and_explain() {
         .find(|l| l.starts_with("widgets "))
         .unwrap_or_else(|| panic!("widgets not in api-resources: {res}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cols, ["widgets", "wd", "conformance.workpool.dev/v1", "true", "Widget"]);
-    assert!(res.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pods", "po", "v1", "true", "Pod"]), "{res}");
+    assert_eq!(
+        cols,
+        [
+            "widgets",
+            "wd",
+            "conformance.workpool.dev/v1",
+            "true",
+            "Widget"
+        ]
+    );
+    assert!(
+        res.lines().any(
+            |l| l.split_whitespace().collect::<Vec<_>>() == ["pods", "po", "v1", "true", "Pod"]
+        ),
+        "{res}"
+    );
     let header = v.stdout.lines().next().unwrap_or_default();
-    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["NAME", "STATUS", "AGE"]);
-    assert!(v.stdout.lines().any(|l| l.starts_with("default ") && l.contains("Active")), "{}", v.stdout);
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "STATUS", "AGE"]
+    );
+    assert!(
+        v.stdout
+            .lines()
+            .any(|l| l.starts_with("default ") && l.contains("Active")),
+        "{}",
+        v.stdout
+    );
     ok_in(&c, &["apply", "-f", "-"], POD).await;
     let pods = ok(&c, &["get", "pods"]).await;
-    let hdr: Vec<&str> = pods.lines().next().unwrap_or_default().split_whitespace().collect();
+    let hdr: Vec<&str> = pods
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(hdr, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-    let row: Vec<&str> = pods.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = pods
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..4], ["p", "0/1", "Pending", "0"]);
-    ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 2, size: medium}")).await;
+    ok_in(
+        &c,
+        &["apply", "-f", "-"],
+        &widget("w", "{replicas: 2, size: medium}"),
+    )
+    .await;
     let ws = ok(&c, &["get", "wd"]).await;
-    let hdr: Vec<&str> = ws.lines().next().unwrap_or_default().split_whitespace().collect();
+    let hdr: Vec<&str> = ws
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(hdr, ["NAME", "REPLICAS", "SIZE", "READY", "AGE"]);
-    let row: Vec<&str> = ws.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = ws
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..3], ["w", "2", "medium"]);
     let all = ok(&c, &["get", "pods", "-A", "-o", "wide"]).await;
-    assert!(all.lines().next().unwrap_or_default().starts_with("NAMESPACE"), "{all}");
+    assert!(
+        all.lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("NAMESPACE"),
+        "{all}"
+    );
     let ex = ok(&c, &["explain", "widget.spec"]).await;
     assert!(ex.contains("What the widget should be."), "{ex}");
     assert!(ex.contains("replicas"), "{ex}");
@@ -133,30 +201,70 @@ async fn discovery_tables_and_explain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_get_label_selectors_and_delete() {
-    let Some(c) = setup("apply_get_label_selectors_and_delete").await else { return };
-    assert!(ok_in(&c, &["apply", "-f", "-"], POD).await.contains("pod/p created"));
-    assert!(ok_in(&c, &["apply", "-f", "-"], POD).await.contains("pod/p unchanged"));
+    let Some(c) = setup("apply_get_label_selectors_and_delete").await else {
+        return;
+    };
+    assert!(
+        ok_in(&c, &["apply", "-f", "-"], POD)
+            .await
+            .contains("pod/p created")
+    );
+    assert!(
+        ok_in(&c, &["apply", "-f", "-"], POD)
+            .await
+            .contains("pod/p unchanged")
+    );
     let changed = POD.replace("app: web", "app: web, tier: front");
-    assert!(ok_in(&c, &["apply", "-f", "-"], &changed).await.contains("pod/p configured"));
-    let labels = ok(&c, &["get", "pod", "p", "-o", "jsonpath={.metadata.labels.tier}"]).await;
+    assert!(
+        ok_in(&c, &["apply", "-f", "-"], &changed)
+            .await
+            .contains("pod/p configured")
+    );
+    let labels = ok(
+        &c,
+        &["get", "pod", "p", "-o", "jsonpath={.metadata.labels.tier}"],
+    )
+    .await;
     assert_eq!(labels, "front");
     for (n, tier) in [("a", "front"), ("b", "front"), ("c", "back")] {
-        let yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {n}\n  labels: {{tier: {tier}}}\ndata: {{k: v}}\n");
+        let yaml = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {n}\n  labels: {{tier: {tier}}}\ndata: {{k: v}}\n"
+        );
         ok_in(&c, &["apply", "-f", "-"], &yaml).await;
     }
     let names = ok(&c, &["get", "cm", "-l", "tier=front", "-o", "name"]).await;
-    assert_eq!(names.lines().collect::<Vec<_>>(), ["configmap/a", "configmap/b"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["configmap/a", "configmap/b"]
+    );
     let names = ok(&c, &["get", "cm", "-l", "tier notin (front)", "-o", "name"]).await;
     assert_eq!(names.lines().collect::<Vec<_>>(), ["configmap/c"]);
-    let names = ok(&c, &["get", "cm", "--field-selector", "metadata.name=b", "-o", "name"]).await;
+    let names = ok(
+        &c,
+        &[
+            "get",
+            "cm",
+            "--field-selector",
+            "metadata.name=b",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
     assert_eq!(names.trim(), "configmap/b");
     let out = ok(&c, &["delete", "cm", "-l", "tier=front"]).await;
-    assert!(out.contains("configmap \"a\" deleted") && out.contains("configmap \"b\" deleted"), "{out}");
+    assert!(
+        out.contains("configmap \"a\" deleted") && out.contains("configmap \"b\" deleted"),
+        "{out}"
+    );
     let left = ok(&c, &["get", "cm", "-l", "tier", "-o", "name"]).await;
     assert_eq!(left.trim(), "configmap/c");
     let missing = kubectl(&c, &["get", "cm", "nope"]).await;
     assert!(!missing.ok);
-    assert_eq!(missing.stderr.trim(), "Error from server (NotFound): configmaps \"nope\" not found");
+    assert_eq!(
+        missing.stderr.trim(),
+        "Error from server (NotFound): configmaps \"nope\" not found"
+    );
     // An unbound pod is deleted at once.
     let out = ok(&c, &["delete", "pod", "p", "--wait=true"]).await;
     assert!(out.contains("pod \"p\" deleted"), "{out}");
@@ -164,60 +272,225 @@ async fn apply_get_label_selectors_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_all_types_and_scale() {
-    let Some(c) = setup("patch_all_types_and_scale").await else { return };
+    let Some(c) = setup("patch_all_types_and_scale").await else {
+        return;
+    };
     ok_in(&c, &["apply", "-f", "-"], POD).await;
-    ok(&c, &["patch", "pod", "p", "-p", r#"{"metadata":{"labels":{"s":"1"}}}"#]).await;
-    ok(&c, &["patch", "pod", "p", "--type=merge", "-p", r#"{"metadata":{"labels":{"m":"1"}}}"#]).await;
-    ok(&c, &["patch", "pod", "p", "--type=json", "-p", r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#]).await;
-    let l = ok(&c, &["get", "pod", "p", "-o", "jsonpath={.metadata.labels}"]).await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "pod",
+            "p",
+            "-p",
+            r#"{"metadata":{"labels":{"s":"1"}}}"#,
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "pod",
+            "p",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"m":"1"}}}"#,
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "pod",
+            "p",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#,
+        ],
+    )
+    .await;
+    let l = ok(
+        &c,
+        &["get", "pod", "p", "-o", "jsonpath={.metadata.labels}"],
+    )
+    .await;
     let l: serde_json::Value = serde_json::from_str(&l).expect("labels json");
-    assert_eq!(l, serde_json::json!({"app": "web", "s": "1", "m": "1", "j": "1"}));
+    assert_eq!(
+        l,
+        serde_json::json!({"app": "web", "s": "1", "m": "1", "j": "1"})
+    );
     ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 1}")).await;
-    let smp = kubectl(&c, &["patch", "widget", "w", "-p", r#"{"spec":{"replicas":2}}"#]).await;
+    let smp = kubectl(
+        &c,
+        &["patch", "widget", "w", "-p", r#"{"spec":{"replicas":2}}"#],
+    )
+    .await;
     assert!(!smp.ok);
     assert!(
         smp.stderr.contains("application/strategic-merge-patch+json is not supported by conformance.workpool.dev/v1, Kind=Widget: the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"),
         "{}",
         smp.stderr
     );
-    let bad_json = kubectl(&c, &["patch", "widget", "w", "--type=json", "-p", r#"[{"op":"test","path":"/spec/replicas","value":9}]"#]).await;
+    let bad_json = kubectl(
+        &c,
+        &[
+            "patch",
+            "widget",
+            "w",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+        ],
+    )
+    .await;
     assert!(!bad_json.ok, "{bad_json:?}");
     let out = ok(&c, &["scale", "widget", "w", "--replicas=4"]).await;
-    assert!(out.contains("widget.conformance.workpool.dev/w scaled"), "{out}");
-    assert_eq!(ok(&c, &["get", "widget", "w", "-o", "jsonpath={.spec.replicas}"]).await, "4");
-    let raw = ok(&c, &["get", "--raw", "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale"]).await;
+    assert!(
+        out.contains("widget.conformance.workpool.dev/w scaled"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(
+            &c,
+            &["get", "widget", "w", "-o", "jsonpath={.spec.replicas}"]
+        )
+        .await,
+        "4"
+    );
+    let raw = ok(
+        &c,
+        &[
+            "get",
+            "--raw",
+            "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale",
+        ],
+    )
+    .await;
     let scale: serde_json::Value = serde_json::from_str(&raw).expect("scale json");
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["apiVersion"], "autoscaling/v1");
     assert_eq!(scale["spec"]["replicas"], 4);
     // Status subresource through kubectl.
-    ok(&c, &["patch", "widget", "w", "--subresource=status", "--type=merge", "-p", r#"{"status":{"replicas":3}}"#]).await;
-    assert_eq!(ok(&c, &["get", "widget", "w", "-o", "jsonpath={.status.replicas}"]).await, "3");
-    let sc = ok(&c, &["get", "--raw", "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale"]).await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "widget",
+            "w",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":3}}"#,
+        ],
+    )
+    .await;
+    assert_eq!(
+        ok(
+            &c,
+            &["get", "widget", "w", "-o", "jsonpath={.status.replicas}"]
+        )
+        .await,
+        "3"
+    );
+    let sc = ok(
+        &c,
+        &[
+            "get",
+            "--raw",
+            "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale",
+        ],
+    )
+    .await;
     assert!(sc.contains("\"replicas\":3"), "{sc}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_and_conflicts() {
-    let Some(c) = setup("server_side_apply_and_conflicts").await else { return };
-    let out = ok_in(&c, &["apply", "--server-side", "-f", "-"], &widget("s", "{replicas: 2}")).await;
-    assert!(out.contains("widget.conformance.workpool.dev/s serverside-applied"), "{out}");
-    let conflict = kubectl_in(&c, &["apply", "--server-side", "--field-manager=bob", "-f", "-"], &widget("s", "{replicas: 5}")).await;
+    let Some(c) = setup("server_side_apply_and_conflicts").await else {
+        return;
+    };
+    let out = ok_in(
+        &c,
+        &["apply", "--server-side", "-f", "-"],
+        &widget("s", "{replicas: 2}"),
+    )
+    .await;
+    assert!(
+        out.contains("widget.conformance.workpool.dev/s serverside-applied"),
+        "{out}"
+    );
+    let conflict = kubectl_in(
+        &c,
+        &["apply", "--server-side", "--field-manager=bob", "-f", "-"],
+        &widget("s", "{replicas: 5}"),
+    )
+    .await;
     assert!(!conflict.ok, "{conflict:?}");
-    assert!(conflict.stderr.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas"), "{}", conflict.stderr);
-    let forced = ok_in(&c, &["apply", "--server-side", "--force-conflicts", "--field-manager=bob", "-f", "-"], &widget("s", "{replicas: 5}")).await;
+    assert!(
+        conflict
+            .stderr
+            .contains("Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas"),
+        "{}",
+        conflict.stderr
+    );
+    let forced = ok_in(
+        &c,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=bob",
+            "-f",
+            "-",
+        ],
+        &widget("s", "{replicas: 5}"),
+    )
+    .await;
     assert!(forced.contains("serverside-applied"), "{forced}");
-    assert_eq!(ok(&c, &["get", "widget", "s", "-o", "jsonpath={.spec.replicas}"]).await, "5");
-    let mf = ok(&c, &["get", "widget", "s", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]).await;
+    assert_eq!(
+        ok(
+            &c,
+            &["get", "widget", "s", "-o", "jsonpath={.spec.replicas}"]
+        )
+        .await,
+        "5"
+    );
+    let mf = ok(
+        &c,
+        &[
+            "get",
+            "widget",
+            "s",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    )
+    .await;
     assert!(mf.contains("bob"), "{mf}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_and_validation_errors() {
-    let Some(c) = setup("conflicts_and_validation_errors").await else { return };
+    let Some(c) = setup("conflicts_and_validation_errors").await else {
+        return;
+    };
     ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 1}")).await;
     let cur = ok(&c, &["get", "widget", "w", "-o", "json"]).await;
-    ok(&c, &["patch", "widget", "w", "--type=merge", "-p", r#"{"spec":{"replicas":2}}"#]).await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "widget",
+            "w",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ],
+    )
+    .await;
     let stale = kubectl_in(&c, &["replace", "-f", "-"], &cur).await;
     assert!(!stale.ok);
     assert!(
@@ -226,7 +499,12 @@ async fn conflicts_and_validation_errors() {
         stale.stderr
     );
     // (schema engine) CEL rule → 422 printed by kubectl.
-    let bad = kubectl_in(&c, &["apply", "-f", "-"], &widget("bad", "{minReplicas: 5, maxReplicas: 2}")).await;
+    let bad = kubectl_in(
+        &c,
+        &["apply", "-f", "-"],
+        &widget("bad", "{minReplicas: 5, maxReplicas: 2}"),
+    )
+    .await;
     assert!(!bad.ok);
     assert!(
         bad.stderr.contains("The Widget \"bad\" is invalid: spec: Invalid value: \"object\": minReplicas must not exceed maxReplicas"),
@@ -234,76 +512,185 @@ async fn conflicts_and_validation_errors() {
         bad.stderr
     );
     // (schema engine) unknown fields are refused by kubectl's default strict validation.
-    let unknown = kubectl_in(&c, &["apply", "-f", "-"], &widget("u", "{replicas: 1, bogus: true}")).await;
+    let unknown = kubectl_in(
+        &c,
+        &["apply", "-f", "-"],
+        &widget("u", "{replicas: 1, bogus: true}"),
+    )
+    .await;
     assert!(!unknown.ok, "{unknown:?}");
-    assert!(unknown.stderr.contains("unknown field \"spec.bogus\""), "{}", unknown.stderr);
-    let warn = kubectl_in(&c, &["apply", "--validate=warn", "-f", "-"], &widget("u", "{replicas: 1, bogus: true}")).await;
+    assert!(
+        unknown.stderr.contains("unknown field \"spec.bogus\""),
+        "{}",
+        unknown.stderr
+    );
+    let warn = kubectl_in(
+        &c,
+        &["apply", "--validate=warn", "-f", "-"],
+        &widget("u", "{replicas: 1, bogus: true}"),
+    )
+    .await;
     assert!(warn.ok, "{warn:?}");
-    assert!(warn.stderr.contains("unknown field \"spec.bogus\""), "{}", warn.stderr);
+    assert!(
+        warn.stderr.contains("unknown field \"spec.bogus\""),
+        "{}",
+        warn.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_condition_and_delete_with_finalizers() {
-    let Some(c) = setup("wait_for_condition_and_delete_with_finalizers").await else { return };
+    let Some(c) = setup("wait_for_condition_and_delete_with_finalizers").await else {
+        return;
+    };
     ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 1}")).await;
-    let waiter = cmd(&c, &["wait", "--for=condition=Ready", "widget/w", "--timeout=30s"])
-        .spawn()
-        .expect("kubectl wait");
+    let waiter = cmd(
+        &c,
+        &["wait", "--for=condition=Ready", "widget/w", "--timeout=30s"],
+    )
+    .spawn()
+    .expect("kubectl wait");
     tokio::time::sleep(Duration::from_millis(500)).await;
     ok(&c, &["patch", "widget", "w", "--subresource=status", "--type=merge", "-p",
         r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Test","message":"ok","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#]).await;
     let out = waiter.wait_with_output().await.expect("wait output");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("widget.conformance.workpool.dev/w condition met"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("widget.conformance.workpool.dev/w condition met")
+    );
     let ready = ok(&c, &["get", "wd", "w"]).await;
-    let row: Vec<&str> = ready.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = ready
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..4], ["w", "1", "small", "True"], "{ready}");
 
     let held = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [conformance.workpool.dev/hold]\n";
     ok_in(&c, &["apply", "-f", "-"], held).await;
     ok(&c, &["delete", "cm", "held", "--wait=false"]).await;
-    let ts = ok(&c, &["get", "cm", "held", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await;
+    let ts = ok(
+        &c,
+        &[
+            "get",
+            "cm",
+            "held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+    )
+    .await;
     assert!(!ts.is_empty(), "deletionTimestamp set");
-    let waiter = cmd(&c, &["wait", "--for=delete", "cm/held", "--timeout=30s"]).spawn().expect("kubectl wait");
+    let waiter = cmd(&c, &["wait", "--for=delete", "cm/held", "--timeout=30s"])
+        .spawn()
+        .expect("kubectl wait");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ok(&c, &["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]).await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "cm",
+            "held",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    )
+    .await;
     let out = waiter.wait_with_output().await.expect("wait output");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!kubectl(&c, &["get", "cm", "held"]).await.ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_prints_changes() {
-    let Some(c) = setup("get_watch_prints_changes").await else { return };
+    let Some(c) = setup("get_watch_prints_changes").await else {
+        return;
+    };
     ok_in(&c, &["apply", "-f", "-"], &widget("a", "{replicas: 1}")).await;
-    let watcher = cmd(&c, &["get", "widgets", "-w", "--output-watch-events"]).spawn().expect("kubectl get -w");
+    let watcher = cmd(&c, &["get", "widgets", "-w", "--output-watch-events"])
+        .spawn()
+        .expect("kubectl get -w");
     tokio::time::sleep(Duration::from_millis(700)).await;
     ok_in(&c, &["apply", "-f", "-"], &widget("b", "{replicas: 2}")).await;
-    ok(&c, &["patch", "widget", "a", "--type=merge", "-p", r#"{"spec":{"replicas":7}}"#]).await;
+    ok(
+        &c,
+        &[
+            "patch",
+            "widget",
+            "a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":7}}"#,
+        ],
+    )
+    .await;
     ok(&c, &["delete", "widget", "b"]).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pid = watcher.id().expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).expect("stop kubectl");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("stop kubectl");
     let out = watcher.wait_with_output().await.expect("output");
     let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows.first().map(|r| r[..2].to_vec()), Some(vec!["EVENT", "NAME"]), "{text}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows.first().map(|r| r[..2].to_vec()),
+        Some(vec!["EVENT", "NAME"]),
+        "{text}"
+    );
     let ev: Vec<(&str, &str, &str)> = rows.iter().skip(1).map(|r| (r[0], r[1], r[2])).collect();
     assert_eq!(
         ev,
-        [("ADDED", "a", "1"), ("ADDED", "b", "2"), ("MODIFIED", "a", "7"), ("DELETED", "b", "2")],
+        [
+            ("ADDED", "a", "1"),
+            ("ADDED", "b", "2"),
+            ("MODIFIED", "a", "7"),
+            ("DELETED", "b", "2")
+        ],
         "{text}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_through_kubectl() {
-    let Some(c) = setup("garbage_collection_through_kubectl").await else { return };
-    ok_in(&c, &["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owner\n").await;
-    let uid = ok(&c, &["get", "cm", "owner", "-o", "jsonpath={.metadata.uid}"]).await;
-    let dep = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: dep\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: owner\n    uid: {uid}\nstringData: {{a: b}}\n");
+    let Some(c) = setup("garbage_collection_through_kubectl").await else {
+        return;
+    };
+    ok_in(
+        &c,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owner\n",
+    )
+    .await;
+    let uid = ok(
+        &c,
+        &["get", "cm", "owner", "-o", "jsonpath={.metadata.uid}"],
+    )
+    .await;
+    let dep = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: dep\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: owner\n    uid: {uid}\nstringData: {{a: b}}\n"
+    );
     ok_in(&c, &["apply", "-f", "-"], &dep).await;
-    assert_eq!(ok(&c, &["get", "secret", "dep", "-o", "jsonpath={.data.a}"]).await, "Yg==");
+    assert_eq!(
+        ok(&c, &["get", "secret", "dep", "-o", "jsonpath={.data.a}"]).await,
+        "Yg=="
+    );
     ok(&c, &["delete", "cm", "owner"]).await;
     ok(&c, &["wait", "--for=delete", "secret/dep", "--timeout=20s"]).await;
     // A dangling owner reference (owner never existed) is collected too.

@@ -30,13 +30,17 @@ pub fn name_causes(resource: &str, name: &str) -> Vec<Cause> {
         vec![cause(
             "FieldValueInvalid",
             "metadata.name",
-            format!("Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"),
+            format!(
+                "Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+            ),
         )]
     } else if !label && !is_dns_subdomain(name) {
         vec![cause(
             "FieldValueInvalid",
             "metadata.name",
-            format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            format!(
+                "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+            ),
         )]
     } else {
         Vec::new()
@@ -66,9 +70,8 @@ fn default_container(c: &mut Value) {
         let last = image.rsplit('/').next().unwrap_or_default();
         !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"))
     };
-    m.entry("imagePullPolicy").or_insert_with(|| {
-        json!(if tag_latest { "Always" } else { "IfNotPresent" })
-    });
+    m.entry("imagePullPolicy")
+        .or_insert_with(|| json!(if tag_latest { "Always" } else { "IfNotPresent" }));
     m.entry("terminationMessagePath")
         .or_insert_with(|| json!("/dev/termination-log"));
     m.entry("terminationMessagePolicy")
@@ -85,16 +88,19 @@ fn default_container(c: &mut Value) {
 /// status the registry sets on create.
 pub fn default_pod(pod: &mut Value) {
     let spec = obj_mut(pod, "spec");
-    spec.entry("restartPolicy").or_insert_with(|| json!("Always"));
+    spec.entry("restartPolicy")
+        .or_insert_with(|| json!("Always"));
     spec.entry("terminationGracePeriodSeconds")
         .or_insert_with(|| json!(30));
-    spec.entry("dnsPolicy").or_insert_with(|| json!("ClusterFirst"));
+    spec.entry("dnsPolicy")
+        .or_insert_with(|| json!("ClusterFirst"));
     spec.entry("schedulerName")
         .or_insert_with(|| json!("default-scheduler"));
     spec.entry("securityContext").or_insert_with(|| json!({}));
     spec.entry("serviceAccountName")
         .or_insert_with(|| json!("default"));
-    spec.entry("enableServiceLinks").or_insert_with(|| json!(true));
+    spec.entry("enableServiceLinks")
+        .or_insert_with(|| json!(true));
     spec.entry("priority").or_insert_with(|| json!(0));
     spec.entry("preemptionPolicy")
         .or_insert_with(|| json!("PreemptLowerPriority"));
@@ -126,10 +132,16 @@ pub fn initial_pod_status(pod: &Value) -> Value {
 pub fn validate_pod(pod: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
     match pod.pointer("/spec/containers").and_then(Value::as_array) {
-        None => out.push(cause("FieldValueRequired", "spec.containers", "Required value")),
-        Some(cs) if cs.is_empty() => {
-            out.push(cause("FieldValueRequired", "spec.containers", "Required value"))
-        }
+        None => out.push(cause(
+            "FieldValueRequired",
+            "spec.containers",
+            "Required value",
+        )),
+        Some(cs) if cs.is_empty() => out.push(cause(
+            "FieldValueRequired",
+            "spec.containers",
+            "Required value",
+        )),
         Some(cs) => {
             let mut names = Vec::new();
             for (i, c) in cs.iter().enumerate() {
@@ -158,8 +170,10 @@ pub fn validate_pod(pod: &Value) -> Vec<Cause> {
             }
         }
     }
-    if let Some(rp) = pod.pointer("/spec/restartPolicy").and_then(Value::as_str) {
-        if !["Always", "OnFailure", "Never"].contains(&rp) {
+    if let Some(rp) = pod.pointer("/spec/restartPolicy").and_then(Value::as_str)
+        && !["Always", "OnFailure", "Never"].contains(&rp)
+    {
+        {
             out.push(cause(
                 "FieldValueNotSupported",
                 "spec.restartPolicy",
@@ -223,7 +237,8 @@ pub fn normalize_secret(s: &mut Value) {
 pub fn default_service(svc: &mut Value, next_ip: u32) {
     let spec = obj_mut(svc, "spec");
     spec.entry("type").or_insert_with(|| json!("ClusterIP"));
-    spec.entry("sessionAffinity").or_insert_with(|| json!("None"));
+    spec.entry("sessionAffinity")
+        .or_insert_with(|| json!("None"));
     if spec.get("clusterIP").and_then(Value::as_str).is_none() {
         let ip = format!("10.96.{}.{}", (next_ip >> 8) & 0xff, next_ip & 0xff);
         spec.insert("clusterIP".into(), json!(ip));
@@ -317,10 +332,25 @@ pub fn event_from_v1(ev: &Value) -> Value {
     }
     mv(&mut src, &mut out, "regarding", "involvedObject");
     mv(&mut src, &mut out, "note", "message");
-    mv(&mut src, &mut out, "reportingController", "reportingComponent");
+    mv(
+        &mut src,
+        &mut out,
+        "reportingController",
+        "reportingComponent",
+    );
     mv(&mut src, &mut out, "deprecatedSource", "source");
-    mv(&mut src, &mut out, "deprecatedFirstTimestamp", "firstTimestamp");
-    mv(&mut src, &mut out, "deprecatedLastTimestamp", "lastTimestamp");
+    mv(
+        &mut src,
+        &mut out,
+        "deprecatedFirstTimestamp",
+        "firstTimestamp",
+    );
+    mv(
+        &mut src,
+        &mut out,
+        "deprecatedLastTimestamp",
+        "lastTimestamp",
+    );
     mv(&mut src, &mut out, "deprecatedCount", "count");
     if let Some(series) = src.remove("series") {
         out.insert(
@@ -350,10 +380,25 @@ pub fn event_to_v1(ev: &Value) -> Value {
     }
     mv(&mut src, &mut out, "involvedObject", "regarding");
     mv(&mut src, &mut out, "message", "note");
-    mv(&mut src, &mut out, "reportingComponent", "reportingController");
+    mv(
+        &mut src,
+        &mut out,
+        "reportingComponent",
+        "reportingController",
+    );
     mv(&mut src, &mut out, "source", "deprecatedSource");
-    mv(&mut src, &mut out, "firstTimestamp", "deprecatedFirstTimestamp");
-    mv(&mut src, &mut out, "lastTimestamp", "deprecatedLastTimestamp");
+    mv(
+        &mut src,
+        &mut out,
+        "firstTimestamp",
+        "deprecatedFirstTimestamp",
+    );
+    mv(
+        &mut src,
+        &mut out,
+        "lastTimestamp",
+        "deprecatedLastTimestamp",
+    );
     mv(&mut src, &mut out, "count", "deprecatedCount");
     if let Some(series) = src.remove("series") {
         out.insert(

@@ -143,7 +143,12 @@ impl FaultInjector {
     }
 
     /// Decides whether this request fails (and consumes one `count`).
-    pub(crate) fn check(&self, verb: &str, resource: &str, sub: Option<&str>) -> Option<InjectedFault> {
+    pub(crate) fn check(
+        &self,
+        verb: &str,
+        resource: &str,
+        sub: Option<&str>,
+    ) -> Option<InjectedFault> {
         let mut cfg = self.lock();
         let full = match sub {
             Some(s) => format!("{resource}/{s}"),
@@ -188,10 +193,9 @@ mod tests {
         assert_eq!(f.check("create", "pods", None).map(|x| x.status), Some(500));
         assert!(f.check("create", "pods", Some("status")).is_some());
         assert!(f.check("create", "pods", None).is_none());
-        let cfg: FaultConfig = serde_json::from_str(
-            r#"{"rules":[{"status":429,"rate":0.0}],"delayMs":5}"#,
-        )
-        .expect("parses");
+        let cfg: FaultConfig =
+            serde_json::from_str(r#"{"rules":[{"status":429,"rate":0.0}],"delayMs":5}"#)
+                .expect("parses");
         f.set(cfg);
         assert!(f.check("get", "pods", None).is_none());
         assert_eq!(f.delay_ms(), 5);

@@ -85,7 +85,8 @@ fn garbage_collect(st: &mut State) {
             let owner = by_uid.get(uid).filter(|(ok, ov)| {
                 // The owner must be cluster-scoped or in the dependent's namespace,
                 // and match the reference's name.
-                (ok.2.is_empty() || ok.2 == key.2) && name_of(ov) == r["name"].as_str().unwrap_or_default()
+                (ok.2.is_empty() || ok.2 == key.2)
+                    && name_of(ov) == r["name"].as_str().unwrap_or_default()
             });
             match owner {
                 None => {}
@@ -105,11 +106,21 @@ fn garbage_collect(st: &mut State) {
         }
     }
     for (key, prop) in to_delete {
-        delete_key(st, &key, &DeleteOpts { propagation: prop, ..Default::default() });
+        delete_key(
+            st,
+            &key,
+            &DeleteOpts {
+                propagation: prop,
+                ..Default::default()
+            },
+        );
     }
     for (key, uid) in to_orphan {
         if let Some(mut o) = st.objects.get(&key).cloned() {
-            let refs: Vec<Value> = owner_refs(&o).into_iter().filter(|r| r["uid"] != uid.as_str()).collect();
+            let refs: Vec<Value> = owner_refs(&o)
+                .into_iter()
+                .filter(|r| r["uid"] != uid.as_str())
+                .collect();
             if refs.is_empty() {
                 if let Some(m) = o["metadata"].as_object_mut() {
                     m.remove("ownerReferences");

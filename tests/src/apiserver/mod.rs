@@ -53,7 +53,9 @@ impl ApiServer {
                  method: Method,
                  uri: Uri,
                  headers: HeaderMap,
-                 body: Bytes| async move { server::handle(s, method, uri, headers, body).await },
+                 body: Bytes| async move {
+                    server::handle(s, method, uri, headers, body).await
+                },
             )
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -117,7 +119,13 @@ impl ApiServer {
     }
 
     /// A stored object, as the server holds it (for assertions).
-    pub fn object(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+    pub fn object(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
         self.shared
             .lock()
             .objects

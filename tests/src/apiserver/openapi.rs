@@ -30,7 +30,12 @@ fn schema_name(ri: &ResourceInfo) -> String {
     } else {
         let g = match ri.group.as_str() {
             "" => "core".to_string(),
-            "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", ri.version, ri.kind),
+            "apiextensions.k8s.io" => {
+                return format!(
+                    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}",
+                    ri.version, ri.kind
+                );
+            }
             g => g.split('.').next().unwrap_or(g).to_string(),
         };
         format!("io.k8s.api.{g}.{}.{}", ri.version, ri.kind)
@@ -54,9 +59,11 @@ fn kind_schema(ri: &ResourceInfo) -> Value {
             "x-kubernetes-preserve-unknown-fields": true,
         }),
     };
-    if let Some(props) = s.as_object_mut().map(|m| {
-        m.entry("properties").or_insert_with(|| json!({}))
-    }).and_then(Value::as_object_mut) {
+    if let Some(props) = s
+        .as_object_mut()
+        .map(|m| m.entry("properties").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    {
         props.entry("apiVersion").or_insert_with(|| json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}));
         props.entry("kind").or_insert_with(|| json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}));
         props.entry("metadata").or_insert_with(|| json!({"type": "object", "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}));
@@ -67,7 +74,12 @@ fn kind_schema(ri: &ResourceInfo) -> Value {
 
 fn params() -> Value {
     let p = |name: &str, ty: &str| json!({"name": name, "in": "query", "schema": {"type": ty, "uniqueItems": true}});
-    json!([p("dryRun", "string"), p("fieldManager", "string"), p("fieldValidation", "string"), p("force", "boolean")])
+    json!([
+        p("dryRun", "string"),
+        p("fieldManager", "string"),
+        p("fieldValidation", "string"),
+        p("force", "boolean")
+    ])
 }
 
 fn gv_doc(resources: &[ResourceInfo], path: &str) -> Option<Value> {
@@ -101,14 +113,21 @@ fn gv_doc(resources: &[ResourceInfo], path: &str) -> Option<Value> {
     }))
 }
 
-pub fn serve(resources: &[ResourceInfo], rest: &[&str], _headers: &HeaderMap) -> Result<Response, ApiError> {
+pub fn serve(
+    resources: &[ResourceInfo],
+    rest: &[&str],
+    _headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let ok = |v: Value| Ok(super::server::json_response(StatusCode::OK, &v, &[]));
     match rest {
         ["v3"] => {
             let mut paths = Map::new();
             for ri in resources {
                 let p = gv_path(ri);
-                paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}")}));
+                paths.insert(
+                    p.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{p}")}),
+                );
             }
             ok(json!({"paths": paths}))
         }

@@ -78,15 +78,19 @@ impl ResourceInfo {
             "shortNames": self.short_names,
             "categories": self.categories,
         })];
-        if out[0]["shortNames"].as_array().is_some_and(|a| a.is_empty()) {
-            if let Some(o) = out[0].as_object_mut() {
-                o.remove("shortNames");
-            }
+        if out[0]["shortNames"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            && let Some(o) = out[0].as_object_mut()
+        {
+            o.remove("shortNames");
         }
-        if out[0]["categories"].as_array().is_some_and(|a| a.is_empty()) {
-            if let Some(o) = out[0].as_object_mut() {
-                o.remove("categories");
-            }
+        if out[0]["categories"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            && let Some(o) = out[0].as_object_mut()
+        {
+            o.remove("categories");
         }
         if self.status_subresource {
             out.push(json!({
@@ -153,7 +157,16 @@ fn builtin(
 pub fn builtins() -> Vec<ResourceInfo> {
     let mut pods = builtin("", "v1", "pods", "pod", "Pod", true, &["po"], true);
     pods.categories = vec!["all".into()];
-    let mut services = builtin("", "v1", "services", "service", "Service", true, &["svc"], true);
+    let mut services = builtin(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["svc"],
+        true,
+    );
     services.categories = vec!["all".into()];
     let mut crds = builtin(
         "apiextensions.k8s.io",
@@ -179,10 +192,28 @@ pub fn builtins() -> Vec<ResourceInfo> {
     );
     new_events.storage_group = String::new();
     vec![
-        builtin("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], true),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            false,
+            &["ns"],
+            true,
+        ),
         pods,
         builtin("", "v1", "secrets", "secret", "Secret", true, &[], false),
-        builtin("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], false),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "configmap",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+        ),
         services,
         builtin(
             "",
@@ -216,16 +247,16 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, String> {
     let spec = crd.get("spec").ok_or("missing spec")?;
     let group = spec["group"].as_str().ok_or("missing spec.group")?;
     let names = &spec["names"];
-    let plural = names["plural"].as_str().ok_or("missing spec.names.plural")?;
+    let plural = names["plural"]
+        .as_str()
+        .ok_or("missing spec.names.plural")?;
     let kind = names["kind"].as_str().ok_or("missing spec.names.kind")?;
     let singular = names["singular"]
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| kind.to_lowercase());
     let namespaced = spec["scope"].as_str() != Some("Cluster");
-    let versions = spec["versions"]
-        .as_array()
-        .ok_or("missing spec.versions")?;
+    let versions = spec["versions"].as_array().ok_or("missing spec.versions")?;
     let storage = versions
         .iter()
         .find(|v| v["storage"].as_bool() == Some(true))

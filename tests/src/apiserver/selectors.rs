@@ -41,15 +41,13 @@ fn split_top(s: &str) -> Vec<String> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 fn valid_value(v: &str) -> bool {
     v.len() <= 63
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
@@ -161,14 +159,19 @@ impl LabelSelector {
 
 fn split_set_op(p: &str, op: &str) -> Option<(String, String)> {
     let i = p.find(op)?;
-    Some((p[..i].trim().to_string(), p[i + op.len()..].trim().to_string()))
+    Some((
+        p[..i].trim().to_string(),
+        p[i + op.len()..].trim().to_string(),
+    ))
 }
 
 fn parse_set(s: &str) -> Result<Vec<String>, String> {
     let inner = s
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement: expected a set in parentheses, got {s:?}"))?;
+        .ok_or_else(|| {
+            format!("unable to parse requirement: expected a set in parentheses, got {s:?}")
+        })?;
     Ok(inner
         .split(',')
         .map(|x| x.trim().to_string())

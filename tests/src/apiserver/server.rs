@@ -7,7 +7,9 @@ use super::patch::{self, ApplyContext, CoreListSemantics, PatchError};
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{DeleteOpts, Deleted, State, WriteOpts, name_of, namespace_of, now_rfc3339, uid_of};
+use super::store::{
+    DeleteOpts, Deleted, State, WriteOpts, name_of, namespace_of, now_rfc3339, uid_of,
+};
 use super::table;
 use super::types::ListSemantics;
 use super::watch;
@@ -92,8 +94,10 @@ fn q_bool(query: &Query, key: &str) -> bool {
 
 pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
     let mut resp = (code, body.to_string()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for w in warnings {
         let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(h) = HeaderValue::from_str(&v) {
@@ -105,10 +109,10 @@ pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Res
 
 pub fn error_response(e: &ApiError) -> Response {
     let mut resp = json_response(e.status_code(), &e.body, &[]);
-    if let Some(s) = e.retry_after {
-        if let Ok(h) = HeaderValue::from_str(&s.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, h);
-        }
+    if let Some(s) = e.retry_after
+        && let Ok(h) = HeaderValue::from_str(&s.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, h);
     }
     resp
 }
@@ -140,12 +144,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let query: Query = uri
-        .query()
-        .map(|qs| {
-            url_decode_pairs(qs)
-        })
-        .unwrap_or_default();
+    let query: Query = uri.query().map(url_decode_pairs).unwrap_or_default();
     let path = uri.path().trim_end_matches('/').to_string();
     if path.starts_with("/_test/faults") {
         return faults_endpoint(&shared.faults, &method, &body);
@@ -177,15 +176,13 @@ fn pct_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -224,7 +221,9 @@ async fn route(
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v, &[]));
     match segs.as_slice() {
-        [] => ok(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3", "/readyz", "/version"]})),
+        [] => ok(
+            json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3", "/readyz", "/version"]}),
+        ),
         ["healthz"] | ["livez"] | ["readyz"] => Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => ok(json!({
             "major": "1", "minor": "32", "gitVersion": "v1.32.0-workpool-testcluster",
@@ -238,9 +237,13 @@ async fn route(
             let st = shared.lock();
             openapi::serve(&st.resources(), rest, headers)
         }
-        ["api", "v1"] => ok(resources::resource_list(&shared.lock().resources(), "", "v1")
-            .ok_or_else(ApiError::no_route)?),
-        ["apis", g] => ok(resources::group(&shared.lock().resources(), g).ok_or_else(ApiError::no_route)?),
+        ["api", "v1"] => ok(
+            resources::resource_list(&shared.lock().resources(), "", "v1")
+                .ok_or_else(ApiError::no_route)?,
+        ),
+        ["apis", g] => {
+            ok(resources::group(&shared.lock().resources(), g).ok_or_else(ApiError::no_route)?)
+        }
         ["apis", g, v] => ok(resources::resource_list(&shared.lock().resources(), g, v)
             .ok_or_else(ApiError::no_route)?),
         ["api", "v1", rest @ ..] => {
@@ -255,21 +258,55 @@ async fn route(
     }
 }
 
-fn parse_target(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+fn parse_target(
+    shared: &Shared,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
     let st = shared.lock();
-    let find = |r: &str| st.resource(group, version, r).ok_or_else(ApiError::no_route);
+    let find = |r: &str| {
+        st.resource(group, version, r)
+            .ok_or_else(ApiError::no_route)
+    };
     let owned = |s: &str| Some(s.to_string());
     let t = match rest {
-        ["namespaces", ns, r] if !(["status", "finalize"].contains(r)) => {
-            Target { ri: find(r)?, namespace: owned(ns), name: None, sub: None }
-        }
-        ["namespaces", ns, r, name] => Target { ri: find(r)?, namespace: owned(ns), name: owned(name), sub: None },
-        ["namespaces", ns, r, name, sub] => {
-            Target { ri: find(r)?, namespace: owned(ns), name: owned(name), sub: owned(sub) }
-        }
-        [r] => Target { ri: find(r)?, namespace: None, name: None, sub: None },
-        [r, name] => Target { ri: find(r)?, namespace: None, name: owned(name), sub: None },
-        [r, name, sub] => Target { ri: find(r)?, namespace: None, name: owned(name), sub: owned(sub) },
+        ["namespaces", ns, r] if !(["status", "finalize"].contains(r)) => Target {
+            ri: find(r)?,
+            namespace: owned(ns),
+            name: None,
+            sub: None,
+        },
+        ["namespaces", ns, r, name] => Target {
+            ri: find(r)?,
+            namespace: owned(ns),
+            name: owned(name),
+            sub: None,
+        },
+        ["namespaces", ns, r, name, sub] => Target {
+            ri: find(r)?,
+            namespace: owned(ns),
+            name: owned(name),
+            sub: owned(sub),
+        },
+        [r] => Target {
+            ri: find(r)?,
+            namespace: None,
+            name: None,
+            sub: None,
+        },
+        [r, name] => Target {
+            ri: find(r)?,
+            namespace: None,
+            name: owned(name),
+            sub: None,
+        },
+        [r, name, sub] => Target {
+            ri: find(r)?,
+            namespace: None,
+            name: owned(name),
+            sub: owned(sub),
+        },
         _ => return Err(ApiError::no_route()),
     };
     if t.ri.namespaced && t.name.is_some() && t.namespace.is_none() {
@@ -316,23 +353,33 @@ fn injected(status: u16, retry: Option<u64>, t: &Target) -> ApiError {
                 429,
                 "TooManyRequests",
                 "the server has received too many requests and has asked us to try again later",
-                Some(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": "injected fault"}], "retryAfterSeconds": secs})),
+                Some(
+                    json!({"causes": [{"reason": "UnexpectedServerResponse", "message": "injected fault"}], "retryAfterSeconds": secs}),
+                ),
             );
             e.retry_after = Some(secs);
             e
         }
         409 => ApiError::stale(&t.ri.group, &t.ri.resource, &name),
         500 => ApiError::internal("injected fault"),
-        503 => ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request (injected fault)", None),
-        other => ApiError::new(other, "InternalError", format!("injected fault ({other})"), None),
+        503 => ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request (injected fault)",
+            None,
+        ),
+        other => ApiError::new(
+            other,
+            "InternalError",
+            format!("injected fault ({other})"),
+            None,
+        ),
     }
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "couldn't get version/kind; json parse error: {e}"
-        ))
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })
 }
 
@@ -355,12 +402,22 @@ async fn serve_resource(
     };
     let ns = t.namespace.clone().unwrap_or_default();
     let table = wants_table(headers);
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if (verb == "create" || verb == "update") && !body.is_empty() && !ct.is_empty() && !ct.starts_with("application/json") && !ct.starts_with("*/*") {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if (verb == "create" || verb == "update")
+        && !body.is_empty()
+        && !ct.is_empty()
+        && !ct.starts_with("application/json")
+        && !ct.starts_with("*/*")
+    {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this test double does not decode {ct})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this test double does not decode {ct})"
+            ),
             None,
         ));
     }
@@ -377,8 +434,19 @@ async fn serve_resource(
             let out = match t.sub.as_deref() {
                 Some("scale") => to_scale(&t.ri, &obj)?,
                 _ if table => {
-                    let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
-                    table::table(&t.ri, &[obj], q(query, "includeObject").unwrap_or("Metadata"), &rv, None, true)
+                    let rv = obj
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    table::table(
+                        &t.ri,
+                        &[obj],
+                        q(query, "includeObject").unwrap_or("Metadata"),
+                        &rv,
+                        None,
+                        true,
+                    )
                 }
                 _ => obj,
             };
@@ -411,7 +479,10 @@ async fn serve_resource(
             if t.sub.as_deref() == Some("scale") {
                 return write_scale(shared, &t, &ns, &name, |_| Ok(obj.clone()), &opts);
             }
-            let sub = t.sub.as_deref().filter(|s| *s == "status" || *s == "finalize");
+            let sub = t
+                .sub
+                .as_deref()
+                .filter(|s| *s == "status" || *s == "finalize");
             let sub = if sub == Some("finalize") { None } else { sub };
             let mut st = shared.lock();
             st.warnings.clear();
@@ -427,7 +498,11 @@ async fn serve_resource(
             let mut st = shared.lock();
             let res = st.delete(&t.ri, &ns, &name, &dopts)?;
             drop(st);
-            Ok(json_response(StatusCode::OK, &delete_answer(&t.ri, res), &[]))
+            Ok(json_response(
+                StatusCode::OK,
+                &delete_answer(&t.ri, res),
+                &[],
+            ))
         }
         "deletecollection" => {
             let dopts = delete_opts(query, &body)?;
@@ -462,7 +537,11 @@ async fn serve_resource(
 }
 
 fn returns_deleted_object(ri: &ResourceInfo) -> bool {
-    ri.group.is_empty() && matches!(ri.resource.as_str(), "pods" | "serviceaccounts" | "namespaces")
+    ri.group.is_empty()
+        && matches!(
+            ri.resource.as_str(),
+            "pods" | "serviceaccounts" | "namespaces"
+        )
 }
 
 fn delete_answer(ri: &ResourceInfo, res: Deleted) -> Value {
@@ -477,43 +556,70 @@ fn delete_opts(query: &Query, body: &Bytes) -> Result<DeleteOpts, ApiError> {
     let b: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
     let grace = match q(query, "gracePeriodSeconds") {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {s:?}")))?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {s:?}")))?,
+        ),
         None => b["gracePeriodSeconds"].as_i64(),
     };
     let mut propagation = q(query, "propagationPolicy")
         .map(str::to_string)
         .or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
     if propagation.is_none() {
-        match b["orphanDependents"].as_bool().or(q(query, "orphanDependents").map(|s| s == "true")) {
+        match b["orphanDependents"]
+            .as_bool()
+            .or(q(query, "orphanDependents").map(|s| s == "true"))
+        {
             Some(true) => propagation = Some("Orphan".into()),
             Some(false) => propagation = Some("Background".into()),
             None => {}
         }
     }
-    if let Some(p) = &propagation {
-        if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
-            return Err(ApiError::invalid("meta.k8s.io", "DeleteOptions", "", &[status::cause(
-                "FieldValueNotSupported",
-                "propagationPolicy",
-                format!("Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
-            )]));
+    if let Some(p) = &propagation
+        && !["Orphan", "Background", "Foreground"].contains(&p.as_str())
+    {
+        {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "DeleteOptions",
+                "",
+                &[status::cause(
+                    "FieldValueNotSupported",
+                    "propagationPolicy",
+                    format!(
+                        "Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                )],
+            ));
         }
     }
     let dry = q(query, "dryRun") == Some("All")
-        || b["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All"));
+        || b["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
     Ok(DeleteOpts {
         grace_period: grace,
         propagation,
-        precondition_uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        precondition_rv: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
+        precondition_uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_rv: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         dry_run: dry,
     })
 }
 
-pub fn selectors(ri: &ResourceInfo, query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+pub fn selectors(
+    ri: &ResourceInfo,
+    query: &Query,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let ls = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))
         .map_err(ApiError::bad_request)?;
     let res = ri.resource.clone();
@@ -533,7 +639,11 @@ pub fn matches(ri: &ResourceInfo, o: &Value, ls: &LabelSelector, fs: &FieldSelec
     if fs.is_empty() {
         return true;
     }
-    let core = if ri.group == "events.k8s.io" { builtins::event_from_v1(o) } else { o.clone() };
+    let core = if ri.group == "events.k8s.io" {
+        builtins::event_from_v1(o)
+    } else {
+        o.clone()
+    };
     fs.matches(&|f| builtins::field_value(&core, f))
 }
 
@@ -543,10 +653,17 @@ struct ContinueToken {
     start: String,
 }
 
-fn list(shared: &Arc<Shared>, t: &Target, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn list(
+    shared: &Arc<Shared>,
+    t: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(&t.ri, query)?;
     let st = shared.lock();
-    let limit = q(query, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = q(query, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let mut list_rv = st.rv;
     let mut start_after: Option<String> = None;
     if let Some(c) = q(query, "continue").filter(|c| !c.is_empty()) {
@@ -554,19 +671,33 @@ fn list(shared: &Arc<Shared>, t: &Target, query: &Query, headers: &HeaderMap) ->
             .decode(c)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid: invalid continue token"))?;
+            .ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: invalid continue token")
+            })?;
         if tok.rv < st.compacted_rv {
-            return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            return Err(ApiError::expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            ));
         }
         list_rv = tok.rv;
         start_after = Some(tok.start);
     } else if q(query, "resourceVersionMatch") == Some("Exact") {
-        let rv: u64 = q(query, "resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let rv: u64 = q(query, "resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
         if rv != st.rv {
             if rv < st.compacted_rv {
-                return Err(ApiError::expired(format!("too old resource version: {rv} ({})", st.compacted_rv + 1)));
+                return Err(ApiError::expired(format!(
+                    "too old resource version: {rv} ({})",
+                    st.compacted_rv + 1
+                )));
             }
-            return Err(ApiError::new(500, "InternalError", "Internal error occurred: listing at an exact older resourceVersion is not modelled by this test double", None));
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                "Internal error occurred: listing at an exact older resourceVersion is not modelled by this test double",
+                None,
+            ));
         }
     }
     let all: Vec<Value> = st
@@ -583,15 +714,26 @@ fn list(shared: &Arc<Shared>, t: &Target, query: &Query, headers: &HeaderMap) ->
         Some(l) if all.len() > l => {
             let items: Vec<Value> = all[..l].to_vec();
             let last = &items[l - 1];
-            let tok = ContinueToken { rv: list_rv, start: format!("{}/{}", namespace_of(last), name_of(last)) };
-            let enc = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&tok).unwrap_or_default());
+            let tok = ContinueToken {
+                rv: list_rv,
+                start: format!("{}/{}", namespace_of(last), name_of(last)),
+            };
+            let enc = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&tok).unwrap_or_default());
             let rem = all.len() - l;
             (items, Some(enc), Some(rem))
         }
         _ => (all, None, None),
     };
     if wants_table(headers) {
-        let tbl = table::table(&t.ri, &items, q(query, "includeObject").unwrap_or("Metadata"), &list_rv.to_string(), cont.as_deref(), true);
+        let tbl = table::table(
+            &t.ri,
+            &items,
+            q(query, "includeObject").unwrap_or("Metadata"),
+            &list_rv.to_string(),
+            cont.as_deref(),
+            true,
+        );
         return Ok(json_response(StatusCode::OK, &tbl, &[]));
     }
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
@@ -608,24 +750,57 @@ fn list(shared: &Arc<Shared>, t: &Target, query: &Query, headers: &HeaderMap) ->
 
 fn bind(shared: &Arc<Shared>, t: &Target, ns: &str, binding: Value) -> Result<Response, ApiError> {
     let name = t.name.clone().unwrap_or_default();
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid("", "Binding", &name, &[status::cause("FieldValueRequired", "target.name", "Required value")]));
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            &name,
+            &[status::cause(
+                "FieldValueRequired",
+                "target.name",
+                "Required value",
+            )],
+        ));
     }
     let mut st = shared.lock();
     let key = State::key(&t.ri, ns, &name);
-    let pod = st.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found("", "pods", &name))?;
+    let pod = st
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("", "pods", &name))?;
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        return Err(ApiError::conflict("", "pods", &name, "pod is being deleted, cannot be assigned to a host"));
+        return Err(ApiError::conflict(
+            "",
+            "pods",
+            &name,
+            "pod is being deleted, cannot be assigned to a host",
+        ));
     }
-    let cur = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    let cur = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !cur.is_empty() {
-        return Err(ApiError::conflict("", "pods", &name, &format!("pod {name} is already assigned to node \"{cur}\"")));
+        return Err(ApiError::conflict(
+            "",
+            "pods",
+            &name,
+            &format!("pod {name} is already assigned to node \"{cur}\""),
+        ));
     }
     let mut new = pod.clone();
     new["spec"]["nodeName"] = json!(node);
     let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
-    match new.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+    match new
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
         Some(cs) => {
             cs.retain(|c| c["type"] != "PodScheduled");
             cs.push(cond);
@@ -633,7 +808,10 @@ fn bind(shared: &Arc<Shared>, t: &Target, ns: &str, binding: Value) -> Result<Re
         None => new["status"]["conditions"] = json!([cond]),
     }
     for f in ["labels", "annotations"] {
-        if let Some(m) = binding.pointer(&format!("/metadata/{f}")).and_then(Value::as_object) {
+        if let Some(m) = binding
+            .pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_object)
+        {
             for (k, v) in m {
                 new["metadata"][f][k] = v.clone();
             }
@@ -641,7 +819,11 @@ fn bind(shared: &Arc<Shared>, t: &Target, ns: &str, binding: Value) -> Result<Re
     }
     st.controller_write(&key, new);
     drop(st);
-    Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 fn path_get<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
@@ -666,10 +848,19 @@ fn path_set(obj: &mut Value, path: &str, v: Value) {
 
 fn to_scale(ri: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
     let sc = ri.scale.as_ref().ok_or_else(ApiError::no_route)?;
-    let spec = path_get(obj, &sc.spec_replicas_path).and_then(Value::as_i64).unwrap_or(0);
-    let stat = path_get(obj, &sc.status_replicas_path).and_then(Value::as_i64).unwrap_or(0);
+    let spec = path_get(obj, &sc.spec_replicas_path)
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let stat = path_get(obj, &sc.status_replicas_path)
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let mut status = json!({"replicas": stat});
-    if let Some(sel) = sc.label_selector_path.as_ref().and_then(|p| path_get(obj, p)).and_then(Value::as_str) {
+    if let Some(sel) = sc
+        .label_selector_path
+        .as_ref()
+        .and_then(|p| path_get(obj, p))
+        .and_then(Value::as_str)
+    {
         status["selector"] = json!(sel);
     }
     let m = &obj["metadata"];
@@ -677,7 +868,9 @@ fn to_scale(ri: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
     if ri.namespaced {
         meta["namespace"] = m["namespace"].clone();
     }
-    Ok(json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": meta, "spec": {"replicas": spec}, "status": status}))
+    Ok(
+        json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": meta, "spec": {"replicas": spec}, "status": status}),
+    )
 }
 
 fn write_scale(
@@ -690,20 +883,38 @@ fn write_scale(
 ) -> Result<Response, ApiError> {
     let sc = t.ri.scale.clone().ok_or_else(ApiError::no_route)?;
     let mut st = shared.lock();
-    let cur = st.get(&t.ri, ns, name).ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, name))?;
+    let cur = st
+        .get(&t.ri, ns, name)
+        .ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, name))?;
     let scale = to_scale(&t.ri, &cur)?;
     let new_scale = make(&scale)?;
-    let replicas = new_scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+    let replicas = new_scale
+        .pointer("/spec/replicas")
+        .cloned()
+        .unwrap_or(json!(0));
     if !replicas.is_i64() || replicas.as_i64().is_some_and(|r| r < 0) {
-        return Err(ApiError::invalid("autoscaling", "Scale", name, &[status::cause(
-            "FieldValueInvalid",
-            "spec.replicas",
-            format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-        )]));
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            &[status::cause(
+                "FieldValueInvalid",
+                "spec.replicas",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
     }
     let mut obj = cur.clone();
-    let rv = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
-    if !rv.is_empty() && Some(rv) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+    let rv = new_scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !rv.is_empty()
+        && Some(rv)
+            != cur
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+    {
         return Err(ApiError::stale(&t.ri.group, &t.ri.resource, name));
     }
     path_set(&mut obj, &sc.spec_replicas_path, replicas);
@@ -713,20 +924,32 @@ fn write_scale(
     }
     let updated = st.update(&t.ri, ns, name, obj, Some("scale"), &o, true)?;
     drop(st);
-    Ok(json_response(StatusCode::OK, &to_scale(&t.ri, &updated)?, &[]))
+    Ok(json_response(
+        StatusCode::OK,
+        &to_scale(&t.ri, &updated)?,
+        &[],
+    ))
 }
 
 fn patch_error(e: PatchError, t: &Target, name: &str) -> ApiError {
     match e {
         PatchError::BadRequest(m) => ApiError::bad_request(m),
-        PatchError::Invalid(m) => ApiError::new(422, "Invalid", m, Some(json!({"name": name, "group": t.ri.group, "kind": t.ri.kind}))),
+        PatchError::Invalid(m) => ApiError::new(
+            422,
+            "Invalid",
+            m,
+            Some(json!({"name": name, "group": t.ri.group, "kind": t.ri.kind})),
+        ),
         PatchError::Conflict(cs) => {
             let causes: Vec<Value> = cs
                 .iter()
                 .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field}))
                 .collect();
             let message = if cs.len() == 1 {
-                format!("Apply failed with 1 conflict: conflict with {:?}: {}", cs[0].manager, cs[0].field)
+                format!(
+                    "Apply failed with 1 conflict: conflict with {:?}: {}",
+                    cs[0].manager, cs[0].field
+                )
             } else {
                 let mut managers: Vec<&str> = cs.iter().map(|c| c.manager.as_str()).collect();
                 managers.sort();
@@ -738,7 +961,11 @@ fn patch_error(e: PatchError, t: &Target, name: &str) -> ApiError {
                         parts.push(format!("- {}", c.field));
                     }
                 }
-                format!("Apply failed with {} conflicts: {}", cs.len(), parts.join("\n"))
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    cs.len(),
+                    parts.join("\n")
+                )
             };
             ApiError::new(409, "Conflict", message, Some(json!({"causes": causes})))
         }
@@ -756,7 +983,10 @@ impl ListSemantics for SharedSchema {
 fn list_semantics(ri: &ResourceInfo) -> Box<dyn ListSemantics> {
     match &ri.crd {
         Some(c) => Box::new(SharedSchema(c.schema.clone())),
-        None => Box::new(CoreListSemantics { api_version: ri.api_version(), kind: ri.kind.clone() }),
+        None => Box::new(CoreListSemantics {
+            api_version: ri.api_version(),
+            kind: ri.kind.clone(),
+        }),
     }
 }
 
@@ -785,16 +1015,24 @@ fn patch_resource(
     } else {
         "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
     };
-    if !matches!(ct.as_str(), "application/merge-patch+json" | "application/json-patch+json" | "application/strategic-merge-patch+json") && !is_apply {
+    if !matches!(
+        ct.as_str(),
+        "application/merge-patch+json"
+            | "application/json-patch+json"
+            | "application/strategic-merge-patch+json"
+    ) && !is_apply
+    {
         return Err(ApiError::unsupported_media_type(accepted));
     }
     if ct == "application/strategic-merge-patch+json" && t.ri.is_custom() {
         return Err(ApiError::unsupported_media_type(accepted));
     }
     let patch_doc: Value = if is_apply {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
     };
     let lists = list_semantics(&t.ri);
     let sub = t.sub.as_deref();
@@ -802,10 +1040,19 @@ fn patch_resource(
         let doc = patch_doc.clone();
         let ct2 = ct.clone();
         let name2 = name.clone();
-        return write_scale(shared, t, ns, &name, move |scale| match ct2.as_str() {
-            "application/json-patch+json" => patch::json_patch(scale, &doc).map_err(|e| patch_error(e, t, &name2)),
-            _ => Ok(patch::merge_patch(scale, &doc)),
-        }, opts);
+        return write_scale(
+            shared,
+            t,
+            ns,
+            &name,
+            move |scale| match ct2.as_str() {
+                "application/json-patch+json" => {
+                    patch::json_patch(scale, &doc).map_err(|e| patch_error(e, t, &name2))
+                }
+                _ => Ok(patch::merge_patch(scale, &doc)),
+            },
+            opts,
+        );
     }
     let sub = sub.filter(|s| *s == "status");
     let mut st = shared.lock();
@@ -814,11 +1061,16 @@ fn patch_resource(
     let now = now_rfc3339();
     let result = if is_apply {
         let Some(manager) = q(query, "fieldManager").filter(|m| !m.is_empty()) else {
-            return Err(ApiError::invalid("meta.k8s.io", "PatchOptions", "", &[status::cause(
-                "FieldValueRequired",
-                "fieldManager",
-                "Required value: is required for apply patch",
-            )]));
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                &[status::cause(
+                    "FieldValueRequired",
+                    "fieldManager",
+                    "Required value: is required for apply patch",
+                )],
+            ));
         };
         if !patch_doc.is_object() {
             return Err(ApiError::bad_request("the apply patch must be an object"));
@@ -828,7 +1080,10 @@ fn patch_resource(
         if av.is_empty() || kind.is_empty() {
             return Err(ApiError::bad_request("invalid object type: /, Kind="));
         }
-        let body_name = patch_doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let body_name = patch_doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
@@ -849,30 +1104,39 @@ fn patch_resource(
                 if sub.is_some() {
                     return Err(ApiError::not_found(&t.ri.group, &t.ri.resource, &name));
                 }
-                let new = patch::apply(None, &patch_doc, &ctx).map_err(|e| patch_error(e, t, &name))?;
+                let new =
+                    patch::apply(None, &patch_doc, &ctx).map_err(|e| patch_error(e, t, &name))?;
                 let res = st.create_applied(&t.ri, ns, new, &o);
                 res.map(|v| (StatusCode::CREATED, v))
             }
             Some(live) => {
-                let new = patch::apply(Some(&live), &patch_doc, &ctx).map_err(|e| patch_error(e, t, &name))?;
-                st.update(&t.ri, ns, &name, new, sub, &o, false).map(|v| (StatusCode::OK, v))
+                let new = patch::apply(Some(&live), &patch_doc, &ctx)
+                    .map_err(|e| patch_error(e, t, &name))?;
+                st.update(&t.ri, ns, &name, new, sub, &o, false)
+                    .map(|v| (StatusCode::OK, v))
             }
         }
     } else {
         let live = live.ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, &name))?;
         let new = match ct.as_str() {
-            "application/json-patch+json" => patch::json_patch(&live, &patch_doc).map_err(|e| patch_error(e, t, &name))?,
+            "application/json-patch+json" => {
+                patch::json_patch(&live, &patch_doc).map_err(|e| patch_error(e, t, &name))?
+            }
             "application/strategic-merge-patch+json" => {
-                patch::strategic_merge_patch(&live, &patch_doc, lists.as_ref()).map_err(|e| patch_error(e, t, &name))?
+                patch::strategic_merge_patch(&live, &patch_doc, lists.as_ref())
+                    .map_err(|e| patch_error(e, t, &name))?
             }
             _ => {
                 if !patch_doc.is_object() {
-                    return Err(ApiError::bad_request("json: cannot unmarshal into Go value of type map[string]interface {}"));
+                    return Err(ApiError::bad_request(
+                        "json: cannot unmarshal into Go value of type map[string]interface {}",
+                    ));
                 }
                 patch::merge_patch(&live, &patch_doc)
             }
         };
-        st.update(&t.ri, ns, &name, new, sub, opts, true).map(|v| (StatusCode::OK, v))
+        st.update(&t.ri, ns, &name, new, sub, opts, true)
+            .map(|v| (StatusCode::OK, v))
     };
     let warnings = std::mem::take(&mut st.warnings);
     drop(st);
@@ -883,7 +1147,13 @@ fn patch_resource(
 /// Wraps an axum response body from a stream of byte chunks.
 pub fn stream_response(body: Body) -> Response {
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }

@@ -13,7 +13,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(code: u16, reason: &str, message: impl Into<String>, details: Option<Value>) -> Self {
+    pub fn new(
+        code: u16,
+        reason: &str,
+        message: impl Into<String>,
+        details: Option<Value>,
+    ) -> Self {
         let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -64,11 +69,7 @@ impl ApiError {
         Self::new(
             409,
             "AlreadyExists",
-            format!(
-                "{} \"{}\" already exists",
-                qualified(resource, group),
-                name
-            ),
+            format!("{} \"{}\" already exists", qualified(resource, group), name),
             Some(json!({"name": name, "group": group, "kind": resource})),
         )
     }
@@ -110,7 +111,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: {ct}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {ct}"
+            ),
             None,
         )
     }

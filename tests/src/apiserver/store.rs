@@ -73,6 +73,9 @@ pub enum Deleted {
     Pending(Value),
 }
 
+/// Live change events.
+pub type EventReceiver = broadcast::Receiver<Arc<StoredEvent>>;
+
 pub struct State {
     pub objects: BTreeMap<Key, Value>,
     pub rv: u64,
@@ -247,13 +250,19 @@ impl State {
         (
             ri.storage_group.clone(),
             ri.resource.clone(),
-            if ri.namespaced { ns.to_string() } else { String::new() },
+            if ri.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
             name.to_string(),
         )
     }
 
     pub fn get(&self, ri: &ResourceInfo, ns: &str, name: &str) -> Option<Value> {
-        self.objects.get(&Self::key(ri, ns, name)).map(|o| self.view(ri, o))
+        self.objects
+            .get(&Self::key(ri, ns, name))
+            .map(|o| self.view(ri, o))
     }
 
     /// The stored object as served through `ri` (event views, defaults on read).
@@ -280,7 +289,7 @@ impl State {
     pub fn history_since(
         &self,
         rv: u64,
-    ) -> Result<(Vec<Arc<StoredEvent>>, broadcast::Receiver<Arc<StoredEvent>>), ApiError> {
+    ) -> Result<(Vec<Arc<StoredEvent>>, EventReceiver), ApiError> {
         if rv < self.compacted_rv {
             return Err(ApiError::expired(format!(
                 "too old resource version: {rv} ({})",
@@ -297,7 +306,13 @@ impl State {
         self.compacted_rv = self.rv;
     }
 
-    fn commit(&mut self, key: &Key, obj: Option<Value>, etype: EventType, mut last: Value) -> Value {
+    fn commit(
+        &mut self,
+        key: &Key,
+        obj: Option<Value>,
+        etype: EventType,
+        mut last: Value,
+    ) -> Value {
         self.rv += 1;
         let rv = self.rv;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -333,9 +348,9 @@ impl State {
         if !ri.namespaced {
             return Ok(());
         }
-        let Some(nsobj) = self
-            .objects
-            .get(&(String::new(), "namespaces".into(), String::new(), ns.into()))
+        let Some(nsobj) =
+            self.objects
+                .get(&(String::new(), "namespaces".into(), String::new(), ns.into()))
         else {
             return Err(ApiError::not_found("", "namespaces", ns));
         };
@@ -391,7 +406,12 @@ impl State {
         let mut causes = crd.schema.validate(obj, old);
         causes.extend(metadata_causes(obj));
         if !causes.is_empty() {
-            return Err(ApiError::invalid(&ri.group, &ri.kind, name_of(obj), &causes));
+            return Err(ApiError::invalid(
+                &ri.group,
+                &ri.kind,
+                name_of(obj),
+                &causes,
+            ));
         }
         Ok(())
     }
@@ -490,9 +510,9 @@ impl State {
         }
         let now = now_rfc3339();
         {
-            let m = obj["metadata"].as_object_mut().ok_or_else(|| {
-                ApiError::bad_request("metadata must be an object")
-            })?;
+            let m = obj["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(now));
             for k in [
@@ -509,10 +529,11 @@ impl State {
                 m.remove("generation");
             }
         }
-        if ri.status_subresource && ri.is_custom() {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if ri.status_subresource
+            && ri.is_custom()
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         obj["apiVersion"] = json!(if ri.group == "events.k8s.io" {
             "v1".to_string()
@@ -537,18 +558,15 @@ impl State {
     }
 
     fn ensure_default_sa(&mut self, ns: &str) {
-        if let Some(sa) = self.resource("", "v1", "serviceaccounts") {
-            if self.get(&sa, ns, "default").is_none() {
+        if let Some(sa) = self.resource("", "v1", "serviceaccounts")
+            && self.get(&sa, ns, "default").is_none()
+        {
+            {
                 let opts = WriteOpts {
                     manager: "kube-controller-manager".into(),
                     ..Default::default()
                 };
-                let _ = self.create(
-                    &sa,
-                    ns,
-                    json!({"metadata": {"name": "default"}}),
-                    &opts,
-                );
+                let _ = self.create(&sa, ns, json!({"metadata": {"name": "default"}}), &opts);
             }
         }
     }
@@ -572,22 +590,18 @@ impl State {
                 }
             }
             ("", "secrets") => builtins::normalize_secret(obj),
-            ("", "services") => {
-                if old.is_none() {
-                    builtins::default_service(obj, self.next_service_ip);
-                    self.next_service_ip += 1;
-                }
+            ("", "services") if old.is_none() => {
+                builtins::default_service(obj, self.next_service_ip);
+                self.next_service_ip += 1;
             }
-            ("", "namespaces") => {
-                if old.is_none() {
-                    obj["spec"] = json!({"finalizers": ["kubernetes"]});
-                    obj["status"] = json!({"phase": "Active"});
-                    let labels = obj["metadata"]
-                        .as_object_mut()
-                        .map(|m| m.entry("labels").or_insert_with(|| json!({})));
-                    if let Some(l) = labels.and_then(Value::as_object_mut) {
-                        l.insert("kubernetes.io/metadata.name".into(), json!(name));
-                    }
+            ("", "namespaces") if old.is_none() => {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+                obj["status"] = json!({"phase": "Active"});
+                let labels = obj["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.entry("labels").or_insert_with(|| json!({})));
+                if let Some(l) = labels.and_then(Value::as_object_mut) {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
                 }
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
@@ -606,7 +620,10 @@ impl State {
     }
 
     fn admit_crd(&mut self, crd: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-        let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let plural = crd
             .pointer("/spec/names/plural")
             .and_then(Value::as_str)
@@ -616,7 +633,10 @@ impl State {
             causes.push(cause(
                 "FieldValueInvalid",
                 "metadata.name",
-                format!("Invalid value: \"{}\": must be spec.names.plural+\".\"+spec.group", name_of(crd)),
+                format!(
+                    "Invalid value: \"{}\": must be spec.names.plural+\".\"+spec.group",
+                    name_of(crd)
+                ),
             ));
             return;
         }
@@ -632,7 +652,11 @@ impl State {
             }
         }
         if let Err(e) = resources::from_crd(crd) {
-            causes.push(cause("FieldValueInvalid", "spec", format!("Invalid value: {e}")));
+            causes.push(cause(
+                "FieldValueInvalid",
+                "spec",
+                format!("Invalid value: {e}"),
+            ));
             return;
         }
         let storage: Vec<Value> = crd
@@ -645,7 +669,10 @@ impl State {
                     .collect()
             })
             .unwrap_or_default();
-        if crd.pointer("/spec/versions").and_then(Value::as_array).is_some_and(|v| !v.is_empty())
+        if crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| !v.is_empty())
             && storage.len() != 1
         {
             causes.push(cause(
@@ -657,13 +684,15 @@ impl State {
         }
         let now = now_rfc3339();
         let mut names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
-        if names.get("singular").is_none() {
-            if let Some(k) = names.get("kind").and_then(Value::as_str) {
+        let kind = names
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(k) = &kind {
+            if names.get("singular").is_none() {
                 names["singular"] = json!(k.to_lowercase());
             }
-        }
-        if names.get("listKind").is_none() {
-            if let Some(k) = names.get("kind").and_then(Value::as_str) {
+            if names.get("listKind").is_none() {
                 names["listKind"] = json!(format!("{k}List"));
             }
         }
@@ -706,6 +735,7 @@ impl State {
 
     /// PUT (and the end of every non-apply patch): replaces the object.
     /// `sub` is `Some("status")` for the status subresource.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         ri: &ResourceInfo,
@@ -766,10 +796,10 @@ impl State {
                     None => nm.remove(k),
                 };
             }
-            if !nm.contains_key("managedFields") {
-                if let Some(mf) = old["metadata"].get("managedFields") {
-                    nm.insert("managedFields".into(), mf.clone());
-                }
+            if !nm.contains_key("managedFields")
+                && let Some(mf) = old["metadata"].get("managedFields")
+            {
+                nm.insert("managedFields".into(), mf.clone());
             }
         }
         new["apiVersion"] = old["apiVersion"].clone();
@@ -820,14 +850,21 @@ impl State {
                         "metadata.finalizers",
                         format!(
                             "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
-                            added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
+                            added
+                                .iter()
+                                .map(|f| format!("{f:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )],
                 ));
             }
         }
         if ri.has_generation && spec_part(&new) != spec_part(&old) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
         }
         self.admit_builtin(ri, &mut new, Some(&old))?;
@@ -880,8 +917,10 @@ impl State {
         let Some(old) = self.objects.get(&key).cloned() else {
             return Err(ApiError::not_found(&ri.group, &ri.resource, name));
         };
-        if let Some(uid) = &opts.precondition_uid {
-            if uid != uid_of(&old) {
+        if let Some(uid) = &opts.precondition_uid
+            && uid != uid_of(&old)
+        {
+            {
                 return Err(ApiError::conflict(
                     &ri.group,
                     &ri.resource,
@@ -893,8 +932,10 @@ impl State {
                 ));
             }
         }
-        if let Some(rv) = &opts.precondition_rv {
-            if rv != meta_str(&old, "resourceVersion") {
+        if let Some(rv) = &opts.precondition_rv
+            && rv != meta_str(&old, "resourceVersion")
+        {
+            {
                 return Err(ApiError::conflict(
                     &ri.group,
                     &ri.resource,
@@ -914,16 +955,20 @@ impl State {
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty());
-            let phase = old.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+            let phase = old
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !bound || phase == "Succeeded" || phase == "Failed" {
                 0
             } else {
-                opts.grace_period.unwrap_or_else(|| {
-                    old.pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(30)
-                })
-                .max(0)
+                opts.grace_period
+                    .unwrap_or_else(|| {
+                        old.pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(30)
+                    })
+                    .max(0)
             }
         } else {
             0
@@ -977,7 +1022,10 @@ impl State {
                 json!(ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             if ri.has_generation {
-                let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let g = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 new["metadata"]["generation"] = json!(g + 1);
             }
         }
@@ -1002,7 +1050,9 @@ impl State {
 
     /// Removes a finalizer from a stored object (controllers: GC, namespaces).
     pub fn remove_finalizer(&mut self, key: &Key, fin: &str) {
-        let Some(old) = self.objects.get(key).cloned() else { return };
+        let Some(old) = self.objects.get(key).cloned() else {
+            return;
+        };
         let mut fins = finalizers(&old);
         if !fins.iter().any(|f| f == fin) {
             return;
@@ -1010,10 +1060,10 @@ impl State {
         fins.retain(|f| f != fin);
         let mut new = old.clone();
         new["metadata"]["finalizers"] = json!(fins);
-        if fins.is_empty() {
-            if let Some(m) = new["metadata"].as_object_mut() {
-                m.remove("finalizers");
-            }
+        if fins.is_empty()
+            && let Some(m) = new["metadata"].as_object_mut()
+        {
+            m.remove("finalizers");
         }
         let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
         let grace = new
@@ -1038,7 +1088,12 @@ impl State {
     }
 
     pub fn remove_namespace(&mut self, name: &str) {
-        let key: Key = (String::new(), "namespaces".into(), String::new(), name.into());
+        let key: Key = (
+            String::new(),
+            "namespaces".into(),
+            String::new(),
+            name.into(),
+        );
         if let Some(mut o) = self.objects.get(&key).cloned() {
             o["spec"]["finalizers"] = json!([]);
             self.commit(&key, None, EventType::Deleted, o);

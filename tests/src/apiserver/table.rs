@@ -68,7 +68,8 @@ fn age_of(ts: Option<&str>) -> String {
 
 fn age(obj: &Value) -> Value {
     json!(age_of(
-        obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str)
+        obj.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
     ))
 }
 
@@ -140,7 +141,10 @@ fn pod_cells(p: &Value) -> Vec<Value> {
         } else if !t.is_empty() {
             reason = t.to_string();
         } else if c.pointer("/state/terminated").is_some() {
-            reason = match c.pointer("/state/terminated/signal").and_then(Value::as_i64) {
+            reason = match c
+                .pointer("/state/terminated/signal")
+                .and_then(Value::as_i64)
+            {
                 Some(sig) if sig != 0 => format!("Signal:{sig}"),
                 _ => format!(
                     "ExitCode:{}",
@@ -200,7 +204,10 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
                 let k = k.trim();
                 cur = arr.iter().find(|e| match e.get(k) {
                     Some(Value::String(x)) => x == v,
-                    Some(other) => other.to_string() == v,
+                    Some(other) => {
+                        let text = other.to_string();
+                        text == v
+                    }
                     None => false,
                 })?;
             } else {
@@ -261,7 +268,9 @@ pub fn columns(ri: &ResourceInfo) -> Vec<Value> {
             col("Data", "integer", "", 0, ""),
             age_col(),
         ],
-        ("", "serviceaccounts") => vec![name_col(), col("Secrets", "integer", "", 0, ""), age_col()],
+        ("", "serviceaccounts") => {
+            vec![name_col(), col("Secrets", "integer", "", 0, ""), age_col()]
+        }
         ("", "services") => vec![
             name_col(),
             c("Type"),
@@ -271,13 +280,7 @@ pub fn columns(ri: &ResourceInfo) -> Vec<Value> {
             age_col(),
             col("Selector", "string", "", 1, ""),
         ],
-        ("", "nodes") => vec![
-            name_col(),
-            c("Status"),
-            c("Roles"),
-            age_col(),
-            c("Version"),
-        ],
+        ("", "nodes") => vec![name_col(), c("Status"), c("Roles"), age_col(), c("Version")],
         (_, "events") => vec![
             c("Last Seen"),
             c("Type"),
@@ -325,7 +328,12 @@ pub fn cells(ri: &ResourceInfo, o: &Value) -> Vec<Value> {
         ],
         ("", "serviceaccounts") => vec![
             name,
-            json!(o.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0)),
+            json!(
+                o.get("secrets")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    .unwrap_or(0)
+            ),
             age(o),
         ],
         ("", "services") => {
@@ -335,11 +343,7 @@ pub fn cells(ri: &ResourceInfo, o: &Value) -> Vec<Value> {
                 .map(|ps| {
                     ps.iter()
                         .map(|p| {
-                            format!(
-                                "{}/{}",
-                                p["port"],
-                                p["protocol"].as_str().unwrap_or("TCP")
-                            )
+                            format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
                         })
                         .collect()
                 })
@@ -417,10 +421,7 @@ pub fn cells(ri: &ResourceInfo, o: &Value) -> Vec<Value> {
         ("coordination.k8s.io", "leases") => {
             vec![name, json!(s(o, "/spec/holderIdentity")), age(o)]
         }
-        ("apiextensions.k8s.io", _) => vec![
-            name,
-            json!(s(o, "/metadata/creationTimestamp")),
-        ],
+        ("apiextensions.k8s.io", _) => vec![name, json!(s(o, "/metadata/creationTimestamp"))],
         _ => vec![name, age(o)],
     }
 }
@@ -487,7 +488,10 @@ mod tests {
             json_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
             Some(&json!("True"))
         );
-        assert_eq!(json_path(&o, ".status.conditions[0].type"), Some(&json!("Other")));
+        assert_eq!(
+            json_path(&o, ".status.conditions[0].type"),
+            Some(&json!("Other"))
+        );
         assert_eq!(json_path(&o, ".spec.missing"), None);
     }
 }

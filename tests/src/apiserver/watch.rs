@@ -10,7 +10,9 @@
 
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::server::{Query, Shared, Target, error_response, matches, q, selectors, stream_response};
+use super::server::{
+    Query, Shared, Target, error_response, matches, q, selectors, stream_response,
+};
 use super::status::ApiError;
 use super::store::{EventType, StoredEvent};
 use super::table;
@@ -86,7 +88,14 @@ impl Encoder {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let t = table::table(&self.ri, &[obj], &self.include, &rv, None, !self.headers_sent);
+            let t = table::table(
+                &self.ri,
+                &[obj],
+                &self.include,
+                &rv,
+                None,
+                !self.headers_sent,
+            );
             self.headers_sent = true;
             t
         } else {
@@ -102,7 +111,8 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.ri.kind, "apiVersion": self.ri.api_version(), "metadata": meta});
+        let obj =
+            json!({"kind": self.ri.kind, "apiVersion": self.ri.api_version(), "metadata": meta});
         self.line("BOOKMARK", obj)
     }
 }
@@ -124,42 +134,71 @@ pub fn serve(shared: Arc<Shared>, t: Target, query: &Query, as_table: bool) -> R
     }
 }
 
-fn start(shared: Arc<Shared>, t: Target, query: &Query, as_table: bool) -> Result<Response, ApiError> {
+fn start(
+    shared: Arc<Shared>,
+    t: Target,
+    query: &Query,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(&t.ri, query)?;
     let rv = parse_rv(q(query, "resourceVersion"))?;
     let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true") | Some("1"));
     let send_initial = match q(query, "sendInitialEvents") {
         Some("true") | Some("1") => true,
         Some("false") | Some("0") | None => false,
-        Some(other) => return Err(ApiError::bad_request(format!("invalid sendInitialEvents {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid sendInitialEvents {other:?}"
+            )));
+        }
     };
     let rv_match = q(query, "resourceVersionMatch").unwrap_or("");
     if q(query, "sendInitialEvents").is_some() && rv_match != "NotOlderThan" {
-        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &[super::status::cause(
-            "FieldValueForbidden",
-            "resourceVersionMatch",
-            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-        )]));
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[super::status::cause(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
+        ));
     }
     if send_initial && !bookmarks {
-        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &[super::status::cause(
-            "FieldValueForbidden",
-            "allowWatchBookmarks",
-            "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
-        )]));
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[super::status::cause(
+                "FieldValueForbidden",
+                "allowWatchBookmarks",
+                "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+            )],
+        ));
     }
     if !send_initial && !rv_match.is_empty() {
-        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &[super::status::cause(
-            "FieldValueForbidden",
-            "resourceVersionMatch",
-            "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-        )]));
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[super::status::cause(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )],
+        ));
     }
     let timeout = q(query, "timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(shared.config.default_watch_timeout);
-    let filter = Filter { ri: t.ri.clone(), namespace: t.namespace.clone(), ls, fs };
+    let filter = Filter {
+        ri: t.ri.clone(),
+        namespace: t.namespace.clone(),
+        ls,
+        fs,
+    };
     let mut enc = Encoder {
         ri: t.ri.clone(),
         table: as_table,
@@ -170,7 +209,11 @@ fn start(shared: Arc<Shared>, t: Target, query: &Query, as_table: bool) -> Resul
     let (mut rx, mut seen_rv) = {
         let st = shared.lock();
         let cur = st.rv;
-        let replay_from = if rv.is_none() || send_initial { cur } else { rv.unwrap_or(cur) };
+        let replay_from = if rv.is_none() || send_initial {
+            cur
+        } else {
+            rv.unwrap_or(cur)
+        };
         let (history, rx) = match st.history_since(replay_from) {
             Ok(x) => x,
             Err(e) => {

@@ -51,7 +51,9 @@ async fn main() -> Result<()> {
         }
         None => cluster.kubeconfig_path().to_path_buf(),
     };
-    println!("workpool-testcluster: a TEST STAND-IN for the Kubernetes API server (in memory, no kubelet, no auth).");
+    println!(
+        "workpool-testcluster: a TEST STAND-IN for the Kubernetes API server (in memory, no kubelet, no auth)."
+    );
     println!("  It is not Kubernetes: no containers run unless a process kubelet is attached.");
     println!("  API:        {}", cluster.server_url());
     println!("  kubeconfig: {}", kubeconfig.display());
@@ -59,7 +61,10 @@ async fn main() -> Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get namespaces");
     println!("  kubectl api-resources");
-    println!("Faults (for people): curl -XPOST {}/_test/faults -d '{{\"rules\":[{{\"verbs\":[\"create\"],\"resources\":[\"pods\"],\"status\":500,\"rate\":0.5}}]}}'", cluster.server_url());
+    println!(
+        "Faults (for people): curl -XPOST {}/_test/faults -d '{{\"rules\":[{{\"verbs\":[\"create\"],\"resources\":[\"pods\"],\"status\":500,\"rate\":0.5}}]}}'",
+        cluster.server_url()
+    );
     println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
