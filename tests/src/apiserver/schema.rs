@@ -2993,7 +2993,14 @@ impl CrdCheck {
     }
 
     /// Structural-schema and CRD-schema rules for one node (`root` = openAPIV3Schema).
-    fn schema_node(&mut self, s: &Value, path: &str, kind: NodeKind, depth: usize) {
+    fn schema_node(
+        &mut self,
+        s: &Value,
+        path: &str,
+        kind: NodeKind,
+        card: Option<f64>,
+        depth: usize,
+    ) {
         if depth > MAX_DEPTH {
             return;
         }
@@ -3226,20 +3233,30 @@ impl CrdCheck {
                     &p[n],
                     &subscript(&format!("{path}.properties"), n),
                     NodeKind::Property,
+                    card,
                     depth + 1,
                 );
             }
         }
         if let Some(a) = m.get("additionalProperties").filter(|a| a.is_object()) {
+            let max = s.get("maxProperties").and_then(Value::as_f64);
             self.schema_node(
                 a,
                 &child(path, "additionalProperties"),
                 NodeKind::Property,
+                card.zip(max).map(|(c, m)| c * m.max(0.0)),
                 depth + 1,
             );
         }
         if let Some(it) = m.get("items").filter(|i| i.is_object()) {
-            self.schema_node(it, &child(path, "items"), NodeKind::Items, depth + 1);
+            let max = s.get("maxItems").and_then(Value::as_f64);
+            self.schema_node(
+                it,
+                &child(path, "items"),
+                NodeKind::Items,
+                card.zip(max).map(|(c, m)| c * m.max(0.0)),
+                depth + 1,
+            );
         }
         for key in ["allOf", "anyOf", "oneOf"] {
             if let Some(a) = m.get(key).and_then(Value::as_array) {
@@ -3282,7 +3299,7 @@ impl CrdCheck {
                 }
             }
         }
-        self.rules(s, path, subtree_ok);
+        self.rules(s, path, subtree_ok, card);
     }
 
     /// allOf/anyOf/oneOf branches: value validations only (no types, no defaults).
@@ -3514,7 +3531,7 @@ impl CrdCheck {
     }
 
     /// `x-kubernetes-validations` of one node: shape checks, then compilation.
-    fn rules(&mut self, s: &Value, path: &str, subtree_ok: bool) {
+    fn rules(&mut self, s: &Value, path: &str, subtree_ok: bool, card: Option<f64>) {
         let Some(raw) = s.get("x-kubernetes-validations") else {
             return;
         };
@@ -3630,6 +3647,21 @@ impl CrdCheck {
                     &format!("compilation failed: {e}"),
                 ),
                 Ok(shape) => {
+                    let compiles =
+                        shape.undeclared.is_empty() && unknown_self_field(&r.rule, s).is_none();
+                    if compiles {
+                        let cardinality =
+                            card.unwrap_or_else(|| MAX_REQUEST_BYTES / (min_size(s) + 1.0));
+                        let cost = static_rule_cost(&r.rule, s) * cardinality.max(1.0);
+                        if cost > STATIC_COST_LIMIT {
+                            self.push(
+                                R_FORBIDDEN,
+                                &child(&p, "rule"),
+                                Bad::Omit,
+                                &cost_error_message("estimated rule cost", cost),
+                            );
+                        }
+                    }
                     if let Some(name) = shape.undeclared.first() {
                         self.push(
                             R_INVALID,
@@ -3742,6 +3774,152 @@ fn unknown_self_field(rule: &str, s: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// `StaticEstimatedCostLimit`: the largest estimated cost of one rule (times the
+/// number of times it can run) a CRD may declare.
+const STATIC_COST_LIMIT: f64 = 10_000_000.0;
+/// The apiserver's request size limit, used to bound lists, maps and strings that
+/// declare no `maxItems` / `maxProperties` / `maxLength`.
+const MAX_REQUEST_BYTES: f64 = 3.0 * 1024.0 * 1024.0;
+
+/// Smallest JSON serialization of a value of this schema (cost estimation).
+fn min_size(s: &Value) -> f64 {
+    if flag(s, "x-kubernetes-int-or-string") {
+        return 1.0;
+    }
+    match s_type(s) {
+        "string" => 2.0,
+        "boolean" => 4.0,
+        "object" | "array" => 2.0,
+        _ => 1.0,
+    }
+}
+
+/// Largest number of elements of a list / map node.
+fn max_elements(s: &Value) -> f64 {
+    if let Some(it) = items(s) {
+        return s
+            .get("maxItems")
+            .and_then(Value::as_f64)
+            .unwrap_or(MAX_REQUEST_BYTES / (min_size(it) + 1.0));
+    }
+    if let Some(a) = addl(s) {
+        return s
+            .get("maxProperties")
+            .and_then(Value::as_f64)
+            .unwrap_or(MAX_REQUEST_BYTES / (min_size(a) + 4.0));
+    }
+    props(s).map(|p| p.len() as f64).unwrap_or(1.0).max(1.0)
+}
+
+/// `getCostErrorMessage`.
+fn cost_error_message(name: &str, cost: f64) -> String {
+    let factor = cost / STATIC_COST_LIMIT;
+    let shown = if factor > 100.0 {
+        "more than 100x".to_string()
+    } else if factor < 1.5 {
+        format!("{factor:.6}x")
+    } else {
+        format!("{factor:.1}x")
+    };
+    format!(
+        "{name} exceeds budget by factor of {shown} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
+    )
+}
+
+/// Rough static cost of one rule on `s`, in the spirit of the apiserver's estimator:
+/// comprehensions cost the maximum size of what they iterate (from `maxItems` /
+/// `maxProperties`, else the request size limit) times their body; string scans cost a
+/// tenth of the maximum string length.
+fn static_rule_cost(rule: &str, s: &Value) -> f64 {
+    use kube_cel::cel::common::ast::Expr;
+    fn resolve<'a>(
+        e: &Expr,
+        s: &'a Value,
+        env: &[(String, Option<&'a Value>)],
+    ) -> Option<&'a Value> {
+        match e {
+            Expr::Ident(n) if n == "self" => Some(s),
+            Expr::Ident(n) => env.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| *v),
+            Expr::Select(sel) => {
+                resolve(&sel.operand.expr, s, env).and_then(|n| field_schema(n, &sel.field))
+            }
+            _ => None,
+        }
+    }
+    fn cost<'a>(
+        e: &Expr,
+        s: &'a Value,
+        env: &mut Vec<(String, Option<&'a Value>)>,
+        depth: usize,
+    ) -> f64 {
+        if depth > MAX_AST_DEPTH {
+            return 0.0;
+        }
+        match e {
+            Expr::Ident(_) => 0.0,
+            Expr::Select(sel) => 1.0 + cost(&sel.operand.expr, s, env, depth + 1),
+            Expr::Call(c) => {
+                let mut total = 1.0;
+                if let Some(t) = &c.target {
+                    total += cost(&t.expr, s, env, depth + 1);
+                    const SCANS: &[&str] = &[
+                        "matches",
+                        "contains",
+                        "startsWith",
+                        "endsWith",
+                        "find",
+                        "findAll",
+                        "split",
+                        "replace",
+                        "indexOf",
+                        "lastIndexOf",
+                        "lowerAscii",
+                        "upperAscii",
+                        "trim",
+                    ];
+                    if SCANS.contains(&c.func_name.as_str())
+                        && let Some(ts) = resolve(&t.expr, s, env)
+                        && s_type(ts) == "string"
+                    {
+                        let len = ts
+                            .get("maxLength")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(MAX_REQUEST_BYTES);
+                        total += 0.1 * len;
+                    }
+                }
+                for a in &c.args {
+                    total += cost(&a.expr, s, env, depth + 1);
+                }
+                total
+            }
+            Expr::Comprehension(c) => {
+                let range = resolve(&c.iter_range.expr, s, env);
+                let size = range.map(max_elements).unwrap_or(1.0);
+                let elem = range.and_then(items);
+                let mut total = cost(&c.iter_range.expr, s, env, depth + 1)
+                    + cost(&c.accu_init.expr, s, env, depth + 1);
+                env.push((c.iter_var.clone(), elem));
+                let body = cost(&c.loop_cond.expr, s, env, depth + 1)
+                    + cost(&c.loop_step.expr, s, env, depth + 1);
+                env.pop();
+                total += size * body + cost(&c.result.expr, s, env, depth + 1);
+                total
+            }
+            Expr::List(l) => l
+                .elements
+                .iter()
+                .map(|x| cost(&x.expr, s, env, depth + 1))
+                .sum(),
+            _ => 0.0,
+        }
+    }
+    match kube_cel::cel::Program::compile(rule) {
+        Ok(p) => cost(&p.expression().expr, s, &mut Vec::new(), 0),
+        Err(_) => 0.0,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -3868,7 +4046,7 @@ fn validate_crd_inner(crd: &Value) -> Vec<Cause> {
                 } else {
                     format!("{vpath}.schema.openAPIV3Schema")
                 };
-                c.schema_node(s, &spath, NodeKind::Root, 0);
+                c.schema_node(s, &spath, NodeKind::Root, Some(1.0), 0);
             }
         }
     }
@@ -5357,6 +5535,47 @@ mod tests {
             assert_eq!(got_pairs, want, "{name}: {got:#?}");
         }
         let _ = root;
+    }
+
+    #[test]
+    fn crd_rule_cost_is_estimated() {
+        let list_crd = |max_items: Option<i64>, rule: &str| {
+            let mut crd = workpool_crd();
+            let tags = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                ["properties"]["tags"];
+            if let Some(m) = max_items {
+                tags["maxItems"] = json!(m);
+            }
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"] =
+                json!([{"rule": rule}]);
+            crd
+        };
+        let quadratic = "!has(self.tags) || self.tags.all(a, self.tags.exists_one(b, a == b))";
+        let got = validate_crd(&list_crd(None, quadratic));
+        assert_eq!(
+            got,
+            vec![c(
+                R_FORBIDDEN,
+                "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule",
+                "Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
+            )]
+        );
+        assert_eq!(validate_crd(&list_crd(Some(100), quadratic)), vec![]);
+        // a linear rule over an unbounded list is accepted
+        assert_eq!(
+            validate_crd(&list_crd(
+                None,
+                "!has(self.tags) || self.tags.all(t, t.size() < 10)"
+            )),
+            vec![]
+        );
+        // scanning unbounded strings of an unbounded list is not
+        let scan = "!has(self.tags) || self.tags.all(t, t.matches('^[a-z]+$'))";
+        assert_eq!(validate_crd(&list_crd(None, scan)).len(), 1);
+        let mut bounded = list_crd(Some(10), scan);
+        bounded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["tags"]["items"]["maxLength"] = json!(20);
+        assert_eq!(validate_crd(&bounded), vec![]);
     }
 
     #[test]
