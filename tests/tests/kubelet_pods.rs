@@ -717,3 +717,29 @@ async fn kubelet_shutdown_terminates_pods_like_a_node_shutdown() {
         Some("Terminated")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_kills_everything_and_restarts_nothing() {
+    let mut env = Env::start().await;
+    let starts = env.dir.path().join("starts");
+    env.create(sh_pod(
+        "orphan",
+        &format!("echo started >> {}; exec sleep 600", starts.display()),
+    ))
+    .await;
+    wait_pod(&env.pods, "orphan", T, "Ready", is_ready)
+        .await
+        .expect("runs");
+    let (_, pid) = env.kubelet().pids("default", "orphan")[0].clone();
+    drop(env.kubelet.take());
+    for _ in 0..100 {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "process outlived the dropped kubelet");
+    // restartPolicy Always with a 0.5 s back-off: nothing may start it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(read_eventually(&starts).await.lines().count(), 1);
+}

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     pub pods: Mutex<HashMap<(String, String), PodInfo>>,
     pub http: reqwest::Client,
     pub node_alloc: env::NodeAllocatable,
+    /// Cancelled when the handle is dropped without shutdown: workers kill and stop.
+    pub cancel: CancellationToken,
 }
 
 pub struct Kubelet;
@@ -163,6 +165,7 @@ impl Kubelet {
             registry: ProcessRegistry::default(),
             pods: Mutex::new(HashMap::new()),
             http: probe::http_client(),
+            cancel: CancellationToken::new(),
         });
         let node_ref = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some("v1".into()),
@@ -178,7 +181,7 @@ impl Kubelet {
             message: "Starting process kubelet.".into(),
             component: "kubelet",
         });
-        let cancel = CancellationToken::new();
+        let cancel = shared.cancel.clone();
         let mut background = vec![
             events_task,
             tokio::spawn(node::heartbeat(
@@ -287,7 +290,7 @@ impl KubeletHandle {
                 tracing::warn!("kubelet shutdown timed out; killing remaining processes");
             }
         }
-        self.shared.registry.kill_all();
+        self.shared.registry.close_and_kill_all();
         self.cancel.cancel();
         for t in self.background.drain(..) {
             t.abort();
@@ -298,7 +301,7 @@ impl KubeletHandle {
 impl Drop for KubeletHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
-        self.shared.registry.kill_all();
+        self.shared.registry.close_and_kill_all();
         if let Some(m) = self.main.take() {
             m.abort();
         }

@@ -317,6 +317,7 @@ impl PodWorker {
             }
             let wake = self.next_wake();
             tokio::select! {
+                _ = self.sh.cancel.cancelled() => break,
                 m = self.rx.recv() => match m {
                     Some(m) => self.handle(m).await,
                     None => {
@@ -511,6 +512,9 @@ impl PodWorker {
         let Some(spec) = self.ctr(idx).map(|c| c.spec.clone()) else {
             return;
         };
+        if self.sh.cancel.is_cancelled() || self.sh.registry.is_closed() {
+            return;
+        }
         let retry = self.sh.config.config_retry;
         let env = resolve_env(
             &self.pod,
@@ -965,8 +969,8 @@ impl PodWorker {
             c.st.state = CState::waiting(
                 "CrashLoopBackOff",
                 Some(format!(
-                    "back-off {}s restarting failed container={} pod={label}",
-                    delay.as_secs(),
+                    "back-off {} restarting failed container={} pod={label}",
+                    go_duration(delay),
                     c.spec.name
                 )),
             );
@@ -1306,4 +1310,51 @@ fn log_tail(path: &std::path::Path) -> Option<String> {
     let keep = lines.len().saturating_sub(80);
     let out = lines[keep..].join("\n");
     (!out.is_empty()).then_some(out)
+}
+
+/// A duration as Go prints it (`500ms`, `10s`, `1m20s`, `5m0s`), as in kubelet messages.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    let whole_min = (secs / 60.0).floor() as u64;
+    let rest = secs - (whole_min * 60) as f64;
+    let rest = if rest.fract() == 0.0 {
+        format!("{}s", rest as u64)
+    } else {
+        format!("{rest}s")
+    };
+    if whole_min == 0 {
+        rest
+    } else {
+        format!("{whole_min}m{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn log_tail_keeps_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.log");
+        let text: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, text).expect("write");
+        let tail = log_tail(&p).expect("tail");
+        assert!(tail.ends_with("line 199"));
+        assert!(tail.lines().count() <= 80);
+        assert!(log_tail(&dir.path().join("absent")).is_none());
+    }
 }

@@ -13,34 +13,56 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 /// Live process groups, so that everything can be killed from synchronous code (drop).
+/// Once closed (by [`ProcessRegistry::close_and_kill_all`]) it refuses new processes.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessRegistry {
-    groups: Arc<Mutex<HashSet<i32>>>,
+    inner: Arc<Mutex<Groups>>,
+}
+
+#[derive(Debug, Default)]
+struct Groups {
+    live: HashSet<i32>,
+    closed: bool,
 }
 
 impl ProcessRegistry {
-    fn insert(&self, pgid: i32) {
-        if let Ok(mut g) = self.groups.lock() {
-            g.insert(pgid);
+    /// Registers a group; false when the registry is closed (the caller kills it).
+    fn insert(&self, pgid: i32) -> bool {
+        match self.inner.lock() {
+            Ok(mut g) if !g.closed => {
+                g.live.insert(pgid);
+                true
+            }
+            _ => false,
         }
     }
     fn remove(&self, pgid: i32) {
-        if let Ok(mut g) = self.groups.lock() {
-            g.remove(&pgid);
+        if let Ok(mut g) = self.inner.lock() {
+            g.live.remove(&pgid);
         }
     }
     /// SIGKILL every live process group.
     pub fn kill_all(&self) {
-        let groups: Vec<i32> = match self.groups.lock() {
-            Ok(g) => g.iter().copied().collect(),
+        let groups: Vec<i32> = match self.inner.lock() {
+            Ok(g) => g.live.iter().copied().collect(),
             Err(_) => return,
         };
         for pgid in groups {
             signal_group(pgid as u32, Signal::SIGKILL);
         }
     }
+    /// Refuse new processes from now on and SIGKILL every live group.
+    pub fn close_and_kill_all(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.closed = true;
+        }
+        self.kill_all();
+    }
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().map(|g| g.closed).unwrap_or(true)
+    }
     pub fn live(&self) -> usize {
-        self.groups.lock().map(|g| g.len()).unwrap_or(0)
+        self.inner.lock().map(|g| g.live.len()).unwrap_or(0)
     }
 }
 
@@ -131,7 +153,10 @@ pub fn spawn(spec: SpawnSpec, registry: &ProcessRegistry) -> std::io::Result<Run
         .id()
         .ok_or_else(|| std::io::Error::other("process exited at once"))?;
     let started_at = Timestamp::now();
-    registry.insert(pid as i32);
+    if !registry.insert(pid as i32) {
+        signal_group(pid, Signal::SIGKILL);
+        return Err(std::io::Error::other("the kubelet is shutting down"));
+    }
     let guard = GroupGuard {
         pgid: pid,
         registry: registry.clone(),
@@ -352,6 +377,17 @@ mod tests {
         reg.kill_all();
         assert_eq!(a.exit.await.expect("exit").code, 137);
         assert_eq!(b.exit.await.expect("exit").code, 137);
+        assert_eq!(reg.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn closed_registry_refuses_new_processes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = ProcessRegistry::default();
+        let a = spawn(sh("sleep 60", dir.path()), &reg).expect("spawn");
+        reg.close_and_kill_all();
+        assert_eq!(a.exit.await.expect("exit").code, 137);
+        assert!(spawn(sh("sleep 60", dir.path()), &reg).is_err());
         assert_eq!(reg.live(), 0);
     }
 

@@ -148,28 +148,32 @@ mod tests {
     #[test]
     fn selection() {
         let labels: BTreeMap<String, String> = [("disk".to_string(), "ssd".to_string())].into();
-        let mut p = Pod {
-            spec: Some(PodSpec::default()),
-            ..Default::default()
+        let with = |f: &dyn Fn(&mut PodSpec)| {
+            let mut spec = PodSpec::default();
+            f(&mut spec);
+            Pod {
+                spec: Some(spec),
+                ..Default::default()
+            }
         };
-        assert!(wants(&p, &labels));
-        p.spec
-            .as_mut()
-            .map(|s| s.scheduler_name = Some("other".into()));
-        assert!(!wants(&p, &labels));
-        p.spec
-            .as_mut()
-            .map(|s| s.scheduler_name = Some(DEFAULT_SCHEDULER.into()));
-        assert!(wants(&p, &labels));
-        p.spec
-            .as_mut()
-            .map(|s| s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into()));
-        assert!(!wants(&p, &labels));
-        p.spec
-            .as_mut()
-            .map(|s| s.node_selector = Some([("disk".to_string(), "ssd".to_string())].into()));
-        assert!(wants(&p, &labels));
-        p.spec.as_mut().map(|s| s.node_name = Some("n".into()));
-        assert!(!wants(&p, &labels));
+        let sel = |v: &str| Some([("disk".to_string(), v.to_string())].into());
+        assert!(wants(&with(&|_| {}), &labels));
+        assert!(!wants(
+            &with(&|s| s.scheduler_name = Some("other".into())),
+            &labels
+        ));
+        assert!(wants(
+            &with(&|s| s.scheduler_name = Some(DEFAULT_SCHEDULER.into())),
+            &labels
+        ));
+        assert!(!wants(&with(&|s| s.node_selector = sel("hdd")), &labels));
+        assert!(wants(&with(&|s| s.node_selector = sel("ssd")), &labels));
+        assert!(!wants(&with(&|s| s.node_name = Some("n".into())), &labels));
+        let mut deleting = with(&|_| {});
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        assert!(!wants(&deleting, &labels));
     }
 }
