@@ -1149,14 +1149,20 @@ fn item_pe(item: &Value, lt: &ListType) -> Option<String> {
             let Value::Object(m) = item else {
                 return None;
             };
+            // Missing key fields take their default, or are left out of the key (as
+            // structured-merge-diff does); an item with no key field at all is invalid.
             let mut k = Map::new();
             for key in keys {
                 let v = match m.get(key) {
-                    Some(Value::Null) | None => key_default(key)?,
-                    Some(v @ (Value::Object(_) | Value::Array(_))) => v.clone(),
-                    Some(v) => v.clone(),
+                    Some(Value::Null) | None => key_default(key),
+                    Some(v) => Some(v.clone()),
                 };
-                k.insert(key.clone(), v);
+                if let Some(v) = v {
+                    k.insert(key.clone(), v);
+                }
+            }
+            if k.is_empty() {
+                return None;
             }
             Some(format!("k:{}", Value::Object(k)))
         }
@@ -1455,7 +1461,8 @@ fn cmp_walk(
 
 /// `TypedValue.Merge` (live ⊕ applied config): maps merge, atomic lists are replaced,
 /// sets and map lists merge per item keeping live-only items in place and applied items
-/// in applied order. A `null` in the config removes the field.
+/// in applied order. A `null` in the config removes a scalar or atomic field and leaves
+/// a map or granular list as it is.
 fn ssa_merge(
     l: Option<&Value>,
     r: &Value,
@@ -1471,7 +1478,21 @@ fn ssa_merge(
             let mut out = lm.clone();
             for (k, rv) in rm {
                 if rv.is_null() {
-                    out.remove(k);
+                    // As structured-merge-diff: a null map or granular list in the config
+                    // claims the field but keeps its live content; a null scalar or
+                    // atomic value clears it.
+                    names.push(k.clone());
+                    let keep = match lm.get(k) {
+                        Some(Value::Object(_)) => !lists.atomic(names, false),
+                        Some(Value::Array(_)) => {
+                            !matches!(lists.list_type(names), ListType::Atomic)
+                        }
+                        _ => false,
+                    };
+                    names.pop();
+                    if !keep {
+                        out.remove(k);
+                    }
                     continue;
                 }
                 names.push(k.clone());
@@ -1952,7 +1973,8 @@ const APPLY_IGNORED_META: &[&str] = &[
 ///
 /// Approximations: without a schema every object field counts as a "named field" when
 /// pruning, so a map emptied by pruning disappears instead of staying as `{}`; a `null`
-/// in the config removes the field; list-map key defaults are known only for `protocol`
+/// in the config clears scalars and atomic values only (maps and granular lists keep their
+/// content, as upstream); list-map key defaults are known only for `protocol`
 /// (`TCP`); the last-applied-configuration annotation is not maintained.
 pub fn apply(
     live: Option<&Value>,
@@ -3630,6 +3652,73 @@ mod tests {
             ]
         );
         assert!(conflict_message(&c).starts_with("Apply failed with 2 conflicts: "));
+    }
+
+    #[test]
+    fn apply_null_and_partial_keys_follow_structured_merge_diff() {
+        let lists = Lists(vec![(
+            "spec.ports",
+            ListType::Map(vec!["port".into(), "protocol".into()]),
+        )]);
+        let base = |spec: Value| json!({"apiVersion": "example.com/v1", "kind": "Foo", "metadata": {"name": "f"}, "spec": spec});
+        let live = apply(
+            None,
+            &base(json!({"s": {"name": "a"}, "n": 1})),
+            &ctx("m", &lists),
+        )
+        .expect("create");
+        let mut upd = live.clone();
+        upd["spec"]["s"]["value"] = json!(1);
+        record_update(
+            Some(&live),
+            &mut upd,
+            "controller",
+            None,
+            "2024-01-02T00:00:00Z",
+        );
+        // A null map claims the field without clearing it; a null scalar clears it.
+        let out = apply(
+            Some(&upd),
+            &base(json!({"s": null, "n": null})),
+            &ctx("m", &lists),
+        )
+        .expect("null");
+        assert_eq!(out["spec"], json!({"s": {"value": 1}}));
+        assert_eq!(
+            entry(&out, "m", "Apply").map(|e| e["fieldsV1"].clone()),
+            Some(json!({"f:spec": {"f:n": {}, "f:s": {}}}))
+        );
+        // A list-map item missing a key field without default is keyed by the others.
+        let out = apply(
+            None,
+            &base(json!({"ports": [{"protocol": "UDP", "name": "x"}]})),
+            &ctx("m", &lists),
+        )
+        .expect("partial key");
+        assert_eq!(
+            entry(&out, "m", "Apply").map(|e| e["fieldsV1"]["f:spec"]["f:ports"].clone()),
+            Some(json!({"k:{\"protocol\":\"UDP\"}": {".": {}, "f:name": {}, "f:protocol": {}}}))
+        );
+        // Missing `protocol` takes its default in the key.
+        let out = apply(
+            None,
+            &base(json!({"ports": [{"port": 53}]})),
+            &ctx("m", &lists),
+        )
+        .expect("default");
+        assert!(entry(&out, "m", "Apply").is_some_and(|e| {
+            e["fieldsV1"]["f:spec"]["f:ports"]
+                .get("k:{\"port\":53,\"protocol\":\"TCP\"}")
+                .is_some()
+        }));
+        // Two items with the same (defaulted) key are rejected.
+        let err = apply(
+            None,
+            &base(json!({"ports": [{"port": 80}, {"port": 80, "protocol": "TCP"}]})),
+            &ctx("m", &lists),
+        )
+        .expect_err("ambiguous");
+        assert!(matches!(err, PatchError::BadRequest(_)));
     }
 
     // ---------------- record_update ----------------
