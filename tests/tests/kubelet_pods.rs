@@ -743,3 +743,61 @@ async fn dropping_the_handle_kills_everything_and_restarts_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(read_eventually(&starts).await.lines().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_gates_started_and_ready() {
+    let env = Env::start().await;
+    let flag = env.dir.path().join("started");
+    let mut pod = sh_pod("slow-start", "exec sleep 600");
+    pod["spec"]["containers"][0]["startupProbe"] = json!({
+        "exec": {"command": ["test", "-f", flag.to_string_lossy()]},
+        "periodSeconds": 1, "failureThreshold": 60
+    });
+    env.create(pod).await;
+    let pod = wait_pod(&env.pods, "slow-start", T, "Running", |p| {
+        phase(p) == "Running"
+    })
+    .await
+    .expect("runs");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pod = env.pods.get("slow-start").await.unwrap_or(pod);
+    let cs = container_status(&pod, "main").expect("status");
+    assert_eq!(cs.started, Some(false));
+    assert!(!cs.ready);
+    std::fs::write(&flag, "").expect("touch");
+    let pod = wait_pod(&env.pods, "slow-start", T, "started and Ready", is_ready)
+        .await
+        .expect("ready after the startup probe passes");
+    assert_eq!(
+        container_status(&pod, "main").and_then(|c| c.started),
+        Some(true)
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_stop_hook_runs_before_sigterm() {
+    let env = Env::start().await;
+    let trail = env.dir.path().join("trail");
+    let t = trail.display().to_string();
+    let mut pod = sh_pod(
+        "hooked",
+        &format!("trap 'echo term >> {t}; exit 0' TERM; while true; do sleep 0.1; done"),
+    );
+    pod["spec"]["containers"][0]["lifecycle"] = json!({
+        "preStop": {"exec": {"command": ["sh", "-c", format!("echo prestop >> {t}")]}}
+    });
+    env.create(pod).await;
+    wait_pod(&env.pods, "hooked", T, "Ready", is_ready)
+        .await
+        .expect("runs");
+    env.pods
+        .delete("hooked", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_pod_gone(&env.pods, "hooked", T)
+        .await
+        .expect("removed");
+    assert_eq!(read_eventually(&trail).await, "prestop\nterm\n");
+    env.stop().await;
+}

@@ -409,13 +409,11 @@ impl PodWorker {
                 let grace = self.grace().min(grace_cap);
                 match &mut self.term {
                     Some(t) => {
-                        t.grace = t.grace.min(grace_cap);
-                        if t.reason == TermReason::Deletion {
-                            // Keep the deletion semantics but do not wait past the cap.
+                        // Already terminating (deleted or removed): finish that, but do
+                        // not wait past the shutdown cap.
+                        if t.grace > grace_cap {
+                            t.grace = grace_cap;
                             t.signalled = false;
-                        }
-                        if t.reason != TermReason::Removed {
-                            t.reason = TermReason::Shutdown;
                         }
                     }
                     None => {
