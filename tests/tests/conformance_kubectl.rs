@@ -698,3 +698,74 @@ async fn garbage_collection_through_kubectl() {
     ok_in(&c, &["apply", "-f", "-"], dangling).await;
     ok(&c, &["wait", "--for=delete", "cm/orphan", "--timeout=20s"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_create_subcommands_send_protobuf() {
+    let Some(c) = setup("typed_create_subcommands_send_protobuf").await else {
+        return;
+    };
+    assert!(
+        ok(&c, &["create", "namespace", "demo"])
+            .await
+            .contains("namespace/demo created")
+    );
+    ok(
+        &c,
+        &[
+            "create",
+            "configmap",
+            "c1",
+            "-n",
+            "demo",
+            "--from-literal=a=b",
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "-n",
+            "demo",
+            "--from-literal=url=redis://x:6379/0",
+        ],
+    )
+    .await;
+    ok(&c, &["create", "serviceaccount", "bot", "-n", "demo"]).await;
+    assert_eq!(
+        ok(
+            &c,
+            &["get", "cm", "c1", "-n", "demo", "-o", "jsonpath={.data.a}"]
+        )
+        .await,
+        "b"
+    );
+    let secret = ok(
+        &c,
+        &[
+            "get",
+            "secret",
+            "s1",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.type} {.data.url}",
+        ],
+    )
+    .await;
+    assert_eq!(secret, "Opaque cmVkaXM6Ly94OjYzNzkvMA==");
+    let sas = ok(&c, &["get", "sa", "-n", "demo", "-o", "name"]).await;
+    assert_eq!(
+        sas.lines().collect::<Vec<_>>(),
+        ["serviceaccount/bot", "serviceaccount/default"]
+    );
+    let dup = kubectl(&c, &["create", "namespace", "demo"]).await;
+    assert!(!dup.ok);
+    assert_eq!(
+        dup.stderr.trim(),
+        "Error from server (AlreadyExists): namespaces \"demo\" already exists"
+    );
+}

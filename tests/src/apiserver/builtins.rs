@@ -230,7 +230,12 @@ pub fn normalize_secret(s: &mut Value) {
         }
     }
     if let Some(m) = s.as_object_mut() {
-        m.entry("type").or_insert_with(|| json!("Opaque"));
+        if m.get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            m.insert("type".into(), json!("Opaque"));
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod faults;
 pub mod gc;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod schema;
 pub mod selectors;

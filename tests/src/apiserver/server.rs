@@ -4,6 +4,7 @@ use super::builtins;
 use super::faults::{FaultConfig, FaultInjector};
 use super::openapi;
 use super::patch::{self, ApplyContext, CoreListSemantics, PatchError};
+use super::protobuf;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
@@ -405,8 +406,21 @@ async fn serve_resource(
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if (verb == "create" || verb == "update")
+        .unwrap_or("")
+        .to_string();
+    let body = if (verb == "create" || verb == "update")
+        && ct.starts_with("application/vnd.kubernetes.protobuf")
+    {
+        let obj = protobuf::decode(&body).map_err(|why| {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({why})"),
+                None,
+            )
+        })?;
+        Bytes::from(obj.to_string())
+    } else if (verb == "create" || verb == "update")
         && !body.is_empty()
         && !ct.is_empty()
         && !ct.starts_with("application/json")
@@ -416,11 +430,13 @@ async fn serve_resource(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this test double does not decode {ct})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct})"
             ),
             None,
         ));
-    }
+    } else {
+        body
+    };
     match verb {
         "watch" => Ok(watch::serve(shared.clone(), t, query, table)),
         "list" => list(shared, &t, query, headers),

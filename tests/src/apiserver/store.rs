@@ -770,6 +770,19 @@ impl State {
             }
         }
         let req_rv = meta_str(&new, "resourceVersion").to_string();
+        // Custom resources and CRDs do not allow unconditional updates.
+        if req_rv.is_empty() && ri.has_generation {
+            return Err(ApiError::invalid(
+                &ri.group,
+                &ri.kind,
+                name,
+                &[cause(
+                    "FieldValueInvalid",
+                    "metadata.resourceVersion",
+                    "Invalid value: 0x0: must be specified for an update",
+                )],
+            ));
+        }
         if !req_rv.is_empty() && req_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::stale(&ri.group, &ri.resource, name));
         }
