@@ -1460,7 +1460,11 @@ fn dns1035_label_errors(value: &str) -> Vec<String> {
 /// `NameIsDNSSubdomain(name, prefix)`.
 fn name_is_dns_subdomain(name: &str, prefix: bool) -> Vec<String> {
     if prefix && name.len() > 1 && name.ends_with('-') {
-        let masked = format!("{}a", &name[..name.len() - 2]);
+        // Go slices bytes here; keep that (lossily) without splitting a char
+        let masked = format!(
+            "{}a",
+            String::from_utf8_lossy(&name.as_bytes()[..name.len() - 2])
+        );
         return dns1123_subdomain_errors(&masked);
     }
     dns1123_subdomain_errors(name)
@@ -2222,11 +2226,16 @@ enum Outcome {
 fn eval_with_kube_cel(r: &RuleSpec, s: &Value, v: &Value, old: Option<&Value>) -> Vec<Outcome> {
     let mut node = s.clone();
     strip_nested_rules(&mut node, 0);
+    let mut raw = r.raw.clone();
+    if let Some(me) = r.message_expression.as_deref()
+        && analyze_cel(me).is_err()
+        && let Some(m) = raw.as_object_mut()
+    {
+        // an unusable messageExpression falls back to the message, never reaches the parser
+        m.remove("messageExpression");
+    }
     if let Some(m) = node.as_object_mut() {
-        m.insert(
-            "x-kubernetes-validations".into(),
-            Value::Array(vec![r.raw.clone()]),
-        );
+        m.insert("x-kubernetes-validations".into(), Value::Array(vec![raw]));
         m.remove("allOf");
     }
     let Err(errors) = kube_cel::validate(&node, v, old) else {
@@ -2353,6 +2362,7 @@ fn eval_optional_old_self(r: &RuleSpec, s: &Value, v: &Value, old: Option<&Value
                 .clone()
                 .unwrap_or_else(|| format!("failed rule: {}", r.rule));
             if let Some(me) = r.message_expression.as_deref()
+                && analyze_cel(me).is_ok()
                 && let Ok(p) = Program::compile(me)
                 && let Ok(C::String(m)) = p.execute(&ctx)
             {
@@ -2985,6 +2995,9 @@ const OPENAPI_V3_TYPES: &[&str] = &["array", "boolean", "integer", "number", "ob
 
 struct CrdCheck {
     errs: Vec<Cause>,
+    /// Schema path of the highest list above the current node whose items cannot be
+    /// correlated between old and new objects (not `x-kubernetes-list-type: map`).
+    forbid_old_self: Option<String>,
 }
 
 impl CrdCheck {
@@ -3250,6 +3263,12 @@ impl CrdCheck {
         }
         if let Some(it) = m.get("items").filter(|i| i.is_object()) {
             let max = s.get("maxItems").and_then(Value::as_f64);
+            let saved = self.forbid_old_self.clone();
+            if self.forbid_old_self.is_none()
+                && s.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map")
+            {
+                self.forbid_old_self = Some(path.to_string());
+            }
             self.schema_node(
                 it,
                 &child(path, "items"),
@@ -3257,6 +3276,7 @@ impl CrdCheck {
                 card.zip(max).map(|(c, m)| c * m.max(0.0)),
                 depth + 1,
             );
+            self.forbid_old_self = saved;
         }
         for key in ["allOf", "anyOf", "oneOf"] {
             if let Some(a) = m.get(key).and_then(Value::as_array) {
@@ -3679,7 +3699,18 @@ impl CrdCheck {
                             ),
                         );
                     }
-                    if !shape.uses_old_self && r.optional_old_self.is_some() {
+                    if shape.uses_old_self {
+                        if let Some(within) = self.forbid_old_self.clone() {
+                            self.push(
+                                R_INVALID,
+                                &child(&p, "rule"),
+                                bad_str(&r.rule),
+                                &format!(
+                                    "oldSelf cannot be used on the uncorrelatable portion of the schema within {within}"
+                                ),
+                            );
+                        }
+                    } else if r.optional_old_self.is_some() {
                         self.push(
                             R_INVALID,
                             &child(&p, "optionalOldSelf"),
@@ -3929,6 +3960,32 @@ enum NodeKind {
     Items,
 }
 
+/// `ValidateTypeMeta` of the custom resource validator: `kind` and `apiVersion` must be
+/// the served kind and `group/version`. The apiserver answers only these causes when
+/// any is present (before metadata, schema and CEL).
+pub fn validate_type_meta(obj: &Value, api_version: &str, kind: &str) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let got_kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    if got_kind != kind {
+        out.push(cause(
+            R_INVALID,
+            "kind",
+            bad_str(got_kind),
+            &format!("must be {kind}"),
+        ));
+    }
+    let got_av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if got_av != api_version {
+        out.push(cause(
+            R_INVALID,
+            "apiVersion",
+            bad_str(got_av),
+            &format!("must be {api_version}"),
+        ));
+    }
+    out
+}
+
 /// Checks a CustomResourceDefinition itself (structural schema, CEL rules compile),
 /// as the apiserver does before accepting it.
 ///
@@ -3948,7 +4005,10 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
 }
 
 fn validate_crd_inner(crd: &Value) -> Vec<Cause> {
-    let mut c = CrdCheck { errs: Vec::new() };
+    let mut c = CrdCheck {
+        errs: Vec::new(),
+        forbid_old_self: None,
+    };
     let str_at = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or("");
     let name = str_at("/metadata/name");
     let group = str_at("/spec/group");
@@ -5452,6 +5512,19 @@ mod tests {
             crd_with_spec_rules(json!([{"rule": "true", "fieldPath": ".nope"}])),
             vec![(R_INVALID, "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].fieldPath")],
         ));
+        let mut uncorrelatable = workpool_crd();
+        uncorrelatable["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["autoscaling"]["properties"]["behavior"]["properties"]["scaleUp"]["properties"]
+            ["policies"]["items"]["x-kubernetes-validations"] =
+            json!([{"rule": "self.value == oldSelf.value"}]);
+        cases.push((
+            "oldSelf under an atomic list",
+            uncorrelatable,
+            vec![(
+                R_INVALID,
+                "spec.validation.openAPIV3Schema.properties[spec].properties[autoscaling].properties[behavior].properties[scaleUp].properties[policies].items.x-kubernetes-validations[0].rule",
+            )],
+        ));
         cases.push((
             "optionalOldSelf without oldSelf",
             crd_with_spec_rules(json!([{"rule": "true", "optionalOldSelf": true}])),
@@ -5609,6 +5682,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn type_meta_must_match_the_served_kind() {
+        let obj = good_pool();
+        assert_eq!(
+            validate_type_meta(&obj, "workpool.dev/v1alpha1", "WorkPool"),
+            vec![]
+        );
+        assert_eq!(
+            validate_type_meta(
+                &json!({"apiVersion": "workpool.dev/v1", "kind": "Pool"}),
+                "workpool.dev/v1alpha1",
+                "WorkPool"
+            ),
+            vec![
+                c(
+                    R_INVALID,
+                    "kind",
+                    "Invalid value: \"Pool\": must be WorkPool"
+                ),
+                c(
+                    R_INVALID,
+                    "apiVersion",
+                    "Invalid value: \"workpool.dev/v1\": must be workpool.dev/v1alpha1"
+                ),
+            ]
+        );
+    }
+
     // ── robustness ──
 
     #[test]
@@ -5669,6 +5770,20 @@ mod tests {
             let crd = json!({"metadata": {"name": 5}, "spec": {"group": "a", "versions": [wrapped, 3, {"schema": null}]}});
             let _ = validate_crd(&crd);
         }
+        // multibyte generateName, pathological messageExpression
+        let vs = cel_schema(
+            json!([{"rule": "false", "message": "m", "messageExpression": format!("{}'x'{}", "(".repeat(3000), ")".repeat(3000))}]),
+        );
+        let got = vs.validate(
+            &json!({"metadata": {"generateName": "é-", "name": "x"}, "spec": {}}),
+            None,
+        );
+        assert_eq!(
+            got.last().map(|c| c.message.as_str()),
+            Some("Invalid value: \"object\": m")
+        );
+        let crd = crd_with_spec_rules(json!([{"rule": "true", "messageExpression": "1 +"}]));
+        assert_eq!(validate_crd(&crd).len(), 1);
         for odd in [
             Value::Null,
             json!(1),
