@@ -104,10 +104,11 @@ impl Handler {
     pub fn run_inline(&self, entry: &Entry) -> Option<Result<(), TaskError>> {
         match self {
             Handler::Builtin(Builtin::Noop) => Some(payload(entry).map(|_| ())),
-            Handler::Builtin(Builtin::Fail) => Some(
-                payload(entry)
-                    .and_then(|_| Err(TaskError::Retryable("the fail handler always fails".into()))),
-            ),
+            Handler::Builtin(Builtin::Fail) => {
+                Some(payload(entry).and_then(|_| {
+                    Err(TaskError::Retryable("the fail handler always fails".into()))
+                }))
+            }
             _ => None,
         }
     }
@@ -117,9 +118,7 @@ async fn run_builtin(b: Builtin, entry: &Entry) -> Result<(), TaskError> {
     let p = payload(entry)?;
     match b {
         Builtin::Noop => Ok(()),
-        Builtin::Fail => Err(TaskError::Retryable(
-            "the fail handler always fails".into(),
-        )),
+        Builtin::Fail => Err(TaskError::Retryable("the fail handler always fails".into())),
         Builtin::Sleep => {
             let s: SleepPayload = serde_json::from_slice(p).map_err(|e| {
                 TaskError::Malformed(format!(
@@ -250,7 +249,9 @@ mod tests {
             Err(TaskError::Malformed(_))
         ));
         assert!(matches!(
-            Handler::Builtin(Builtin::Fail).run(&entry(Some(b"{}"))).await,
+            Handler::Builtin(Builtin::Fail)
+                .run(&entry(Some(b"{}")))
+                .await,
             Err(TaskError::Retryable(_))
         ));
         assert_eq!(
@@ -273,7 +274,10 @@ mod tests {
             ],
         };
         assert_eq!(ok.run(&entry(Some(b"hello"))).await, Ok(()));
-        assert!(matches!(ok.run(&entry(Some(b"other"))).await, Err(TaskError::Retryable(_))));
+        assert!(matches!(
+            ok.run(&entry(Some(b"other"))).await,
+            Err(TaskError::Retryable(_))
+        ));
         let fail = Handler::Exec {
             program: "sh".into(),
             args: vec!["-c".into(), "echo boom >&2; exit 3".into()],

@@ -37,7 +37,13 @@ Every flag can also be set from the environment (the flag wins):
 )]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "WORKPOOL_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "WORKPOOL_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -170,7 +176,11 @@ fn parse_secs_impl(s: &str, allow_zero: bool) -> Result<Duration, String> {
     if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 1e9 {
         return Err(format!(
             "{s:?} must be {} number of seconds",
-            if allow_zero { "a non-negative" } else { "a positive" }
+            if allow_zero {
+                "a non-negative"
+            } else {
+                "a positive"
+            }
         ));
     }
     Ok(Duration::from_secs_f64(v))
@@ -244,12 +254,8 @@ fn check_names(stream: &str, group: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn check_url(url: &str) -> anyhow::Result<redis::Client> {
-    redis::Client::open(url).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid --redis-url {:?}: {e}",
-            runtime::redacted(url)
-        )
-    })
+    redis::Client::open(url)
+        .map_err(|e| anyhow::anyhow!("invalid --redis-url {:?}: {e}", runtime::redacted(url)))
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -291,7 +297,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         let parsed = reqwest::Url::parse(&url)
             .map_err(|e| anyhow::anyhow!("invalid --http URL {url:?}: {e}"))?;
         if parsed.scheme() != "http" {
-            bail!("invalid --http URL {url:?}: only http:// is supported (the handler runs in the same pod)");
+            bail!(
+                "invalid --http URL {url:?}: only http:// is supported (the handler runs in the same pod)"
+            );
         }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -330,9 +338,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         ready: Arc::new(AtomicBool::new(false)),
     };
     let http_stop = CancellationToken::new();
-    let (bound, http) = workpool_worker::metrics::serve(a.metrics_addr, health.clone(), http_stop.clone())
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", a.metrics_addr))?;
+    let (bound, http) =
+        workpool_worker::metrics::serve(a.metrics_addr, health.clone(), http_stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {}", a.metrics_addr))?;
     info!(
         metrics_addr = %bound,
         stream = cfg.queue.stream(),
@@ -477,13 +486,20 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
 }
 
 fn print_stats(st: &QueueStats) {
-    println!("stream:        {} (exists: {}, length: {})", st.stream, st.stream_exists, st.stream_length);
+    println!(
+        "stream:        {} (exists: {}, length: {})",
+        st.stream, st.stream_exists, st.stream_length
+    );
     println!("group:         {} (exists: {})", st.group, st.group_exists);
     println!("backlog:       {}", st.backlog);
     println!(
         "lag:           {}{}",
         st.lag,
-        if st.lag_computed { " (computed: redis reported nil)" } else { "" }
+        if st.lag_computed {
+            " (computed: redis reported nil)"
+        } else {
+            ""
+        }
     );
     println!("pending:       {}", st.pending);
     println!("dead letters:  {}", st.dead_letters);

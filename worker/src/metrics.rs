@@ -66,15 +66,17 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let tasks = IntCounterVec::new(
-            Opts::new(names::TASKS_TOTAL, "Tasks handled by this worker, by outcome"),
+            Opts::new(
+                names::TASKS_TOTAL,
+                "Tasks handled by this worker, by outcome",
+            ),
             &["outcome"],
         )?;
         let duration = HistogramVec::new(
-            HistogramOpts::new(names::TASK_DURATION, "Handler run time in seconds")
-                .buckets(vec![
-                    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-                ]),
+            HistogramOpts::new(names::TASK_DURATION, "Handler run time in seconds").buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 900.0, 3600.0,
+            ]),
             &["outcome"],
         )?;
         let in_flight = IntGauge::new(
@@ -140,7 +142,10 @@ impl Health {
 
 async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         h.metrics.render(),
     )
 }

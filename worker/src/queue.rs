@@ -120,7 +120,10 @@ impl EntryId {
                 ms: num(&b[..i])?,
                 seq: num(&b[i + 1..])?,
             }),
-            None => Some(EntryId { ms: num(b)?, seq: 0 }),
+            None => Some(EntryId {
+                ms: num(b)?,
+                seq: 0,
+            }),
         }
     }
 }
@@ -782,11 +785,7 @@ impl Queue {
         if parts.len() < 2 {
             return Err(protocol("XAUTOCLAIM", "expected [cursor, entries, ...]"));
         }
-        let deleted_v = if parts.len() >= 3 {
-            parts.pop()
-        } else {
-            None
-        };
+        let deleted_v = if parts.len() >= 3 { parts.pop() } else { None };
         let entries_v = parts.pop().unwrap_or(Value::Nil);
         let next_cursor = parts
             .first()

@@ -200,6 +200,8 @@ impl Ctx {
                 Err(e) if e.is_connection_error() => {
                     attempt += 1;
                     self.health.metrics.redis_errors.inc();
+                    // The reader may be idle (all slots busy): readiness must drop here too.
+                    self.health.set_ready(false);
                     self.cmd.reset().await;
                     let d = reconnect_backoff(attempt);
                     warn!(error = %e, attempt, retry_in_ms = d.as_millis() as u64, "{what}: redis unavailable, retrying");
@@ -396,7 +398,10 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                     error!(error = %e, count = ids.len(), "acknowledging failed; those tasks stay pending and will be reclaimed")
                 }
                 None => {
-                    warn!(count = ids.len(), "gave up acknowledging (shutting down, redis unavailable); those tasks stay pending and will be reclaimed")
+                    warn!(
+                        count = ids.len(),
+                        "gave up acknowledging (shutting down, redis unavailable); those tasks stay pending and will be reclaimed"
+                    )
                 }
             }
             ctx.health.metrics.in_flight.sub(ids.len() as i64);
@@ -428,7 +433,9 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                     error!(error = %e, "handing back failed; those tasks will be reclaimed after the visibility timeout")
                 }
                 None => {
-                    warn!("gave up handing back (redis unavailable); those tasks will be reclaimed after the visibility timeout")
+                    warn!(
+                        "gave up handing back (redis unavailable); those tasks will be reclaimed after the visibility timeout"
+                    )
                 }
             }
             for (id, _) in releases.drain(..) {
@@ -482,6 +489,7 @@ struct Reader {
     ctx: Arc<Ctx>,
     conn: Conn,
     connected: bool,
+    ever_connected: bool,
     attempt: u32,
     cursor: EntryId,
     next_reclaim: Instant,
@@ -538,8 +546,7 @@ impl Reader {
             }
             ctx.track(e.id);
             let ctx2 = ctx.clone();
-            ctx.tracker
-                .spawn(async move { process(ctx2, e, p).await });
+            ctx.tracker.spawn(async move { process(ctx2, e, p).await });
         }
         if !ok_ids.is_empty() {
             ctx.send(Done::Ack {
@@ -583,13 +590,19 @@ impl Reader {
         .await;
         match r {
             Ok(()) => {
-                if self.attempt > 0 {
-                    info!(attempts = self.attempt, "reconnected to redis");
+                if self.ever_connected {
+                    info!(attempts = self.attempt + 1, "reconnected to redis");
                 } else {
-                    info!(stream = ctx.queue().stream(), group = ctx.queue().group(), consumer = ctx.consumer(), "connected to redis");
+                    info!(
+                        stream = ctx.queue().stream(),
+                        group = ctx.queue().group(),
+                        consumer = ctx.consumer(),
+                        "connected to redis"
+                    );
                 }
                 self.attempt = 0;
                 self.connected = true;
+                self.ever_connected = true;
                 // Right after (re)connecting, look for tasks left by dead workers.
                 self.next_reclaim = Instant::now();
                 true
@@ -659,7 +672,10 @@ impl Reader {
                             self.next_reclaim = Instant::now() + ctx.cfg.reclaim_interval();
                         }
                         if !ac.deleted.is_empty() {
-                            info!(count = ac.deleted.len(), "dropped pending ids whose entries were deleted from the stream");
+                            info!(
+                                count = ac.deleted.len(),
+                                "dropped pending ids whose entries were deleted from the stream"
+                            );
                         }
                         let entries: Vec<Entry> = ac
                             .entries
@@ -671,7 +687,10 @@ impl Reader {
                             .collect();
                         if !entries.is_empty() {
                             ctx.health.metrics.reclaimed.inc_by(entries.len() as u64);
-                            info!(count = entries.len(), "reclaimed tasks idle past the visibility timeout");
+                            info!(
+                                count = entries.len(),
+                                "reclaimed tasks idle past the visibility timeout"
+                            );
                             if ctx.shutdown.is_cancelled() {
                                 self.hand_back(entries, 1);
                                 break;
@@ -721,11 +740,7 @@ impl Reader {
     /// Hands back entries that were delivered but never started (their delivery does not
     /// count: `uncount` is subtracted from their counter).
     fn hand_back(&self, entries: Vec<Entry>, uncount: u32) {
-        self.ctx
-            .health
-            .metrics
-            .in_flight
-            .add(entries.len() as i64);
+        self.ctx.health.metrics.in_flight.add(entries.len() as i64);
         for e in entries {
             self.ctx.track(e.id);
             self.ctx
@@ -781,6 +796,7 @@ pub async fn run(
         ctx: ctx.clone(),
         conn: Conn::new(client, Some(block + Duration::from_secs(5))),
         connected: false,
+        ever_connected: false,
         attempt: 0,
         cursor: EntryId::ZERO,
         next_reclaim: Instant::now(),
@@ -814,14 +830,22 @@ pub async fn run(
         .await
         .is_err()
     {
-        warn!(remaining = ctx.tracker.len(), "some tasks did not stop; they stay pending and will be reclaimed");
+        warn!(
+            remaining = ctx.tracker.len(),
+            "some tasks did not stop; they stay pending and will be reclaimed"
+        );
     }
     renew_stop.cancel();
     let _ = renew.await;
     let (tx, rx) = oneshot::channel();
     ctx.send(Done::Flush(tx));
-    if tokio::time::timeout(Duration::from_secs(5), rx).await.is_err() {
-        warn!("could not flush acknowledgements within 5s (redis unavailable?); those tasks stay pending and will be reclaimed");
+    if tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .is_err()
+    {
+        warn!(
+            "could not flush acknowledgements within 5s (redis unavailable?); those tasks stay pending and will be reclaimed"
+        );
     }
     ctx.abandon.cancel();
     acker.abort();
@@ -874,7 +898,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redacted("redis://:pw@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(
+            redacted("redis://:pw@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
     }
 }

@@ -61,7 +61,9 @@ impl RedisServer {
             let mut s = RedisServer {
                 port,
                 persistence,
-                dir: tempfile::Builder::new().prefix("workpool-redis").tempdir()?,
+                dir: tempfile::Builder::new()
+                    .prefix("workpool-redis")
+                    .tempdir()?,
                 child: None,
             };
             match s.spawn() {

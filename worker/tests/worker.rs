@@ -1,0 +1,777 @@
+//! The `workpool-worker` binary against a real redis-server: delivery, retries, dead
+//! letters, reclaim after SIGKILL, lease renewal, poison tasks, graceful drain, Redis
+//! restarts, malformed payloads, bad flags, metrics and readiness.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Worker, conn, enqueue, http_get, read_lines, side_file, stats, wait_until};
+use nix::sys::signal::Signal;
+use workpool_worker::queue::Queue;
+use workpool_worker::testing::{Persistence, RedisServer};
+
+fn submit(url: &str, stream: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(common::BIN)
+        .args(["submit", "--redis-url", url, "--stream", stream])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn submit");
+    if let Some(input) = stdin
+        && let Some(mut s) = child.stdin.take()
+    {
+        s.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("submit output")
+}
+
+async fn dead_letters(url: &str, stream: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut c = conn(url).await;
+    let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("XRANGE dead letters");
+    v.into_iter()
+        .map(|(_, f)| f.into_iter().collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_all_tasks_and_serves_metrics_and_health() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let out = submit(
+        &url,
+        "jobs",
+        &["--payload", r#"{"k":1}"#, "--count", "3000"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "enqueued 3000");
+    let q = Queue::new("jobs", "pool");
+    assert_eq!(stats(&url, &q).await.backlog, 3000);
+
+    let w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &["--batch", "200", "--builtin", "noop"],
+    );
+    wait_until(Duration::from_secs(30), "queue drained", || async {
+        let st = stats(&url, &q).await;
+        st.backlog == 0 && st.stream_length == 0
+    })
+    .await;
+    let st = stats(&url, &q).await;
+    assert_eq!((st.pending, st.dead_letters), (0, 0));
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"succeeded\"")
+            .await,
+        3000.0
+    );
+    let addr = w.metrics_addr().await;
+    let (code, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "workpool_worker_tasks_total",
+        "workpool_worker_task_duration_seconds_bucket",
+        "workpool_worker_in_flight_tasks",
+        "workpool_worker_reclaimed_tasks_total",
+        "workpool_worker_ready",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
+    }
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    assert_eq!(w.metric("workpool_worker_in_flight_tasks", "").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_tasks_are_retried_then_dead_lettered() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("jobs", "pool");
+    let mut c = conn(&url).await;
+    let ids = q
+        .enqueue(
+            &mut c,
+            &[
+                workpool_worker::queue::NewTask {
+                    payload: b"{\"a\":1}",
+                    id: Some("t1"),
+                    attempt: None,
+                },
+                workpool_worker::queue::NewTask {
+                    payload: b"{\"a\":2}",
+                    id: Some("t2"),
+                    attempt: None,
+                },
+            ],
+        )
+        .await
+        .expect("enqueue");
+    let w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--max-deliveries",
+            "3",
+            "--retry-backoff",
+            "0.05",
+            "--builtin",
+            "fail",
+        ],
+    );
+    wait_until(Duration::from_secs(30), "2 dead letters", || async {
+        stats(&url, &q).await.dead_letters == 2
+    })
+    .await;
+    let st = stats(&url, &q).await;
+    assert_eq!((st.backlog, st.pending, st.stream_length), (0, 0, 0));
+    let dl = dead_letters(&url, "jobs:dead").await;
+    assert_eq!(dl.len(), 2);
+    for (i, d) in dl.iter().enumerate() {
+        let want_id = ids.iter().map(|i| i.to_string()).collect::<HashSet<_>>();
+        assert!(want_id.contains(&d["original_id"]), "{d:?}");
+        assert_eq!(d["deliveries"], "3", "{d:?}");
+        assert!(d["error"].contains("failed 3 times"), "{d:?}");
+        assert!(
+            d["error"].contains("the fail handler always fails"),
+            "{d:?}"
+        );
+        assert!(d["payload"].starts_with("{\"a\":"), "{d:?}");
+        assert!(d["id"] == "t1" || d["id"] == "t2", "{d:?} {i}");
+        assert_eq!(d["consumer"], "w1");
+    }
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"failed\"")
+            .await,
+        6.0
+    );
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"retried\"")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"dead_lettered\"")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_go_to_dead_letters_with_the_reason() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("jobs", "pool");
+    let mut c = conn(&url).await;
+    let no_payload: String = redis::cmd("XADD")
+        .arg("jobs")
+        .arg("*")
+        .arg("body")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .expect("xadd");
+    let ids = enqueue(&url, &q, &["not json", r#"{"ms": "soon"}"#, r#"{"ms": 1}"#]).await;
+    let w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &["--max-deliveries", "5", "--builtin", "sleep"],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "3 dead letters and 1 success",
+        || async {
+            let st = stats(&url, &q).await;
+            st.dead_letters == 3 && st.stream_length == 0
+        },
+    )
+    .await;
+    let dl = dead_letters(&url, "jobs:dead").await;
+    let by_id: std::collections::HashMap<&str, &std::collections::HashMap<String, String>> =
+        dl.iter().map(|d| (d["original_id"].as_str(), d)).collect();
+    let d = by_id[no_payload.as_str()];
+    assert!(d["error"].contains("no `payload` field"), "{d:?}");
+    assert_eq!(d["body"], "x");
+    assert!(!d.contains_key("payload"));
+    let d = by_id[ids[0].to_string().as_str()];
+    assert!(d["error"].contains("JSON"), "{d:?}");
+    assert_eq!(d["payload"], "not json");
+    assert_eq!(d["deliveries"], "1", "malformed tasks are not retried");
+    assert!(by_id.contains_key(ids[1].to_string().as_str()));
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"succeeded\"")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_sigkilled_worker_are_reclaimed_and_none_is_lost() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = side_file(&dir, "done");
+    let q = Queue::new("jobs", "pool");
+    let payloads: Vec<String> = (0..200).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    let ids = enqueue(&url, &q, &refs).await;
+    let script = format!("cat > /dev/null; sleep 0.1; echo \"$WORKPOOL_TASK_ID\" >> {done}");
+    let args = [
+        "--visibility-timeout",
+        "2",
+        "--concurrency",
+        "6",
+        "--exec",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
+    let mut victim = Worker::spawn(&url, "jobs", "pool", "victim", &args);
+    let w2 = Worker::spawn(&url, "jobs", "pool", "w2", &args);
+    let w3 = Worker::spawn(&url, "jobs", "pool", "w3", &args);
+    // Kill the victim while it holds tasks.
+    wait_until(Duration::from_secs(20), "victim holds tasks", || async {
+        stats(&url, &q)
+            .await
+            .consumers
+            .iter()
+            .any(|c| c.name == "victim" && c.pending >= 3)
+    })
+    .await;
+    victim.signal(Signal::SIGKILL);
+    victim.wait_exit(Duration::from_secs(5)).await;
+    let held = stats(&url, &q)
+        .await
+        .consumers
+        .iter()
+        .find(|c| c.name == "victim")
+        .map(|c| c.pending)
+        .unwrap_or(0);
+    assert!(held > 0, "the victim died holding tasks");
+    wait_until(
+        Duration::from_secs(60),
+        "all tasks acknowledged",
+        || async {
+            let st = stats(&url, &q).await;
+            st.stream_length == 0 && st.pending == 0
+        },
+    )
+    .await;
+    let st = stats(&url, &q).await;
+    assert_eq!(st.dead_letters, 0);
+    let completed: HashSet<String> = read_lines(&done).into_iter().collect();
+    for id in &ids {
+        assert!(
+            completed.contains(&id.to_string()),
+            "task {id} never completed"
+        );
+    }
+    let reclaimed = w2.metric("workpool_worker_reclaimed_tasks_total", "").await
+        + w3.metric("workpool_worker_reclaimed_tasks_total", "").await;
+    assert!(
+        reclaimed >= held as f64,
+        "reclaimed {reclaimed} < held {held}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_worker_renews_its_lease_so_long_tasks_run_once() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = side_file(&dir, "runs");
+    let q = Queue::new("jobs", "pool");
+    enqueue(&url, &q, &["{}"]).await;
+    // The task takes 4x the visibility timeout.
+    let script =
+        format!("echo \"start $WORKPOOL_DELIVERY\" >> {runs}; sleep 4; echo end >> {runs}");
+    let args = [
+        "--visibility-timeout",
+        "1",
+        "--exec",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
+    let w1 = Worker::spawn(&url, "jobs", "pool", "w1", &args);
+    let w2 = Worker::spawn(&url, "jobs", "pool", "w2", &args);
+    wait_until(Duration::from_secs(30), "task done", || async {
+        stats(&url, &q).await.stream_length == 0
+    })
+    .await;
+    assert_eq!(
+        read_lines(&runs),
+        vec!["start 1".to_string(), "end".to_string()]
+    );
+    assert_eq!(
+        w1.metric("workpool_worker_reclaimed_tasks_total", "").await,
+        0.0
+    );
+    assert_eq!(
+        w2.metric("workpool_worker_reclaimed_tasks_total", "").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_that_kills_its_worker_reaches_dead_letters() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = side_file(&dir, "runs");
+    let q = Queue::new("jobs", "pool");
+    let ids = enqueue(&url, &q, &["poison"]).await;
+    // The handler kills the worker (its parent) every time.
+    let script = format!("echo \"$WORKPOOL_DELIVERY\" >> {runs}; kill -9 $PPID; sleep 5");
+    let args = [
+        "--visibility-timeout",
+        "1",
+        "--max-deliveries",
+        "2",
+        "--exec",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
+    // A supervisor loop, like a kubelet restarting the pod.
+    let mut restarts = 0;
+    let mut n = 0;
+    let mut w = Worker::spawn(&url, "jobs", "pool", "w0", &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if stats(&url, &q).await.dead_letters == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poison task never reached dead letters"
+        );
+        if !w.is_running() {
+            restarts += 1;
+            n += 1;
+            w = Worker::spawn(&url, "jobs", "pool", &format!("w{n}"), &args);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(restarts, 2, "the worker died once per allowed delivery");
+    assert_eq!(read_lines(&runs), vec!["1".to_string(), "2".to_string()]);
+    let dl = dead_letters(&url, "jobs:dead").await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0]["original_id"], ids[0].to_string());
+    assert_eq!(dl[0]["payload"], "poison");
+    assert_eq!(dl[0]["deliveries"], "3");
+    assert!(dl[0]["error"].contains("without completing"), "{:?}", dl[0]);
+    let st = stats(&url, &q).await;
+    assert_eq!((st.stream_length, st.pending), (0, 0));
+    assert!(w.is_running(), "the last worker is alive and well");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_tasks_and_exits_zero() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = side_file(&dir, "done");
+    let q = Queue::new("jobs", "pool");
+    let payloads: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&url, &q, &refs).await;
+    let script = format!("sleep 1.5; echo \"$WORKPOOL_TASK_ID\" >> {done}");
+    let mut w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--concurrency",
+            "4",
+            "--shutdown-grace",
+            "20",
+            "--exec",
+            "sh",
+            "-c",
+            script.as_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "4 tasks in flight", || async {
+        stats(&url, &q).await.pending == 4
+    })
+    .await;
+    w.signal(Signal::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit code after SIGTERM; logs:\n{}",
+        w.logs()
+    );
+    assert_eq!(read_lines(&done).len(), 4, "the 4 in-flight tasks finished");
+    let st = stats(&url, &q).await;
+    assert_eq!(st.pending, 0, "nothing left pending");
+    assert_eq!(
+        st.stream_length, 6,
+        "the other tasks wait for the next worker"
+    );
+    assert_eq!(st.lag, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_unfinished_after_the_grace_period_are_handed_back() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = side_file(&dir, "done");
+    let q = Queue::new("jobs", "pool");
+    enqueue(&url, &q, &["{}"]).await;
+    // Slow on the first delivery only.
+    let script = format!(
+        "if [ \"$WORKPOOL_DELIVERY\" = 1 ]; then sleep 30; fi; echo \"$WORKPOOL_DELIVERY\" >> {done}"
+    );
+    let args = [
+        "--visibility-timeout",
+        "60",
+        "--shutdown-grace",
+        "0.5",
+        "--exec",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
+    let mut w = Worker::spawn(&url, "jobs", "pool", "w1", &args);
+    wait_until(Duration::from_secs(20), "task in flight", || async {
+        stats(&url, &q).await.pending == 1
+    })
+    .await;
+    w.signal(Signal::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "logs:\n{}", w.logs());
+    let mut c = conn(&url).await;
+    let p = q.pending_entries(&mut c, 10, None).await.expect("pending");
+    assert_eq!(
+        p.len(),
+        1,
+        "the unfinished task stays pending (handed back)"
+    );
+    assert!(
+        p[0].idle_ms > 60_000,
+        "handed back for immediate reclaim: idle {}",
+        p[0].idle_ms
+    );
+    // A new worker takes it at once although the visibility timeout is a minute.
+    let _w2 = Worker::spawn(&url, "jobs", "pool", "w2", &args);
+    wait_until(
+        Duration::from_secs(15),
+        "task done by the next worker",
+        || async { stats(&url, &q).await.stream_length == 0 },
+    )
+    .await;
+    assert_eq!(read_lines(&done), vec!["2".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_survive_a_redis_restart_and_lose_nothing() {
+    // AOF with fsync on every write: the stream, group and pending lists survive a
+    // SIGKILL of redis-server.
+    let mut redis = RedisServer::start_with(Persistence::AppendOnlyAlways).expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("jobs", "pool");
+    let payloads: Vec<String> = (0..400).map(|_| r#"{"ms": 20}"#.to_string()).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&url, &q, &refs).await;
+    let args = [
+        "--visibility-timeout",
+        "2",
+        "--concurrency",
+        "10",
+        "--builtin",
+        "sleep",
+    ];
+    let w1 = Worker::spawn(&url, "jobs", "pool", "w1", &args);
+    let w2 = Worker::spawn(&url, "jobs", "pool", "w2", &args);
+    let addr = w1.metrics_addr().await;
+    wait_until(Duration::from_secs(20), "some progress", || async {
+        stats(&url, &q).await.stream_length < 350
+    })
+    .await;
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    redis.stop();
+    wait_until(
+        Duration::from_secs(15),
+        "not ready while redis is down",
+        || async { http_get(addr, "/readyz").0 == 503 },
+    )
+    .await;
+    assert_eq!(
+        http_get(addr, "/healthz").0,
+        200,
+        "alive while redis is down"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().expect("restart redis");
+    wait_until(
+        Duration::from_secs(60),
+        "drained after the restart",
+        || async {
+            let st = stats(&url, &q).await;
+            st.stream_length == 0 && st.pending == 0
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(15), "ready again", || async {
+        http_get(addr, "/readyz").0 == 200
+    })
+    .await;
+    let st = stats(&url, &q).await;
+    assert_eq!(st.dead_letters, 0);
+    let ok = w1
+        .metric("workpool_worker_tasks_total", "outcome=\"succeeded\"")
+        .await
+        + w2.metric("workpool_worker_tasks_total", "outcome=\"succeeded\"")
+            .await;
+    assert!(ok >= 400.0, "succeeded {ok}");
+    for w in [&w1, &w2] {
+        let logs = w.logs();
+        assert!(
+            logs.contains("redis unavailable"),
+            "{} logged the outage",
+            w.consumer
+        );
+        assert!(
+            logs.contains("reconnected to redis"),
+            "{} logged the reconnect",
+            w.consumer
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_redis_is_unreachable_and_logs_each_attempt() {
+    let port = workpool_worker::testing::free_port().expect("port");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut w = Worker::spawn(&url, "jobs", "pool", "w1", &["--builtin", "noop"]);
+    let addr = w.metrics_addr().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(http_get(addr, "/readyz").0, 503);
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    wait_until(
+        Duration::from_secs(10),
+        "several logged attempts",
+        || async { w.logs().matches("cannot connect to redis").count() >= 3 },
+    )
+    .await;
+    assert!(w.logs().contains("\"attempt\":2"));
+    assert!(w.is_running(), "no crash while redis is unreachable");
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handler_posts_payloads() {
+    use axum::{Router, http::StatusCode, routing::post};
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let app = Router::new().route(
+        "/task",
+        post(|body: String| async move {
+            if body.contains("ok") {
+                (StatusCode::OK, "done".to_string())
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot do it".to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let q = Queue::new("jobs", "pool");
+    enqueue(
+        &url,
+        &q,
+        &[r#"{"s":"ok"}"#, r#"{"s":"ok"}"#, r#"{"s":"bad"}"#],
+    )
+    .await;
+    let target = format!("http://{addr}/task");
+    let _w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--max-deliveries",
+            "2",
+            "--retry-backoff",
+            "0.05",
+            "--http",
+            target.as_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "2 done, 1 dead", || async {
+        let st = stats(&url, &q).await;
+        st.stream_length == 0 && st.dead_letters == 1
+    })
+    .await;
+    let dl = dead_letters(&url, "jobs:dead").await;
+    assert!(dl[0]["error"].contains("500"), "{:?}", dl[0]);
+    assert!(dl[0]["error"].contains("cannot do it"), "{:?}", dl[0]);
+}
+
+#[test]
+fn bad_flags_and_payloads_fail_with_a_clear_error() {
+    let base = [
+        "run",
+        "--redis-url",
+        "redis://127.0.0.1:1/",
+        "--stream",
+        "s",
+        "--group",
+        "g",
+        "--consumer",
+        "c",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (base.to_vec(), "--builtin"),
+        (
+            [&base[..], &["--builtin", "noop", "--http", "http://x"]].concat(),
+            "cannot be used with",
+        ),
+        ([&base[..], &["--builtin", "bogus"]].concat(), "bogus"),
+        (
+            [
+                &base[..],
+                &["--builtin", "noop", "--visibility-timeout", "0"],
+            ]
+            .concat(),
+            "--visibility-timeout",
+        ),
+        (
+            [&base[..], &["--builtin", "noop", "--max-deliveries", "0"]].concat(),
+            "--max-deliveries",
+        ),
+        (
+            [&base[..], &["--builtin", "noop", "--concurrency", "x"]].concat(),
+            "--concurrency",
+        ),
+        (
+            [
+                &base[..],
+                &["--builtin", "noop", "--metrics-addr", "nowhere"],
+            ]
+            .concat(),
+            "--metrics-addr",
+        ),
+        ([&base[..], &["--http", "ftp://x/"]].concat(), "--http"),
+        (
+            vec![
+                "run",
+                "--redis-url",
+                "not a url",
+                "--stream",
+                "s",
+                "--group",
+                "g",
+                "--consumer",
+                "c",
+                "--builtin",
+                "noop",
+            ],
+            "--redis-url",
+        ),
+        (
+            vec![
+                "submit",
+                "--redis-url",
+                "redis://127.0.0.1:1/",
+                "--stream",
+                "s",
+                "--payload",
+                "{nope",
+            ],
+            "--payload is not valid JSON",
+        ),
+        (
+            vec![
+                "stats",
+                "--redis-url",
+                "redis://127.0.0.1:1/",
+                "--stream",
+                "s",
+            ],
+            "--group",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(common::BIN)
+            .args(&args)
+            .env_remove("WORKPOOL_GROUP")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr lacks {want:?}:\n{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_reads_json_lines_and_rejects_bad_input_whole() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("jobs", "pool");
+    let out = submit(&url, "jobs", &[], Some("{\"a\":1}\n\n{\"a\":2}\r\n[3]\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "enqueued 3");
+    let out = submit(&url, "jobs", &[], Some("{\"a\":1}\nnot json\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin line 2"));
+    let st = stats(&url, &q).await;
+    assert_eq!(st.stream_length, 3, "bad input enqueues nothing");
+    let mut c = conn(&url).await;
+    let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("jobs")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("xrange");
+    let payloads: Vec<&str> = v.iter().map(|(_, f)| f[0].1.as_str()).collect();
+    assert_eq!(payloads, vec!["{\"a\":1}", "{\"a\":2}", "[3]"]);
+}
