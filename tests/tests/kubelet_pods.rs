@@ -170,6 +170,13 @@ async fn shell_pod_is_scheduled_runs_and_becomes_ready() {
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status);
     assert_eq!(ready.as_deref(), Some("True"));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), "kube-node-lease");
+    let lease = leases.get("node-1").await.expect("node lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("node-1")
+    );
 
     // Scheduled / Created / Started events were recorded.
     let events: Api<Event> = Api::namespaced(env.client.clone(), "default");

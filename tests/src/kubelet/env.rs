@@ -296,15 +296,11 @@ pub fn parse_quantity(q: &str) -> Result<f64, String> {
     Ok(base * mult)
 }
 
-/// A C identifier-ish name as accepted for environment variables from `envFrom`
-/// (Kubernetes accepts `[-._a-zA-Z][-._a-zA-Z0-9]*`).
+/// Whether an `envFrom` key is usable as a variable name. Kubernetes 1.33 relaxed the
+/// rule (RelaxedEnvironmentVariableValidation, on by default): any printable ASCII
+/// character except `=`.
 pub fn is_env_var_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_') => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    !s.is_empty() && s.chars().all(|c| (' '..='~').contains(&c) && c != '=')
 }
 
 /// Kubernetes `$(VAR)` expansion: `$(NAME)` → value when `lookup` knows it, else left
@@ -441,7 +437,7 @@ mod tests {
             ("ns1".into(), "sec".into()),
             [
                 ("password".to_string(), b"hunter2".to_vec()),
-                ("bad key".to_string(), b"x".to_vec()),
+                ("bad=key".to_string(), b"x".to_vec()),
             ]
             .into(),
         );
@@ -589,7 +585,7 @@ mod tests {
         assert_eq!(get("MEM").as_deref(), Some("64"));
         // No cpu limit: node allocatable (4 cores).
         assert_eq!(get("CPU").as_deref(), Some("4"));
-        assert_eq!(env.invalid_keys, vec!["bad key".to_string()]);
+        assert_eq!(env.invalid_keys, vec!["bad=key".to_string()]);
         // The later definition replaced the earlier one in place.
         assert_eq!(env.vars.iter().filter(|(k, _)| k == "CM_MODE").count(), 1);
     }
@@ -650,8 +646,10 @@ mod tests {
     #[test]
     fn env_names() {
         assert!(is_env_var_name("A_b.c-1"));
-        assert!(!is_env_var_name("1A"));
-        assert!(!is_env_var_name("a b"));
+        assert!(is_env_var_name("1A"));
+        assert!(is_env_var_name("a b"));
+        assert!(!is_env_var_name("a=b"));
+        assert!(!is_env_var_name("tab\there"));
         assert!(!is_env_var_name(""));
     }
 }
