@@ -1391,7 +1391,12 @@ fn cmp_walk(
         cmp_leaf(l, r, path, cmp);
         return;
     }
-    let all = |f: fn(&Value) -> bool| l.is_none_or(f) && r.is_none_or(f);
+    // A null on one side is a wildcard taking the other side's shape (present, empty),
+    // as in structured-merge-diff: typed objects serialise `containers: null`.
+    let all = |f: fn(&Value) -> bool| {
+        let ok = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || f(v));
+        ok(l) && ok(r) && (l.is_some_and(f) || r.is_some_and(f))
+    };
     if all(Value::is_object) {
         let lm = l.and_then(Value::as_object);
         let rm = r.and_then(Value::as_object);
@@ -1799,44 +1804,49 @@ fn without_managed_fields(v: &Value) -> Value {
     v
 }
 
-/// Non-pointer structs that a typed built-in object always serialises (`spec: {}`...),
-/// so that the apiserver's comparison never sees them "added" on create.
+/// What an empty typed built-in object serialises to (non-pointer structs as `{}`,
+/// required lists as `null`), so that, as in the apiserver, a write never "adds" them:
+/// `f:spec` and `f:spec.f:containers` of a created Pod carry no `.`.
 fn typed_skeleton(api_version: &str, kind: &str) -> Option<Value> {
     if !is_builtin_group(api_version) {
         return None;
     }
-    let spec_status = matches!(
-        kind,
-        "Pod"
-            | "Service"
-            | "Node"
-            | "Namespace"
-            | "PersistentVolume"
-            | "PersistentVolumeClaim"
-            | "ReplicationController"
-            | "Deployment"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "ReplicaSet"
-            | "Job"
-            | "CronJob"
-            | "PodDisruptionBudget"
-            | "HorizontalPodAutoscaler"
-    );
-    let mut sk = serde_json::json!({ "metadata": {} });
-    if spec_status {
-        sk["spec"] = serde_json::json!({});
-        sk["status"] = serde_json::json!({});
-    } else if kind == "Lease" {
-        sk["spec"] = serde_json::json!({});
-    }
-    if let Some(prefix) = pod_template_prefix(kind) {
-        let mut at = &mut sk;
-        for p in prefix {
-            at = &mut at[*p];
+    use serde_json::json;
+    let template = json!({ "metadata": {}, "spec": { "containers": null } });
+    let mut sk = match kind {
+        "Pod" => json!({ "spec": { "containers": null }, "status": {} }),
+        "Service" => json!({ "spec": {}, "status": { "loadBalancer": {} } }),
+        "Node" => json!({
+            "spec": {},
+            "status": { "daemonEndpoints": { "kubeletEndpoint": {} }, "nodeInfo": {} }
+        }),
+        "Namespace"
+        | "PersistentVolume"
+        | "PersistentVolumeClaim"
+        | "PodDisruptionBudget"
+        | "HorizontalPodAutoscaler" => json!({ "spec": {}, "status": {} }),
+        "Lease" => json!({ "spec": {} }),
+        "Event" if api_version == "v1" => json!({ "involvedObject": {}, "source": {} }),
+        "Event" => json!({ "regarding": {}, "deprecatedSource": {} }),
+        "Deployment" => json!({
+            "spec": { "selector": null, "template": template, "strategy": {} }, "status": {}
+        }),
+        "StatefulSet" | "DaemonSet" => json!({
+            "spec": { "selector": null, "template": template, "updateStrategy": {} },
+            "status": {}
+        }),
+        "ReplicaSet" => json!({ "spec": { "selector": null, "template": template }, "status": {} }),
+        "ReplicationController" | "Job" => {
+            json!({ "spec": { "template": template }, "status": {} })
         }
-        *at = serde_json::json!({ "metadata": {}, "spec": {} });
-    }
+        "CronJob" => json!({
+            "spec": { "jobTemplate": { "metadata": {}, "spec": { "template": template } } },
+            "status": {}
+        }),
+        "PodTemplate" => json!({ "template": template }),
+        _ => json!({}),
+    };
+    sk["metadata"] = json!({});
     Some(sk)
 }
 
@@ -3762,6 +3772,24 @@ mod tests {
             json!({})
         );
         assert_eq!(f["f:spec"]["f:selector"], json!({}));
+
+        // A created Pod, defaulted as the apiserver does before tracking: the required
+        // `containers` list exists (as null) in the empty typed Pod, so it has no ".".
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "nginx", "image": "nginx", "resources": {},
+                                     "imagePullPolicy": "Always"}],
+                     "restartPolicy": "Always", "securityContext": {}}});
+        record_update(None, &mut pod, "kubectl-run", None, "2024-01-01T00:00:00Z");
+        assert_eq!(
+            managed(&pod)[0]["fieldsV1"],
+            json!({"f:spec": {
+                "f:containers": {"k:{\"name\":\"nginx\"}": {
+                    ".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:resources": {}
+                }},
+                "f:restartPolicy": {},
+                "f:securityContext": {}
+            }})
+        );
     }
 
     #[test]
