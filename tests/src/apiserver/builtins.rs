@@ -229,13 +229,12 @@ pub fn normalize_secret(s: &mut Value) {
             );
         }
     }
-    if let Some(m) = s.as_object_mut() {
-        if m.get("type")
+    if let Some(m) = s.as_object_mut()
+        && m.get("type")
             .and_then(Value::as_str)
             .is_none_or(str::is_empty)
-        {
-            m.insert("type".into(), json!("Opaque"));
-        }
+    {
+        m.insert("type".into(), json!("Opaque"));
     }
 }
 
