@@ -1243,21 +1243,13 @@ fn format_ok(format: &str, s: &str) -> bool {
     let all = |f: fn(char) -> bool| s.chars().all(f);
     let hex = |c: char| c.is_ascii_hexdigit();
     match format.replace('-', "").as_str() {
-        "datetime" => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
-        "date" => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() && s.len() == 10,
-        "duration" => parse_duration_ok(s),
-        "uuid" | "uuid3" | "uuid4" | "uuid5" => {
-            let compact: String = s.chars().filter(|c| *c != '-').collect();
-            let dashes_ok = s.len() == 32
-                || (s.len() == 36 && [8, 13, 18, 23].iter().all(|i| s.as_bytes()[*i] == b'-'));
-            let ver_ok = match format {
-                "uuid3" => compact.as_bytes().get(12) == Some(&b'3'),
-                "uuid4" => compact.as_bytes().get(12) == Some(&b'4'),
-                "uuid5" => compact.as_bytes().get(12) == Some(&b'5'),
-                _ => true,
-            };
-            compact.len() == 32 && compact.chars().all(hex) && dashes_ok && ver_ok
-        }
+        "datetime" => is_date_time(s),
+        "date" => is_date(s),
+        "duration" => is_duration(s),
+        "uuid" => is_uuid(s, None),
+        "uuid3" => is_uuid(s, Some('3')),
+        "uuid4" => is_uuid(s, Some('4')),
+        "uuid5" => is_uuid(s, Some('5')),
         "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
         "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
         "cidr" => match s.split_once('/') {
@@ -1347,52 +1339,172 @@ fn base64_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
 }
 
-/// Go `time.ParseDuration`, or the strfmt Scala-like form (`3 days`).
-fn parse_duration_ok(s: &str) -> bool {
-    let t = s.trim_start_matches(['+', '-']);
+/// strfmt `IsDate`: Go `time.Parse("2006-01-02", s)`.
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+/// strfmt `IsDateTime`: a date, `t`, then `hh:mm:ss[.frac](z|±hh:mm)` (case-insensitive).
+fn is_date_time(s: &str) -> bool {
+    if s.len() < 4 {
+        return false;
+    }
+    let lower = s.to_lowercase();
+    let parts: Vec<&str> = lower.split('t').collect();
+    if parts.len() < 2 || !is_date(parts[0]) {
+        return false;
+    }
+    let t: Vec<char> = parts[1].chars().collect();
+    let digits = |r: std::ops::Range<usize>| {
+        r.clone()
+            .all(|i| t.get(i).is_some_and(char::is_ascii_digit))
+    };
+    if t.len() < 9 || !digits(0..2) || t[2] != ':' || !digits(3..5) || t[5] != ':' || !digits(6..8)
+    {
+        return false;
+    }
+    let two = |i: usize| t[i..i + 2].iter().collect::<String>();
+    if two(0).as_str() > "23" || two(3).as_str() > "59" || two(6).as_str() > "59" {
+        return false;
+    }
+    let mut i = 8;
+    // `(.[0-9]+)?`: any one character followed by digits
+    if i + 1 < t.len() && t[i] != 'z' && t[i] != '+' && t[i] != '-' && t[i + 1].is_ascii_digit() {
+        i += 1;
+        while i < t.len() && t[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    let zone: String = t[i..].iter().collect();
+    zone == "z" || {
+        let z = zone.as_bytes();
+        z.len() == 6
+            && (z[0] == b'+' || z[0] == b'-')
+            && z[1].is_ascii_digit()
+            && z[2].is_ascii_digit()
+            && z[3] == b':'
+            && z[4].is_ascii_digit()
+            && z[5].is_ascii_digit()
+    }
+}
+
+/// strfmt UUID patterns: 8-4-4-4-12 hex groups, each dash optional; versions 3/4/5
+/// fix the version digit, 4/5 also the variant (`[89ab]`).
+fn is_uuid(s: &str, version: Option<char>) -> bool {
+    let c: Vec<char> = s.to_ascii_lowercase().chars().collect();
+    let mut i = 0;
+    for (g, len) in [8usize, 4, 4, 4, 12].into_iter().enumerate() {
+        if g > 0 && c.get(i) == Some(&'-') {
+            i += 1;
+        }
+        let Some(group) = c.get(i..i + len) else {
+            return false;
+        };
+        if !group.iter().all(char::is_ascii_hexdigit) {
+            return false;
+        }
+        if g == 2 && version.is_some_and(|v| group[0] != v) {
+            return false;
+        }
+        if g == 3
+            && matches!(version, Some('4' | '5'))
+            && !matches!(group[0], '8' | '9' | 'a' | 'b')
+        {
+            return false;
+        }
+        i += len;
+    }
+    i == c.len()
+}
+
+/// strfmt `ParseDuration`: Go `time.ParseDuration`, else any `<digits> <unit>` match
+/// with a known unit (`5 days`, `3 hours`).
+fn is_duration(s: &str) -> bool {
+    if go_parse_duration_ok(s) {
+        return true;
+    }
+    const UNITS: &[&[&str]] = &[
+        &["ns", "nano"],
+        &["us", "µs", "micro"],
+        &["ms", "milli"],
+        &["s", "sec"],
+        &["m", "min"],
+        &["h", "hr", "hour"],
+        &["d", "day"],
+        &["w", "wk", "week"],
+    ];
+    let c: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < c.len() {
+        if !c[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        while i < c.len() && c[i].is_ascii_digit() {
+            i += 1;
+        }
+        while i < c.len() && c[i].is_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < c.len() && (c[i].is_ascii_alphabetic() || c[i] == 'µ') {
+            i += 1;
+        }
+        if i == start {
+            continue;
+        }
+        let unit: String = c[start..i].iter().collect::<String>().to_lowercase();
+        let known = UNITS.iter().any(|variants| {
+            let last = variants.len() - 1;
+            variants
+                .iter()
+                .enumerate()
+                .any(|(k, v)| (k == last && unit.starts_with(v)) || unit == *v)
+        });
+        if known {
+            return true;
+        }
+    }
+    false
+}
+
+/// Go `time.ParseDuration` syntax: `[-+]?([0-9]*(\.[0-9]*)?[a-z]+)+` or `0`.
+fn go_parse_duration_ok(s: &str) -> bool {
+    let t = s.strip_prefix(['+', '-']).unwrap_or(s);
     if t == "0" {
         return true;
     }
-    let units = ["ns", "us", "µs", "μs", "ms", "s", "m", "h", "d", "w"];
+    if t.is_empty() {
+        return false;
+    }
+    let units = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"];
     let mut rest = t;
-    let mut any = false;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        if num_len == 0 {
-            break;
+        let num = &rest[..num_len];
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return false;
         }
-        rest = rest[num_len..].trim_start();
+        rest = &rest[num_len..];
         let Some(u) = units
             .iter()
             .filter(|u| rest.starts_with(**u))
             .max_by_key(|u| u.len())
         else {
-            break;
+            return false;
         };
         rest = &rest[u.len()..];
-        any = true;
     }
-    if any && rest.is_empty() {
-        return true;
-    }
-    // strfmt: "<n> <unit>" with long unit names
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    parts.len() == 2
-        && parts[0].parse::<i64>().is_ok()
-        && [
-            "nanosecond",
-            "microsecond",
-            "millisecond",
-            "second",
-            "minute",
-            "hour",
-            "day",
-            "week",
-        ]
-        .iter()
-        .any(|u| parts[1].trim_end_matches('s') == *u)
+    true
 }
 
 // ───────────────────────────── metadata ─────────────────────────────
@@ -4397,6 +4509,46 @@ mod tests {
             error_body(R_FORBIDDEN, &Bad::Json(json!("x")), "no"),
             "Forbidden: no"
         );
+    }
+
+    #[test]
+    fn string_formats_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("date-time", "2024-01-02T03:04:05Z", true),
+            ("date-time", "2024-01-02t03:04:05.123+02:00", true),
+            ("date-time", "2024-01-02T03:04:05", false),
+            ("date-time", "2024-13-02T03:04:05Z", false),
+            ("date-time", "2024-01-02T24:00:00Z", false),
+            ("date", "2024-02-29", true),
+            ("date", "2023-02-29", false),
+            ("date", "2024-2-9", false),
+            ("duration", "1h30m", true),
+            ("duration", "-1.5s", true),
+            ("duration", "3 days", true),
+            ("duration", "soon", false),
+            ("uuid", "0f8fad5b-d9cb-469f-a165-70867728950e", true),
+            ("uuid", "0F8FAD5BD9CB469FA16570867728950E", true),
+            ("uuid", "0f8fad5b-d9cb-469f-a165-70867728950", false),
+            ("uuid4", "0f8fad5b-d9cb-469f-a165-70867728950e", true),
+            ("uuid3", "0f8fad5b-d9cb-469f-a165-70867728950e", false),
+            ("ipv4", "10.0.0.1", true),
+            ("ipv4", "10.0.0.256", false),
+            ("ipv6", "::1", true),
+            ("cidr", "10.0.0.0/8", true),
+            ("cidr", "10.0.0.0/33", false),
+            ("mac", "01:23:45:67:89:ab", true),
+            ("hostname", "redis.workpool-system", true),
+            ("hostname", "-bad", false),
+            ("byte", "aGVsbG8=", true),
+            ("byte", "not base64!", false),
+            ("email", "a@b.c", true),
+            ("uri", "redis://x:6379/0", true),
+            ("bsonobjectid", "507f1f77bcf86cd799439011", true),
+            ("password", "anything", true),
+        ];
+        for (format, value, ok) in cases {
+            assert_eq!(format_ok(format, value), *ok, "{format} {value}");
+        }
     }
 
     // ── defaulting ──
