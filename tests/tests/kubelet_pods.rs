@@ -808,3 +808,44 @@ async fn pre_stop_hook_runs_before_sigterm() {
     assert_eq!(read_eventually(&trail).await, "prestop\nterm\n");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_goes_to_the_main_process_and_sigkill_to_the_group() {
+    let env = Env::start().await;
+    let child_pid_file = env.dir.path().join("child.pid");
+    let child_term = env.dir.path().join("child-term");
+    // The main process exits at once on SIGTERM; its background child traps SIGTERM.
+    // Like a container runtime, the kubelet signals only the main process, and the
+    // child dies with the container (SIGKILL to the group) without seeing SIGTERM.
+    let script = format!(
+        "sh -c 'trap \"echo term > {ct}\" TERM; while true; do sleep 0.1; done' & echo $! > {pf}; trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ct = child_term.display(),
+        pf = child_pid_file.display()
+    );
+    env.create(sh_pod("family", &script)).await;
+    wait_pod(&env.pods, "family", T, "Ready", is_ready)
+        .await
+        .expect("runs");
+    let child: u32 = read_eventually(&child_pid_file)
+        .await
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(child));
+    env.pods
+        .delete("family", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_pod_gone(&env.pods, "family", T)
+        .await
+        .expect("removed");
+    for _ in 0..100 {
+        if !alive(child) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(child), "the container's child process survived");
+    assert!(!child_term.exists(), "the child got SIGTERM");
+    env.stop().await;
+}

@@ -1,12 +1,53 @@
 //! A process kubelet (and a trivial scheduler) for the test control plane.
 //!
-//! It is an ordinary API client (kube-rs): it registers a Node, watches the pods bound
-//! to it (`fieldSelector=spec.nodeName=<node>`), runs their containers as local
-//! processes (each in its own process group), reports pod status through the
-//! `pods/{name}/status` subresource, and on graceful deletion runs preStop, sends
-//! SIGTERM, waits for the grace period, SIGKILLs, and deletes the pod with
-//! `gracePeriodSeconds=0` and a uid precondition. See `tests/README.md` for the list
-//! of what is modelled.
+//! It is an ordinary API client (kube-rs) that uses only documented API behaviour, so
+//! it also works against a real API server. It registers a Node (and renews its Lease
+//! in `kube-node-lease`), watches the pods bound to it
+//! (`fieldSelector=spec.nodeName=<node>`), runs their containers as local processes,
+//! reports pod status through `pods/{name}/status`, and deletes gracefully terminated
+//! pods with `gracePeriodSeconds=0` and a uid precondition.
+//!
+//! Modelled:
+//! - Scheduling (optional): pods with no `spec.nodeName`, the default scheduler and a
+//!   matching `nodeSelector` are bound via `POST pods/{name}/binding`; event `Scheduled`.
+//! - Images: [`ImageMap`] maps an image repository (tag/digest ignored) to a local
+//!   entrypoint (+cmd/env/workdir). `command` overrides the entrypoint, `args` the cmd;
+//!   an unmapped image runs `command[0]` from `PATH`, and without `command` the container
+//!   waits with reason `ErrImageNeverPull` (retried).
+//! - Env: `value` with `$(VAR)` expansion (`$$` escape), `fieldRef` (name, namespace,
+//!   uid, labels['k'], annotations['k'], spec.nodeName, spec.serviceAccountName,
+//!   status.podIP/hostIP = 127.0.0.1), `resourceFieldRef` (limits default to node
+//!   allocatable), `secretKeyRef`/`configMapKeyRef` (`optional`), `envFrom` with prefix.
+//!   A missing required source: waiting `CreateContainerConfigError`, retried. `$(VAR)`
+//!   in `command`/`args`. `workingDir` (created under the pod dir when absent on the
+//!   host). The process environment is clean: PATH, HOSTNAME, HOME + the above.
+//! - Init containers in order (each must exit 0), then all containers. Each container is
+//!   a process in its own process group; stdout+stderr are appended to
+//!   `work_dir/<ns>_<pod>_<uid>/<container>.log`.
+//! - restartPolicy Always/OnFailure/Never, CrashLoopBackOff (base, doubling, cap, reset
+//!   after a long run), phases Pending/Running/Succeeded/Failed as the kubelet computes
+//!   them, exit codes 128+signal, reasons Completed/Error/StartError, `lastState`,
+//!   `restartCount`, `FallbackToLogsOnError` messages.
+//! - Probes: readiness, liveness and startup with httpGet (named ports, headers),
+//!   tcpSocket and exec, initialDelay/period/timeout/success/failure thresholds;
+//!   `Unhealthy` events; liveness/startup failure kills and restarts per policy.
+//! - Status: phase, conditions PodScheduled/PodReadyToStartContainers/Initialized/
+//!   ContainersReady/Ready (transition times move only on flips; readiness gates;
+//!   others' conditions kept), hostIP(s)/podIP(s), startTime, qosClass, container and
+//!   init container statuses. Merge patches carry the resourceVersion; 409 → re-read.
+//! - Termination: preStop (exec, httpGet, sleep), SIGTERM to the main process (or the
+//!   group, [`KubeletConfig::sigterm_process_group`]), SIGKILL to the whole group after
+//!   the grace period; terminal phase written, then the pod object deleted. Shutdown of
+//!   the kubelet acts like a graceful node shutdown (pods `Failed`, reason `Terminated`).
+//! - Events (core/v1): Scheduled, Created, Started, Killing, BackOff, Unhealthy, Failed,
+//!   FailedPreStopHook, InvalidEnvironmentVariableNames.
+//!
+//! Not modelled: volumes and volume mounts, image pulls (`Pulled`), resource limits
+//! (no cgroups, no OOMKilled), postStart hooks, sidecar (restartable init) containers,
+//! ephemeral containers, `activeDeadlineSeconds`, HTTPS and gRPC probes,
+//! `terminationMessagePath`, service environment variables, `pods/log`/exec/attach,
+//! network isolation (every pod is 127.0.0.1 and shares the host's ports), affinity,
+//! taints and tolerations in scheduling.
 
 pub mod backoff;
 pub mod env;
@@ -67,6 +108,11 @@ pub struct KubeletConfig {
     pub node_labels: BTreeMap<String, String>,
     /// Extra environment for every container (lowest precedence after the image env).
     pub extra_env: Vec<(String, String)>,
+    /// Send the stop signal (SIGTERM) to the container's whole process group instead of
+    /// only its main process. Off by default: like a container runtime, only the main
+    /// process gets SIGTERM; the whole group gets SIGKILL when the grace period ends or
+    /// when the main process exits.
+    pub sigterm_process_group: bool,
     /// Node capacity/allocatable.
     pub node_cpu_millis: u64,
     pub node_memory_bytes: u64,
@@ -92,6 +138,7 @@ impl KubeletConfig {
             shutdown_grace_period: Duration::from_secs(30),
             node_labels: BTreeMap::new(),
             extra_env: Vec::new(),
+            sigterm_process_group: false,
             node_cpu_millis: 4000,
             node_memory_bytes: 8 << 30,
             max_pods: 110,

@@ -845,6 +845,7 @@ impl PodWorker {
 
     /// preStop, SIGTERM to the main process, SIGKILL to the group after `grace`.
     fn stop_container(&mut self, idx: CIdx, grace: Duration) {
+        let to_group = self.sh.config.sigterm_process_group;
         let events = self.sh.events.clone();
         let pod = self.pod.clone();
         let Some(c) = self.ctr(idx) else { return };
@@ -875,7 +876,11 @@ impl PodWorker {
                     deadline = Instant::now() + Duration::from_secs(2);
                 }
             }
-            signal_process(pid, Signal::SIGTERM);
+            if to_group {
+                signal_group(pid, Signal::SIGTERM);
+            } else {
+                signal_process(pid, Signal::SIGTERM);
+            }
             tokio::time::sleep_until(deadline).await;
             signal_group(pid, Signal::SIGKILL);
         });
