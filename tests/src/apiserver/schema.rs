@@ -7,7 +7,20 @@
 //! greater than or equal to 0`, `Required value`, `Unsupported value: "z": supported
 //! values: "a", "b"`, CEL `Invalid value: "object": <message>`, ...).
 //!
-//! Known approximations are listed in `tests/README.md` and in the doc of each function.
+//! Write path of a custom resource, as the apiserver: [`validate_type_meta`], then
+//! [`CrdVersionSchema::apply_defaults`], [`CrdVersionSchema::prune_unknown_fields`]
+//! (its paths are the `unknown field "..."` warnings / strict errors), then
+//! [`CrdVersionSchema::validate`]. A CRD itself goes through [`validate_crd`].
+//!
+//! Approximations (see each item): CEL rules are compiled by the `cel` crate, which
+//! parses but does not type-check (type errors surface at evaluation, undeclared
+//! variables and unknown `self.<field>` selections are caught at CRD creation); CEL cost
+//! is estimated (static: comprehension sizes from maxItems/maxProperties/maxLength or
+//! the 3 MiB request limit; runtime: largest collection to the power of the
+//! comprehension nesting) rather than metered; CEL runs on a dedicated thread with a
+//! 64 MiB stack, rules are limited to 32 KiB and 100 levels of nesting; ObjectMeta is
+//! checked for name/generateName only; OpenAPI errors within one node are ordered
+//! by property name (the apiserver iterates Go maps).
 
 use super::types::{Cause, ListSemantics, ListType};
 use serde_json::{Map, Value};
@@ -732,6 +745,26 @@ fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// kube-openapi's enum match: `reflect.DeepEqual` after converting the value to the
+/// enum entry's Go type when convertible (numbers by value; an integer converts to a
+/// string as a code point, a Go quirk kept here). A `null` entry never matches.
+fn enum_matches(entry: &Value, v: &Value) -> bool {
+    match (entry, v) {
+        (Value::Null, _) | (_, Value::Null) => false,
+        (Value::String(e), Value::Number(n)) => match go_num(n) {
+            GoNum::Int(i) => {
+                let c = u32::try_from(i)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .unwrap_or('\u{FFFD}');
+                *e == c.to_string()
+            }
+            GoNum::Float(_) => false,
+        },
+        _ => json_eq(entry, v),
+    }
+}
+
 struct OpenApi {
     errs: Vec<OErr>,
 }
@@ -785,7 +818,7 @@ impl OpenApi {
             .get("enum")
             .and_then(Value::as_array)
             .filter(|e| !e.is_empty())
-            && !en.iter().any(|e| json_eq(e, v))
+            && !en.iter().any(|e| enum_matches(e, v))
         {
             self.enum_fail(path, v, en);
         }
