@@ -849,3 +849,37 @@ async fn sigterm_goes_to_the_main_process_and_sigkill_to_the_group() {
     assert!(!child_term.exists(), "the child got SIGTERM");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_executable_is_a_start_error_and_backs_off() {
+    let env = Env::start().await;
+    env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "typo"},
+        "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["/no/such/binary"]}]}
+    }))
+    .await;
+    let pod = wait_pod(
+        &env.pods,
+        "typo",
+        T,
+        "StartError then CrashLoopBackOff",
+        |p| waiting_reason(p, "main").as_deref() == Some("CrashLoopBackOff"),
+    )
+    .await
+    .expect("reported");
+    let last = container_status(&pod, "main")
+        .and_then(|c| c.last_state.clone())
+        .and_then(|s| s.terminated)
+        .expect("last state");
+    assert_eq!(last.reason.as_deref(), Some("StartError"));
+    assert_eq!(last.exit_code, 128);
+    assert!(
+        last.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("/no/such/binary"),
+        "{last:?}"
+    );
+    env.stop().await;
+}

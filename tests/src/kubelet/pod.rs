@@ -610,7 +610,7 @@ impl PodWorker {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!(
-                    "failed to create containerd task: exec: \"{}\": {e}",
+                    "failed to start container process: exec: \"{}\": {e}",
                     argv[0]
                 );
                 self.sh.events.pod(
@@ -1049,7 +1049,8 @@ impl PodWorker {
             return;
         }
         // Everything has stopped.
-        if self.terminal.is_none() {
+        let newly_terminal = self.terminal.is_none();
+        if newly_terminal {
             let all_ok = !self.mains.is_empty()
                 && self.mains.iter().all(|c| c.st.state.exit_code() == Some(0));
             self.terminal = Some(if reason == TermReason::Shutdown || !all_ok {
@@ -1063,7 +1064,8 @@ impl PodWorker {
                 self.done = true;
             }
             TermReason::Shutdown => {
-                if !self.adopted_terminal && !self.removed {
+                // A pod that had already completed keeps its status as it was.
+                if newly_terminal && !self.adopted_terminal && !self.removed {
                     let budget = Instant::now() + Duration::from_secs(3);
                     self.write_status_until(
                         Some((
