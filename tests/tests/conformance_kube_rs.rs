@@ -1067,3 +1067,124 @@ async fn custom_resource_validation_and_defaults() {
         .expect_err("minimum");
     assert_eq!(api_code(&e), Some(422));
 }
+
+#[tokio::test]
+async fn builtins_drop_unknown_fields_and_reject_wrong_types() {
+    let c = cluster().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(c.client());
+    let raw: Api<DynamicObject> = Api::default_namespaced_with(
+        c.client(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("", "v1", "ConfigMap"),
+            "configmaps",
+        ),
+    );
+    let with_unknown: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"},
+        "data": {"a": "b"}, "bogus": {"x": 1}
+    }))
+    .expect("object");
+    let made = raw
+        .create(&PostParams::default(), &with_unknown)
+        .await
+        .expect("warn, not fail");
+    assert!(
+        made.data.get("bogus").is_none(),
+        "unknown field dropped: {:?}",
+        made.data
+    );
+    assert_eq!(
+        api.get("u")
+            .await
+            .expect("get")
+            .data
+            .unwrap_or_default()
+            .get("a")
+            .map(String::as_str),
+        Some("b")
+    );
+    let wrong: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w"}, "data": {"a": 1}
+    }))
+    .expect("object");
+    match raw
+        .create(&PostParams::default(), &wrong)
+        .await
+        .expect_err("wrong type")
+    {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
+            assert!(
+                s.message
+                    .starts_with("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: "),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn crd_lifecycle_and_discovery() {
+    let c = cluster().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(c.client());
+    let crd = crds
+        .get("widgets.conformance.workpool.dev")
+        .await
+        .expect("fixture CRD");
+    let conds = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    );
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "NamesAccepted" && c.status == "True")
+    );
+    widgets(&c)
+        .create(&PostParams::default(), &widget("x", json!({})))
+        .await
+        .expect("create widget");
+    // (schema engine) An invalid CRD is refused with 422.
+    let bad: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(json!({
+            "metadata": {"name": "gadgets.conformance.workpool.dev"},
+            "spec": {"group": "conformance.workpool.dev", "scope": "Namespaced",
+                "names": {"plural": "gadgets", "kind": "Gadget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "spec": {"type": "object", "x-kubernetes-validations": [{"rule": "self.nope >"}]}}}}}]}
+        }))
+        .expect("crd");
+    let e = crds
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("invalid CRD");
+    assert_eq!(api_code(&e), Some(422), "{e:?}");
+    // Deleting the CRD removes its objects and its API.
+    crds.delete("widgets.conformance.workpool.dev", &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    let e = widgets(&c)
+        .list(&ListParams::default())
+        .await
+        .expect_err("API gone");
+    assert_eq!(api_code(&e), Some(404));
+    let groups: Value = c
+        .client()
+        .request(
+            axum::http::Request::get("/apis")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("/apis");
+    assert!(
+        !groups.to_string().contains("conformance.workpool.dev"),
+        "{groups}"
+    );
+}

@@ -524,6 +524,14 @@ async fn conflicts_and_validation_errors() {
         "{}",
         unknown.stderr
     );
+    let pod_unknown = POD.replace("  containers:", "  bogus: 1\n  containers:");
+    let strict = kubectl_in(&c, &["apply", "-f", "-"], &pod_unknown).await;
+    assert!(!strict.ok, "{strict:?}");
+    assert!(
+        strict.stderr.contains("Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"spec.bogus\""),
+        "{}",
+        strict.stderr
+    );
     let warn = kubectl_in(
         &c,
         &["apply", "--validate=warn", "-f", "-"],

@@ -6,6 +6,35 @@ use super::types::Cause;
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// Decodes a built-in object through its typed form (as the apiserver decodes into Go
+/// structs): unknown fields are dropped, wrong types are errors. None = no typed form.
+pub fn decode_typed(group: &str, resource: &str, obj: &Value) -> Option<Result<Value, String>> {
+    use k8s_openapi::api::{coordination::v1 as coord, core::v1 as core};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
+    Some(match (group, resource) {
+        ("", "pods") => round_trip::<core::Pod>(obj),
+        ("", "namespaces") => round_trip::<core::Namespace>(obj),
+        ("", "configmaps") => round_trip::<core::ConfigMap>(obj),
+        ("", "secrets") => round_trip::<core::Secret>(obj),
+        ("", "services") => round_trip::<core::Service>(obj),
+        ("", "serviceaccounts") => round_trip::<core::ServiceAccount>(obj),
+        ("", "nodes") => round_trip::<core::Node>(obj),
+        ("", "events") | ("events.k8s.io", "events") => round_trip::<core::Event>(obj),
+        ("coordination.k8s.io", "leases") => round_trip::<coord::Lease>(obj),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            round_trip::<apiext::CustomResourceDefinition>(obj)
+        }
+        _ => return None,
+    })
+}
+
 /// DNS-1123 subdomain (most object names).
 pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()

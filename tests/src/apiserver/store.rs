@@ -176,6 +176,7 @@ fn removed_paths(before: &Value, after: &Value, prefix: &str, out: &mut Vec<Stri
                     format!("{prefix}.{k}")
                 };
                 match a.get(k) {
+                    None if v.is_null() => {}
                     None => out.push(p),
                     Some(av) => removed_paths(v, av, &p, out),
                 }
@@ -367,6 +368,40 @@ impl State {
         Ok(())
     }
 
+    /// Unknown (dropped) fields per `fieldValidation`: Strict → 400, Warn (default) →
+    /// Warning headers, Ignore → nothing.
+    fn unknown_fields(
+        &mut self,
+        ri: &ResourceInfo,
+        dropped: &[String],
+        opts: &WriteOpts,
+    ) -> Result<(), ApiError> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        match opts.field_validation.as_str() {
+            "Strict" => {
+                let msgs: Vec<String> = dropped
+                    .iter()
+                    .map(|p| format!("unknown field \"{p}\""))
+                    .collect();
+                Err(ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    msgs.join(", "),
+                    kind = ri.kind,
+                    v = ri.version,
+                )))
+            }
+            "Ignore" => Ok(()),
+            _ => {
+                for p in dropped {
+                    self.warnings.push(format!("unknown field \"{p}\""));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Prune → default → validate for custom resources; unknown fields per fieldValidation.
     fn admit_custom(
         &mut self,
@@ -380,28 +415,8 @@ impl State {
         crd.schema.prune(obj);
         let mut dropped = Vec::new();
         removed_paths(&before, obj, "", &mut dropped);
-        dropped.retain(|p| p != "metadata.resourceVersion" && !p.starts_with("metadata."));
-        if !dropped.is_empty() {
-            match opts.field_validation.as_str() {
-                "Strict" => {
-                    let msgs: Vec<String> = dropped
-                        .iter()
-                        .map(|p| format!("unknown field \"{p}\""))
-                        .collect();
-                    return Err(ApiError::bad_request(format!(
-                        "{} in body: strict decoding error: {}",
-                        ri.kind,
-                        msgs.join(", ")
-                    )));
-                }
-                "Ignore" => {}
-                _ => {
-                    for p in dropped {
-                        self.warnings.push(format!("unknown field \"{p}\""));
-                    }
-                }
-            }
-        }
+        dropped.retain(|p| !p.starts_with("metadata."));
+        self.unknown_fields(ri, &dropped, opts)?;
         crd.schema.apply_defaults(obj);
         let mut causes = crd.schema.validate(obj, old);
         causes.extend(metadata_causes(obj));
@@ -541,7 +556,7 @@ impl State {
             ri.api_version()
         });
         obj["kind"] = json!(ri.kind);
-        self.admit_builtin(ri, &mut obj, None)?;
+        self.admit_builtin(ri, &mut obj, None, opts)?;
         self.admit_custom(ri, &mut obj, None, opts)?;
         if record {
             patch::record_update(None, &mut obj, &opts.manager, None, &now);
@@ -577,8 +592,22 @@ impl State {
         ri: &ResourceInfo,
         obj: &mut Value,
         old: Option<&Value>,
+        opts: &WriteOpts,
     ) -> Result<(), ApiError> {
         let name = name_of(obj).to_string();
+        if let Some(decoded) = builtins::decode_typed(&ri.group, &ri.resource, obj) {
+            let typed = decoded.map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                    kind = ri.kind,
+                    v = ri.version
+                ))
+            })?;
+            let mut dropped = Vec::new();
+            removed_paths(obj, &typed, "", &mut dropped);
+            *obj = typed;
+            self.unknown_fields(ri, &dropped, opts)?;
+        }
         let mut causes: Vec<Cause> = metadata_causes(obj);
         match (ri.group.as_str(), ri.resource.as_str()) {
             ("", "pods") => {
@@ -880,7 +909,7 @@ impl State {
                 .unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        self.admit_builtin(ri, &mut new, Some(&old))?;
+        self.admit_builtin(ri, &mut new, Some(&old), opts)?;
         self.admit_custom(ri, &mut new, Some(&old), opts)?;
         if ri.status_subresource && sub != Some("status") {
             // Defaulting may not touch status either.
