@@ -5895,6 +5895,80 @@ mod tests {
         );
     }
 
+    #[test]
+    fn kube_derive_style_crd() {
+        let crd: Value = serde_yaml::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/schema/kube-derive-style-crd.yaml"
+        )))
+        .expect("fixture parses");
+        assert_eq!(validate_crd(&crd), vec![]);
+        let v = crd.pointer("/spec/versions/0").cloned().unwrap_or_default();
+        let s = CrdVersionSchema::from_crd_version(&v).expect("schema");
+        let base = json!({
+            "apiVersion": "example.dev/v1", "kind": "Sample", "metadata": {"name": "s"},
+            "spec": {"count": 1, "mode": "Fast", "queue": {"url": "redis://x"}, "replicas": null, "port": "http",
+                     "workers": [{"name": "a"}, {"name": "b", "weight": 3}], "template": {"any": {"thing": 1}}},
+            "status": null
+        });
+        let mut ok = base.clone();
+        s.apply_defaults(&mut ok);
+        assert!(s.prune_unknown_fields(&mut ok).is_empty());
+        assert_eq!(ok["spec"]["workers"][0]["weight"], json!(1));
+        assert_eq!(ok["spec"]["replicas"], Value::Null, "nullable null is kept");
+        assert_eq!(s.validate(&ok, None), vec![]);
+        let both = with(
+            base.clone(),
+            "/spec/queue/urlSecretRef",
+            json!({"name": "n", "key": "k"}),
+        );
+        assert_eq!(
+            s.validate(&both, None),
+            vec![c(
+                R_INVALID,
+                "<nil>",
+                "Invalid value: \"\": \"spec.queue\" must validate one and only one schema (oneOf). Found 2 valid alternatives"
+            )]
+        );
+        let neither = with(base.clone(), "/spec/queue", json!({}));
+        assert_eq!(
+            s.validate(&neither, None),
+            vec![
+                c(
+                    R_INVALID,
+                    "<nil>",
+                    "Invalid value: \"\": \"spec.queue\" must validate one and only one schema (oneOf). Found none valid"
+                ),
+                c(R_REQUIRED, "spec.queue.url", "Required value"),
+                c(
+                    R_INVALID,
+                    "<nil>",
+                    "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+                ),
+            ]
+        );
+        let negative = with(
+            with(base, "/spec/count", json!(-1)),
+            "/spec/ratio",
+            json!(-0.5),
+        );
+        assert_eq!(
+            s.validate(&negative, None),
+            vec![
+                c(
+                    R_INVALID,
+                    "spec.count",
+                    "Invalid value: -1: spec.count in body should be greater than or equal to 0"
+                ),
+                c(
+                    R_INVALID,
+                    "spec",
+                    "Invalid value: \"object\": ratio must be positive"
+                ),
+            ]
+        );
+    }
+
     // ── robustness ──
 
     #[test]
