@@ -141,8 +141,12 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group: a Ctrl-C meant for the worker does not hit running tasks
+        // (the worker drains them), and an aborted task is killed with its children.
+        .process_group(0)
         .spawn()
         .map_err(|e| TaskError::Retryable(format!("cannot start {program:?}: {e}")))?;
+    let mut group = GroupGuard(child.id());
     let mut stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
     let write = async {
@@ -175,6 +179,7 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
         .wait()
         .await
         .map_err(|e| TaskError::Retryable(format!("waiting for {program:?}: {e}")))?;
+    group.0 = None;
     if status.success() {
         return Ok(());
     }
@@ -194,6 +199,23 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
     } else {
         format!("{program}: {what}: {t}")
     }))
+}
+
+/// Kills the process group of an exec handler that is dropped before it finished (task
+/// aborted at the end of the grace period, or timed out).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take()
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<(), TaskError> {

@@ -25,6 +25,7 @@ Every flag can also be set from the environment (the flag wins):
   WORKPOOL_CONCURRENCY, WORKPOOL_BATCH, WORKPOOL_VISIBILITY_TIMEOUT,
   WORKPOOL_MAX_DELIVERIES, WORKPOOL_DEAD_LETTER_STREAM, WORKPOOL_METRICS_ADDR,
   WORKPOOL_SHUTDOWN_GRACE, WORKPOOL_RETRY_BACKOFF, WORKPOOL_RETRY_BACKOFF_MAX,
+  WORKPOOL_TASK_TIMEOUT,
   WORKPOOL_BUILTIN, WORKPOOL_HTTP, WORKPOOL_EXEC (a shell command line run with sh -c),
   WORKPOOL_LOG_FORMAT. Log levels: RUST_LOG (default info).";
 
@@ -118,6 +119,10 @@ struct RunArgs {
     /// Maximum seconds between retries.
     #[arg(long, env = "WORKPOOL_RETRY_BACKOFF_MAX", default_value = "60", value_parser = parse_secs_or_zero)]
     retry_backoff_max: Duration,
+    /// Seconds a single run may take before it is stopped and counted as failed
+    /// [default: no limit].
+    #[arg(long, env = "WORKPOOL_TASK_TIMEOUT", value_parser = parse_secs)]
+    task_timeout: Option<Duration>,
     /// Built-in handler: noop, sleep (payload {"ms": N}) or fail (always fails).
     #[arg(long, env = "WORKPOOL_BUILTIN", value_enum)]
     builtin: Option<Builtin>,
@@ -330,6 +335,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         retry_backoff: a.retry_backoff,
         retry_backoff_max: a.retry_backoff_max.max(a.retry_backoff),
         shutdown_grace: a.shutdown_grace,
+        task_timeout: a.task_timeout,
     };
 
     let metrics = Metrics::new().context("creating metrics")?;

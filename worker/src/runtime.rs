@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     pub retry_backoff_max: Duration,
     /// Time to finish in-flight tasks after SIGTERM.
     pub shutdown_grace: Duration,
+    /// A run taking longer fails (and is retried); `None`: no limit.
+    pub task_timeout: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -248,6 +250,19 @@ impl Ctx {
     }
 }
 
+async fn run_with_timeout(ctx: &Ctx, entry: &Entry) -> Result<(), TaskError> {
+    match ctx.cfg.task_timeout {
+        None => ctx.handler.run(entry).await,
+        Some(t) => match tokio::time::timeout(t, ctx.handler.run(entry)).await {
+            Ok(r) => r,
+            Err(_) => Err(TaskError::Retryable(format!(
+                "timed out after {:.3}s (--task-timeout)",
+                t.as_secs_f64()
+            ))),
+        },
+    }
+}
+
 /// Runs one task to completion: retries in place with backoff (the delivery counter in
 /// Redis is kept equal to the number of runs), dead-letters when exhausted or malformed.
 async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit) {
@@ -262,7 +277,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit) 
                 ctx.release_later(entry.id, entry.deliveries);
                 return;
             }
-            r = ctx.handler.run(&entry) => r,
+            r = run_with_timeout(&ctx, &entry) => r,
         };
         let elapsed = start.elapsed().as_secs_f64();
         let err = match res {
@@ -890,6 +905,7 @@ mod tests {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
+            task_timeout: None,
         };
         assert_eq!(cfg.renew_interval(), Duration::from_secs(10));
         assert_eq!(cfg.reclaim_interval(), Duration::from_secs(15));

@@ -775,3 +775,45 @@ async fn submit_reads_json_lines_and_rejects_bad_input_whole() {
     let payloads: Vec<&str> = v.iter().map(|(_, f)| f[0].1.as_str()).collect();
     assert_eq!(payloads, vec!["{\"a\":1}", "{\"a\":2}", "[3]"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_timeout_is_stopped_with_its_children() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = side_file(&dir, "finished");
+    let q = Queue::new("jobs", "pool");
+    enqueue(&url, &q, &["{}"]).await;
+    let script = format!("sleep 3; echo late >> {marker}");
+    let _w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--task-timeout",
+            "0.3",
+            "--max-deliveries",
+            "1",
+            "--exec",
+            "sh",
+            "-c",
+            script.as_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "dead letter", || async {
+        stats(&url, &q).await.dead_letters == 1
+    })
+    .await;
+    let dl = dead_letters(&url, "jobs:dead").await;
+    assert!(
+        dl[0]["error"].contains("timed out after 0.300s"),
+        "{:?}",
+        dl[0]
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        read_lines(&marker).is_empty(),
+        "the handler's process group was killed"
+    );
+}
