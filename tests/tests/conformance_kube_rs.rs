@@ -989,6 +989,32 @@ async fn server_side_apply_conflicts() {
         forced.data["spec"]["size"], "small",
         "alice still owns size"
     );
+    // Conflicts with an Update manager name its API version; several are grouped.
+    let pp = PostParams {
+        field_manager: Some("creator".into()),
+        ..Default::default()
+    };
+    api.create(&pp, &widget("b", json!({"replicas": 1, "size": "small"})))
+        .await
+        .expect("create b");
+    let e = api
+        .patch(
+            "b",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(&widget("b", json!({"replicas": 2, "size": "large"}))),
+        )
+        .await
+        .expect_err("conflicts");
+    match &e {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409);
+            assert_eq!(
+                s.message,
+                "Apply failed with 2 conflicts: conflicts with \"creator\" using conformance.workpool.dev/v1:\n- .spec.replicas\n- .spec.size"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     let e = api
         .patch("a", &PatchParams::default(), &Patch::Apply(&w2))
         .await

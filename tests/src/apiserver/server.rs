@@ -947,7 +947,26 @@ fn write_scale(
     ))
 }
 
-fn patch_error(e: PatchError, t: &Target, name: &str) -> ApiError {
+/// How the apiserver names a conflicting manager: `"m"`, plus ` using v1` when the
+/// manager's fields come from an Update (not an Apply).
+fn print_manager(manager: &str, live: Option<&Value>) -> String {
+    let entries = live
+        .and_then(|l| l.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mine: Vec<&Value> = entries.iter().filter(|e| e["manager"] == manager).collect();
+    let applies = mine.iter().any(|e| e["operation"] == "Apply");
+    match mine.iter().find(|e| e["operation"] == "Update") {
+        Some(e) if !applies => format!(
+            "{manager:?} using {}",
+            e["apiVersion"].as_str().unwrap_or_default()
+        ),
+        _ => format!("{manager:?}"),
+    }
+}
+
+fn patch_error(e: PatchError, t: &Target, name: &str, live: Option<&Value>) -> ApiError {
     match e {
         PatchError::BadRequest(m) => ApiError::bad_request(m),
         PatchError::Invalid(m) => ApiError::new(
@@ -959,12 +978,14 @@ fn patch_error(e: PatchError, t: &Target, name: &str) -> ApiError {
         PatchError::Conflict(cs) => {
             let causes: Vec<Value> = cs
                 .iter()
-                .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field}))
+                .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", print_manager(&c.manager, live)), "field": c.field}))
                 .collect();
+            // conflict.go getConflictMessage: one → inline; several → grouped by manager.
             let message = if cs.len() == 1 {
                 format!(
-                    "Apply failed with 1 conflict: conflict with {:?}: {}",
-                    cs[0].manager, cs[0].field
+                    "Apply failed with 1 conflict: conflict with {}: {}",
+                    print_manager(&cs[0].manager, live),
+                    cs[0].field
                 )
             } else {
                 let mut managers: Vec<&str> = cs.iter().map(|c| c.manager.as_str()).collect();
@@ -972,7 +993,7 @@ fn patch_error(e: PatchError, t: &Target, name: &str) -> ApiError {
                 managers.dedup();
                 let mut parts = Vec::new();
                 for m in managers {
-                    parts.push(format!("conflicts with {m:?}:"));
+                    parts.push(format!("conflicts with {}:", print_manager(m, live)));
                     for c in cs.iter().filter(|c| c.manager == m) {
                         parts.push(format!("- {}", c.field));
                     }
@@ -1063,7 +1084,7 @@ fn patch_resource(
             &name,
             move |scale| match ct2.as_str() {
                 "application/json-patch+json" => {
-                    patch::json_patch(scale, &doc).map_err(|e| patch_error(e, t, &name2))
+                    patch::json_patch(scale, &doc).map_err(|e| patch_error(e, t, &name2, None))
                 }
                 _ => Ok(patch::merge_patch(scale, &doc)),
             },
@@ -1074,6 +1095,8 @@ fn patch_resource(
     let mut st = shared.lock();
     st.warnings.clear();
     let live = st.get(&t.ri, ns, &name);
+    let live_copy = live.clone();
+    let live_ref = live_copy.as_ref();
     let now = now_rfc3339();
     let result = if is_apply {
         let Some(manager) = q(query, "fieldManager").filter(|m| !m.is_empty()) else {
@@ -1120,14 +1143,14 @@ fn patch_resource(
                 if sub.is_some() {
                     return Err(ApiError::not_found(&t.ri.group, &t.ri.resource, &name));
                 }
-                let new =
-                    patch::apply(None, &patch_doc, &ctx).map_err(|e| patch_error(e, t, &name))?;
+                let new = patch::apply(None, &patch_doc, &ctx)
+                    .map_err(|e| patch_error(e, t, &name, live_ref))?;
                 let res = st.create_applied(&t.ri, ns, new, &o);
                 res.map(|v| (StatusCode::CREATED, v))
             }
             Some(live) => {
                 let new = patch::apply(Some(&live), &patch_doc, &ctx)
-                    .map_err(|e| patch_error(e, t, &name))?;
+                    .map_err(|e| patch_error(e, t, &name, live_ref))?;
                 st.update(&t.ri, ns, &name, new, sub, &o, false)
                     .map(|v| (StatusCode::OK, v))
             }
@@ -1135,12 +1158,11 @@ fn patch_resource(
     } else {
         let live = live.ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, &name))?;
         let new = match ct.as_str() {
-            "application/json-patch+json" => {
-                patch::json_patch(&live, &patch_doc).map_err(|e| patch_error(e, t, &name))?
-            }
+            "application/json-patch+json" => patch::json_patch(&live, &patch_doc)
+                .map_err(|e| patch_error(e, t, &name, live_ref))?,
             "application/strategic-merge-patch+json" => {
                 patch::strategic_merge_patch(&live, &patch_doc, lists.as_ref())
-                    .map_err(|e| patch_error(e, t, &name))?
+                    .map_err(|e| patch_error(e, t, &name, live_ref))?
             }
             _ => {
                 if !patch_doc.is_object() {

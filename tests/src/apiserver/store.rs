@@ -411,13 +411,10 @@ impl State {
         opts: &WriteOpts,
     ) -> Result<(), ApiError> {
         let Some(crd) = &ri.crd else { return Ok(()) };
-        let before = obj.clone();
-        crd.schema.prune(obj);
-        let mut dropped = Vec::new();
-        removed_paths(&before, obj, "", &mut dropped);
-        dropped.retain(|p| !p.starts_with("metadata."));
-        self.unknown_fields(ri, &dropped, opts)?;
+        // As the apiserver's decoder: default, then prune (reporting unknown fields).
         crd.schema.apply_defaults(obj);
+        let dropped = crd.schema.prune_unknown_fields(obj);
+        self.unknown_fields(ri, &dropped, opts)?;
         let mut causes = crd.schema.validate(obj, old);
         causes.extend(metadata_causes(obj));
         if !causes.is_empty() {
@@ -432,6 +429,25 @@ impl State {
     }
 
     fn check_kind(ri: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+        if ri.is_custom() {
+            let has = |k: &str| {
+                obj.get(k)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            };
+            if has("kind") || has("apiVersion") {
+                let causes = schema::validate_type_meta(obj, &ri.api_version(), &ri.kind);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(
+                        &ri.group,
+                        &ri.kind,
+                        name_of(obj),
+                        &causes,
+                    ));
+                }
+            }
+            return Ok(());
+        }
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
         let av = obj
             .get("apiVersion")
@@ -559,7 +575,7 @@ impl State {
         self.admit_builtin(ri, &mut obj, None, opts)?;
         self.admit_custom(ri, &mut obj, None, opts)?;
         if record {
-            patch::record_update(None, &mut obj, &opts.manager, None, &now);
+            record_write(ri, None, &mut obj, &opts.manager, None, &now);
         }
         if opts.dry_run {
             return Ok(self.view(ri, &obj));
@@ -924,7 +940,7 @@ impl State {
         }
         let now = now_rfc3339();
         if record {
-            patch::record_update(Some(&old), &mut new, &opts.manager, sub, &now);
+            record_write(ri, Some(&old), &mut new, &opts.manager, sub, &now);
         }
         if comparable(&new) == comparable(&old) {
             return Ok(self.view(ri, &old));
@@ -1160,6 +1176,21 @@ impl ApiError {
         } else {
             self
         }
+    }
+}
+
+/// Records a non-apply write in managedFields, with the kind's list semantics.
+fn record_write(
+    ri: &ResourceInfo,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    sub: Option<&str>,
+    now: &str,
+) {
+    match &ri.crd {
+        Some(crd) => patch::record_update_with(old, new, manager, sub, now, &*crd.schema),
+        None => patch::record_update(old, new, manager, sub, now),
     }
 }
 
