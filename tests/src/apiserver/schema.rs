@@ -2061,6 +2061,9 @@ struct RuleShape {
     loop_depth: u32,
     /// Variables referenced that are neither `self`/`oldSelf` nor bound by a macro.
     undeclared: Vec<String>,
+    /// Longest list / map literal in the expression (what a comprehension may iterate
+    /// besides the object's own collections).
+    longest_literal: usize,
 }
 
 /// Parses a CEL source with the guards the apiserver's limits imply. Must run on a
@@ -2079,6 +2082,7 @@ fn analyze_cel(src: &str) -> Result<RuleShape, String> {
     let mut max_depth = 0usize;
     let mut loop_depth = 0u32;
     let mut undeclared = Vec::new();
+    let mut longest_literal = 0usize;
     let root = &program.expression().expr;
     let mut stack: Vec<(&Expr, usize, u32, Vec<String>)> = vec![(root, 1, 0, Vec::new())];
     while let Some((e, d, loops, bound)) = stack.pop() {
@@ -2119,11 +2123,13 @@ fn analyze_cel(src: &str) -> Result<RuleShape, String> {
                 }
             }
             Expr::List(l) => {
+                longest_literal = longest_literal.max(l.elements.len());
                 for x in &l.elements {
                     stack.push((&x.expr, d + 1, loops, bound.clone()));
                 }
             }
             Expr::Map(m) => {
+                longest_literal = longest_literal.max(m.entries.len());
                 for en in &m.entries {
                     match &en.expr {
                         EntryExpr::MapEntry(me) => {
@@ -2197,6 +2203,7 @@ fn analyze_cel(src: &str) -> Result<RuleShape, String> {
         uses_old_self: program.references().has_variable("oldSelf"),
         loop_depth,
         undeclared,
+        longest_literal,
     })
 }
 
@@ -2525,6 +2532,9 @@ struct CelPass {
     errs: Vec<Cause>,
     /// Set when the apiserver would stop evaluating further rules (cost exceeded).
     stopped: bool,
+    /// Whether failures of non-transition rules on unchanged values are dropped
+    /// (update ratcheting); off when checking CRD defaults.
+    ratcheting: bool,
 }
 
 impl CelPass {
@@ -2629,7 +2639,9 @@ impl CelPass {
                 continue;
             }
             if shape.loop_depth > 0 {
-                let n = largest_collection(v).max(old.map(largest_collection).unwrap_or(1.0));
+                let n = largest_collection(v)
+                    .max(old.map(largest_collection).unwrap_or(1.0))
+                    .max(shape.longest_literal as f64);
                 let est = n.powi(shape.loop_depth.min(64) as i32);
                 if est > PER_CALL_LIMIT {
                     self.errs.push(cause(
@@ -2673,7 +2685,7 @@ impl CelPass {
             for outcome in outcomes {
                 match outcome {
                     Outcome::Fail(message) => {
-                        if !uses_old_self && ratchet {
+                        if self.ratcheting && !uses_old_self && ratchet {
                             continue; // ratcheting: unchanged value, error becomes a warning
                         }
                         let detail = self.failure_detail(r, &message);
@@ -3039,6 +3051,7 @@ impl CrdVersionSchema {
             let mut pass = CelPass {
                 errs: Vec::new(),
                 stopped: false,
+                ratcheting: true,
             };
             let ratchet = old.is_some_and(|o| o == obj);
             pass.walk(&self.schema, obj, old, "", ratchet, 0);
@@ -3461,6 +3474,20 @@ impl CrdCheck {
                 oa.validate(s, def, "", 0);
                 for e in &oa.errs {
                     self.errs.push(e.to_cause(&dpath));
+                }
+                if oa.errs.is_empty() {
+                    // the rules of the node (and below) must hold for the default, with
+                    // oldSelf = the default, then without oldSelf
+                    let mut pass = CelPass {
+                        errs: Vec::new(),
+                        stopped: false,
+                        ratcheting: false,
+                    };
+                    pass.walk(s, def, Some(def), &dpath, false, depth);
+                    if pass.errs.is_empty() {
+                        pass.walk(s, def, None, &dpath, false, depth);
+                    }
+                    self.errs.extend(pass.errs);
                 }
             }
         }
@@ -4073,7 +4100,11 @@ fn static_rule_cost(rule: &str, s: &Value) -> f64 {
             }
             Expr::Comprehension(c) => {
                 let range = resolve(&c.iter_range.expr, s, env);
-                let size = range.map(max_elements).unwrap_or(1.0);
+                let size = match (&c.iter_range.expr, range) {
+                    (Expr::List(l), _) => l.elements.len() as f64,
+                    (_, Some(r)) => max_elements(r),
+                    _ => 1.0,
+                };
                 let elem = range.and_then(items);
                 let mut total = cost(&c.iter_range.expr, s, env, depth + 1)
                     + cost(&c.accu_init.expr, s, env, depth + 1);
@@ -5593,6 +5624,21 @@ mod tests {
         );
         // small lists are fine
         assert_eq!(s.validate(&spec(json!({"items": [1, 2, 3]})), None), vec![]);
+        // nested loops over literal lists are bounded too
+        let digits = "[0,1,2,3,4,5,6,7,8,9]";
+        let mut rule = "true".to_string();
+        for v in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            rule = format!("{digits}.all({v}, {rule})");
+        }
+        let got = cel_schema(json!([{"rule": rule.clone()}])).validate(&spec(json!({})), None);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].message.contains("call cost exceeds limit"),
+            "{got:?}"
+        );
+        let got = validate_crd(&crd_with_spec_rules(json!([{"rule": rule}])));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].reason, R_FORBIDDEN);
         // deeply nested expressions are compile errors, not stack overflows
         let deep = format!("{}true{}", "(".repeat(5000), ")".repeat(5000));
         let s2 = cel_schema(json!([{"rule": deep}]));
@@ -5746,6 +5792,20 @@ mod tests {
             vec![(
                 R_INVALID,
                 "spec.validation.openAPIV3Schema.properties[spec].properties[replicas].default",
+            )],
+        ));
+        let mut cel_default = workpool_crd();
+        cel_default["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["autoscaling"]["default"] = json!({"minReplicas": 3, "maxReplicas": 1});
+        cel_default["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["autoscaling"]["x-kubernetes-validations"] =
+            json!([{"rule": "self.minReplicas <= self.maxReplicas"}]);
+        cases.push((
+            "default violating a CEL rule",
+            cel_default,
+            vec![(
+                R_INVALID,
+                "spec.validation.openAPIV3Schema.properties[spec].properties[autoscaling].default",
             )],
         ));
         let mut name = workpool_crd();
