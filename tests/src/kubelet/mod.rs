@@ -443,3 +443,27 @@ async fn run_pods(
         let _ = w.join.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn handle_can_be_attached_to_a_cluster() {
+        // TestCluster::attach needs Send + 'static.
+        send_static::<KubeletHandle>();
+        send_static::<KubeletConfig>();
+    }
+
+    #[test]
+    fn defaults_match_the_kubelet() {
+        let c = KubeletConfig::new("n", ImageMap::new(), "/tmp/x");
+        assert_eq!(c.backoff_base, Duration::from_secs(10));
+        assert_eq!(c.backoff_max, Duration::from_secs(300));
+        assert_eq!(c.backoff_reset, Duration::from_secs(600));
+        assert!(!c.run_scheduler);
+        assert!(!c.sigterm_process_group);
+    }
+}
