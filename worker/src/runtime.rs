@@ -586,7 +586,9 @@ impl Reader {
                 self.conn.reset().await;
             }
         } else {
-            // A command error that is not about the connection: back off a little.
+            // A command error that is not about the connection (e.g. the key holds another
+            // type): not reading, so not ready; back off a little.
+            ctx.health.set_ready(false);
             error!(error = %e, "{what} failed");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
