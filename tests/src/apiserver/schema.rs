@@ -3494,6 +3494,71 @@ impl CrdCheck {
         self.rules(s, path, subtree_ok, card);
     }
 
+    /// With the status subresource, the root may only use keywords that survive
+    /// extracting `properties.status` (apiextensions `allowedFieldsAtRootSchema`).
+    fn status_root_rules(&mut self, s: &Value, path: &str) {
+        const ALLOWED: &[(&str, &str)] = &[
+            ("description", "Description"),
+            ("type", "Type"),
+            ("format", "Format"),
+            ("title", "Title"),
+            ("maximum", "Maximum"),
+            ("exclusiveMaximum", "ExclusiveMaximum"),
+            ("minimum", "Minimum"),
+            ("exclusiveMinimum", "ExclusiveMinimum"),
+            ("maxLength", "MaxLength"),
+            ("minLength", "MinLength"),
+            ("pattern", "Pattern"),
+            ("maxItems", "MaxItems"),
+            ("minItems", "MinItems"),
+            ("uniqueItems", "UniqueItems"),
+            ("multipleOf", "MultipleOf"),
+            ("required", "Required"),
+            ("items", "Items"),
+            ("properties", "Properties"),
+            ("externalDocs", "ExternalDocs"),
+            ("example", "Example"),
+            (
+                "x-kubernetes-preserve-unknown-fields",
+                "XPreserveUnknownFields",
+            ),
+            ("x-kubernetes-validations", "XValidations"),
+        ];
+        let Some(m) = s.as_object() else { return };
+        let ty = s_type(s);
+        if !ty.is_empty() && ty != "object" {
+            self.push(
+                R_INVALID,
+                &format!("{path}.type"),
+                bad_str(ty),
+                "only \"object\" is allowed as the type at the root of the schema if the status subresource is enabled",
+            );
+            return;
+        }
+        let zero = |v: &Value| match v {
+            Value::Null | Value::Bool(false) => true,
+            Value::String(x) => x.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            Value::Bool(true) | Value::Number(_) => false,
+        };
+        let disallowed = m
+            .iter()
+            .any(|(k, v)| !zero(v) && !ALLOWED.iter().any(|(json, _)| json == k));
+        if disallowed {
+            let names: Vec<&str> = ALLOWED.iter().map(|(_, go)| *go).collect();
+            self.push(
+                R_INVALID,
+                path,
+                Bad::Raw("apiextensions.JSONSchemaProps{...}".into()),
+                &format!(
+                    "only [{}] fields are allowed at the root of the schema if the status subresource is enabled",
+                    names.join(" ")
+                ),
+            );
+        }
+    }
+
     /// allOf/anyOf/oneOf branches: value validations only (no types, no defaults).
     fn nested_value_validation(&mut self, s: &Value, path: &str, depth: usize) {
         if depth > MAX_DEPTH {
@@ -3541,6 +3606,14 @@ impl CrdCheck {
             if present {
                 self.push(R_FORBIDDEN, &child(path, key), Bad::Omit, detail);
             }
+        }
+        if props(s).is_some_and(|p| p.contains_key("metadata")) {
+            self.push(
+                R_FORBIDDEN,
+                &format!("{path}.properties[metadata]"),
+                Bad::Omit,
+                "must not be specified in a nested context",
+            );
         }
         if let Some(p) = props(s) {
             let mut names: Vec<&String> = p.keys().collect();
@@ -4282,6 +4355,16 @@ fn validate_crd_inner(crd: &Value) -> Vec<Cause> {
                 } else {
                     format!("{vpath}.schema.openAPIV3Schema")
                 };
+                let status_enabled = if same_schema {
+                    versions
+                        .iter()
+                        .any(|v| v.pointer("/subresources/status").is_some())
+                } else {
+                    v.pointer("/subresources/status").is_some()
+                };
+                if status_enabled {
+                    c.status_root_rules(s, &spath);
+                }
                 c.schema_node(s, &spath, NodeKind::Root, Some(1.0), 0);
             }
         }
@@ -4396,6 +4479,15 @@ fn validate_crd_inner(crd: &Value) -> Vec<Cause> {
                 );
             }
         }
+    }
+
+    if crd.pointer("/spec/preserveUnknownFields") == Some(&Value::Bool(true)) {
+        c.push(
+            R_INVALID,
+            "spec.preserveUnknownFields",
+            Bad::Raw("true".into()),
+            "cannot set to true, set x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead",
+        );
     }
 
     // subresources
@@ -5808,6 +5900,14 @@ mod tests {
                 "spec.validation.openAPIV3Schema.properties[spec].properties[autoscaling].default",
             )],
         ));
+        let mut root_enum = workpool_crd();
+        root_enum["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-embedded-resource"] =
+            json!(true);
+        cases.push((
+            "status subresource restricts the root",
+            root_enum,
+            vec![(R_INVALID, "spec.validation.openAPIV3Schema")],
+        ));
         let mut name = workpool_crd();
         name["metadata"]["name"] = json!("pools.workpool.dev");
         cases.push(("name mismatch", name, vec![(R_INVALID, "metadata.name")]));
@@ -5838,7 +5938,10 @@ mod tests {
         cases.push((
             "root type",
             root_type,
-            vec![(R_INVALID, "spec.validation.openAPIV3Schema.type")],
+            vec![
+                (R_INVALID, "spec.validation.openAPIV3Schema.type"),
+                (R_INVALID, "spec.validation.openAPIV3Schema.type"),
+            ],
         ));
         let mut list_map = workpool_crd();
         list_map["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
