@@ -19,7 +19,7 @@ use workpool_tests::kubelet::{ImageMap, Kubelet, KubeletConfig, KubeletHandle};
 const T: Duration = Duration::from_secs(30);
 
 struct Env {
-    _cluster: TestCluster,
+    cluster: TestCluster,
     kubelet: Option<KubeletHandle>,
     pods: Api<Pod>,
     client: kube::Client,
@@ -49,7 +49,7 @@ impl Env {
             .await
             .expect("kubelet starts");
         Env {
-            _cluster: cluster,
+            cluster: cluster,
             kubelet: Some(kubelet),
             pods: Api::namespaced(client.clone(), "default"),
             client,
@@ -880,5 +880,78 @@ async fn a_missing_executable_is_a_start_error_and_backs_off() {
             .contains("/no/such/binary"),
         "{last:?}"
     );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_kubelet_status_and_events() {
+    let env = Env::start().await;
+    env.create(sh_pod("shown", "exec sleep 600")).await;
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shown",
+        "--timeout=30s",
+    ]);
+    assert!(ok, "kubectl wait: {out}");
+    let mut described = String::new();
+    for _ in 0..50 {
+        let (ok, out) = kubectl(&["describe", "pod", "shown"]);
+        assert!(ok, "kubectl describe: {out}");
+        described = out;
+        if described.contains("Started container main") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for want in [
+        "Node:             node-1",
+        "Status:           Running",
+        "IP:               127.0.0.1",
+        "Successfully assigned default/shown to node-1",
+        "Started container main",
+    ] {
+        assert!(described.contains(want), "{want:?} not in:\n{described}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kubelet_runs_only_its_own_node_pods() {
+    let env = Env::start().await;
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let second = Kubelet::start(
+        env.client.clone(),
+        KubeletConfig::new("node-2", ImageMap::new(), dir2.path()),
+    )
+    .await
+    .expect("second kubelet");
+    let mut pinned = sh_pod("pinned", "exec sleep 600");
+    pinned["spec"]["nodeName"] = json!("node-2");
+    env.create(pinned).await;
+    let pod = wait_pod(&env.pods, "pinned", T, "Ready", is_ready)
+        .await
+        .expect("runs on node-2");
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-2")
+    );
+    assert_eq!(second.pids("default", "pinned").len(), 1);
+    assert!(env.kubelet().pids("default", "pinned").is_empty());
+    second.shutdown().await;
     env.stop().await;
 }
