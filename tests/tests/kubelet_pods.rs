@@ -49,7 +49,7 @@ impl Env {
             .await
             .expect("kubelet starts");
         Env {
-            cluster: cluster,
+            cluster,
             kubelet: Some(kubelet),
             pods: Api::namespaced(client.clone(), "default"),
             client,
