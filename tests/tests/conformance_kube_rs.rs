@@ -1129,6 +1129,16 @@ async fn builtins_drop_unknown_fields_and_reject_wrong_types() {
             .map(String::as_str),
         Some("b")
     );
+    let two_controllers: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "o",
+        "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "a", "uid": "1", "controller": true},
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "b", "uid": "2", "controller": true}]}}))
+    .expect("configmap");
+    let e = api
+        .create(&PostParams::default(), &two_controllers)
+        .await
+        .expect_err("two controllers");
+    assert_eq!(api_code(&e), Some(422), "{e:?}");
     let wrong: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w"}, "data": {"a": 1}
     }))
@@ -1191,6 +1201,19 @@ async fn crd_lifecycle_and_discovery() {
         .await
         .expect_err("invalid CRD");
     assert_eq!(api_code(&e), Some(422), "{e:?}");
+    // Defaults added to the CRD later apply when old objects are read.
+    let add_default = json!([{"op": "add",
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/note/default",
+        "value": "n/a"}]);
+    let req = axum::http::Request::patch(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.conformance.workpool.dev",
+    )
+    .header("content-type", "application/json-patch+json")
+    .body(serde_json::to_vec(&add_default).expect("json"))
+    .expect("request");
+    let _: Value = c.client().request(req).await.expect("add a default");
+    let x = widgets(&c).get("x").await.expect("get");
+    assert_eq!(x.data["spec"]["note"], "n/a", "{:?}", x.data);
     // Deleting the CRD removes its objects and its API.
     crds.delete("widgets.conformance.workpool.dev", &DeleteParams::default())
         .await

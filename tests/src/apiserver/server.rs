@@ -150,6 +150,18 @@ pub async fn handle(
     if path.starts_with("/_test/faults") {
         return faults_endpoint(&shared.faults, &method, &body);
     }
+    if path == "/_test/compact" && method == Method::POST {
+        let rv = {
+            let mut st = shared.lock();
+            st.compact();
+            st.rv
+        };
+        return json_response(
+            StatusCode::OK,
+            &json!({"compactedResourceVersion": rv.to_string()}),
+            &[],
+        );
+    }
     let delay = shared.faults.delay_ms();
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

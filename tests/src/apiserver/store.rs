@@ -270,6 +270,11 @@ impl State {
     pub fn view(&self, ri: &ResourceInfo, stored: &Value) -> Value {
         if ri.group == "events.k8s.io" {
             builtins::event_to_v1(stored)
+        } else if let Some(crd) = &ri.crd {
+            // The apiserver defaults custom resources when reading them from storage too.
+            let mut o = stored.clone();
+            crd.schema.apply_defaults(&mut o);
+            o
         } else {
             stored.clone()
         }
@@ -1194,9 +1199,67 @@ fn record_write(
     }
 }
 
-/// Metadata validation common to all kinds (labels, annotations).
+/// Metadata validation common to all kinds (labels, owner references).
 fn metadata_causes(obj: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
+    if let Some(refs) = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+    {
+        let mut controllers = Vec::new();
+        for r in refs {
+            for (f, what) in [
+                ("apiVersion", "version"),
+                ("kind", "kind"),
+                ("name", "name"),
+            ] {
+                if r[f].as_str().is_none_or(str::is_empty) {
+                    out.push(cause(
+                        "FieldValueInvalid",
+                        &format!("metadata.ownerReferences.{f}"),
+                        format!("Invalid value: \"\": {what} must not be empty"),
+                    ));
+                }
+            }
+            if r["uid"].as_str().is_none_or(str::is_empty) {
+                out.push(cause(
+                    "FieldValueInvalid",
+                    "metadata.ownerReferences.uid",
+                    "Invalid value: \"\": uid must not be empty",
+                ));
+            }
+            if r["controller"].as_bool() == Some(true) {
+                controllers.push(format!(
+                    "{}/{}, Kind={}, Name={}, UID={}",
+                    r["apiVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .split('/')
+                        .next()
+                        .unwrap_or_default(),
+                    r["apiVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default(),
+                    r["kind"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default(),
+                    r["uid"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        if controllers.len() > 1 {
+            out.push(cause(
+                "FieldValueInvalid",
+                "metadata.ownerReferences",
+                format!(
+                    "Invalid value: []v1.OwnerReference{{...}}: Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                    controllers.join(" and ")
+                ),
+            ));
+        }
+    }
     if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
         for (k, v) in labels {
             let vs = v.as_str().unwrap_or_default();

@@ -41,6 +41,10 @@ impl Filter {
     fn view(&self, o: &Value) -> Value {
         if self.ri.group == "events.k8s.io" {
             super::builtins::event_to_v1(o)
+        } else if let Some(crd) = &self.ri.crd {
+            let mut v = o.clone();
+            crd.schema.apply_defaults(&mut v);
+            v
         } else {
             o.clone()
         }
@@ -241,6 +245,7 @@ fn start(
         }
         (rx, cur)
     };
+    let min_rv = if send_initial { 0 } else { rv.unwrap_or(0) };
     let mut close = shared.faults.close_signal();
     close.mark_unchanged();
     let interval = shared.config.bookmark_interval;
@@ -262,6 +267,8 @@ fn start(
                     }
                 }
                 r = rx.recv() => match r {
+                    // A version from the future: nothing at or below it is sent.
+                    Ok(ev) if ev.rv <= min_rv => seen_rv = ev.rv.max(seen_rv),
                     Ok(ev) => {
                         seen_rv = ev.rv;
                         if let Some((ty, o)) = filter.translate(&ev) {
