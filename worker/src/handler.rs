@@ -88,7 +88,7 @@ fn tail(bytes: &[u8]) -> String {
 impl Handler {
     /// Whether this handler runs inline without awaiting anything (no task spawn needed).
     pub fn is_inline(&self) -> bool {
-        matches!(self, Handler::Builtin(Builtin::Noop | Builtin::Fail))
+        matches!(self, Handler::Builtin(Builtin::Noop))
     }
 
     /// Runs the task once.
@@ -104,11 +104,6 @@ impl Handler {
     pub fn run_inline(&self, entry: &Entry) -> Option<Result<(), TaskError>> {
         match self {
             Handler::Builtin(Builtin::Noop) => Some(payload(entry).map(|_| ())),
-            Handler::Builtin(Builtin::Fail) => {
-                Some(payload(entry).and_then(|_| {
-                    Err(TaskError::Retryable("the fail handler always fails".into()))
-                }))
-            }
             _ => None,
         }
     }
@@ -276,11 +271,14 @@ mod tests {
                 .await,
             Err(TaskError::Retryable(_))
         ));
+        assert_eq!(noop.run_inline(&entry(Some(b"{}"))), Some(Ok(())));
+        assert!(matches!(
+            noop.run_inline(&entry(None)),
+            Some(Err(TaskError::Malformed(_)))
+        ));
         assert_eq!(
             Handler::Builtin(Builtin::Fail).run_inline(&entry(Some(b"{}"))),
-            Some(Err(TaskError::Retryable(
-                "the fail handler always fails".into()
-            )))
+            None
         );
         assert_eq!(sleep.run_inline(&entry(Some(b"{}"))), None);
     }
