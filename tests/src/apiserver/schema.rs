@@ -13,8 +13,9 @@
 //! [`CrdVersionSchema::validate`]. A CRD itself goes through [`validate_crd`].
 //!
 //! Approximations (see each item): CEL rules are compiled by the `cel` crate, which
-//! parses but does not type-check (type errors surface at evaluation, undeclared
-//! variables and unknown `self.<field>` selections are caught at CRD creation); CEL cost
+//! parses but does not type-check; at CRD creation a small checker catches undeclared
+//! variables, selections of undeclared fields, comparisons of incompatible scalar types
+//! and non-bool rules (other type errors surface at evaluation); CEL cost
 //! is estimated (static: comprehension sizes from maxItems/maxProperties/maxLength or
 //! the 3 MiB request limit; runtime: largest collection to the power of the
 //! comprehension nesting) rather than metered; CEL runs on a dedicated thread with a
@@ -3912,8 +3913,8 @@ impl CrdCheck {
                     &format!("compilation failed: {e}"),
                 ),
                 Ok(shape) => {
-                    let compiles =
-                        shape.undeclared.is_empty() && unknown_self_field(&r.rule, s).is_none();
+                    let type_error = check_rule_types(&r.rule, s, false);
+                    let compiles = shape.undeclared.is_empty() && type_error.is_none();
                     if compiles {
                         let cardinality =
                             card.unwrap_or_else(|| MAX_REQUEST_BYTES / (min_size(s) + 1.0));
@@ -3934,14 +3935,12 @@ impl CrdCheck {
                             Bad::Raw(r.go_struct()),
                             &format!("compilation failed: ERROR: <input>: undeclared reference to '{name}' (in container '')"),
                         );
-                    } else if let Some(field) = unknown_self_field(&r.rule, s) {
+                    } else if let Some(detail) = type_error {
                         self.push(
                             R_INVALID,
                             &child(&p, "rule"),
                             Bad::Raw(r.go_struct()),
-                            &format!(
-                                "compilation failed: ERROR: <input>: undefined field '{field}'"
-                            ),
+                            &detail,
                         );
                     }
                     if shape.uses_old_self {
@@ -3978,6 +3977,24 @@ impl CrdCheck {
                         &format!("messageExpression compilation failed: {e}"),
                     ),
                     Ok(shape) => {
+                        let type_error = if shape.undeclared.is_empty() {
+                            check_rule_types(me, s, true)
+                        } else {
+                            None
+                        };
+                        if let Some(detail) = type_error {
+                            let detail = if detail.starts_with("compilation failed") {
+                                format!("messageExpression {detail}")
+                            } else {
+                                detail
+                            };
+                            self.push(
+                                R_INVALID,
+                                &child(&p, "messageExpression"),
+                                Bad::Raw(r.go_struct()),
+                                &detail,
+                            );
+                        }
                         if let Some(name) = shape.undeclared.first() {
                             self.push(
                                 R_INVALID,
@@ -3995,59 +4012,259 @@ impl CrdCheck {
     }
 }
 
-/// For rules on object nodes: the first `self.<field>` (or `has(self.<field>)`)
-/// selection naming a field the schema does not declare (the apiserver's type
-/// checker reports `undefined field`). Only direct selections on `self` are checked.
-fn unknown_self_field(rule: &str, s: &Value) -> Option<String> {
-    use kube_cel::cel::common::ast::Expr;
-    if flag(s, "x-kubernetes-preserve-unknown-fields") || addl(s).is_some() || s_type(s) != "object"
-    {
-        return None;
+/// Static types a rule's sub-expressions can be shown to have (a small subset of the
+/// CEL type checker the apiserver runs at CRD creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CelTy {
+    Bool,
+    Int,
+    Uint,
+    Double,
+    Str,
+    Bytes,
+    List,
+    Map,
+    Null,
+    /// Unknown / dynamic: never reported.
+    Dyn,
+}
+
+impl CelTy {
+    fn name(self) -> &'static str {
+        match self {
+            CelTy::Bool => "bool",
+            CelTy::Int => "int",
+            CelTy::Uint => "uint",
+            CelTy::Double => "double",
+            CelTy::Str => "string",
+            CelTy::Bytes => "bytes",
+            CelTy::List => "list",
+            CelTy::Map => "map",
+            CelTy::Null => "null_type",
+            CelTy::Dyn => "dyn",
+        }
     }
-    let p = props(s)?;
+
+    fn numeric(self) -> bool {
+        matches!(self, CelTy::Int | CelTy::Uint | CelTy::Double)
+    }
+}
+
+/// The CEL type of values of a schema node.
+fn schema_cel_ty(s: &Value) -> CelTy {
+    if flag(s, "x-kubernetes-int-or-string") || flag(s, "x-kubernetes-preserve-unknown-fields") {
+        return CelTy::Dyn;
+    }
+    match s_type(s) {
+        "boolean" => CelTy::Bool,
+        "integer" => CelTy::Int,
+        "number" => CelTy::Double,
+        "string" => match s.get("format").and_then(Value::as_str) {
+            Some("date-time" | "datetime" | "duration" | "byte") => CelTy::Dyn,
+            _ => CelTy::Str,
+        },
+        "array" => CelTy::List,
+        "object" => CelTy::Map,
+        _ => CelTy::Dyn,
+    }
+}
+
+/// CEL field-name escaping of a declared property name.
+fn cel_escape(name: &str) -> String {
+    if CEL_RESERVED.contains(&name) {
+        return format!("__{name}__");
+    }
+    name.replace('_', "__")
+        .replace('.', "__dot__")
+        .replace('-', "__dash__")
+        .replace('/', "__slash__")
+}
+
+/// Type checks a rule against the schema it is attached to, as far as this subset
+/// can tell: selections of undeclared fields, comparisons of incompatible scalar types,
+/// and rules that cannot evaluate to a bool. Returns the apiserver-style detail.
+/// `message_expression` checks for a string result instead of a bool.
+fn check_rule_types(rule: &str, s: &Value, message_expression: bool) -> Option<String> {
+    use kube_cel::cel::common::ast::{Expr, LiteralValue};
+    struct Checker<'a> {
+        root: &'a Value,
+        error: Option<String>,
+    }
+    impl<'a> Checker<'a> {
+        fn infer(
+            &mut self,
+            e: &Expr,
+            env: &mut Vec<(String, CelTy, Option<&'a Value>)>,
+            depth: usize,
+        ) -> (CelTy, Option<&'a Value>) {
+            if depth > MAX_AST_DEPTH || self.error.is_some() {
+                return (CelTy::Dyn, None);
+            }
+            match e {
+                Expr::Literal(l) => (
+                    match l {
+                        LiteralValue::Boolean(_) => CelTy::Bool,
+                        LiteralValue::Int(_) => CelTy::Int,
+                        LiteralValue::UInt(_) => CelTy::Uint,
+                        LiteralValue::Double(_) => CelTy::Double,
+                        LiteralValue::String(_) => CelTy::Str,
+                        LiteralValue::Bytes(_) => CelTy::Bytes,
+                        LiteralValue::Null => CelTy::Null,
+                    },
+                    None,
+                ),
+                Expr::Ident(n) if n == "self" || n == "oldSelf" => {
+                    (schema_cel_ty(self.root), Some(self.root))
+                }
+                Expr::Ident(n) => env
+                    .iter()
+                    .rev()
+                    .find(|(k, _, _)| k == n)
+                    .map(|(_, t, sc)| (*t, *sc))
+                    .unwrap_or((CelTy::Dyn, None)),
+                Expr::Select(sel) => {
+                    let (_, node) = self.infer(&sel.operand.expr, env, depth + 1);
+                    let field_node = node.and_then(|n| self.field(n, &sel.field));
+                    if sel.test {
+                        return (CelTy::Bool, None);
+                    }
+                    match field_node {
+                        Some(f) => (schema_cel_ty(f), Some(f)),
+                        None => (CelTy::Dyn, None),
+                    }
+                }
+                Expr::List(l) => {
+                    for x in &l.elements {
+                        self.infer(&x.expr, env, depth + 1);
+                    }
+                    (CelTy::List, None)
+                }
+                Expr::Map(_) | Expr::Struct(_) => (CelTy::Map, None),
+                Expr::Comprehension(c) => {
+                    let (_, range) = self.infer(&c.iter_range.expr, env, depth + 1);
+                    let elem = range.and_then(items);
+                    let (accu_ty, _) = self.infer(&c.accu_init.expr, env, depth + 1);
+                    env.push((
+                        c.iter_var.clone(),
+                        elem.map(schema_cel_ty).unwrap_or(CelTy::Dyn),
+                        elem,
+                    ));
+                    env.push((c.accu_var.clone(), accu_ty, None));
+                    self.infer(&c.loop_cond.expr, env, depth + 1);
+                    self.infer(&c.loop_step.expr, env, depth + 1);
+                    let (result, _) = self.infer(&c.result.expr, env, depth + 1);
+                    env.pop();
+                    env.pop();
+                    (result, None)
+                }
+                Expr::Call(c) => {
+                    if let Some(t) = &c.target {
+                        self.infer(&t.expr, env, depth + 1);
+                    }
+                    let args: Vec<CelTy> = c
+                        .args
+                        .iter()
+                        .map(|a| self.infer(&a.expr, env, depth + 1).0)
+                        .collect();
+                    let f = c.func_name.as_str();
+                    match f {
+                        "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" => {
+                            if let [a, b] = args[..] {
+                                let scalar = |t: CelTy| {
+                                    !matches!(
+                                        t,
+                                        CelTy::Dyn | CelTy::Null | CelTy::List | CelTy::Map
+                                    )
+                                };
+                                let ordering = f != "_==_" && f != "_!=_";
+                                let compatible = a == b || (a.numeric() && b.numeric() && ordering);
+                                if scalar(a) && scalar(b) && !compatible && self.error.is_none() {
+                                    self.error = Some(format!(
+                                        "compilation failed: ERROR: <input>: found no matching overload for '{f}' applied to '({}, {})'",
+                                        a.name(),
+                                        b.name()
+                                    ));
+                                }
+                            }
+                            (CelTy::Bool, None)
+                        }
+                        "_&&_"
+                        | "_||_"
+                        | "!_"
+                        | "@in"
+                        | "@not_strictly_false"
+                        | "has"
+                        | "matches"
+                        | "startsWith"
+                        | "endsWith"
+                        | "contains"
+                        | "isSorted"
+                        | "exists"
+                        | "all"
+                        | "exists_one" => (CelTy::Bool, None),
+                        "size" => (CelTy::Int, None),
+                        "int" => (CelTy::Int, None),
+                        "uint" => (CelTy::Uint, None),
+                        "double" => (CelTy::Double, None),
+                        "string" | "lowerAscii" | "upperAscii" | "trim" | "replace"
+                        | "substring" | "join" | "format" => (CelTy::Str, None),
+                        "_+_" | "_-_" | "_*_" | "_/_" | "_%_" => match args[..] {
+                            [a, b] if a == b && a != CelTy::Dyn => (a, None),
+                            _ => (CelTy::Dyn, None),
+                        },
+                        "-_" => (args.first().copied().unwrap_or(CelTy::Dyn), None),
+                        "_?_:_" => match args[..] {
+                            [_, a, b] if a == b => (a, None),
+                            _ => (CelTy::Dyn, None),
+                        },
+                        "_[_]" => (CelTy::Dyn, None),
+                        _ => (CelTy::Dyn, None),
+                    }
+                }
+                Expr::Unspecified => (CelTy::Dyn, None),
+            }
+        }
+
+        /// Schema of `node.field`, recording `undefined field` when the node is an
+        /// object that cannot have it.
+        fn field(&mut self, node: &'a Value, field: &str) -> Option<&'a Value> {
+            if let Some(a) = addl(node) {
+                return Some(a);
+            }
+            let p = props(node)?;
+            if let Some((_, v)) = p.iter().find(|(k, _)| cel_escape(k) == field) {
+                return Some(v);
+            }
+            let implicit_meta = (std::ptr::eq(node, self.root)
+                || flag(node, "x-kubernetes-embedded-resource"))
+                && matches!(field, "apiVersion" | "kind" | "metadata");
+            if !implicit_meta
+                && !flag(node, "x-kubernetes-preserve-unknown-fields")
+                && s_type(node) == "object"
+                && self.error.is_none()
+            {
+                self.error = Some(format!(
+                    "compilation failed: ERROR: <input>: undefined field '{field}'"
+                ));
+            }
+            None
+        }
+    }
     let program = kube_cel::cel::Program::compile(rule).ok()?;
-    let mut stack = vec![(&program.expression().expr, 0usize)];
-    while let Some((e, d)) = stack.pop() {
-        if d > MAX_AST_DEPTH {
-            return None;
+    let mut checker = Checker {
+        root: s,
+        error: None,
+    };
+    let (ty, _) = checker.infer(&program.expression().expr, &mut Vec::new(), 0);
+    if checker.error.is_some() {
+        return checker.error;
+    }
+    if message_expression {
+        if !matches!(ty, CelTy::Str | CelTy::Dyn) {
+            return Some("messageExpression must evaluate to a string".to_string());
         }
-        match e {
-            Expr::Select(sel) => {
-                if let Expr::Ident(id) = &sel.operand.expr
-                    && (id == "self" || id == "oldSelf")
-                    && !p.contains_key(&sel.field)
-                    && !matches!(sel.field.as_str(), "apiVersion" | "kind" | "metadata")
-                {
-                    return Some(sel.field.clone());
-                }
-                stack.push((&sel.operand.expr, d + 1));
-            }
-            Expr::Call(c) => {
-                if let Some(t) = &c.target {
-                    stack.push((&t.expr, d + 1));
-                }
-                for a in &c.args {
-                    stack.push((&a.expr, d + 1));
-                }
-            }
-            Expr::Comprehension(c) => {
-                for x in [
-                    &c.iter_range,
-                    &c.accu_init,
-                    &c.loop_cond,
-                    &c.loop_step,
-                    &c.result,
-                ] {
-                    stack.push((&x.expr, d + 1));
-                }
-            }
-            Expr::List(l) => {
-                for x in &l.elements {
-                    stack.push((&x.expr, d + 1));
-                }
-            }
-            _ => {}
-        }
+    } else if !matches!(ty, CelTy::Bool | CelTy::Dyn) {
+        return Some("cel expression must evaluate to a bool".to_string());
     }
     None
 }
@@ -5821,6 +6038,29 @@ mod tests {
                 R_INVALID,
                 "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule",
             )],
+        ));
+        for (name, rule) in [
+            ("rule not a bool", "self.replicas"),
+            ("int compared to string", "self.replicas > 'a'"),
+            (
+                "nested undefined field",
+                "!has(self.autoscaling) || self.autoscaling.minReplica > 0",
+            ),
+            (
+                "undefined field in a macro",
+                "!has(self.env) || self.env.all(e, e.nam != '')",
+            ),
+        ] {
+            cases.push((
+                name,
+                crd_with_spec_rules(json!([{"rule": rule}])),
+                vec![(R_INVALID, "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule")],
+            ));
+        }
+        cases.push((
+            "messageExpression not a string",
+            crd_with_spec_rules(json!([{"rule": "true", "messageExpression": "self.replicas"}])),
+            vec![(R_INVALID, "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].messageExpression")],
         ));
         cases.push((
             "bad reason and empty rule",
