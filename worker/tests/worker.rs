@@ -817,3 +817,48 @@ async fn a_task_over_its_timeout_is_stopped_with_its_children() {
         "the handler's process group was killed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_back_tasks_waiting_to_retry_at_once() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("jobs", "pool");
+    enqueue(&url, &q, &["{}"]).await;
+    let mut w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--retry-backoff",
+            "30",
+            "--shutdown-grace",
+            "20",
+            "--builtin",
+            "fail",
+        ],
+    );
+    wait_until(Duration::from_secs(20), "first failure", || async {
+        w.metric("workpool_worker_tasks_total", "outcome=\"retried\"")
+            .await
+            == 1.0
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "did not wait for the retry backoff"
+    );
+    let mut c = conn(&url).await;
+    let p = q.pending_entries(&mut c, 10, None).await.expect("pending");
+    assert_eq!(p.len(), 1, "the task is still pending, not lost");
+    assert_eq!(p[0].deliveries, 1, "one run so far");
+    assert!(
+        p[0].idle_ms > 60_000,
+        "handed back for immediate reclaim: idle {}",
+        p[0].idle_ms
+    );
+    assert_eq!(stats(&url, &q).await.dead_letters, 0);
+}
