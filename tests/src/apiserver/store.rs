@@ -641,6 +641,7 @@ impl State {
             }
             ("", "secrets") => builtins::normalize_secret(obj),
             ("", "services") if old.is_none() => {
+                obj["status"] = json!({"loadBalancer": {}});
                 builtins::default_service(obj, self.next_service_ip);
                 self.next_service_ip += 1;
             }
