@@ -1237,3 +1237,58 @@ async fn crd_lifecycle_and_discovery() {
         "{groups}"
     );
 }
+
+#[tokio::test]
+async fn kube_rs_event_recorder() {
+    use kube::runtime::events::{Event as RtEvent, EventType, Recorder, Reporter};
+    let c = cluster().await;
+    let api = widgets(&c);
+    let w = api
+        .create(&PostParams::default(), &widget("ev", json!({})))
+        .await
+        .expect("create");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("conformance.workpool.dev/v1".into()),
+        kind: Some("Widget".into()),
+        name: w.metadata.name.clone(),
+        namespace: Some("default".into()),
+        uid: w.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        c.client(),
+        Reporter {
+            controller: "conformance-controller".into(),
+            instance: Some("conformance-0".into()),
+        },
+    );
+    let ev = RtEvent {
+        type_: EventType::Normal,
+        reason: "Scaled".into(),
+        note: Some("scaled to 3".into()),
+        action: "Scale".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("first publish creates");
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("second publish patches the series");
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(c.client());
+    let found = core
+        .list(&ListParams::default().fields("involvedObject.name=ev,involvedObject.kind=Widget"))
+        .await
+        .expect("list");
+    assert_eq!(found.items.len(), 1, "{:?}", found.items);
+    let e = &found.items[0];
+    assert_eq!(e.reason.as_deref(), Some("Scaled"));
+    assert_eq!(e.message.as_deref(), Some("scaled to 3"));
+    assert_eq!(
+        e.reporting_component.as_deref(),
+        Some("conformance-controller")
+    );
+    assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
+}
