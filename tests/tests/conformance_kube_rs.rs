@@ -614,6 +614,34 @@ async fn pod_binding_and_graceful_deletion() {
         made.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
         Some("Always")
     );
+    let tolerations = made
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        tolerations.len(),
+        2,
+        "DefaultTolerationSeconds: {tolerations:?}"
+    );
+    // ServiceAccount admission.
+    let no_sa: Pod = serde_json::from_value(json!({"metadata": {"name": "nosa"},
+        "spec": {"serviceAccountName": "missing", "containers": [{"name": "c", "image": "busybox"}]}}))
+    .expect("pod");
+    match pods
+        .create(&PostParams::default(), &no_sa)
+        .await
+        .expect_err("no SA")
+    {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+            assert_eq!(
+                s.message,
+                "pods \"nosa\" is forbidden: error looking up service account default/missing: serviceaccount \"missing\" not found"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     // Invalid pod: 422 with causes.
     let bad: Pod =
         serde_json::from_value(json!({"metadata": {"name": "bad"}, "spec": {"containers": []}}))

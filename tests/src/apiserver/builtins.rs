@@ -143,6 +143,27 @@ pub fn default_pod(pod: &mut Value) {
     }
 }
 
+/// The DefaultTolerationSeconds admission plugin: pods tolerate not-ready and
+/// unreachable nodes for 300 s unless they say otherwise.
+pub fn default_tolerations(pod: &mut Value) {
+    let spec = obj_mut(pod, "spec");
+    let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tols.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let has = list
+            .iter()
+            .any(|t| t["key"] == key && (t["effect"] == "NoExecute" || t.get("effect").is_none()));
+        if !has {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+}
+
 pub fn initial_pod_status(pod: &Value) -> Value {
     let has_resources = pod
         .pointer("/spec/containers")

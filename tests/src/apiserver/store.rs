@@ -635,7 +635,33 @@ impl State {
                 builtins::default_pod(obj);
                 causes.extend(builtins::validate_pod(obj));
                 match old {
-                    None => obj["status"] = builtins::initial_pod_status(obj),
+                    None => {
+                        obj["status"] = builtins::initial_pod_status(obj);
+                        builtins::default_tolerations(obj);
+                        // ServiceAccount admission: the pod's service account must exist.
+                        let ns = namespace_of(obj).to_string();
+                        let sa = obj
+                            .pointer("/spec/serviceAccountName")
+                            .and_then(Value::as_str)
+                            .unwrap_or("default")
+                            .to_string();
+                        let key: Key = (
+                            String::new(),
+                            "serviceaccounts".into(),
+                            ns.clone(),
+                            sa.clone(),
+                        );
+                        if !self.objects.contains_key(&key) {
+                            return Err(ApiError::forbidden(
+                                "",
+                                "pods",
+                                &name,
+                                &format!(
+                                    "error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+                                ),
+                            ));
+                        }
+                    }
                     Some(old) => causes.extend(builtins::validate_pod_update(obj, old)),
                 }
             }
