@@ -777,3 +777,67 @@ async fn typed_create_subcommands_send_protobuf() {
         "Error from server (AlreadyExists): namespaces \"demo\" already exists"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testcluster_binary_serves_kubectl_until_sigterm() {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!(
+            "SKIPPED testcluster_binary_serves_kubectl_until_sigterm: {KUBECTL} is not installed"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let fixtures = workpool_tests::cluster::fixtures_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_workpool-testcluster"))
+        .args(["--port", "0", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--crds")
+        .arg(&fixtures)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start workpool-testcluster");
+    let mut waited = 0;
+    while !kubeconfig.exists() && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(kubeconfig.exists(), "kubeconfig written");
+    let out = Command::new(KUBECTL)
+        .args(["get", "crd", "-o", "name"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECACHEDIR", dir.path().join("cache"))
+        .output()
+        .await
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.conformance.workpool.dev"
+    );
+    let pid = child.id().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+    let mut stdout = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use tokio::io::AsyncReadExt;
+        s.read_to_string(&mut stdout).await.expect("read stdout");
+    }
+    assert!(stdout.contains("TEST STAND-IN"), "{stdout}");
+    assert!(stdout.contains("export KUBECONFIG="), "{stdout}");
+}
