@@ -58,7 +58,9 @@ impl ApiServer {
                     server::handle(s, method, uri, headers, body).await
                 },
             )
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            // The apiserver's request size limit (3 MiB).
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
