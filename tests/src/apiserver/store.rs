@@ -147,12 +147,18 @@ fn spec_part(obj: &Value) -> Value {
     Value::Object(o)
 }
 
-/// The object without the fields a no-op write does not change.
+/// The object without the fields a no-op write does not change. Like the apiserver, a
+/// write whose only change is a managedFields timestamp is a no-op, but one that changes
+/// ownership (e.g. kubectl's client-side to server-side apply migration) is kept.
 fn comparable(obj: &Value) -> Value {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
-        m.remove("managedFields");
+        if let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+            for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+                entry.remove("time");
+            }
+        }
     }
     o
 }

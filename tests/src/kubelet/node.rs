@@ -108,7 +108,7 @@ fn node_status(cfg: &KubeletConfig, ready_since: Timestamp, now: Timestamp) -> s
         container_runtime_version: "process://0.1.0".into(),
         kernel_version: String::new(),
         kube_proxy_version: String::new(),
-        kubelet_version: "v1.33.0-workpool-process-kubelet".into(),
+        kubelet_version: "v1.32.0-workpool-process-kubelet".into(),
         machine_id: cfg.node_name.clone(),
         operating_system: "linux".into(),
         os_image: "process kubelet (workpool test control plane)".into(),

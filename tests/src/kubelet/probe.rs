@@ -90,7 +90,7 @@ async fn http_get(a: &HTTPGetAction, ctx: &ProbeContext, timeout: Duration) -> R
         .http
         .get(&url)
         .timeout(timeout)
-        .header("User-Agent", "kube-probe/1.33");
+        .header("User-Agent", "kube-probe/1.32");
     for h in a.http_headers.iter().flatten() {
         req = req.header(h.name.as_str(), h.value.as_str());
     }
