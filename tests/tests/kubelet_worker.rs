@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -16,59 +16,18 @@ use workpool_tests::kubelet::testing::{
     container_status, free_port, is_ready, phase, wait_pod, wait_pod_gone,
 };
 use workpool_tests::kubelet::{ImageMap, Kubelet, KubeletConfig};
+use workpool_worker::testing::RedisServer;
 
 const T: Duration = Duration::from_secs(60);
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let port = free_port().expect("free port");
-        let child = Command::new("/usr/bin/redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let r = Redis { child, port };
-        for _ in 0..100 {
-            if r.cli(&["PING"]).trim() == "PONG" {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on port {port} never answered PING");
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("/usr/bin/redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `redis-cli` against the test's server, for assertions in Redis' own words.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The worker binary, (re)built with `cargo build -p workpool-worker` so that it is
@@ -119,7 +78,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
     // The worker runtime exists; a binary that cannot be built is a failure, not a skip.
     let bin = worker_binary().unwrap_or_else(|reason| panic!("{reason}"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let redis = Redis::start(dir.path());
+    let redis = RedisServer::start().expect("redis-server starts");
     let cluster = TestCluster::start().await.expect("cluster");
     let client = cluster.client();
     let cfg = KubeletConfig::new(
@@ -144,7 +103,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
                 "args": ["run"],
                 "ports": [{"name": "metrics", "containerPort": metrics_port}],
                 "env": [
-                    {"name": "WORKPOOL_REDIS_URL", "value": format!("redis://127.0.0.1:{}/0", redis.port)},
+                    {"name": "WORKPOOL_REDIS_URL", "value": redis.url()},
                     {"name": "WORKPOOL_STREAM", "value": "tasks"},
                     {"name": "WORKPOOL_GROUP", "value": "demo"},
                     {"name": "WORKPOOL_CONSUMER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -171,13 +130,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
 
     // Produce tasks with the real CLI.
     let mut submit = Command::new(&bin)
-        .args([
-            "submit",
-            "--redis-url",
-            &format!("redis://127.0.0.1:{}/0", redis.port),
-            "--stream",
-            "tasks",
-        ])
+        .args(["submit", "--redis-url", &redis.url(), "--stream", "tasks"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -205,7 +158,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
         );
     }
     // The consumer in the group is the pod's name (downward API).
-    let consumers = redis.cli(&["XINFO", "CONSUMERS", "tasks", "demo"]);
+    let consumers = redis_cli(&redis, &["XINFO", "CONSUMERS", "tasks", "demo"]);
     assert!(consumers.contains("worker-0"), "{consumers}");
 
     // Deletion: SIGTERM, the worker drains and exits 0 well inside its 30 s grace.
