@@ -263,6 +263,17 @@ fn check_url(url: &str) -> anyhow::Result<redis::Client> {
         .map_err(|e| anyhow::anyhow!("invalid --redis-url {:?}: {e}", runtime::redacted(url)))
 }
 
+/// A connection for the one-shot commands (submit, stats), with an error naming the
+/// (password-redacted) URL.
+async fn connect_cli(
+    client: &redis::Client,
+    url: &str,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    queue::connect_client(client, Some(Duration::from_secs(30)))
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", runtime::redacted(url)))
+}
+
 async fn run(a: RunArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, Some(&a.group))?;
     if a.consumer.trim().is_empty() {
@@ -422,14 +433,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     } else {
         payloads.len() as u64
     };
-    let conn = queue::connect_client(&client, Some(Duration::from_secs(30)))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to redis at {}",
-                runtime::redacted(&a.redis.redis_url)
-            )
-        })?;
+    let conn = connect_cli(&client, &a.redis.redis_url).await?;
     let q = Queue::new(a.redis.stream.clone(), "unused");
     let per = u64::from(a.pipeline);
     let chunks = total.div_ceil(per);
@@ -470,14 +474,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
 async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, Some(&a.group))?;
     let client = check_url(&a.redis.redis_url)?;
-    let mut conn = queue::connect_client(&client, Some(Duration::from_secs(30)))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to redis at {}",
-                runtime::redacted(&a.redis.redis_url)
-            )
-        })?;
+    let mut conn = connect_cli(&client, &a.redis.redis_url).await?;
     let mut q = Queue::new(a.redis.stream.clone(), a.group.clone());
     if let Some(dl) = a.dead_letter_stream {
         q = q.with_dead_letter_stream(dl);
