@@ -1,23 +1,79 @@
-//! `TestCluster`: the API server double on a free loopback port, a kubeconfig for it in
-//! a temporary directory, the project's CRDs applied, and a `kube::Client`.
+//! `TestCluster`: a Kubernetes API for a test, with a kubeconfig, the project's CRDs
+//! applied, and a `kube::Client`.
+//!
+//! Two modes:
+//! - **Double** (default): the in-memory API server double on a free loopback port.
+//! - **External**: when `WORKPOOL_E2E_KUBECONFIG` names a kubeconfig (e.g. a kind
+//!   cluster, see `tests/kind/`), [`TestCluster::start`] / [`TestCluster::start_with`]
+//!   connect to that cluster instead. Plain `KUBECONFIG` is never read: a test suite
+//!   only touches a cluster it was explicitly pointed at. Every external `TestCluster`
+//!   works in its own namespace `wp-test-<random>` (the kubeconfig's and the client's
+//!   default namespace), deleted when the cluster is dropped, also after a panic. CRDs
+//!   it had to create are deleted when the last external `TestCluster` of the process
+//!   is dropped. Double-only features ([`TestCluster::double`], `server()`,
+//!   `faults()`, [`ClusterOptions::server`]) are not available there: check
+//!   [`TestCluster::is_external`] / [`TestCluster::double`] and skip with a reason.
 
 use crate::apiserver::{ApiServer, FaultInjector, ServerConfig};
-use anyhow::{Context, Result, anyhow};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{Discovery, Scope};
+use serde_json::json;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The environment variable that switches [`TestCluster`] to a real cluster: the path
+/// of its kubeconfig (its current context is used).
+pub const EXTERNAL_KUBECONFIG_ENV: &str = "WORKPOOL_E2E_KUBECONFIG";
+
+/// Label put on namespaces and CRDs this crate creates on a real cluster.
+const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "workpool-tests";
+
+/// Finalizers the conformance tests put on objects; removed before a namespace is
+/// deleted so that a test failing half-way does not leave a namespace stuck.
+const TEST_FINALIZER_PREFIX: &str = "conformance.workpool.dev/";
+
+/// How long to wait for a real cluster to settle (namespace ready, CRD gone/established).
+const EXTERNAL_SETTLE: Duration = Duration::from_secs(120);
+
+/// The kubeconfig named by `WORKPOOL_E2E_KUBECONFIG`, when set and not empty.
+pub fn external_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os(EXTERNAL_KUBECONFIG_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// For tests that cannot run against a real cluster: when `WORKPOOL_E2E_KUBECONFIG` is
+/// set, prints `skipped: <test> needs <needs> ...` and returns `true` (the test should
+/// return at once).
+pub fn skip_if_external(test: &str, needs: &str) -> bool {
+    if external_kubeconfig().is_some() {
+        eprintln!(
+            "skipped: {test} needs {needs}; {EXTERNAL_KUBECONFIG_ENV} points at a real cluster"
+        );
+        return true;
+    }
+    false
+}
 
 /// How to start a [`TestCluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Loopback port; 0 = a free one.
+    /// Loopback port; 0 = a free one. (Double only.)
     pub port: u16,
+    /// The double's configuration. Ignored against a real cluster.
     pub server: ServerConfig,
     /// Directories whose `*.yaml` / `*.yml` files are applied at start (CRDs first).
     pub manifest_dirs: Vec<PathBuf>,
+    /// Work in a fresh namespace `wp-test-<random>` (the kubeconfig's and the client's
+    /// default namespace) instead of `default`. Always on against a real cluster.
+    pub own_namespace: bool,
 }
 
 impl Default for ClusterOptions {
@@ -26,6 +82,7 @@ impl Default for ClusterOptions {
             port: 0,
             server: ServerConfig::default(),
             manifest_dirs: vec![repo_root().join("crds")],
+            own_namespace: false,
         }
     }
 }
@@ -52,74 +109,250 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A running test control plane (API server double; kubelets attach later).
+enum Backend {
+    Double(ApiServer),
+    External { server_url: String },
+}
+
+/// Process-wide bookkeeping of external clusters: CRDs this process created are deleted
+/// when the last external `TestCluster` goes (tests run in parallel and share them).
+struct ExternalUsers {
+    live: usize,
+    created_crds: BTreeSet<String>,
+}
+
+static EXTERNAL_USERS: Mutex<ExternalUsers> = Mutex::new(ExternalUsers {
+    live: 0,
+    created_crds: BTreeSet::new(),
+});
+
+fn external_users() -> std::sync::MutexGuard<'static, ExternalUsers> {
+    EXTERNAL_USERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running test control plane (API server double, or a real cluster; kubelets attach
+/// later to the double).
 pub struct TestCluster {
-    server: ApiServer,
+    backend: Backend,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     client: kube::Client,
+    namespace: String,
+    /// Namespaces deleted on drop (external mode): the own one plus adopted ones.
+    namespaces: Mutex<Vec<String>>,
+    /// Further API paths deleted on drop (external mode), e.g. a test's own CRD.
+    cleanup_paths: Mutex<Vec<String>>,
+    /// Counted in `EXTERNAL_USERS` (decremented on drop).
+    counted: bool,
     /// Things that live as long as the cluster (kubelets, schedulers), dropped first.
     attached: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl TestCluster {
-    /// Starts with defaults: free port, `<repo>/crds/*.yaml` applied.
+    /// Starts with defaults: free port, `<repo>/crds/*.yaml` applied. Against a real
+    /// cluster when `WORKPOOL_E2E_KUBECONFIG` is set.
     pub async fn start() -> Result<Self> {
         Self::start_with(ClusterOptions::default()).await
     }
 
+    /// Starts the double, or connects to the cluster `WORKPOOL_E2E_KUBECONFIG` names.
     pub async fn start_with(opts: ClusterOptions) -> Result<Self> {
+        match external_kubeconfig() {
+            Some(path) => Self::start_external(&path, opts).await,
+            None => Self::start_double(opts).await,
+        }
+    }
+
+    /// Always the API server double, whatever the environment says (the sandbox binary).
+    pub async fn start_double(opts: ClusterOptions) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], opts.port));
         let server = ApiServer::start(addr, opts.server.clone())
             .await
             .with_context(|| format!("binding the API server double on {addr}"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("workpool-testcluster-")
-            .tempdir()
-            .context("creating a temporary directory")?;
+        let dir = tempdir()?;
+        let namespace = if opts.own_namespace {
+            unique_namespace()
+        } else {
+            "default".to_string()
+        };
         let kubeconfig = dir.path().join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &server.url())?;
+        write_kubeconfig_in(&kubeconfig, &server.url(), &namespace)?;
         let client = client_for(&kubeconfig).await?;
         let cluster = TestCluster {
-            server,
+            backend: Backend::Double(server),
             dir,
             kubeconfig,
             client,
+            namespace,
+            namespaces: Mutex::new(Vec::new()),
+            cleanup_paths: Mutex::new(Vec::new()),
+            counted: false,
             attached: Vec::new(),
         };
+        if opts.own_namespace {
+            cluster.create_namespace().await?;
+        }
         for d in &opts.manifest_dirs {
             cluster.apply_dir(d).await?;
         }
         Ok(cluster)
     }
 
-    /// Path of the kubeconfig (`server: http://127.0.0.1:PORT`, no auth, namespace default).
+    async fn start_external(path: &Path, opts: ClusterOptions) -> Result<Self> {
+        let dir = tempdir()?;
+        let namespace = unique_namespace();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let server_url = derive_kubeconfig(path, &kubeconfig, &namespace).with_context(|| {
+            format!(
+                "{EXTERNAL_KUBECONFIG_ENV}={}: preparing a kubeconfig for namespace {namespace}",
+                path.display()
+            )
+        })?;
+        let client = client_for(&kubeconfig).await?;
+        external_users().live += 1;
+        // From here on, dropping `cluster` (also on an error below) cleans up.
+        let cluster = TestCluster {
+            backend: Backend::External { server_url },
+            dir,
+            kubeconfig,
+            client,
+            namespace: namespace.clone(),
+            namespaces: Mutex::new(vec![namespace.clone()]),
+            cleanup_paths: Mutex::new(Vec::new()),
+            counted: true,
+            attached: Vec::new(),
+        };
+        eprintln!(
+            "workpool-tests: using the real cluster at {} ({EXTERNAL_KUBECONFIG_ENV}), namespace {namespace}",
+            cluster.server_url()
+        );
+        cluster.create_namespace().await?;
+        for d in &opts.manifest_dirs {
+            cluster.apply_dir(d).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Creates `self.namespace` and waits until pods can be created in it (its `default`
+    /// ServiceAccount exists) and, on a real cluster, its `kube-root-ca.crt` ConfigMap
+    /// is there, so that later lists see a settled namespace.
+    async fn create_namespace(&self) -> Result<()> {
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": self.namespace, "labels": {MANAGED_BY_KEY: MANAGED_BY}}
+        }))?;
+        nss.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {}", self.namespace))?;
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deadline = tokio::time::Instant::now() + EXTERNAL_SETTLE;
+        loop {
+            let sa = sas.get_opt("default").await?.is_some();
+            let ca = !self.is_external() || cms.get_opt("kube-root-ca.crt").await?.is_some();
+            if sa && ca {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "namespace {} did not get its default ServiceAccount{} within {EXTERNAL_SETTLE:?}",
+                    self.namespace,
+                    if self.is_external() {
+                        " and kube-root-ca.crt"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// True when connected to a real cluster (`WORKPOOL_E2E_KUBECONFIG`).
+    pub fn is_external(&self) -> bool {
+        matches!(self.backend, Backend::External { .. })
+    }
+
+    /// The API server double, or `None` against a real cluster (history compaction,
+    /// fault injection, direct inspection).
+    pub fn double(&self) -> Option<&ApiServer> {
+        match &self.backend {
+            Backend::Double(s) => Some(s),
+            Backend::External { .. } => None,
+        }
+    }
+
+    /// The namespace this cluster's kubeconfig and client default to: `default`, or a
+    /// fresh `wp-test-<random>` one (own namespace, always against a real cluster).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Path of the kubeconfig. Double: `server: http://127.0.0.1:PORT`, no auth. Real
+    /// cluster: a copy of `WORKPOOL_E2E_KUBECONFIG` reduced to its current context, with
+    /// [`namespace`](Self::namespace) as the context's namespace.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
     }
 
-    /// A client for the cluster (cheap to clone).
+    /// A client for the cluster (cheap to clone); its default namespace is
+    /// [`namespace`](Self::namespace).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` for the double; the kubeconfig's server otherwise.
     pub fn server_url(&self) -> String {
-        self.server.url()
+        match &self.backend {
+            Backend::Double(s) => s.url(),
+            Backend::External { server_url } => server_url.clone(),
+        }
     }
 
+    /// The double's fault injector.
+    ///
+    /// # Panics
+    /// Against a real cluster (check [`is_external`](Self::is_external) or use
+    /// [`double`](Self::double) and skip).
     pub fn faults(&self) -> FaultInjector {
-        self.server.faults()
+        self.server().faults()
     }
 
     /// The API server double itself (history compaction, direct object inspection).
+    ///
+    /// # Panics
+    /// Against a real cluster (check [`is_external`](Self::is_external) or use
+    /// [`double`](Self::double) and skip).
     pub fn server(&self) -> &ApiServer {
-        &self.server
+        match self.double() {
+            Some(s) => s,
+            None => panic!(
+                "this test needs the API server double, but {EXTERNAL_KUBECONFIG_ENV} points at a real cluster: check TestCluster::is_external() and skip"
+            ),
+        }
     }
 
     /// A scratch directory that lives as long as the cluster.
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Deletes namespace `name` (made by the test) when the cluster is dropped, after
+    /// removing the tests' finalizers in it. Real clusters only; the double goes anyway.
+    pub fn adopt_namespace(&self, name: &str) {
+        if self.is_external() {
+            lock(&self.namespaces).push(name.to_string());
+        }
+    }
+
+    /// Sends `DELETE api_path` (e.g. `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x`)
+    /// when the cluster is dropped. Real clusters only; the double goes anyway.
+    pub fn delete_on_drop(&self, api_path: &str) {
+        if self.is_external() {
+            lock(&self.cleanup_paths).push(api_path.to_string());
+        }
     }
 
     // ---------------------------------------------------------------------------
@@ -169,7 +402,13 @@ impl TestCluster {
         Ok(())
     }
 
-    /// Server-side applies one object, resolving its kind through discovery.
+    /// Server-side applies one object, resolving its kind through discovery. Namespaced
+    /// objects without a namespace go to [`namespace`](Self::namespace).
+    ///
+    /// Against a real cluster, a CRD that already exists and was not installed by this
+    /// crate is used as it is (never overwritten); one this process creates is deleted
+    /// when the last external `TestCluster` of the process is dropped; other
+    /// cluster-scoped objects are deleted when this cluster is dropped.
     pub async fn apply_object(&self, obj: &serde_json::Value) -> Result<()> {
         let api_version = obj["apiVersion"]
             .as_str()
@@ -198,11 +437,18 @@ impl TestCluster {
                 let ns = obj
                     .pointer("/metadata/namespace")
                     .and_then(|v| v.as_str())
-                    .unwrap_or("default");
+                    .unwrap_or(&self.namespace);
                 Api::namespaced_with(self.client.clone(), ns, &ar)
             }
             Scope::Cluster => Api::all_with(self.client.clone(), &ar),
         };
+        let is_crd = kind == "CustomResourceDefinition";
+        if self.is_external() && is_crd {
+            return self.ensure_external_crd(&api, name, obj).await;
+        }
+        if self.is_external() && caps.scope == Scope::Cluster {
+            self.delete_on_drop(&format!("{}/{name}", api.resource_url()));
+        }
         api.patch(
             name,
             &PatchParams::apply("workpool-testcluster").force(),
@@ -210,15 +456,86 @@ impl TestCluster {
         )
         .await
         .with_context(|| format!("applying {kind} {name}"))?;
-        if kind == "CustomResourceDefinition" {
+        if is_crd {
             wait_established(&api, name).await?;
         }
         Ok(())
     }
+
+    /// A CRD on a real cluster: wait out a terminating one (another test of this
+    /// process just deleted it), create it when absent (and remember that), update it
+    /// when this crate installed it, leave anyone else's alone.
+    async fn ensure_external_crd(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        obj: &serde_json::Value,
+    ) -> Result<()> {
+        let mut labelled = obj.clone();
+        labelled["metadata"]["labels"][MANAGED_BY_KEY] = json!(MANAGED_BY);
+        let apply = PatchParams::apply("workpool-testcluster").force();
+        let deadline = tokio::time::Instant::now() + EXTERNAL_SETTLE;
+        loop {
+            let existing = api
+                .get_opt(name)
+                .await
+                .with_context(|| format!("reading CRD {name}"))?;
+            match existing {
+                Some(crd) if crd.metadata.deletion_timestamp.is_some() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!("CRD {name} is still being deleted after {EXTERNAL_SETTLE:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Some(crd) => {
+                    let ours = crd
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(MANAGED_BY_KEY))
+                        .is_some_and(|v| v == MANAGED_BY);
+                    if ours {
+                        api.patch(name, &apply, &Patch::Apply(&labelled))
+                            .await
+                            .with_context(|| format!("updating CRD {name}"))?;
+                    } else {
+                        eprintln!(
+                            "workpool-tests: CRD {name} exists on the cluster and was not installed by workpool-tests: using it as it is"
+                        );
+                    }
+                    break;
+                }
+                None => {
+                    api.patch(name, &apply, &Patch::Apply(&labelled))
+                        .await
+                        .with_context(|| format!("creating CRD {name}"))?;
+                    external_users().created_crds.insert(name.to_string());
+                    break;
+                }
+            }
+        }
+        wait_established(api, name).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn tempdir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("workpool-testcluster-")
+        .tempdir()
+        .context("creating a temporary directory")
+}
+
+fn unique_namespace() -> String {
+    format!("wp-test-{:08x}", rand::random::<u32>())
 }
 
 async fn wait_established(api: &Api<DynamicObject>, name: &str) -> Result<()> {
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + EXTERNAL_SETTLE;
+    loop {
         let crd = api.get(name).await?;
         let ok = crd.data["status"]["conditions"]
             .as_array()
@@ -229,9 +546,11 @@ async fn wait_established(api: &Api<DynamicObject>, name: &str) -> Result<()> {
         if ok {
             return Ok(());
         }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("CRD {name} did not become Established");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(anyhow!("CRD {name} did not become Established"))
 }
 
 fn parse_docs(text: &str) -> Result<Vec<serde_json::Value>> {
@@ -252,12 +571,115 @@ fn parse_docs(text: &str) -> Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
-/// Writes a kubeconfig pointing at `server` (plain HTTP, no credentials).
+/// Writes a kubeconfig pointing at `server` (plain HTTP, no credentials, namespace
+/// `default`).
 pub fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
+    write_kubeconfig_in(path, server, "default")
+}
+
+fn write_kubeconfig_in(path: &Path, server: &str, namespace: &str) -> Result<()> {
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: workpool-test\n  cluster:\n    server: {server}\nusers:\n- name: workpool-test\n  user: {{}}\ncontexts:\n- name: workpool-test\n  context:\n    cluster: workpool-test\n    user: workpool-test\n    namespace: default\ncurrent-context: workpool-test\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: workpool-test\n  cluster:\n    server: {server}\nusers:\n- name: workpool-test\n  user: {{}}\ncontexts:\n- name: workpool-test\n  context:\n    cluster: workpool-test\n    user: workpool-test\n    namespace: {namespace}\ncurrent-context: workpool-test\n"
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Copies the current context of the kubeconfig at `src` (with its cluster and user) to
+/// `dst`, with `namespace` as the context's namespace and relative file paths made
+/// absolute. Returns the cluster's server URL.
+fn derive_kubeconfig(src: &Path, dst: &Path, namespace: &str) -> Result<String> {
+    use serde_yaml::Value as Y;
+    let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    let doc: Y = serde_yaml::from_str(&text).context("parsing the kubeconfig")?;
+    let base = src
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let current = doc
+        .get("current-context")
+        .and_then(Y::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("the kubeconfig has no current-context"))?;
+    let find = |list: &str, name: &str| -> Result<Y> {
+        doc.get(list)
+            .and_then(Y::as_sequence)
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|i| i.get("name").and_then(Y::as_str) == Some(name))
+            })
+            .cloned()
+            .ok_or_else(|| anyhow!("the kubeconfig has no {list} entry named {name:?}"))
+    };
+    let mut context = find("contexts", current)?;
+    let cluster_name = context
+        .get("context")
+        .and_then(|c| c.get("cluster"))
+        .and_then(Y::as_str)
+        .ok_or_else(|| anyhow!("context {current:?} names no cluster"))?
+        .to_string();
+    let user_name = context
+        .get("context")
+        .and_then(|c| c.get("user"))
+        .and_then(Y::as_str)
+        .map(str::to_string);
+    let mut cluster = find("clusters", &cluster_name)?;
+    let server = cluster
+        .get("cluster")
+        .and_then(|c| c.get("server"))
+        .and_then(Y::as_str)
+        .ok_or_else(|| anyhow!("cluster {cluster_name:?} has no server"))?
+        .to_string();
+    if let Some(c) = cluster.get_mut("cluster") {
+        absolutize(c, &["certificate-authority"], &base);
+    }
+    let mut users = Vec::new();
+    if let Some(u) = &user_name {
+        let mut user = find("users", u)?;
+        if let Some(inner) = user.get_mut("user") {
+            absolutize(inner, &["client-certificate", "client-key", "tokenFile"], &base);
+            if let Some(exec) = inner.get_mut("exec") {
+                // A relative command with a separator is relative to the kubeconfig.
+                if let Some(cmd) = exec.get("command").and_then(Y::as_str)
+                    && cmd.contains('/')
+                    && Path::new(cmd).is_relative()
+                {
+                    let abs = base.join(cmd).to_string_lossy().into_owned();
+                    exec["command"] = Y::String(abs);
+                }
+            }
+        }
+        users.push(user);
+    }
+    match context.get_mut("context").and_then(Y::as_mapping_mut) {
+        Some(m) => {
+            m.insert(Y::from("namespace"), Y::from(namespace));
+        }
+        None => bail!("context {current:?} has no context body"),
+    }
+    let mut out = serde_yaml::Mapping::new();
+    out.insert(Y::from("apiVersion"), Y::from("v1"));
+    out.insert(Y::from("kind"), Y::from("Config"));
+    out.insert(Y::from("clusters"), Y::Sequence(vec![cluster]));
+    out.insert(Y::from("users"), Y::Sequence(users));
+    out.insert(Y::from("contexts"), Y::Sequence(vec![context]));
+    out.insert(Y::from("current-context"), Y::from(current));
+    let text = serde_yaml::to_string(&Y::Mapping(out)).context("writing the kubeconfig")?;
+    std::fs::write(dst, text).with_context(|| format!("writing {}", dst.display()))?;
+    Ok(server)
+}
+
+fn absolutize(m: &mut serde_yaml::Value, keys: &[&str], base: &Path) {
+    for k in keys {
+        if let Some(p) = m.get(*k).and_then(serde_yaml::Value::as_str)
+            && !p.is_empty()
+            && Path::new(p).is_relative()
+        {
+            let abs = base.join(p).to_string_lossy().into_owned();
+            m[*k] = serde_yaml::Value::String(abs);
+        }
+    }
 }
 
 /// A `kube::Client` from a kubeconfig file.
@@ -269,9 +691,135 @@ pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
     kube::Client::try_from(cfg).context("building client")
 }
 
+/// Deletes a real cluster's test namespaces (after removing the tests' finalizers in
+/// them and force-deleting their pods) and the given API paths. Best effort: what
+/// cannot be deleted is reported with the command to do it by hand.
+async fn clean_up_external(kubeconfig: &Path, namespaces: &[String], paths: &[String]) {
+    let client = match client_for(kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "workpool-tests: cannot clean up {namespaces:?} {paths:?}: {e:#}; delete them by hand"
+            );
+            return;
+        }
+    };
+    for ns in namespaces {
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        if let Ok(list) = cms.list(&ListParams::default()).await {
+            for cm in list.items {
+                let held = cm
+                    .metadata
+                    .finalizers
+                    .as_ref()
+                    .is_some_and(|f| f.iter().any(|f| f.starts_with(TEST_FINALIZER_PREFIX)));
+                if let (true, Some(name)) = (held, cm.metadata.name.as_deref()) {
+                    let _ = cms
+                        .patch(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                        )
+                        .await;
+                }
+            }
+        }
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+        let _ = pods
+            .delete_collection(
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+                &ListParams::default(),
+            )
+            .await;
+        let nss: Api<Namespace> = Api::all(client.clone());
+        match nss.delete(ns, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                eprintln!(
+                    "workpool-tests: could not delete namespace {ns}: {e}; run `kubectl delete namespace {ns}`"
+                );
+            }
+        }
+    }
+    for path in paths {
+        delete_path(&client, path).await;
+    }
+}
+
+async fn delete_path(client: &kube::Client, path: &str) {
+    let req = match axum::http::Request::delete(path).body(Vec::new()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("workpool-tests: bad cleanup path {path}: {e}");
+            return;
+        }
+    };
+    match client.request::<serde_json::Value>(req).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => eprintln!(
+            "workpool-tests: could not delete {path}: {e}; delete it by hand (kubectl delete --raw {path})"
+        ),
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         // Kubelets go first so their pods' processes stop while the API still answers.
         self.attached.clear();
+        if !self.counted {
+            return;
+        }
+        let kubeconfig = self.kubeconfig.clone();
+        let namespaces = std::mem::take(&mut *lock(&self.namespaces));
+        let paths = std::mem::take(&mut *lock(&self.cleanup_paths));
+        // Drop may run inside a (current-thread) runtime, also while unwinding: do the
+        // requests on a thread of our own with its own runtime and wait for it.
+        let worker = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("workpool-tests: no runtime for cleaning up {namespaces:?}: {e}");
+                    external_users().live -= 1;
+                    return;
+                }
+            };
+            let limit = Duration::from_secs(60);
+            if rt
+                .block_on(tokio::time::timeout(
+                    limit,
+                    clean_up_external(&kubeconfig, &namespaces, &paths),
+                ))
+                .is_err()
+            {
+                eprintln!(
+                    "workpool-tests: cleaning up {namespaces:?} {paths:?} took over {limit:?}; check the cluster"
+                );
+            }
+            // The lock is held while the last user deletes the CRDs, so that a cluster
+            // starting meanwhile sees them terminating (and waits) rather than present.
+            let mut users = external_users();
+            users.live = users.live.saturating_sub(1);
+            if users.live == 0 && !users.created_crds.is_empty() {
+                let crds: Vec<String> = std::mem::take(&mut users.created_crds)
+                    .into_iter()
+                    .map(|n| format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}"))
+                    .collect();
+                let _ = rt.block_on(tokio::time::timeout(
+                    limit,
+                    clean_up_external(&kubeconfig, &[], &crds),
+                ));
+            }
+        });
+        if worker.join().is_err() {
+            eprintln!("workpool-tests: the cleanup thread panicked");
+        }
     }
 }
