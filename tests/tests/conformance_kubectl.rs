@@ -1,15 +1,17 @@
 //! Conformance of the API server double as seen by the real `kubectl` (v1.32).
 //!
 //! Each test starts its own double (with the `tests/fixtures` Widget CRD) and drives
-//! `/usr/bin/kubectl` through the generated kubeconfig. Without kubectl the tests print
-//! why and pass vacuously.
+//! `/usr/bin/kubectl` through the generated kubeconfig, in a namespace of its own (the
+//! kubeconfig's default namespace). Without kubectl the tests print why and pass
+//! vacuously. With `WORKPOOL_E2E_KUBECONFIG` set they run against that real cluster
+//! (`tests/kind/`): pods are made unschedulable so that no container runs anywhere.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use workpool_tests::cluster::{ClusterOptions, TestCluster};
+use workpool_tests::cluster::{ClusterOptions, EXTERNAL_KUBECONFIG_ENV, TestCluster};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -34,12 +36,17 @@ async fn setup(test: &str) -> Option<TestCluster> {
         eprintln!("SKIPPED {test}: {KUBECTL} is not installed");
         return None;
     }
+    let mut opts = ClusterOptions::with_fixtures();
+    opts.own_namespace = true;
     Some(
-        TestCluster::start_with(ClusterOptions::with_fixtures())
+        TestCluster::start_with(opts)
             .await
             .expect("test cluster starts"),
     )
 }
+
+/// `kubectl wait` timeout: long enough for a real cluster's controllers.
+const WAIT: &str = "--timeout=90s";
 
 fn cmd(c: &TestCluster, args: &[&str]) -> Command {
     let mut cmd = Command::new(KUBECTL);
@@ -93,7 +100,9 @@ async fn ok_in(c: &TestCluster, args: &[&str], input: &str) -> String {
     o.stdout
 }
 
-const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: web}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '100']\n";
+/// No scheduler serves `schedulerName`: the pod stays Pending and unbound on a real
+/// cluster too (no image is pulled, no container runs).
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: web}\nspec:\n  schedulerName: workpool-conformance-no-scheduler\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '100']\n";
 
 fn widget(name: &str, spec: &str) -> String {
     format!(
@@ -364,7 +373,10 @@ async fn patch_all_types_and_scale() {
         &[
             "get",
             "--raw",
-            "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale",
+            &format!(
+                "/apis/conformance.workpool.dev/v1/namespaces/{}/widgets/w/scale",
+                c.namespace()
+            ),
         ],
     )
     .await;
@@ -399,7 +411,10 @@ async fn patch_all_types_and_scale() {
         &[
             "get",
             "--raw",
-            "/apis/conformance.workpool.dev/v1/namespaces/default/widgets/w/scale",
+            &format!(
+                "/apis/conformance.workpool.dev/v1/namespaces/{}/widgets/w/scale",
+                c.namespace()
+            ),
         ],
     )
     .await;
@@ -554,7 +569,7 @@ async fn wait_for_condition_and_delete_with_finalizers() {
     ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 1}")).await;
     let waiter = cmd(
         &c,
-        &["wait", "--for=condition=Ready", "widget/w", "--timeout=30s"],
+        &["wait", "--for=condition=Ready", "widget/w", WAIT],
     )
     .spawn()
     .expect("kubectl wait");
@@ -595,7 +610,7 @@ async fn wait_for_condition_and_delete_with_finalizers() {
     )
     .await;
     assert!(!ts.is_empty(), "deletionTimestamp set");
-    let waiter = cmd(&c, &["wait", "--for=delete", "cm/held", "--timeout=30s"])
+    let waiter = cmd(&c, &["wait", "--for=delete", "cm/held", WAIT])
         .spawn()
         .expect("kubectl wait");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -625,11 +640,36 @@ async fn get_watch_prints_changes() {
     let Some(c) = setup("get_watch_prints_changes").await else {
         return;
     };
+    use tokio::io::AsyncBufReadExt;
     ok_in(&c, &["apply", "-f", "-"], &widget("a", "{replicas: 1}")).await;
-    let watcher = cmd(&c, &["get", "widgets", "-w", "--output-watch-events"])
+    let mut watcher = cmd(&c, &["get", "widgets", "-w", "--output-watch-events"])
         .spawn()
         .expect("kubectl get -w");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stdout = watcher.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut text = String::new();
+    // Reads lines until one starts with `prefix` (the watch is then known to be live,
+    // or to have seen everything), however slow the cluster.
+    async fn read_until(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+        text: &mut String,
+        prefix: &str,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {prefix} line from kubectl get -w: {text}"))
+                .expect("read kubectl output")
+                .unwrap_or_else(|| panic!("kubectl get -w ended before {prefix}: {text}"));
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with(prefix) {
+                return;
+            }
+        }
+    }
+    read_until(&mut lines, &mut text, "ADDED").await;
     ok_in(&c, &["apply", "-f", "-"], &widget("b", "{replicas: 2}")).await;
     ok(
         &c,
@@ -644,32 +684,35 @@ async fn get_watch_prints_changes() {
     )
     .await;
     ok(&c, &["delete", "widget", "b"]).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    read_until(&mut lines, &mut text, "DELETED").await;
     let pid = watcher.id().expect("pid");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits")),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("stop kubectl");
-    let out = watcher.wait_with_output().await.expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = watcher.wait().await;
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(
-        rows.first().map(|r| r[..2].to_vec()),
+        rows.first().map(|r| r.iter().take(2).copied().collect::<Vec<_>>()),
         Some(vec!["EVENT", "NAME"]),
         "{text}"
     );
-    let ev: Vec<(&str, &str, &str)> = rows.iter().skip(1).map(|r| (r[0], r[1], r[2])).collect();
+    let ev: Vec<Vec<&str>> = rows
+        .iter()
+        .skip(1)
+        .map(|r| r.iter().take(3).copied().collect())
+        .collect();
     assert_eq!(
         ev,
         [
-            ("ADDED", "a", "1"),
-            ("ADDED", "b", "2"),
-            ("MODIFIED", "a", "7"),
-            ("DELETED", "b", "2")
+            ["ADDED", "a", "1"],
+            ["ADDED", "b", "2"],
+            ["MODIFIED", "a", "7"],
+            ["DELETED", "b", "2"]
         ],
         "{text}"
     );
@@ -700,11 +743,11 @@ async fn garbage_collection_through_kubectl() {
         "Yg=="
     );
     ok(&c, &["delete", "cm", "owner"]).await;
-    ok(&c, &["wait", "--for=delete", "secret/dep", "--timeout=20s"]).await;
+    ok(&c, &["wait", "--for=delete", "secret/dep", WAIT]).await;
     // A dangling owner reference (owner never existed) is collected too.
     let dangling = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: orphan\n  ownerReferences:\n  - {apiVersion: v1, kind: ConfigMap, name: ghost, uid: 00000000-0000-0000-0000-000000000000}\n";
     ok_in(&c, &["apply", "-f", "-"], dangling).await;
-    ok(&c, &["wait", "--for=delete", "cm/orphan", "--timeout=20s"]).await;
+    ok(&c, &["wait", "--for=delete", "cm/orphan", WAIT]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,10 +755,14 @@ async fn typed_create_subcommands_send_protobuf() {
     let Some(c) = setup("typed_create_subcommands_send_protobuf").await else {
         return;
     };
+    // A namespace of the test's own making, named after the test's namespace.
+    let demo = format!("{}-demo", c.namespace());
+    let demo = demo.as_str();
+    c.adopt_namespace(demo);
     assert!(
-        ok(&c, &["create", "namespace", "demo"])
+        ok(&c, &["create", "namespace", demo])
             .await
-            .contains("namespace/demo created")
+            .contains(&format!("namespace/{demo} created"))
     );
     ok(
         &c,
@@ -724,7 +771,7 @@ async fn typed_create_subcommands_send_protobuf() {
             "configmap",
             "c1",
             "-n",
-            "demo",
+            demo,
             "--from-literal=a=b",
         ],
     )
@@ -737,16 +784,16 @@ async fn typed_create_subcommands_send_protobuf() {
             "generic",
             "s1",
             "-n",
-            "demo",
+            demo,
             "--from-literal=url=redis://x:6379/0",
         ],
     )
     .await;
-    ok(&c, &["create", "serviceaccount", "bot", "-n", "demo"]).await;
+    ok(&c, &["create", "serviceaccount", "bot", "-n", demo]).await;
     assert_eq!(
         ok(
             &c,
-            &["get", "cm", "c1", "-n", "demo", "-o", "jsonpath={.data.a}"]
+            &["get", "cm", "c1", "-n", demo, "-o", "jsonpath={.data.a}"]
         )
         .await,
         "b"
@@ -758,23 +805,31 @@ async fn typed_create_subcommands_send_protobuf() {
             "secret",
             "s1",
             "-n",
-            "demo",
+            demo,
             "-o",
             "jsonpath={.type} {.data.url}",
         ],
     )
     .await;
     assert_eq!(secret, "Opaque cmVkaXM6Ly94OjYzNzkvMA==");
-    let sas = ok(&c, &["get", "sa", "-n", "demo", "-o", "name"]).await;
+    // The `default` ServiceAccount is made by a controller on a real cluster: wait.
+    let mut sas = String::new();
+    for _ in 0..300 {
+        sas = ok(&c, &["get", "sa", "-n", demo, "-o", "name"]).await;
+        if sas.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert_eq!(
         sas.lines().collect::<Vec<_>>(),
         ["serviceaccount/bot", "serviceaccount/default"]
     );
-    let dup = kubectl(&c, &["create", "namespace", "demo"]).await;
+    let dup = kubectl(&c, &["create", "namespace", demo]).await;
     assert!(!dup.ok);
     assert_eq!(
         dup.stderr.trim(),
-        "Error from server (AlreadyExists): namespaces \"demo\" already exists"
+        format!("Error from server (AlreadyExists): namespaces \"{demo}\" already exists")
     );
 }
 
@@ -789,7 +844,9 @@ async fn testcluster_binary_serves_kubectl_until_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     let fixtures = workpool_tests::cluster::fixtures_dir();
+    // The binary is the double for people; never let it see a real cluster.
     let mut child = Command::new(env!("CARGO_BIN_EXE_workpool-testcluster"))
+        .env_remove(EXTERNAL_KUBECONFIG_ENV)
         .args(["--port", "0", "--kubeconfig"])
         .arg(&kubeconfig)
         .arg("--crds")
