@@ -248,10 +248,18 @@ impl TestCluster {
             .with_context(|| format!("creating namespace {}", self.namespace))?;
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        // Clusters that publish their CA put it in every namespace, kube-system included.
+        let publishes_ca = self.is_external()
+            && Api::<ConfigMap>::namespaced(self.client.clone(), "kube-system")
+                .get_opt("kube-root-ca.crt")
+                .await
+                .ok()
+                .flatten()
+                .is_some();
         let deadline = tokio::time::Instant::now() + EXTERNAL_SETTLE;
         loop {
             let sa = sas.get_opt("default").await?.is_some();
-            let ca = !self.is_external() || cms.get_opt("kube-root-ca.crt").await?.is_some();
+            let ca = !publishes_ca || cms.get_opt("kube-root-ca.crt").await?.is_some();
             if sa && ca {
                 return Ok(());
             }
@@ -259,7 +267,7 @@ impl TestCluster {
                 bail!(
                     "namespace {} did not get its default ServiceAccount{} within {EXTERNAL_SETTLE:?}",
                     self.namespace,
-                    if self.is_external() {
+                    if publishes_ca {
                         " and kube-root-ca.crt"
                     } else {
                         ""
@@ -589,7 +597,8 @@ fn write_kubeconfig_in(path: &Path, server: &str, namespace: &str) -> Result<()>
 /// absolute. Returns the cluster's server URL.
 fn derive_kubeconfig(src: &Path, dst: &Path, namespace: &str) -> Result<String> {
     use serde_yaml::Value as Y;
-    let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    let text =
+        std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
     let doc: Y = serde_yaml::from_str(&text).context("parsing the kubeconfig")?;
     let base = src
         .canonicalize()
@@ -638,7 +647,11 @@ fn derive_kubeconfig(src: &Path, dst: &Path, namespace: &str) -> Result<String> 
     if let Some(u) = &user_name {
         let mut user = find("users", u)?;
         if let Some(inner) = user.get_mut("user") {
-            absolutize(inner, &["client-certificate", "client-key", "tokenFile"], &base);
+            absolutize(
+                inner,
+                &["client-certificate", "client-key", "tokenFile"],
+                &base,
+            );
             if let Some(exec) = inner.get_mut("exec") {
                 // A relative command with a separator is relative to the kubeconfig.
                 if let Some(cmd) = exec.get("command").and_then(Y::as_str)
@@ -792,11 +805,12 @@ impl Drop for TestCluster {
                 }
             };
             let limit = Duration::from_secs(60);
+            // (The timer is made inside the runtime: `timeout` needs its reactor.)
             if rt
-                .block_on(tokio::time::timeout(
-                    limit,
-                    clean_up_external(&kubeconfig, &namespaces, &paths),
-                ))
+                .block_on(async {
+                    tokio::time::timeout(limit, clean_up_external(&kubeconfig, &namespaces, &paths))
+                        .await
+                })
                 .is_err()
             {
                 eprintln!(
@@ -812,10 +826,9 @@ impl Drop for TestCluster {
                     .into_iter()
                     .map(|n| format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}"))
                     .collect();
-                let _ = rt.block_on(tokio::time::timeout(
-                    limit,
-                    clean_up_external(&kubeconfig, &[], &crds),
-                ));
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(limit, clean_up_external(&kubeconfig, &[], &crds)).await
+                });
             }
         });
         if worker.join().is_err() {

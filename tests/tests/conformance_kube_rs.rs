@@ -723,7 +723,9 @@ async fn pod_binding_and_graceful_deletion() {
             assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
             assert_eq!(
                 s.message,
-                format!("pods \"nosa\" is forbidden: error looking up service account {ns}/missing: serviceaccount \"missing\" not found")
+                format!(
+                    "pods \"nosa\" is forbidden: error looking up service account {ns}/missing: serviceaccount \"missing\" not found"
+                )
             );
         }
         other => panic!("unexpected {other:?}"),
@@ -1284,7 +1286,8 @@ async fn builtins_drop_unknown_fields_and_reject_wrong_types() {
     }
 }
 
-type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 fn crd_established(crd: &Crd) -> bool {
     let conds = crd

@@ -567,12 +567,9 @@ async fn wait_for_condition_and_delete_with_finalizers() {
         return;
     };
     ok_in(&c, &["apply", "-f", "-"], &widget("w", "{replicas: 1}")).await;
-    let waiter = cmd(
-        &c,
-        &["wait", "--for=condition=Ready", "widget/w", WAIT],
-    )
-    .spawn()
-    .expect("kubectl wait");
+    let waiter = cmd(&c, &["wait", "--for=condition=Ready", "widget/w", WAIT])
+        .spawn()
+        .expect("kubectl wait");
     tokio::time::sleep(Duration::from_millis(500)).await;
     ok(&c, &["patch", "widget", "w", "--subresource=status", "--type=merge", "-p",
         r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Test","message":"ok","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#]).await;
@@ -697,7 +694,8 @@ async fn get_watch_prints_changes() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(
-        rows.first().map(|r| r.iter().take(2).copied().collect::<Vec<_>>()),
+        rows.first()
+            .map(|r| r.iter().take(2).copied().collect::<Vec<_>>()),
         Some(vec!["EVENT", "NAME"]),
         "{text}"
     );
