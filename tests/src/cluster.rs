@@ -200,6 +200,13 @@ impl TestCluster {
         Ok(cluster)
     }
 
+    /// Connects to the cluster of the kubeconfig at `path` (its current context), as
+    /// [`start_with`](Self::start_with) does when `WORKPOOL_E2E_KUBECONFIG` is set: own
+    /// namespace, CRDs created only when absent, everything removed on drop.
+    pub async fn connect(path: &Path, opts: ClusterOptions) -> Result<Self> {
+        Self::start_external(path, opts).await
+    }
+
     async fn start_external(path: &Path, opts: ClusterOptions) -> Result<Self> {
         let dir = tempdir()?;
         let namespace = unique_namespace();

@@ -1463,3 +1463,73 @@ async fn kube_rs_event_recorder() {
     );
     assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
 }
+
+/// The real-cluster mode's cleanup, checked with the double standing in for the real
+/// cluster (`TestCluster::connect` is what `WORKPOOL_E2E_KUBECONFIG` selects): a test
+/// body that panics with a finalizer-held object in its namespace leaves no namespace
+/// behind, and the fixture CRD it had to create goes with the last such cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cluster_mode_cleans_up_after_a_failing_test() {
+    use futures::FutureExt;
+    use k8s_openapi::api::core::v1::Namespace;
+    if skip_if_external(
+        "real_cluster_mode_cleans_up_after_a_failing_test",
+        "an API double to stand in for the real cluster",
+    ) {
+        return;
+    }
+    let mut bare = ClusterOptions::default();
+    bare.manifest_dirs.clear();
+    let host = TestCluster::start_with(bare).await.expect("double");
+    let kubeconfig = host.kubeconfig_path().to_path_buf();
+    let crds: Api<Crd> = Api::all(host.client());
+    let nss: Api<Namespace> = Api::all(host.client());
+    let names = std::sync::Mutex::new(Vec::<String>::new());
+    let body = async {
+        let ext = TestCluster::connect(&kubeconfig, ClusterOptions::with_fixtures())
+            .await
+            .expect("connect");
+        assert!(ext.is_external() && ext.double().is_none());
+        let ns = ext.namespace().to_string();
+        assert!(ns.starts_with("wp-test-"), "{ns}");
+        let extra = format!("{ns}-extra");
+        ext.adopt_namespace(&extra);
+        Api::<Namespace>::all(ext.client())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": extra}})).expect("ns"),
+            )
+            .await
+            .expect("extra namespace");
+        let mut held = cm("held", json!({}));
+        held.metadata.finalizers = Some(vec!["conformance.workpool.dev/hold".into()]);
+        Api::<ConfigMap>::default_namespaced(ext.client())
+            .create(&PostParams::default(), &held)
+            .await
+            .expect("held configmap in the test namespace");
+        widgets(&ext)
+            .create(&PostParams::default(), &widget("w", json!({})))
+            .await
+            .expect("widget");
+        names.lock().expect("names").extend([ns, extra]);
+        panic!("a deliberately failing test body");
+    };
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    assert!(outcome.is_err(), "the body panicked");
+    let names = names.lock().expect("names").clone();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        eventually(&format!("namespace {n} deleted"), || async {
+            nss.get_opt(n).await.ok().flatten().is_none()
+        })
+        .await;
+    }
+    eventually("the fixture CRD this run created is deleted", || async {
+        crds.get_opt("widgets.conformance.workpool.dev")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
+}
