@@ -94,6 +94,22 @@ async fn ok(c: &TestCluster, args: &[&str]) -> String {
     o.stdout
 }
 
+/// Runs kubectl until it succeeds with an output `pred` accepts (up to 90 s): for what a
+/// real cluster does asynchronously, like publishing a new CRD's schema.
+async fn ok_eventually(c: &TestCluster, args: &[&str], pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = kubectl(c, args).await;
+        if o.ok && pred(&o.stdout) {
+            return o.stdout;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("kubectl {args:?} did not succeed as expected within 90s: {o:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn ok_in(c: &TestCluster, args: &[&str], input: &str) -> String {
     let o = kubectl_in(c, args, input).await;
     assert!(o.ok, "kubectl {args:?} failed: {o:?}");
@@ -124,7 +140,8 @@ async fn discovery_tables_and_explain() {
         "kubectl did not ask for aggregated discovery"
     );
     assert!(!v.stderr.contains("couldn't get"), "{}", v.stderr);
-    let res = ok(&c, &["api-resources"]).await;
+    // A real apiserver publishes a new CRD in discovery and OpenAPI asynchronously.
+    let res = ok_eventually(&c, &["api-resources"], |o| o.contains("\nwidgets ")).await;
     let line = res
         .lines()
         .find(|l| l.starts_with("widgets "))
@@ -203,7 +220,10 @@ async fn discovery_tables_and_explain() {
             .starts_with("NAMESPACE"),
         "{all}"
     );
-    let ex = ok(&c, &["explain", "widget.spec"]).await;
+    let ex = ok_eventually(&c, &["explain", "widget.spec"], |o| {
+        o.contains("What the widget should be.")
+    })
+    .await;
     assert!(ex.contains("What the widget should be."), "{ex}");
     assert!(ex.contains("replicas"), "{ex}");
 }
