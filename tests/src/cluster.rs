@@ -10,7 +10,8 @@
 //!   works in its own namespace `wp-test-<random>` (the kubeconfig's and the client's
 //!   default namespace), deleted when the cluster is dropped, also after a panic. CRDs
 //!   it had to create are deleted when the last external `TestCluster` of the process
-//!   is dropped. Double-only features ([`TestCluster::double`], `server()`,
+//!   is dropped. [`TestCluster::connect`] does the same for an explicit kubeconfig.
+//!   Double-only features ([`TestCluster::double`], `server()`,
 //!   `faults()`, [`ClusterOptions::server`]) are not available there: check
 //!   [`TestCluster::is_external`] / [`TestCluster::double`] and skip with a reason.
 
@@ -27,8 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The environment variable that switches [`TestCluster`] to a real cluster: the path
-/// of its kubeconfig (its current context is used).
+/// The environment variable that switches [`TestCluster`] to a real cluster: the
+/// absolute path of its kubeconfig (its current context is used; `cargo test` runs tests
+/// in the crate directory, so a relative path is taken from `tests/`).
 pub const EXTERNAL_KUBECONFIG_ENV: &str = "WORKPOOL_E2E_KUBECONFIG";
 
 /// Label put on namespaces and CRDs this crate creates on a real cluster.
