@@ -237,6 +237,13 @@ async fn list_selectors_and_pagination() {
         .expect("page 2");
     assert_eq!(names(second.clone()), ["cm2", "cm3"]);
     assert!(first.metadata.resource_version.is_some());
+    // With a selector the apiserver cannot count what remains, so it says nothing.
+    let selected = api
+        .list(&lp("even").limit(1))
+        .await
+        .expect("selected page 1");
+    assert!(selected.metadata.continue_.is_some());
+    assert_eq!(selected.metadata.remaining_item_count, None);
     // deletecollection with a label selector.
     api.delete_collection(&DeleteParams::default(), &lp("even=yes"))
         .await

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use workpool_tests::cluster::TestCluster;
+use workpool_tests::cluster::{ClusterOptions, TestCluster};
 use workpool_tests::kubelet::testing::{
     container_status, is_ready, phase, wait_pod, wait_pod_gone,
 };
@@ -18,7 +18,11 @@ const T: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_and_are_deleted_despite_api_errors_and_closed_watches() {
-    let cluster = TestCluster::start().await.expect("cluster");
+    // Always the API double: these suites test our process kubelet, which a real
+    // cluster replaces with its own (WORKPOOL_E2E_KUBECONFIG is ignored here).
+    let cluster = TestCluster::start_double(ClusterOptions::default())
+        .await
+        .expect("cluster");
     let client = cluster.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = KubeletConfig::new("node-1", ImageMap::new(), dir.path())

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use workpool_tests::cluster::TestCluster;
+use workpool_tests::cluster::{ClusterOptions, TestCluster};
 use workpool_tests::kubelet::testing::{
     condition, container_status, free_port, is_ready, phase, wait_pod, wait_pod_gone,
     waiting_reason,
@@ -39,7 +39,11 @@ impl Env {
             )
             .with_test_writer()
             .try_init();
-        let cluster = TestCluster::start().await.expect("test cluster starts");
+        // Always the API double: these suites test our process kubelet, which a real
+        // cluster replaces with its own (WORKPOOL_E2E_KUBECONFIG is ignored here).
+        let cluster = TestCluster::start_double(ClusterOptions::default())
+            .await
+            .expect("test cluster starts");
         let client = cluster.client();
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = KubeletConfig::new("node-1", ImageMap::new(), dir.path().join("kubelet"))

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use workpool_tests::cluster::{TestCluster, repo_root};
+use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
 use workpool_tests::kubelet::testing::{
     container_status, free_port, is_ready, phase, wait_pod, wait_pod_gone,
 };
@@ -79,7 +79,11 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
     let bin = worker_binary().unwrap_or_else(|reason| panic!("{reason}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::start().expect("redis-server starts");
-    let cluster = TestCluster::start().await.expect("cluster");
+    // Always the API double: these suites test our process kubelet, which a real
+    // cluster replaces with its own (WORKPOOL_E2E_KUBECONFIG is ignored here).
+    let cluster = TestCluster::start_double(ClusterOptions::default())
+        .await
+        .expect("cluster");
     let client = cluster.client();
     let cfg = KubeletConfig::new(
         "node-1",

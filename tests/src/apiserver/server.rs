@@ -767,7 +767,11 @@ fn list(
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
-        meta["remainingItemCount"] = json!(remaining);
+        // Like the apiserver's etcd store: with a selector the count would include
+        // objects that do not match, so it is left out rather than given wrong.
+        if ls.is_empty() && fs.is_empty() {
+            meta["remainingItemCount"] = json!(remaining);
+        }
     }
     Ok(json_response(
         StatusCode::OK,

@@ -66,7 +66,8 @@ async fn main() -> Result<()> {
     } else {
         opts.manifest_dirs = vec![repo_root().join("crds")];
     }
-    let mut cluster = TestCluster::start_with(opts).await?;
+    // Always the double, even when WORKPOOL_E2E_KUBECONFIG names a real cluster.
+    let mut cluster = TestCluster::start_double(opts).await?;
     let mut image_lines = Vec::new();
     if !args.no_kubelet {
         let mut images = ImageMap::new();
