@@ -65,4 +65,4 @@ fi
 
 cd "$REPO"
 WORKPOOL_E2E_KUBECONFIG="$KUBECONFIG_FILE" cargo test -p workpool-tests \
-    --test conformance_kubectl --test conformance_kube_rs -- "$@"
+    --test conformance_kubectl --test conformance_kube_rs --test conformance_managed_fields -- "$@"
