@@ -126,12 +126,55 @@ async fn run_builtin(b: Builtin, entry: &Entry) -> Result<(), TaskError> {
     }
 }
 
+/// How an optional producer field reaches the handler.
+struct ProducerField {
+    /// The stream entry field the producer sets.
+    field: &'static str,
+    /// The environment variable of an `--exec` handler.
+    env: &'static str,
+    /// The request header of an `--http` handler.
+    header: &'static str,
+}
+
+/// The optional fields a producer may add next to `payload` (DESIGN: `id`, `attempt`):
+/// its own task id (an idempotency key) and its own attempt counter (e.g. on replay from
+/// the dead-letter stream). `WORKPOOL_TASK_ID` stays the stream entry id.
+const PRODUCER_FIELDS: [ProducerField; 2] = [
+    ProducerField {
+        field: "id",
+        env: "WORKPOOL_PRODUCER_ID",
+        header: "X-Workpool-Producer-Id",
+    },
+    ProducerField {
+        field: "attempt",
+        env: "WORKPOOL_ATTEMPT",
+        header: "X-Workpool-Attempt",
+    },
+];
+
+/// The producer fields present on `entry` whose values are usable as an environment
+/// value and a header (printable ASCII); others are left out rather than mangled.
+fn producer_fields(entry: &Entry) -> impl Iterator<Item = (&'static ProducerField, &str)> {
+    PRODUCER_FIELDS.iter().filter_map(|f| {
+        let value = std::str::from_utf8(entry.field(f.field)?).ok()?;
+        let printable = !value.is_empty() && value.chars().all(|c| (' '..='~').contains(&c));
+        printable.then_some((f, value))
+    })
+}
+
 async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), TaskError> {
     let p = payload(entry)?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        // The handler needs the task, not the queue: keep the Redis URL (and the password
+        // it may carry) out of the handler's environment.
+        .env_remove("WORKPOOL_REDIS_URL")
         .env("WORKPOOL_TASK_ID", entry.id.to_string())
-        .env("WORKPOOL_DELIVERY", entry.deliveries.to_string())
+        .env("WORKPOOL_DELIVERY", entry.deliveries.to_string());
+    for (name, value) in producer_fields(entry) {
+        cmd.env(name.env, value);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -215,11 +258,15 @@ impl Drop for GroupGuard {
 
 async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<(), TaskError> {
     let p = payload(entry)?;
-    let resp = client
+    let mut req = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("X-Workpool-Task-Id", entry.id.to_string())
-        .header("X-Workpool-Delivery", entry.deliveries.to_string())
+        .header("X-Workpool-Delivery", entry.deliveries.to_string());
+    for (name, value) in producer_fields(entry) {
+        req = req.header(name.header, value);
+    }
+    let resp = req
         .body(p.to_vec())
         .send()
         .await
@@ -289,7 +336,7 @@ mod tests {
             program: "sh".into(),
             args: vec![
                 "-c".into(),
-                r#"test "$(cat)" = hello && test "$WORKPOOL_TASK_ID" = 1-0 && test "$WORKPOOL_DELIVERY" = 1"#
+                r#"test "$(cat)" = hello && test "$WORKPOOL_TASK_ID" = 1-0 && test "$WORKPOOL_DELIVERY" = 1 && test "$WORKPOOL_PRODUCER_ID" = x && test -z "${WORKPOOL_ATTEMPT+set}""#
                     .into(),
             ],
         };

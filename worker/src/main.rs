@@ -1,7 +1,7 @@
 //! `workpool-worker`: run a worker, submit tasks, or print queue stats.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -199,12 +199,39 @@ fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
     parse_secs_impl(s, true)
 }
 
+/// Log output that never fails: a worker whose stderr is gone (closed pipe, full disk)
+/// must keep working and keep honouring SIGTERM, not die in the logger.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Writes command output to stdout; a reader that went away (`stats | head`) is not an
+/// error worth a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => b.json().init(),
@@ -222,7 +249,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -239,7 +269,7 @@ fn main() -> ExitCode {
             if json_logs {
                 error!("{e:#}");
             } else {
-                eprintln!("error: {e:#}");
+                let _ = writeln!(std::io::stderr(), "error: {e:#}");
             }
             ExitCode::FAILURE
         }
@@ -256,6 +286,27 @@ fn check_names(stream: &str, group: Option<&str>) -> anyhow::Result<()> {
         bail!("--group must not be empty");
     }
     Ok(())
+}
+
+/// Where `program` would be started from (as `execvp` looks it up), or an error naming it.
+fn find_program(program: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return if runnable(&p) {
+            Ok(p)
+        } else {
+            bail!("--exec program {program:?} does not exist or is not executable")
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+        .with_context(|| format!("--exec program {program:?} is not found in PATH"))
 }
 
 fn check_url(url: &str) -> anyhow::Result<redis::Client> {
@@ -291,6 +342,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             .next()
             .filter(|p| !p.is_empty())
             .context("--exec needs a command")?;
+        // A program that cannot start would fail every task into the dead-letter
+        // stream; refuse it at startup instead, where the pod's crash says why.
+        find_program(&program)?;
         (
             Handler::Exec {
                 program,
@@ -387,12 +441,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                     _ = int.recv() => "SIGINT",
                 };
                 n += 1;
+                // Act first, then log: the log line must never stand between a signal
+                // and the drain it asks for.
                 if n == 1 {
-                    info!(signal = name, "received signal: draining");
                     shutdown.cancel();
+                    info!(signal = name, "received signal: draining");
                 } else {
-                    info!(signal = name, "received a second signal: stopping now");
                     hard_stop.cancel();
+                    info!(signal = name, "received a second signal: stopping now");
                 }
             }
         });
@@ -467,7 +523,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
             Err(e) => bail!("enqueue failed after {done} tasks: {e}"),
         }
     }
-    println!("enqueued {done}");
+    emit(&format!("enqueued {done}\n"))?;
     Ok(())
 }
 
@@ -481,42 +537,49 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     }
     let st = q.stats(&mut conn).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&st)?))
     } else {
-        print_stats(&st);
+        emit(&format_stats(&st))
     }
-    Ok(())
 }
 
-fn print_stats(st: &QueueStats) {
-    println!(
-        "stream:        {} (exists: {}, length: {})",
-        st.stream, st.stream_exists, st.stream_length
-    );
-    println!("group:         {} (exists: {})", st.group, st.group_exists);
-    println!("backlog:       {}", st.backlog);
-    println!(
-        "lag:           {}{}",
+fn format_stats(st: &QueueStats) -> String {
+    let lag_note = if st.lag_computed {
+        " (computed: redis reported nil)"
+    } else {
+        ""
+    };
+    let oldest = match st.oldest_pending_age_ms {
+        Some(ms) => format!("{:.3}s", ms as f64 / 1000.0),
+        None => "-".to_string(),
+    };
+    let mut out = format!(
+        "stream:        {} (exists: {}, length: {})\n\
+         group:         {} (exists: {})\n\
+         backlog:       {}\n\
+         lag:           {}{lag_note}\n\
+         pending:       {}\n\
+         dead letters:  {}\n\
+         oldest pending: {oldest}\n\
+         consumers:     {}\n",
+        st.stream,
+        st.stream_exists,
+        st.stream_length,
+        st.group,
+        st.group_exists,
+        st.backlog,
         st.lag,
-        if st.lag_computed {
-            " (computed: redis reported nil)"
-        } else {
-            ""
-        }
+        st.pending,
+        st.dead_letters,
+        st.consumers.len(),
     );
-    println!("pending:       {}", st.pending);
-    println!("dead letters:  {}", st.dead_letters);
-    match st.oldest_pending_age_ms {
-        Some(ms) => println!("oldest pending: {:.3}s", ms as f64 / 1000.0),
-        None => println!("oldest pending: -"),
-    }
-    println!("consumers:     {}", st.consumers.len());
     for c in &st.consumers {
-        println!(
-            "  {:<30} pending {:>8}  idle {:>10.3}s",
+        out += &format!(
+            "  {:<30} pending {:>8}  idle {:>10.3}s\n",
             c.name,
             c.pending,
             c.idle_ms as f64 / 1000.0
         );
     }
+    out
 }

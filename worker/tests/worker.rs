@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Worker, conn, enqueue, http_get, read_lines, side_file, stats, wait_until};
 use nix::sys::signal::Signal;
-use workpool_worker::queue::Queue;
+use workpool_worker::queue::{self, Queue};
 use workpool_worker::testing::{Persistence, RedisServer};
 
 fn submit(url: &str, stream: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -693,6 +693,14 @@ fn bad_flags_and_payloads_fail_with_a_clear_error() {
         ),
         ([&base[..], &["--http", "ftp://x/"]].concat(), "--http"),
         (
+            [&base[..], &["--exec", "workpool-no-such-handler"]].concat(),
+            "\"workpool-no-such-handler\" is not found in PATH",
+        ),
+        (
+            [&base[..], &["--exec", "/nonexistent/handler"]].concat(),
+            "does not exist or is not executable",
+        ),
+        (
             vec![
                 "run",
                 "--redis-url",
@@ -861,4 +869,139 @@ async fn sigterm_hands_back_tasks_waiting_to_retry_at_once() {
         p[0].idle_ms
     );
     assert_eq!(stats(&url, &q).await.dead_letters, 0);
+}
+
+/// Configured only through `WORKPOOL_*` environment, as the operator configures pods:
+/// the `--exec` handler sees the task (entry id, delivery, the producer's `id` and
+/// `attempt`) but not the Redis URL, which may carry a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_configured_worker_hands_producer_fields_but_not_the_redis_url_to_handlers() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seen = side_file(&dir, "seen");
+    let q = Queue::new("envjobs", "envpool");
+    let mut c = conn(&url).await;
+    let tasks = [queue::NewTask {
+        payload: b"{}",
+        id: Some("order-42"),
+        attempt: Some(3),
+    }];
+    let ids = q.enqueue(&mut c, &tasks).await.expect("enqueue");
+    let script = format!(
+        "cat >/dev/null; echo \"$WORKPOOL_TASK_ID|$WORKPOOL_PRODUCER_ID|$WORKPOOL_ATTEMPT|${{WORKPOOL_REDIS_URL-unset}}\" >> {seen}"
+    );
+    let mut child = Command::new(common::BIN)
+        .arg("run")
+        .env("WORKPOOL_REDIS_URL", &url)
+        .env("WORKPOOL_STREAM", "envjobs")
+        .env("WORKPOOL_GROUP", "envpool")
+        .env("WORKPOOL_CONSUMER", "env-1")
+        .env("WORKPOOL_METRICS_ADDR", "127.0.0.1:0")
+        .env("WORKPOOL_EXEC", &script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    wait_until(Duration::from_secs(20), "task handled", || async {
+        !read_lines(&seen).is_empty()
+    })
+    .await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let status = child.wait().expect("worker exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(read_lines(&seen), [format!("{}|order-42|3|unset", ids[0])]);
+}
+
+/// A worker whose stderr is a closed pipe (its log reader went away) keeps working and
+/// still drains and exits 0 on SIGTERM instead of dying in the logger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stderr_does_not_stop_the_worker_or_its_drain() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("quiet", "pool");
+    let mut child = Command::new(common::BIN)
+        .args([
+            "run",
+            "--redis-url",
+            &url,
+            "--stream",
+            "quiet",
+            "--group",
+            "pool",
+        ])
+        .args([
+            "--consumer",
+            "q1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--builtin",
+            "noop",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    // Read the first log line, then close our end: every later log write hits EPIPE.
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        let mut reader = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        reader.read_line(&mut first).expect("first log line");
+    }
+    let payloads: Vec<String> = (0..50).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&url, &q, &refs).await;
+    wait_until(Duration::from_secs(20), "tasks drained", || async {
+        let st = stats(&url, &q).await;
+        st.stream_length == 0 && st.pending == 0
+    })
+    .await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker ignored SIGTERM with a closed stderr"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// `stats` whose reader went away (`stats | head -1`) exits quietly instead of panicking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_into_a_closed_pipe_does_not_panic() {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut child = Command::new(common::BIN)
+        .args([
+            "stats",
+            "--redis-url",
+            &redis.url(),
+            "--stream",
+            "s",
+            "--group",
+            "g",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stats");
+    // Close the read end before stats has connected to Redis: its output hits EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("stats exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{} {stderr}", out.status);
 }
