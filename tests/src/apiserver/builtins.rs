@@ -363,106 +363,54 @@ pub fn field_value(obj: &Value, field: &str) -> String {
     }
 }
 
-fn mv(from: &mut Map<String, Value>, to: &mut Map<String, Value>, a: &str, b: &str) {
-    if let Some(v) = from.remove(a) {
-        to.insert(b.into(), v);
+/// Fields of an Event as (events.k8s.io/v1 name, core/v1 name): both views of one
+/// stored object, as the apiserver converts between them.
+const EVENT_FIELDS: [(&str, &str); 14] = [
+    ("metadata", "metadata"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("action", "action"),
+    ("eventTime", "eventTime"),
+    ("related", "related"),
+    ("reportingInstance", "reportingInstance"),
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+/// Renames the Event fields from one view to the other; `to_v1` picks the direction.
+fn convert_event(ev: &Value, to_v1: bool, api_version: &str) -> Value {
+    let mut src = ev.as_object().cloned().unwrap_or_default();
+    let mut out = Map::new();
+    for (v1, core) in EVENT_FIELDS {
+        let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+        if let Some(v) = src.remove(from) {
+            out.insert(to.into(), v);
+        }
     }
+    if let Some(series) = src.remove("series") {
+        out.insert(
+            "series".into(),
+            json!({"count": series["count"], "lastObservedTime": series["lastObservedTime"]}),
+        );
+    }
+    out.insert("apiVersion".into(), json!(api_version));
+    out.insert("kind".into(), json!("Event"));
+    Value::Object(out)
 }
 
 /// events.k8s.io/v1 Event → the stored core/v1 Event.
 pub fn event_from_v1(ev: &Value) -> Value {
-    let mut src = ev.as_object().cloned().unwrap_or_default();
-    let mut out = Map::new();
-    for k in [
-        "metadata",
-        "reason",
-        "type",
-        "action",
-        "eventTime",
-        "related",
-        "reportingInstance",
-    ] {
-        mv(&mut src, &mut out, k, k);
-    }
-    mv(&mut src, &mut out, "regarding", "involvedObject");
-    mv(&mut src, &mut out, "note", "message");
-    mv(
-        &mut src,
-        &mut out,
-        "reportingController",
-        "reportingComponent",
-    );
-    mv(&mut src, &mut out, "deprecatedSource", "source");
-    mv(
-        &mut src,
-        &mut out,
-        "deprecatedFirstTimestamp",
-        "firstTimestamp",
-    );
-    mv(
-        &mut src,
-        &mut out,
-        "deprecatedLastTimestamp",
-        "lastTimestamp",
-    );
-    mv(&mut src, &mut out, "deprecatedCount", "count");
-    if let Some(series) = src.remove("series") {
-        out.insert(
-            "series".into(),
-            json!({"count": series["count"], "lastObservedTime": series["lastObservedTime"]}),
-        );
-    }
-    out.insert("apiVersion".into(), json!("v1"));
-    out.insert("kind".into(), json!("Event"));
-    Value::Object(out)
+    convert_event(ev, false, "v1")
 }
 
 /// The stored core/v1 Event → its events.k8s.io/v1 view.
 pub fn event_to_v1(ev: &Value) -> Value {
-    let mut src = ev.as_object().cloned().unwrap_or_default();
-    let mut out = Map::new();
-    for k in [
-        "metadata",
-        "reason",
-        "type",
-        "action",
-        "eventTime",
-        "related",
-        "reportingInstance",
-    ] {
-        mv(&mut src, &mut out, k, k);
-    }
-    mv(&mut src, &mut out, "involvedObject", "regarding");
-    mv(&mut src, &mut out, "message", "note");
-    mv(
-        &mut src,
-        &mut out,
-        "reportingComponent",
-        "reportingController",
-    );
-    mv(&mut src, &mut out, "source", "deprecatedSource");
-    mv(
-        &mut src,
-        &mut out,
-        "firstTimestamp",
-        "deprecatedFirstTimestamp",
-    );
-    mv(
-        &mut src,
-        &mut out,
-        "lastTimestamp",
-        "deprecatedLastTimestamp",
-    );
-    mv(&mut src, &mut out, "count", "deprecatedCount");
-    if let Some(series) = src.remove("series") {
-        out.insert(
-            "series".into(),
-            json!({"count": series["count"], "lastObservedTime": series["lastObservedTime"]}),
-        );
-    }
-    out.insert("apiVersion".into(), json!("events.k8s.io/v1"));
-    out.insert("kind".into(), json!("Event"));
-    Value::Object(out)
+    convert_event(ev, true, "events.k8s.io/v1")
 }
 
 #[cfg(test)]
