@@ -871,6 +871,17 @@ async fn sigterm_hands_back_tasks_waiting_to_retry_at_once() {
     assert_eq!(stats(&url, &q).await.dead_letters, 0);
 }
 
+/// Kills a worker started directly with `Command` when the test ends, pass or fail, so
+/// a failing assertion never leaves a worker process behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Configured only through `WORKPOOL_*` environment, as the operator configures pods:
 /// the `--exec` handler sees the task (entry id, delivery, the producer's `id` and
 /// `attempt`) but not the Redis URL, which may carry a password.
@@ -891,7 +902,7 @@ async fn env_configured_worker_hands_producer_fields_but_not_the_redis_url_to_ha
     let script = format!(
         "cat >/dev/null; echo \"$WORKPOOL_TASK_ID|$WORKPOOL_PRODUCER_ID|$WORKPOOL_ATTEMPT|${{WORKPOOL_REDIS_URL-unset}}\" >> {seen}"
     );
-    let mut child = Command::new(common::BIN)
+    let child = Command::new(common::BIN)
         .arg("run")
         .env("WORKPOOL_REDIS_URL", &url)
         .env("WORKPOOL_STREAM", "envjobs")
@@ -904,15 +915,16 @@ async fn env_configured_worker_hands_producer_fields_but_not_the_redis_url_to_ha
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn worker");
+    let mut child = Reap(child);
     wait_until(Duration::from_secs(20), "task handled", || async {
         !read_lines(&seen).is_empty()
     })
     .await;
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         Signal::SIGTERM,
     );
-    let status = child.wait().expect("worker exits");
+    let status = child.0.wait().expect("worker exits");
     assert!(status.success(), "{status}");
     assert_eq!(read_lines(&seen), [format!("{}|order-42|3|unset", ids[0])]);
 }
@@ -924,7 +936,7 @@ async fn closed_stderr_does_not_stop_the_worker_or_its_drain() {
     let redis = RedisServer::start().expect("redis-server");
     let url = redis.url();
     let q = Queue::new("quiet", "pool");
-    let mut child = Command::new(common::BIN)
+    let child = Command::new(common::BIN)
         .args([
             "run",
             "--redis-url",
@@ -947,11 +959,12 @@ async fn closed_stderr_does_not_stop_the_worker_or_its_drain() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn worker");
+    let mut child = Reap(child);
     // Read the first log line, then close our end: every later log write hits EPIPE.
     {
         use std::io::BufRead;
         let mut first = String::new();
-        let mut reader = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut reader = std::io::BufReader::new(child.0.stderr.take().expect("stderr"));
         reader.read_line(&mut first).expect("first log line");
     }
     let payloads: Vec<String> = (0..50).map(|i| format!("{{\"n\":{i}}}")).collect();
@@ -963,12 +976,12 @@ async fn closed_stderr_does_not_stop_the_worker_or_its_drain() {
     })
     .await;
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         Signal::SIGTERM,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
+        if let Some(s) = child.0.try_wait().expect("try_wait") {
             break s;
         }
         assert!(
