@@ -206,6 +206,9 @@ jobs removed on completion (workpool acknowledges and deletes its entries too).
 - workpool drain: wall time from spawning `workpool-worker run --builtin noop` until the
   stream is empty (entries are deleted on ack; polled every 5 ms), startup included.
   BullMQ drain: from creating the `Worker` until its N-th `completed` event.
+- Both share the machine with the one `redis-server`; on a 2-core VM rounds vary by up
+  to about 30%, hence alternating order and the median. The ratio, not the absolute
+  numbers, is the result.
 - The benchmark is its own command and never part of the test suite.
 """
     with open(args.out, "w") as f:
