@@ -23,4 +23,5 @@ bench:  ## benchmark one workpool-worker against BullMQ; writes BENCHMARKS.md
 	python3 bench/run.py
 
 testcluster:  ## run the test control plane (API double + process kubelet) for kubectl
+	cargo build -p workpool-worker  # the worker image maps to this binary
 	cargo run -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig
