@@ -156,41 +156,32 @@ fn start(
             )));
         }
     };
-    let rv_match = q(query, "resourceVersionMatch").unwrap_or("");
-    if q(query, "sendInitialEvents").is_some() && rv_match != "NotOlderThan" {
-        return Err(ApiError::invalid(
+    // Invalid ListOptions combinations, refused like the apiserver's validation.
+    let forbidden_option = |field: &str, message: &str| {
+        ApiError::invalid(
             "meta.k8s.io",
             "ListOptions",
             "",
-            &[super::status::cause(
-                "FieldValueForbidden",
-                "resourceVersionMatch",
-                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-            )],
+            &[super::status::cause("FieldValueForbidden", field, message)],
+        )
+    };
+    let rv_match = q(query, "resourceVersionMatch").unwrap_or("");
+    if q(query, "sendInitialEvents").is_some() && rv_match != "NotOlderThan" {
+        return Err(forbidden_option(
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
         ));
     }
     if send_initial && !bookmarks {
-        return Err(ApiError::invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            &[super::status::cause(
-                "FieldValueForbidden",
-                "allowWatchBookmarks",
-                "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
-            )],
+        return Err(forbidden_option(
+            "allowWatchBookmarks",
+            "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
         ));
     }
     if !send_initial && !rv_match.is_empty() {
-        return Err(ApiError::invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            &[super::status::cause(
-                "FieldValueForbidden",
-                "resourceVersionMatch",
-                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-            )],
+        return Err(forbidden_option(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
         ));
     }
     let timeout = q(query, "timeoutSeconds")
