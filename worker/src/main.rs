@@ -218,7 +218,6 @@ impl std::io::Write for LossyStderr {
 /// Writes command output to stdout; a reader that went away (`stats | head`) is not an
 /// error worth a panic.
 fn emit(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
