@@ -1,0 +1,191 @@
+"""Shared helpers of the chart tests: render the chart with the real Helm library
+(helm-python-sdk, Helm v4), find tools, and skip or fail when something is missing.
+
+With CI=true a missing component (a Python package, promtool, prometheus, redis-server,
+the workpool-worker binary, crds/workpool.yaml) fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "workpool"
+RELEASE = "wp"
+NAMESPACE = "workpool-system"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Kubernetes versions the manifests must be valid for: the test cluster's (tests/k8s
+# pins v1.37.2) and the kind quickstart's (tests/kind: v1.32).
+KUBE_VERSIONS = ("1.37.0", "1.32.0")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def missing(what: str) -> None:
+    """Skip (locally) or fail (CI=true): a component the test needs is not there."""
+    msg = f"{what} (scripts/chart-test.sh installs it)"
+    if CI:
+        pytest.fail(f"CI=true and {msg}")
+    pytest.skip(msg)
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        missing(f"`{name}` is not installed")
+    return path  # type: ignore[return-value]
+
+
+def helm():
+    try:
+        import helm_python
+    except ImportError:
+        missing("the Python package helm-python-sdk is not installed")
+    return helm_python
+
+
+@dataclass
+class Doc:
+    template: str  # e.g. workpool/templates/redis.yaml
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.obj.get("kind", "")
+
+    @property
+    def name(self) -> str:
+        return self.obj.get("metadata", {}).get("name", "")
+
+    @property
+    def hook(self) -> str | None:
+        return (self.obj.get("metadata", {}).get("annotations") or {}).get("helm.sh/hook")
+
+
+class Rendered(list):
+    """The documents of one render, in template order."""
+
+    notes: str = ""
+
+    def of(self, kind: str) -> list[Doc]:
+        return [d for d in self if d.kind == kind]
+
+    def one(self, kind: str, name_suffix: str = "") -> Doc:
+        docs = [d for d in self.of(kind) if d.name.endswith(name_suffix)]
+        assert len(docs) == 1, f"expected one {kind} named *{name_suffix}, got {[d.name for d in docs]}"
+        return docs[0]
+
+    def kinds(self) -> set[str]:
+        return {d.kind for d in self}
+
+
+def render(values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
+    """Renders the chart offline (lookup returns nothing) with the real Helm engine.
+    Schema violations and `fail` calls raise helm_python.HelmError."""
+    h = helm()
+    with h.Chart.load(str(CHART)) as chart:
+        out = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
+    docs = Rendered()
+    for template, text in sorted(out.items()):
+        if template.endswith("NOTES.txt"):
+            docs.notes = text
+            continue
+        for obj in yaml.safe_load_all(text):
+            if obj:
+                docs.append(Doc(template, obj))
+    return docs
+
+
+# The values matrix every structural test runs over: each entry is something a user
+# does. Keys are test ids.
+MATRIX: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ha-operator": {"operator": {"replicas": 3}},
+    "leader-election-one-replica": {"operator": {"leaderElection": {"enabled": True}}},
+    "monitoring-on": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
+            "podMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"},
+                           "namespaces": ["jobs", "batch"]},
+            "prometheusRule": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"},
+                               "namespace": "monitoring"},
+        },
+        "dashboards": {"namespace": "monitoring", "annotations": {"grafana_folder": "workpool"}},
+    },
+    "external-redis-url": {"redis": {"enabled": False}, "externalRedis": {"url": "redis://redis.data.svc:6379/0"}},
+    "external-redis-secret": {
+        "redis": {"enabled": False},
+        "externalRedis": {"existingSecret": {"name": "queue-redis", "key": "url"}},
+    },
+    "no-redis-no-tests": {"redis": {"enabled": False}, "tests": {"enabled": False}},
+    "redis-ephemeral": {"redis": {"persistence": {"enabled": False}, "maxmemory": "256mb", "appendfsync": "always"}},
+    "redis-tuned": {
+        "redis": {
+            "auth": {"password": "s3cret-Pass_word"},
+            "persistence": {"storageClass": "fast", "size": "20Gi", "retainOnUninstall": True},
+        }
+    },
+    "crds-off": {"crds": {"install": False}},
+    "crds-not-kept": {"crds": {"keep": False}},
+    "minimal": {
+        "metrics": {"service": {"enabled": False}},
+        "dashboards": {"enabled": False},
+        "tests": {"enabled": False},
+        "redis": {"enabled": False},
+    },
+    "pinned-digests": {
+        "operator": {"image": {"digest": "sha256:" + "a" * 64}},
+        "worker": {"image": {"tag": "0.2.0"}},
+        "redis": {"image": {"repository": "registry.local/redis", "tag": "7.2"}},
+    },
+    "existing-service-account": {
+        "serviceAccount": {"create": False, "name": "platform-operator"},
+        "rbac": {"create": False},
+    },
+    "scheduling": {
+        "fullnameOverride": "pools",
+        "commonLabels": {"team": "platform"},
+        "operator": {
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+            "priorityClassName": "system-cluster-critical",
+            "extraEnv": [{"name": "WORKPOOL_EXTRA", "value": "1"}],
+            "extraArgs": ["--some-flag"],
+            "podAnnotations": {"example.com/a": "b"},
+            "logFormat": "text",
+            "logLevel": "debug",
+        },
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def rendered_matrix() -> dict[str, Rendered]:
+    return {key: render(values) for key, values in MATRIX.items()}
+
+
+def pod_specs(docs: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec in a render: Deployments, StatefulSets, Pods, and the pod templates
+    of WorkPools (which the operator turns into pods)."""
+    out = []
+    for d in docs:
+        if d.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            out.append((f"{d.kind}/{d.name}", d.obj["spec"]["template"]["spec"]))
+        elif d.kind == "Pod":
+            out.append((f"Pod/{d.name}", d.obj["spec"]))
+        elif d.kind == "WorkPool":
+            out.append((f"WorkPool/{d.name}", d.obj["spec"]["template"]["spec"]))
+    return out
+
+
+def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
