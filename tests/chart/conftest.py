@@ -30,9 +30,9 @@ KUBE_VERSIONS = ("1.37.0", "1.32.0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def missing(what: str) -> None:
+def missing(what: str, how: str = "scripts/chart-test.sh installs it") -> None:
     """Skip (locally) or fail (CI=true): a component the test needs is not there."""
-    msg = f"{what} (scripts/chart-test.sh installs it)"
+    msg = f"{what} ({how})"
     if CI:
         pytest.fail(f"CI=true and {msg}")
     pytest.skip(msg)

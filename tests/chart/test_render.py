@@ -109,16 +109,19 @@ def test_leader_election_follows_replicas():
     single = render()
     dep = single.one("Deployment").obj
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["WORKPOOL_LEADER_ELECTION"]["value"] == "false"
+    assert env["WORKPOOL_LEADER_ELECT"]["value"] == "false"
     assert dep["spec"]["strategy"]["type"] == "Recreate", "one operator without election must never overlap another"
+    assert "WORKPOOL_LEASE_NAMESPACE" not in env
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert not single.of("Role") and not single.of("RoleBinding") and not single.of("PodDisruptionBudget")
 
     for values in (MATRIX["ha-operator"], MATRIX["leader-election-one-replica"]):
         docs = render(values)
         dep = docs.one("Deployment").obj
         env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env["WORKPOOL_LEADER_ELECTION"]["value"] == "true"
+        assert env["WORKPOOL_LEADER_ELECT"]["value"] == "true"
         assert env["WORKPOOL_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        assert env["WORKPOOL_LEASE_NAME"]["value"] == dep["metadata"]["name"]
         assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
         role = docs.one("Role")
         assert role.obj["metadata"]["namespace"] == NAMESPACE
@@ -142,6 +145,7 @@ def test_operator_deployment():
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["RUST_LOG"] == "info" and env["WORKPOOL_LOG_FORMAT"] == "json"
+    assert env["WORKPOOL_OPERATOR_METRICS_ADDR"] == "0.0.0.0:8080", "the probes and the Service use port 8080"
     assert pod["serviceAccountName"] == docs.one("ServiceAccount", "-operator").name
     assert pod["securityContext"]["runAsUser"] == 65532
     # the selector selects the pod template, and the metrics Service selects the pods
