@@ -174,7 +174,7 @@ def variables(single_pool: bool) -> dict:
                 "hide": 0,
                 "refresh": 1,
             },
-            query_var("namespace", "Namespace", "label_values(workpool_desired_replicas, namespace)", True),
+            query_var("namespace", "Namespace", "label_values(workpool_desired_replicas, namespace)", not single_pool),
             query_var(
                 "workpool",
                 "WorkPool",
