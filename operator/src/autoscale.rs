@@ -228,8 +228,11 @@ pub struct Observation {
     pub now: Duration,
     /// The queue's backlog, or that it could not be read.
     pub backlog: Backlog,
-    /// The replica count the pool is currently sized for (the previous desired count,
-    /// like HPA's `scale.spec.replicas`); pods already terminating are not part of it.
+    /// The replica count the pool is currently sized for: the previous decision's
+    /// `desired_replicas` (what `status.desiredReplicas` says), like HPA's
+    /// `scale.spec.replicas`. Not the number of pods that exist at this instant: pods
+    /// still being created or deleted would read as changes the policy did not make and
+    /// upset its rate limits. For a pool seen for the first time, the live pod count.
     pub current_replicas: u32,
     /// How many of those pods are ready; pods not ready are not counted as capacity.
     pub ready_replicas: u32,
