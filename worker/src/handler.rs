@@ -11,6 +11,18 @@ use crate::queue::Entry;
 /// How many bytes of a failing process's stderr (or an HTTP error body) become the error.
 pub const ERROR_TAIL_BYTES: usize = 2048;
 
+/// The exit code by which an `--exec` handler says "never retry this task": the task goes
+/// straight to the dead-letter stream with the handler's stderr tail as the reason. (Chosen
+/// outside the range of `sysexits.h`, 64-78, where 75 means *temporary* failure, and of
+/// the shells' 126-165.)
+pub const PERMANENT_FAILURE_EXIT_CODE: i32 = 100;
+
+/// Whether an HTTP status from an `--http` handler means "never retry": 4xx, except 408
+/// (Request Timeout) and 429 (Too Many Requests), which say "try again later".
+pub fn is_permanent_http_status(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
 /// Why a task failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskError {
@@ -18,6 +30,10 @@ pub enum TaskError {
     Retryable(String),
     /// The entry itself is bad (no payload, invalid JSON, ...): dead-letter it at once.
     Malformed(String),
+    /// The handler said never to retry it (`--exec` exit code
+    /// [`PERMANENT_FAILURE_EXIT_CODE`], `--http` 4xx other than 408/429): dead-letter it
+    /// at once.
+    Permanent(String),
 }
 
 impl std::fmt::Display for TaskError {
@@ -25,6 +41,7 @@ impl std::fmt::Display for TaskError {
         match self {
             TaskError::Retryable(e) => f.write_str(e),
             TaskError::Malformed(e) => write!(f, "malformed task: {e}"),
+            TaskError::Permanent(e) => write!(f, "permanent failure: {e}"),
         }
     }
 }
@@ -232,11 +249,16 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
         }
     };
     let t = tail(&err_buf);
-    Err(TaskError::Retryable(if t.is_empty() {
+    let msg = if t.is_empty() {
         format!("{program}: {what}")
     } else {
         format!("{program}: {what}: {t}")
-    }))
+    };
+    Err(if status.code() == Some(PERMANENT_FAILURE_EXIT_CODE) {
+        TaskError::Permanent(msg)
+    } else {
+        TaskError::Retryable(msg)
+    })
 }
 
 /// Kills the process group of an exec handler that is dropped before it finished (task
@@ -277,17 +299,32 @@ async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<
     }
     let body = resp.bytes().await.unwrap_or_default();
     let t = tail(&body);
-    Err(TaskError::Retryable(if t.is_empty() {
+    let msg = if t.is_empty() {
         format!("POST {url}: HTTP {status}")
     } else {
         format!("POST {url}: HTTP {status}: {t}")
-    }))
+    };
+    Err(if is_permanent_http_status(status.as_u16()) {
+        TaskError::Permanent(msg)
+    } else {
+        TaskError::Retryable(msg)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::queue::EntryId;
+
+    #[test]
+    fn permanent_http_statuses() {
+        for s in [400, 401, 403, 404, 410, 413, 422, 499] {
+            assert!(is_permanent_http_status(s), "{s}");
+        }
+        for s in [200, 301, 408, 429, 500, 502, 503, 504] {
+            assert!(!is_permanent_http_status(s), "{s}");
+        }
+    }
 
     fn entry(payload: Option<&[u8]>) -> Entry {
         Entry {
@@ -355,6 +392,14 @@ mod tests {
                 assert!(m.ends_with("boom"), "{m}");
             }
             other => panic!("unexpected {other:?}"),
+        }
+        let permanent = Handler::Exec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo cannot parse >&2; exit 100".into()],
+        };
+        match permanent.run(&entry(Some(b""))).await {
+            Err(TaskError::Permanent(m)) => assert!(m.ends_with("cannot parse"), "{m}"),
+            other => panic!("exit 100 must be a permanent failure: {other:?}"),
         }
         let missing = Handler::Exec {
             program: "/nonexistent/workpool-handler".into(),

@@ -4,8 +4,6 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -98,8 +96,10 @@ struct RunArgs {
     #[arg(long, env = "WORKPOOL_BATCH", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: Option<u32>,
     /// Seconds a task may stay unacknowledged by a silent worker before it is reclaimed
-    /// (fractions allowed). Live workers renew their leases every third of it.
-    #[arg(long, env = "WORKPOOL_VISIBILITY_TIMEOUT", default_value = "300", value_parser = parse_secs)]
+    /// (fractions allowed). Live workers renew their leases every third of it, so tasks
+    /// may run longer; a shorter timeout brings a dead worker's tasks back sooner, but a
+    /// worker cut off from Redis for longer than it loses its tasks to others.
+    #[arg(long, env = "WORKPOOL_VISIBILITY_TIMEOUT", default_value = "30", value_parser = parse_secs)]
     visibility_timeout: Duration,
     /// Deliveries of a task before it goes to the dead-letter stream.
     #[arg(long, env = "WORKPOOL_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -403,10 +403,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     let metrics = Metrics::new().context("creating metrics")?;
-    let health = Health {
-        metrics,
-        ready: Arc::new(AtomicBool::new(false)),
-    };
+    let health = Health::new(metrics);
     let http_stop = CancellationToken::new();
     let (bound, http) =
         workpool_worker::metrics::serve(a.metrics_addr, health.clone(), http_stop.clone())
@@ -543,10 +540,20 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
 }
 
 fn format_stats(st: &QueueStats) -> String {
-    let lag_note = if st.lag_computed {
-        " (computed: redis reported nil)"
+    let lag_note = if st.lag_estimated {
+        " (estimated: too many entries to count)"
+    } else if st.lag_computed {
+        " (counted: redis reported none or a wrong one)"
     } else {
         ""
+    };
+    let deleted_note = if st.pending_deleted > 0 {
+        format!(
+            " ({} of them deleted from the stream: not in the backlog)",
+            st.pending_deleted
+        )
+    } else {
+        String::new()
     };
     let oldest = match st.oldest_pending_age_ms {
         Some(ms) => format!("{:.3}s", ms as f64 / 1000.0),
@@ -557,7 +564,7 @@ fn format_stats(st: &QueueStats) -> String {
          group:         {} (exists: {})\n\
          backlog:       {}\n\
          lag:           {}{lag_note}\n\
-         pending:       {}\n\
+         pending:       {}{deleted_note}\n\
          dead letters:  {}\n\
          oldest pending: {oldest}\n\
          consumers:     {}\n",

@@ -122,21 +122,58 @@ impl Metrics {
     }
 }
 
-/// Shared state of the HTTP endpoints.
+/// Shared state of the HTTP endpoints. Ready = the reader is reading, Redis answers the
+/// health ping in time, and the worker is not shutting down.
 #[derive(Clone)]
 pub struct Health {
     /// Metrics.
     pub metrics: Metrics,
-    /// True while connected to Redis and reading.
+    /// True while connected to Redis and reading (set by the reader).
     pub ready: Arc<AtomicBool>,
+    /// False while Redis does not answer the health ping within its short timeout.
+    redis_ok: Arc<AtomicBool>,
+    /// True from shutdown on.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Health {
-    /// Sets readiness (and the ready gauge).
-    pub fn set_ready(&self, ready: bool) {
-        if self.ready.swap(ready, Ordering::Relaxed) != ready {
-            self.metrics.ready_gauge.set(i64::from(ready));
+    /// Not ready until the reader reads and Redis answers.
+    pub fn new(metrics: Metrics) -> Health {
+        Health {
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            redis_ok: Arc::new(AtomicBool::new(true)),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sets the reader's state.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.update_gauge();
+    }
+
+    /// Sets whether Redis answers the health ping in time.
+    pub fn set_redis_ok(&self, ok: bool) {
+        self.redis_ok.store(ok, Ordering::Relaxed);
+        self.update_gauge();
+    }
+
+    /// Shutting down: not ready from now on.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.update_gauge();
+    }
+
+    /// What `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.redis_ok.load(Ordering::Relaxed)
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn update_gauge(&self) {
+        self.metrics.ready_gauge.set(i64::from(self.is_ready()));
     }
 }
 
@@ -155,7 +192,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
-    if h.ready.load(Ordering::Relaxed) {
+    if h.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -60,6 +60,19 @@ impl QueueError {
     pub fn is_connection_error(&self) -> bool {
         matches!(self, QueueError::Connection(_))
     }
+
+    /// True when Redis refused the command because a key holds another type of value
+    /// (`WRONGTYPE`), e.g. the stream name is taken by a string or a hash.
+    pub fn is_wrong_type(&self) -> bool {
+        match self {
+            QueueError::Redis(e) => {
+                e.code() == Some("WRONGTYPE")
+                    || e.to_string().contains("WRONGTYPE")
+                    || e.detail().is_some_and(|d| d.contains("WRONGTYPE"))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<redis::RedisError> for QueueError {
@@ -272,14 +285,27 @@ pub struct QueueStats {
     pub group_exists: bool,
     /// `XLEN` of the stream.
     pub stream_length: u64,
-    /// Entries not yet delivered to the group. When the group does not exist yet this is
-    /// the whole stream (the group is created at id 0 and will deliver all of it).
+    /// Entries not yet delivered to the group (counted: the entries after the group's
+    /// last delivered id). When the group does not exist yet this is the whole stream (the
+    /// group is created at id 0 and will deliver all of it).
     pub lag: u64,
-    /// True when Redis reported `lag` as nil and it was computed by counting entries.
+    /// True when Redis reported no `lag` or a wrong one (after `XDEL`, `XTRIM` or
+    /// `XADD MAXLEN`; Redis 7.0) and the counted number differs from or replaces it.
     pub lag_computed: bool,
-    /// Entries delivered and not yet acknowledged.
+    /// True when the stream was too long on both sides of the last delivered id to count
+    /// (more than [`STATS_COUNT_LIMIT_CHUNKS`] thousand entries each): `lag` is then
+    /// Redis's own number, or an upper bound when Redis has none.
+    #[serde(default)]
+    pub lag_estimated: bool,
+    /// Entries delivered and not yet acknowledged (the group's pending list, as Redis
+    /// counts it).
     pub pending: u64,
-    /// `lag + pending`: the work waiting or in flight; what the autoscaler scales on.
+    /// Pending entries whose stream entries no longer exist (trimmed or deleted): nothing
+    /// to run, so not part of the backlog. Workers drop them when they reclaim them.
+    #[serde(default)]
+    pub pending_deleted: u64,
+    /// `lag + pending - pending_deleted`: the work waiting or in flight; what the
+    /// autoscaler scales on.
     pub backlog: u64,
     /// `XLEN` of the dead-letter stream.
     pub dead_letters: u64,
@@ -337,12 +363,15 @@ for i = 3, #ARGV do
     lost[#lost + 1] = ARGV[i]
   end
 end
+-- Build the whole argument list: in Lua `f(a, unpack(t), b)` passes only t[1], as
+-- `unpack` expands fully only as the last argument.
 local n = 0
 while n < #owned do
-  local chunk = {}
-  for j = n + 1, math.min(n + 200, #owned) do chunk[#chunk + 1] = owned[j] end
-  n = n + #chunk
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(chunk), 'JUSTID')
+  local args = {KEYS[1], ARGV[1], ARGV[2], 0}
+  for j = n + 1, math.min(n + 200, #owned) do args[#args + 1] = owned[j] end
+  n = n + #args - 4
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
 end
 return lost
 "#,
@@ -413,17 +442,26 @@ return -2
     )
 });
 
-/// Stats snapshot. KEYS: stream, dead-letter stream. ARGV: group.
-/// Returns {sec, usec, dead, exists, len, group_found, pending, lag|-1, computed,
-/// last_delivered, oldest_pending|'', consumers}.
+/// Stats snapshot. KEYS: stream, dead-letter stream. ARGV: group, counting limit (chunks
+/// of 1000 entries per side).
+/// Returns {sec, usec, dead, exists, len, group_found, pending, lag, computed,
+/// last_delivered, oldest_pending|'', consumers, estimated, pending_present}.
+///
+/// The lag is counted, never taken from Redis on trust: Redis 7.0 reports a non-nil but
+/// wrong `lag` after `XTRIM`/`XADD MAXLEN` (and nil after `XDEL`). Entries `<=
+/// last-delivered-id` and entries after it are counted alternately in chunks of 1000 and
+/// the first side to end gives both numbers, so the cost is bounded by the smaller side
+/// (in this protocol the entries up to the last delivered id are the pending ones, which
+/// are few). Only when both sides exceed the limit is Redis's own number (or the upper
+/// bound `len - counted`) used, and the result marked estimated.
 static STATS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local dead = 0
-if redis.call('EXISTS', KEYS[2]) == 1 then dead = redis.call('XLEN', KEYS[2]) end
+if redis.call('TYPE', KEYS[2]).ok == 'stream' then dead = redis.call('XLEN', KEYS[2]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}}
+  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0}
 end
 local len = redis.call('XLEN', KEYS[1])
 local grp = nil
@@ -433,37 +471,132 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if f['name'] == ARGV[1] then grp = f end
 end
 if grp == nil then
-  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}}
+  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0}
 end
 local ld = grp['last-delivered-id']
-local lag = grp['lag']
-local computed = 0
-if not lag then
-  -- Redis cannot tell (entries deleted or trimmed): count exactly. Count the entries
-  -- <= ld and the entries > ld alternately in chunks and stop at whichever side ends
-  -- first, so the cost is bounded by the smaller side.
-  computed = 1
-  local le, gt = 0, 0
-  local le_from, gt_from = '-', '(' .. ld
-  while true do
-    local r = redis.call('XRANGE', KEYS[1], le_from, ld, 'COUNT', 1000)
-    le = le + #r
-    if #r < 1000 then lag = len - le break end
-    le_from = '(' .. r[#r][1]
-    local r2 = redis.call('XRANGE', KEYS[1], gt_from, '+', 'COUNT', 1000)
-    gt = gt + #r2
-    if #r2 < 1000 then lag = gt break end
-    gt_from = '(' .. r2[#r2][1]
+local redis_lag = grp['lag']
+local limit = tonumber(ARGV[2])
+local le, gt = 0, 0
+local le_from, gt_from = '-', '(' .. ld
+local lag = nil
+local estimated = 0
+local chunks = 0
+while true do
+  local r = redis.call('XRANGE', KEYS[1], le_from, ld, 'COUNT', 1000)
+  le = le + #r
+  if #r < 1000 then lag = len - le break end
+  le_from = '(' .. r[#r][1]
+  local r2 = redis.call('XRANGE', KEYS[1], gt_from, '+', 'COUNT', 1000)
+  gt = gt + #r2
+  if #r2 < 1000 then lag = gt break end
+  gt_from = '(' .. r2[#r2][1]
+  chunks = chunks + 1
+  if chunks >= limit then
+    estimated = 1
+    if redis_lag then lag = redis_lag else lag = len - le end
+    break
   end
 end
+local computed = 0
+if estimated == 0 and (not redis_lag or redis_lag ~= lag) then computed = 1 end
 local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+local pending = summary[1]
+local present = len - lag
+if present > pending then present = pending end
+if present < 0 then present = 0 end
 local oldest = summary[2]
 if not oldest then oldest = '' end
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-return {t[1], t[2], dead, 1, len, 1, summary[1], lag, computed, ld, oldest, consumers}
+return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present}
 "#,
     )
 });
+
+/// Dead letter, atomically and at most once: only if `consumer` still holds the entry,
+/// `XADD` the dead-letter entry first (a failing `XADD`, e.g. a dead-letter key of another
+/// type, aborts the script before anything is written), then `XACK` + `XDEL`. Run again
+/// (a command retried after a stall or a lost reply) it finds the entry no longer pending
+/// and writes nothing. KEYS: stream, dead-letter stream. ARGV: group, consumer, id,
+/// field/value pairs. Returns the dead-letter id, or nil when the entry is not held.
+static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p ~= 1 or p[1][2] ~= ARGV[2] then return false end
+local args = {'XADD', KEYS[2], '*'}
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.call(unpack(args))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return id
+"#,
+    )
+});
+
+/// Take back entries `consumer` holds but lost track of (their delivery reply was lost):
+/// for each id still pending for it, reset its idle time without counting a delivery
+/// (`XCLAIM ... JUSTID`) and return `{id, deliveries, fields|nil}` (nil: the stream entry
+/// was deleted). KEYS: stream. ARGV: group, consumer, ids.
+static TAKE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    local r = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+    if #r == 1 then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+      out[#out + 1] = {ARGV[i], p[1][4], r[1][2]}
+    else
+      out[#out + 1] = {ARGV[i], p[1][4], false}
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// `XAUTOCLAIM` that refuses to run when it reaches Redis late: ARGV[5] is the latest
+/// Redis time (ms) at which it may still run, '' for no limit. A reclaim that sat in a
+/// socket while Redis was stalled would otherwise run on resume, before the renewals of
+/// live workers queued behind it, and take their tasks. Returns nil when too late.
+/// KEYS: stream. ARGV: group, consumer, min-idle ms, cursor, deadline, count.
+static AUTOCLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[5] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now > tonumber(ARGV[5]) then return false end
+end
+return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[6])
+"#,
+    )
+});
+
+/// `XCLAIM` of chosen entries idle at least min-idle (counting a delivery), with the same
+/// deadline as [`AUTOCLAIM`]. Returns nil when too late. KEYS: stream. ARGV: group,
+/// consumer, min-idle ms, deadline, ids.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now > tonumber(ARGV[4]) then return false end
+end
+local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3]}
+for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+return redis.call(unpack(args))
+"#,
+    )
+});
+
+/// Chunks of 1000 entries counted on each side of the last delivered id before `stats`
+/// gives up counting and reports an estimate.
+pub const STATS_COUNT_LIMIT_CHUNKS: u32 = 50;
 
 /// Opens a multiplexed connection with the given per-command response timeout
 /// (`None`: wait forever; use it for connections that run blocking reads longer than the
@@ -575,7 +708,8 @@ fn parse_entry(v: Value) -> Result<std::result::Result<Entry, EntryId>> {
 }
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOGROUP")
+    // Errors raised inside a Lua script may carry the code in the message only.
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
 
 impl Queue {
@@ -647,6 +781,14 @@ impl Queue {
     /// Creates the stream and the group (at id 0, so entries enqueued before any worker
     /// existed are delivered) if missing. Idempotent: an existing group is fine.
     pub async fn ensure_group<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<()> {
+        self.ensure_group_created(conn).await.map(|_| ())
+    }
+
+    /// Like [`Queue::ensure_group`]; true when the group was missing and has been created.
+    pub async fn ensure_group_created<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<bool> {
         let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -656,8 +798,8 @@ impl Queue {
             .query_async(conn)
             .await;
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -781,6 +923,129 @@ impl Queue {
             .query_async(conn)
             .await
             .map_err(|e| self.map_err(e))?;
+        self.finish_autoclaim(conn, v).await
+    }
+
+    /// Like [`Queue::autoclaim`], but only if Redis runs it no later than `deadline_ms`
+    /// (Redis server time, ms since the epoch); `None` when it arrived too late (it sat
+    /// in a socket while Redis was stalled: the leases of live workers may not have been
+    /// renewed yet, so nothing is claimed).
+    pub async fn autoclaim_before<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: EntryId,
+        count: usize,
+        deadline_ms: Option<u64>,
+    ) -> Result<Option<AutoClaim>> {
+        let v: Value = AUTOCLAIM
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor)
+            .arg(deadline_ms.map(|d| d.to_string()).unwrap_or_default())
+            .arg(count.max(1))
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        if v == Value::Nil {
+            return Ok(None);
+        }
+        self.finish_autoclaim(conn, v).await.map(Some)
+    }
+
+    /// Pending entries of any consumer idle at least `min_idle`, with ids after `after`,
+    /// in id order, at most `count` (`XPENDING s g IDLE ms (after + count`). Reads only.
+    pub async fn pending_idle<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        min_idle: Duration,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        let start = match after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg(start)
+            .arg("+")
+            .arg(count.max(1))
+            .query_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        parse_pending(v)
+    }
+
+    /// Claims the given entries to `consumer` if they are still idle at least `min_idle`
+    /// (`XCLAIM`, which counts a delivery), only if Redis runs the command no later than
+    /// `deadline_ms` (see [`Queue::autoclaim_before`]; `None` when too late). Returns the
+    /// claimed entries with their delivery counts (from `XPENDING`); `deleted` lists ids
+    /// whose stream entries were gone (dropped from the pending list).
+    pub async fn claim_idle<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        min_idle: Duration,
+        ids: &[EntryId],
+        deadline_ms: Option<u64>,
+    ) -> Result<Option<AutoClaim>> {
+        if ids.is_empty() {
+            return Ok(Some(AutoClaim::default()));
+        }
+        let mut inv = CLAIM.key(&self.stream);
+        inv.arg(&self.group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(deadline_ms.map(|d| d.to_string()).unwrap_or_default());
+        for id in ids {
+            inv.arg(*id);
+        }
+        let v: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+        if v == Value::Nil {
+            return Ok(None);
+        }
+        // Same shape as an XAUTOCLAIM reply: [cursor, entries].
+        let mut ac = self
+            .finish_autoclaim(
+                conn,
+                Value::Array(vec![Value::BulkString(b"0-0".to_vec()), v]),
+            )
+            .await?;
+        // Redis 7 drops claimed ids whose entries were deleted from the pending list
+        // without returning them: report those that are neither claimed nor pending.
+        let got: std::collections::HashSet<EntryId> = ac.entries.iter().map(|e| e.id).collect();
+        let missing: Vec<EntryId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !got.contains(id) && !ac.deleted.contains(id))
+            .collect();
+        if !missing.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &missing {
+                pipe.cmd("XRANGE").arg(&self.stream).arg(*id).arg(*id);
+            }
+            let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
+            for (id, r) in missing.into_iter().zip(replies) {
+                if into_array(r).is_some_and(|a| a.is_empty()) {
+                    ac.deleted.push(id);
+                }
+            }
+        }
+        Ok(Some(ac))
+    }
+
+    async fn finish_autoclaim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        v: Value,
+    ) -> Result<AutoClaim> {
         let mut parts = into_array(v).ok_or_else(|| protocol("XAUTOCLAIM", "not an array"))?;
         if parts.len() < 2 {
             return Err(protocol("XAUTOCLAIM", "expected [cursor, entries, ...]"));
@@ -909,18 +1174,24 @@ impl Queue {
         Ok(total)
     }
 
-    /// Moves an entry to the dead-letter stream and acknowledges + deletes it, atomically
-    /// (`MULTI XADD XACK XDEL EXEC`). The dead-letter entry carries the original `payload`
-    /// (when there was one) and other fields, plus `original_id`, `error`, `deliveries`,
-    /// `stream`, `group` and `consumer`. Original fields whose names collide with these get
-    /// an `orig_` prefix.
+    /// Moves an entry held by `consumer` to the dead-letter stream and acknowledges +
+    /// deletes it, in one Lua script that writes the dead letter first and only then
+    /// acknowledges, so a failed write (e.g. the dead-letter key holds another type) leaves
+    /// the task pending, and that writes nothing when `consumer` no longer holds the entry,
+    /// so a retried command (after a stall or a lost reply) never writes a second dead
+    /// letter. Returns the dead-letter entry id, or `None` when `consumer` does not hold
+    /// the entry (already dead-lettered or acknowledged, or reclaimed by another worker).
+    ///
+    /// The dead-letter entry carries the original `payload` (when there was one) and other
+    /// fields, plus `original_id`, `error`, `deliveries`, `stream`, `group` and `consumer`.
+    /// Original fields whose names collide with these get an `orig_` prefix.
     pub async fn dead_letter<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         entry: &Entry,
         consumer: &str,
         error: &str,
-    ) -> Result<EntryId> {
+    ) -> Result<Option<EntryId>> {
         const OURS: [&str; 6] = [
             "original_id",
             "error",
@@ -929,13 +1200,15 @@ impl Queue {
             "group",
             "consumer",
         ];
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let c = pipe.cmd("XADD").arg(&self.dead_letter_stream).arg("*");
+        let mut inv = DEAD_LETTER.key(&self.stream);
+        inv.key(&self.dead_letter_stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(entry.id);
         if let Some(p) = &entry.payload {
-            c.arg(PAYLOAD_FIELD).arg(p.as_slice());
+            inv.arg(PAYLOAD_FIELD).arg(p.as_slice());
         }
-        c.arg("original_id")
+        inv.arg("original_id")
             .arg(entry.id)
             .arg("error")
             .arg(error)
@@ -951,22 +1224,85 @@ impl Queue {
             if OURS.iter().any(|o| o.as_bytes() == k.as_slice()) || k == b"payload" {
                 let mut name = b"orig_".to_vec();
                 name.extend_from_slice(k);
-                c.arg(name).arg(v.as_slice());
+                inv.arg(name).arg(v.as_slice());
             } else {
-                c.arg(k.as_slice()).arg(v.as_slice());
+                inv.arg(k.as_slice()).arg(v.as_slice());
             }
         }
-        pipe.cmd("XACK")
+        let v: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+        match v {
+            Value::Nil => Ok(None),
+            v => as_id(&v)
+                .map(Some)
+                .ok_or_else(|| protocol("XADD", "dead-letter reply is not an entry id")),
+        }
+    }
+
+    /// Pending entries of `consumer` with ids after `after` (all when `None`), in id
+    /// order, at most `count` (`XPENDING s g (after + count consumer`).
+    pub async fn pending_of<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        let start = match after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let v: Value = redis::cmd("XPENDING")
             .arg(&self.stream)
             .arg(&self.group)
-            .arg(entry.id)
-            .ignore();
-        pipe.cmd("XDEL").arg(&self.stream).arg(entry.id).ignore();
-        let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
-        replies
-            .first()
-            .and_then(as_id)
-            .ok_or_else(|| protocol("XADD", "dead-letter reply is not an entry id"))
+            .arg(start)
+            .arg("+")
+            .arg(count.max(1))
+            .arg(consumer)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        parse_pending(v)
+    }
+
+    /// Takes back entries that `consumer` holds in Redis but never got (the reply of the
+    /// read or claim that delivered them was lost): for each of `ids` it still holds, resets
+    /// the idle time without counting a delivery and returns the entry with its delivery
+    /// count (unchanged: the lost delivery is the one that now runs). Ids whose stream
+    /// entries were deleted are returned in the second list (still pending: acknowledge
+    /// them).
+    pub async fn take_back<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        ids: &[EntryId],
+    ) -> Result<(Vec<Entry>, Vec<EntryId>)> {
+        let mut entries = Vec::new();
+        let mut deleted = Vec::new();
+        for chunk in ids.chunks(200) {
+            let mut inv = TAKE_BACK.key(&self.stream);
+            inv.arg(&self.group).arg(consumer);
+            for id in chunk {
+                inv.arg(*id);
+            }
+            let v: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+            for row in into_array(v).ok_or_else(|| protocol("take back", "not an array"))? {
+                let mut r = into_array(row).ok_or_else(|| protocol("take back", "bad row"))?;
+                if r.len() != 3 {
+                    return Err(protocol("take back", "expected [id, count, fields]"));
+                }
+                let fields = r.pop().unwrap_or(Value::Nil);
+                let id = as_id(&r[0]).ok_or_else(|| protocol("take back", "bad id"))?;
+                let count = as_int(&r[1]).unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
+                match parse_entry(Value::Array(vec![r.swap_remove(0), fields]))? {
+                    Ok(mut e) => {
+                        e.deliveries = count;
+                        entries.push(e);
+                    }
+                    Err(_) => deleted.push(id),
+                }
+            }
+        }
+        Ok((entries, deleted))
     }
 
     /// Pending entries in id order, optionally only those of one consumer
@@ -1038,20 +1374,21 @@ impl Queue {
         })
     }
 
-    /// An atomic snapshot of the queue: backlog (= lag + pending), pending, dead letters,
-    /// oldest pending age and the consumers. When Redis reports the group's `lag` as nil
-    /// (entries were deleted or trimmed) it is computed exactly by counting entries after
-    /// the group's last delivered id.
+    /// An atomic snapshot of the queue: backlog (= lag + pending entries that still exist),
+    /// pending, dead letters, oldest pending age and the consumers. The lag is counted
+    /// (entries after the group's last delivered id), not taken from Redis, which reports
+    /// it as nil after `XDEL` and wrongly after `XTRIM` (7.0); see [`QueueStats`].
     pub async fn stats<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<QueueStats> {
         let v: Value = STATS
             .key(&self.stream)
             .key(&self.dead_letter_stream)
             .arg(&self.group)
+            .arg(STATS_COUNT_LIMIT_CHUNKS)
             .invoke_async(conn)
             .await
             .map_err(|e| self.map_err(e))?;
         let a = into_array(v).ok_or_else(|| protocol("stats script", "not an array"))?;
-        if a.len() != 12 {
+        if a.len() != 14 {
             return Err(protocol("stats script", format!("{} elements", a.len())));
         }
         let int = |i: usize| -> Result<i64> {
@@ -1070,12 +1407,16 @@ impl Queue {
             lag_computed: int(8)? == 1,
             last_delivered_id: as_id(&a[9]),
             oldest_pending_id: as_id(&a[10]),
+            lag_estimated: int(12)? == 1,
             ..Default::default()
         };
-        st.backlog = st.lag + st.pending;
+        let present = (int(13)?.max(0) as u64).min(st.pending);
+        st.pending_deleted = st.pending - present;
+        st.backlog = st.lag + present;
         st.oldest_pending_age_ms = st.oldest_pending_id.map(|id| now_ms.saturating_sub(id.ms));
         if st.group_exists {
             let mut a = a;
+            a.truncate(12);
             st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
         }
         Ok(st)

@@ -4,8 +4,9 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -61,6 +62,27 @@ impl WorkerConfig {
         self.reclaim_interval()
             .min(Duration::from_secs(2))
             .max(Duration::from_millis(10))
+    }
+
+    /// The health ping's period and timeout: a quarter of the visibility timeout, between
+    /// 250 ms and 2 s. Redis not answering within it makes `/readyz` 503 and counts as a
+    /// Redis outage (see [`WorkerConfig::reclaim_pause`]).
+    pub fn ping_timeout(&self) -> Duration {
+        (self.visibility_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(2))
+    }
+
+    /// After Redis looked stalled or unreachable, how long this worker waits before it
+    /// reclaims other workers' tasks: Redis's idle clocks ran on during the outage, so the
+    /// live workers must first renew their leases (each does within half the visibility
+    /// timeout: a renewal period plus a capped retry).
+    pub fn reclaim_pause(&self) -> Duration {
+        self.visibility_timeout * 2 / 3
+    }
+
+    /// A reclaim (`XAUTOCLAIM`) that reaches Redis later than this after it was sent is
+    /// refused by Redis (it sat in a socket while Redis was stalled).
+    pub fn reclaim_max_delay(&self) -> Duration {
+        (self.visibility_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
     }
 }
 
@@ -139,6 +161,16 @@ struct Ctx {
     hard_stop: CancellationToken,
     /// Give up on Redis for good (end of shutdown).
     abandon: CancellationToken,
+    /// When this worker started: entries it holds in Redis that were delivered before are
+    /// a former process's (same consumer name), not lost replies.
+    started: Instant,
+    /// The last time Redis looked stalled or unreachable.
+    trouble: Mutex<Option<Instant>>,
+    /// Redis server time minus local wall-clock time, in ms (from the health ping).
+    clock_offset_ms: AtomicI64,
+    clock_known: AtomicBool,
+    /// In-flight tasks whose lease was lost (reported once, no longer renewed).
+    lease_lost: Mutex<HashSet<EntryId>>,
 }
 
 impl Ctx {
@@ -169,7 +201,56 @@ impl Ctx {
         if let Ok(mut s) = self.inflight.lock() {
             s.remove(&id);
         }
+        if let Ok(mut s) = self.lease_lost.lock() {
+            s.remove(&id);
+        }
         self.health.metrics.in_flight.dec();
+    }
+
+    /// Redis looked stalled or unreachable just now.
+    fn mark_trouble(&self) {
+        if let Ok(mut t) = self.trouble.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// Whether reclaiming other workers' tasks is safe now (see
+    /// [`WorkerConfig::reclaim_pause`]).
+    fn reclaim_allowed(&self) -> bool {
+        match self.trouble.lock().ok().and_then(|t| *t) {
+            Some(t) => t.elapsed() >= self.cfg.reclaim_pause(),
+            None => true,
+        }
+    }
+
+    /// The latest Redis time at which a reclaim sent now may still run, when the offset of
+    /// Redis's clock is known.
+    fn reclaim_deadline_ms(&self) -> Option<u64> {
+        if !self.clock_known.load(Ordering::Relaxed) {
+            return None;
+        }
+        let local = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as i64;
+        let d = local
+            + self.clock_offset_ms.load(Ordering::Relaxed)
+            + self.cfg.reclaim_max_delay().as_millis() as i64;
+        u64::try_from(d).ok()
+    }
+
+    /// Concurrency slots for a task: one, or all of them for a task that runs alone.
+    /// `None` when shutting down first.
+    async fn slots(&self, solo: bool) -> Option<OwnedSemaphorePermit> {
+        let n = if solo {
+            u32::try_from(self.cfg.concurrency.max(1)).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        tokio::select! {
+            p = self.sem.clone().acquire_many_owned(n) => p.ok(),
+            _ = self.shutdown.cancelled() => None,
+        }
     }
 
     fn send(&self, d: Done) {
@@ -204,8 +285,10 @@ impl Ctx {
                     self.health.metrics.redis_errors.inc();
                     // The reader may be idle (all slots busy): readiness must drop here too.
                     self.health.set_ready(false);
+                    self.mark_trouble();
                     self.cmd.reset().await;
-                    let d = reconnect_backoff(attempt);
+                    // Capped so that leases are renewed soon after Redis is back.
+                    let d = reconnect_backoff(attempt).min(self.cfg.renew_interval() / 2);
                     warn!(error = %e, attempt, retry_in_ms = d.as_millis() as u64, "{what}: redis unavailable, retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
@@ -220,27 +303,51 @@ impl Ctx {
         }
     }
 
-    /// Moves a task to the dead-letter stream (atomically with its ack + delete).
+    /// Moves a task to the dead-letter stream (atomically with its ack + delete). A write
+    /// that Redis refuses (e.g. the dead-letter key holds another type) is retried with
+    /// backoff while the task stays held here (its lease renewed); on shutdown it is
+    /// handed back.
     async fn dead_letter(&self, entry: &Entry, reason: &str) {
-        let r = self
-            .with_redis("dead-letter", &self.abandon, |mut c| async move {
-                self.queue()
-                    .dead_letter(&mut c, entry, self.consumer(), reason)
-                    .await
-            })
-            .await;
-        match r {
-            Some(Ok(dl)) => {
-                self.health.metrics.dead_lettered.inc();
-                warn!(task = %entry.id, deliveries = entry.deliveries, dead_letter_id = %dl,
-                    stream = self.queue().dead_letter_stream(), error = reason, "task moved to the dead-letter stream");
+        let mut attempt = 0u32;
+        loop {
+            let r = self
+                .with_redis("dead-letter", &self.abandon, |mut c| async move {
+                    self.queue()
+                        .dead_letter(&mut c, entry, self.consumer(), reason)
+                        .await
+                })
+                .await;
+            match r {
+                Some(Ok(Some(dl))) => {
+                    self.health.metrics.dead_lettered.inc();
+                    warn!(task = %entry.id, deliveries = entry.deliveries, dead_letter_id = %dl,
+                        stream = self.queue().dead_letter_stream(), error = reason, "task moved to the dead-letter stream");
+                }
+                Some(Ok(None)) => {
+                    info!(task = %entry.id, "task no longer held by this worker (already dead-lettered by an earlier try of this command, acknowledged, or reclaimed by another worker); no dead letter written");
+                }
+                Some(Err(e @ QueueError::NoGroup { .. })) => {
+                    warn!(task = %entry.id, error = %e, "cannot dead-letter: the consumer group is gone; the task will be delivered again by the recreated group");
+                }
+                Some(Err(e)) => {
+                    attempt += 1;
+                    let d = reconnect_backoff(attempt + 3);
+                    error!(task = %entry.id, error = %e, attempt, retry_in_ms = d.as_millis() as u64,
+                        stream = self.queue().dead_letter_stream(),
+                        "cannot write the dead-letter entry; the task stays pending and held here, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => continue,
+                        _ = self.shutdown.cancelled() => {
+                            self.release_later(entry.id, entry.deliveries);
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    warn!(task = %entry.id, "shutting down while redis is unavailable; the task stays pending and will be reclaimed");
+                }
             }
-            Some(Err(e)) => {
-                error!(task = %entry.id, error = %e, "cannot write the dead-letter entry; the task stays pending and will be reclaimed");
-            }
-            None => {
-                warn!(task = %entry.id, "shutting down while redis is unavailable; the task stays pending and will be reclaimed");
-            }
+            break;
         }
         self.forget(entry.id);
     }
@@ -264,9 +371,24 @@ async fn run_with_timeout(ctx: &Ctx, entry: &Entry) -> Result<(), TaskError> {
 }
 
 /// Runs one task to completion: retries in place with backoff (the delivery counter in
-/// Redis is kept equal to the number of runs), dead-letters when exhausted or malformed.
-async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit) {
+/// Redis is kept equal to the number of runs), dead-letters when exhausted, malformed or
+/// failed permanently. A `solo` task (back from a consumer that died or stalled holding
+/// it) runs alone: it waits for every concurrency slot, so if it kills the worker, the
+/// tasks that die with it are none, and only it accumulates deliveries.
+async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, solo: bool) {
+    let all = ctx.cfg.concurrency.max(1);
     let mut permit = Some(permit);
+    if solo && permit.as_ref().map_or(0, |p| p.num_permits()) < all {
+        drop(permit.take());
+        debug!(task = %entry.id, deliveries = entry.deliveries, "task back from a dead or stalled worker: waiting to run it alone");
+        match ctx.slots(true).await {
+            Some(p) => permit = Some(p),
+            None => {
+                ctx.release_later(entry.id, entry.deliveries.saturating_sub(1));
+                return;
+            }
+        }
+    }
     let max = ctx.cfg.max_deliveries;
     loop {
         let start = Instant::now();
@@ -297,7 +419,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit) 
         ctx.health.metrics.duration_failed.observe(elapsed);
         ctx.health.metrics.failed.inc();
         let delay = match &err {
-            TaskError::Malformed(_) => {
+            TaskError::Malformed(_) | TaskError::Permanent(_) => {
                 ctx.dead_letter(&entry, &err.to_string()).await;
                 return;
             }
@@ -329,14 +451,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit) 
                 return;
             }
         }
-        let p = tokio::select! {
-            p = ctx.sem.clone().acquire_owned() => p,
-            _ = ctx.shutdown.cancelled() => {
-                ctx.release_later(entry.id, entry.deliveries);
-                return;
-            }
-        };
-        let Ok(p) = p else {
+        let Some(p) = ctx.slots(solo).await else {
             ctx.release_later(entry.id, entry.deliveries);
             return;
         };
@@ -420,11 +535,18 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                 }
             }
             ctx.health.metrics.in_flight.sub(ids.len() as i64);
-            if !tracked.is_empty()
-                && let Ok(mut s) = ctx.inflight.lock()
-            {
-                for id in &tracked {
-                    s.remove(id);
+            if !tracked.is_empty() {
+                if let Ok(mut s) = ctx.inflight.lock() {
+                    for id in &tracked {
+                        s.remove(id);
+                    }
+                }
+                if let Ok(mut s) = ctx.lease_lost.lock()
+                    && !s.is_empty()
+                {
+                    for id in &tracked {
+                        s.remove(id);
+                    }
                 }
             }
             ids.clear();
@@ -471,8 +593,16 @@ async fn renewer(ctx: Arc<Ctx>, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
+        let lost_already: HashSet<EntryId> = match ctx.lease_lost.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => HashSet::new(),
+        };
         let ids: Vec<EntryId> = match ctx.inflight.lock() {
-            Ok(s) => s.iter().copied().collect(),
+            Ok(s) => s
+                .iter()
+                .copied()
+                .filter(|id| !lost_already.contains(id))
+                .collect(),
             Err(_) => continue,
         };
         if ids.is_empty() {
@@ -489,13 +619,79 @@ async fn renewer(ctx: Arc<Ctx>, stop: CancellationToken) {
             Some(Ok(lost)) => {
                 debug!(count = ids.len(), lost = lost.len(), "renewed leases");
                 for id in lost {
-                    if ctx.is_tracked(&id) {
+                    // Reported once per task; it is not renewed again.
+                    if ctx.is_tracked(&id)
+                        && let Ok(mut s) = ctx.lease_lost.lock()
+                        && s.insert(id)
+                    {
                         warn!(task = %id, "lease lost: the task was reclaimed by another worker or deleted; it may run twice");
                     }
                 }
             }
             Some(Err(e)) => warn!(error = %e, "lease renewal failed"),
             None => return,
+        }
+    }
+}
+
+/// Pings Redis (`TIME`) with a short timeout: readiness follows it, a slow or failed
+/// ping counts as a Redis outage (reclaims pause), and the answer gives the offset of
+/// Redis's clock for reclaim deadlines.
+async fn pinger(ctx: Arc<Ctx>, client: redis::Client, stop: CancellationToken) {
+    let timeout = ctx.cfg.ping_timeout();
+    let conn = Conn::new(client, Some(timeout));
+    let mut failures = 0u32;
+    loop {
+        let sent = Instant::now();
+        let wall = SystemTime::now();
+        let r = tokio::time::timeout(timeout, async {
+            let mut c = conn.get().await?;
+            let t: (i64, i64) = redis::cmd("TIME")
+                .query_async(&mut c)
+                .await
+                .map_err(QueueError::from)?;
+            Ok::<_, QueueError>(t)
+        })
+        .await;
+        let rtt = sent.elapsed();
+        match r {
+            Ok(Ok((secs, micros))) if rtt < timeout => {
+                if failures > 0 {
+                    info!(
+                        failed_pings = failures,
+                        "redis answers the health ping again"
+                    );
+                }
+                failures = 0;
+                ctx.health.set_redis_ok(true);
+                if let Ok(local) = wall.duration_since(SystemTime::UNIX_EPOCH) {
+                    let local_ms = local.as_millis() as i64 + (rtt.as_millis() as i64) / 2;
+                    let redis_ms = secs * 1000 + micros / 1000;
+                    ctx.clock_offset_ms
+                        .store(redis_ms - local_ms, Ordering::Relaxed);
+                    ctx.clock_known.store(true, Ordering::Relaxed);
+                }
+            }
+            other => {
+                failures += 1;
+                ctx.mark_trouble();
+                ctx.health.set_redis_ok(false);
+                if failures == 1 {
+                    let error = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {} ms", timeout.as_millis()),
+                    };
+                    warn!(error, "redis does not answer the health ping: not ready");
+                }
+                conn.reset().await;
+            }
+        }
+        let wait = timeout
+            .saturating_sub(sent.elapsed())
+            .max(Duration::from_millis(50));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -508,6 +704,10 @@ struct Reader {
     attempt: u32,
     cursor: EntryId,
     next_reclaim: Instant,
+    /// When to look for entries this consumer holds in Redis but lost track of.
+    next_take_back: Instant,
+    /// The connection broke since the last successful connect.
+    lost_connection: bool,
 }
 
 impl Reader {
@@ -515,7 +715,6 @@ impl Reader {
     fn dispatch(&self, entries: Vec<Entry>, permit: &mut OwnedSemaphorePermit) {
         let ctx = &self.ctx;
         let max = ctx.cfg.max_deliveries;
-        ctx.health.metrics.in_flight.add(entries.len() as i64);
         let inline = ctx.handler.is_inline();
         let mut ok_ids = Vec::new();
         let mut ok_permit: Option<OwnedSemaphorePermit> = None;
@@ -523,11 +722,17 @@ impl Reader {
             let Some(p) = permit.split(1) else {
                 // Not expected: we never read more entries than we hold permits for.
                 error!(task = %e.id, "no concurrency slot for a read task; it stays pending and will be reclaimed");
-                ctx.health.metrics.in_flight.dec();
                 continue;
             };
+            if !ctx.track(e.id) {
+                // Delivered again while it runs here: the group was deleted and recreated
+                // (or Redis lost its data) and redelivers everything. It is pending for us
+                // in the new group; the run under way acknowledges it.
+                debug!(task = %e.id, "task delivered again while it runs here; not starting it twice");
+                continue;
+            }
+            ctx.health.metrics.in_flight.inc();
             if e.deliveries > max {
-                ctx.track(e.id);
                 let ctx2 = ctx.clone();
                 ctx.tracker.spawn(async move {
                     let reason = format!(
@@ -559,15 +764,15 @@ impl Reader {
                     continue;
                 }
             }
-            ctx.track(e.id);
             let ctx2 = ctx.clone();
-            ctx.tracker.spawn(async move { process(ctx2, e, p).await });
+            ctx.tracker
+                .spawn(async move { process(ctx2, e, p, false).await });
         }
         if !ok_ids.is_empty() {
             ctx.send(Done::Ack {
                 ids: ok_ids,
                 permit: ok_permit,
-                tracked: false,
+                tracked: true,
             });
         }
     }
@@ -576,20 +781,32 @@ impl Reader {
     async fn failed(&mut self, what: &str, e: QueueError) {
         let ctx = &self.ctx;
         ctx.health.metrics.redis_errors.inc();
-        if e.is_connection_error() || matches!(e, QueueError::NoGroup { .. }) {
+        ctx.health.set_ready(false);
+        if e.is_connection_error() {
             if self.connected {
                 warn!(error = %e, "{what} failed: lost redis; reconnecting");
             }
-            ctx.health.set_ready(false);
+            ctx.mark_trouble();
             self.connected = false;
-            if e.is_connection_error() {
-                self.conn.reset().await;
+            self.lost_connection = true;
+            self.conn.reset().await;
+        } else if matches!(e, QueueError::NoGroup { .. }) {
+            if self.connected {
+                warn!(
+                    stream = ctx.queue().stream(),
+                    group = ctx.queue().group(),
+                    "{what} failed: the consumer group is gone (deleted with XGROUP DESTROY or the stream was deleted); recreating it"
+                );
             }
+            self.connected = false;
         } else {
             // A command error that is not about the connection (e.g. the key holds another
             // type): not reading, so not ready; back off a little.
-            ctx.health.set_ready(false);
-            error!(error = %e, "{what} failed");
+            if e.is_wrong_type() {
+                error!(error = %e, stream = ctx.queue().stream(), "{what} failed: the stream key holds another type of value, not a stream; waiting until it is a stream or deleted");
+            } else {
+                error!(error = %e, "{what} failed");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = ctx.shutdown.cancelled() => {}
@@ -602,13 +819,28 @@ impl Reader {
         let ctx = self.ctx.clone();
         let r = async {
             let mut c = self.conn.get().await?;
-            ctx.queue().ensure_group(&mut c).await
+            ctx.queue().ensure_group_created(&mut c).await
         }
         .await;
         match r {
-            Ok(()) => {
+            Ok(created) => {
+                if created && self.ever_connected {
+                    warn!(
+                        stream = ctx.queue().stream(),
+                        group = ctx.queue().group(),
+                        "the consumer group was gone and has been recreated at id 0: unacknowledged tasks are delivered again (tasks running here are not started twice)"
+                    );
+                } else if created {
+                    info!(
+                        stream = ctx.queue().stream(),
+                        group = ctx.queue().group(),
+                        "created the consumer group at id 0"
+                    );
+                }
                 if self.ever_connected {
-                    info!(attempts = self.attempt + 1, "reconnected to redis");
+                    if self.lost_connection {
+                        info!(attempts = self.attempt + 1, "reconnected to redis");
+                    }
                 } else {
                     info!(
                         stream = ctx.queue().stream(),
@@ -618,15 +850,37 @@ impl Reader {
                     );
                 }
                 self.attempt = 0;
+                self.lost_connection = false;
                 self.connected = true;
                 self.ever_connected = true;
-                // Right after (re)connecting, look for tasks left by dead workers.
+                // Right after (re)connecting, look for tasks left by dead workers and for
+                // deliveries whose reply was lost.
                 self.next_reclaim = Instant::now();
+                self.next_take_back = Instant::now();
                 true
+            }
+            Err(e) if !e.is_connection_error() => {
+                ctx.health.set_ready(false);
+                ctx.health.metrics.redis_errors.inc();
+                self.attempt += 1;
+                let d = reconnect_backoff(self.attempt);
+                if e.is_wrong_type() {
+                    error!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, stream = ctx.queue().stream(),
+                        "cannot create the consumer group: the stream key holds another type of value, not a stream; waiting until it is a stream or deleted");
+                } else {
+                    error!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, "cannot create the consumer group");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = ctx.shutdown.cancelled() => {}
+                }
+                false
             }
             Err(e) => {
                 ctx.health.set_ready(false);
                 ctx.health.metrics.redis_errors.inc();
+                ctx.mark_trouble();
+                self.lost_connection = true;
                 self.conn.reset().await;
                 self.attempt += 1;
                 let d = reconnect_backoff(self.attempt);
@@ -637,6 +891,210 @@ impl Reader {
                 }
                 false
             }
+        }
+    }
+
+    /// Entries this consumer holds in Redis that this process is not working on and that
+    /// were delivered after it started: deliveries whose reply was lost (the connection
+    /// dropped after Redis ran the read or claim). They are taken back without counting a
+    /// delivery, so they run now instead of waiting a visibility timeout and coming back
+    /// as failed deliveries. (Entries held since before this process started belong to a
+    /// former process of the same name that died with them: they are reclaimed after the
+    /// visibility timeout like any dead worker's.)
+    async fn take_back(&mut self, permit: &mut OwnedSemaphorePermit) -> Result<(), QueueError> {
+        let ctx = self.ctx.clone();
+        let mut c = self.conn.get().await?;
+        let uptime_ms = ctx.started.elapsed().as_millis() as u64;
+        let mut after = None;
+        let mut lost = Vec::new();
+        loop {
+            let page = ctx
+                .queue()
+                .pending_of(&mut c, ctx.consumer(), after, 500)
+                .await?;
+            let full = page.len() >= 500;
+            after = page.last().map(|p| p.id);
+            for p in page {
+                if p.idle_ms < uptime_ms && !ctx.is_tracked(&p.id) {
+                    lost.push(p.id);
+                }
+            }
+            if !full || lost.len() >= permit.num_permits() {
+                break;
+            }
+        }
+        lost.truncate(permit.num_permits());
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let (entries, deleted) = ctx.queue().take_back(&mut c, ctx.consumer(), &lost).await?;
+        if !deleted.is_empty() {
+            ctx.queue().ack(&mut c, &deleted).await?;
+        }
+        if !entries.is_empty() {
+            info!(
+                count = entries.len(),
+                "took back tasks delivered to this worker whose delivery reply was lost"
+            );
+            self.dispatch(entries, permit);
+        }
+        Ok(())
+    }
+
+    /// One reclaim pass over entries idle past the visibility timeout (their consumer died
+    /// or stalled). Entries over `maxDeliveries` are dead-lettered; entries handed back
+    /// unstarted (delivery count 0) are taken up to the free slots; any other entry is
+    /// *suspect* (it may be what killed its worker) and runs alone: one per pass, claimed
+    /// only once this worker has drained (holds every slot), so that neither it nor
+    /// anything else is charged a delivery for another task's crash. Returns true when
+    /// shutting down.
+    async fn reclaim(&mut self, permit: &mut OwnedSemaphorePermit) -> Result<bool, QueueError> {
+        let ctx = self.ctx.clone();
+        let max = ctx.cfg.max_deliveries;
+        let vis = ctx.cfg.visibility_timeout;
+        let mut c = self.conn.get().await?;
+        let want = permit.num_permits().max(1);
+        let page = ctx
+            .queue()
+            .pending_idle(&mut c, vis, self.cursor_opt(), want.max(16))
+            .await?;
+        if page.len() < want.max(16) {
+            self.cursor = EntryId::ZERO;
+            self.next_reclaim = Instant::now() + ctx.cfg.reclaim_interval();
+        } else if let Some(last) = page.last() {
+            self.cursor = last.id;
+        }
+        let mut plain = Vec::new();
+        let mut suspect = None;
+        for p in page {
+            // Our own task whose lease ran out while it still runs here.
+            if ctx.is_tracked(&p.id) {
+                continue;
+            }
+            if p.deliveries >= max || p.deliveries == 0 {
+                if plain.len() < permit.num_permits() {
+                    plain.push(p.id);
+                }
+            } else if suspect.is_none() {
+                suspect = Some(p.id);
+            }
+        }
+        let mut claimed = Vec::new();
+        if !plain.is_empty() {
+            match ctx
+                .queue()
+                .claim_idle(
+                    &mut c,
+                    ctx.consumer(),
+                    vis,
+                    &plain,
+                    ctx.reclaim_deadline_ms(),
+                )
+                .await?
+            {
+                Some(ac) => {
+                    if !ac.deleted.is_empty() {
+                        info!(
+                            count = ac.deleted.len(),
+                            "dropped pending ids whose entries were deleted from the stream"
+                        );
+                    }
+                    claimed.extend(ac.entries);
+                }
+                None => {
+                    self.late_reclaim();
+                    return Ok(false);
+                }
+            }
+        }
+        if !claimed.is_empty() {
+            ctx.health.metrics.reclaimed.inc_by(claimed.len() as u64);
+            info!(
+                count = claimed.len(),
+                "reclaimed tasks idle past the visibility timeout (over maxDeliveries, or handed back unstarted)"
+            );
+            if ctx.shutdown.is_cancelled() {
+                self.hand_back(claimed, 1);
+                return Ok(true);
+            }
+            self.dispatch(claimed, permit);
+        }
+        let Some(id) = suspect else {
+            return Ok(false);
+        };
+        // Drain: take every slot (running tasks finish, nothing new starts), then claim it.
+        let all = u32::try_from(ctx.cfg.concurrency.max(1)).unwrap_or(u32::MAX);
+        let held = permit.num_permits() as u32;
+        if held < all {
+            debug!(task = %id, "a task back from a dead or stalled worker: draining to run it alone");
+            let rest = tokio::select! {
+                p = ctx.sem.clone().acquire_many_owned(all - held) => p,
+                _ = ctx.shutdown.cancelled() => return Ok(true),
+            };
+            let Ok(rest) = rest else { return Ok(true) };
+            permit.merge(rest);
+        }
+        match ctx
+            .queue()
+            .claim_idle(
+                &mut c,
+                ctx.consumer(),
+                vis,
+                &[id],
+                ctx.reclaim_deadline_ms(),
+            )
+            .await?
+        {
+            Some(ac) => {
+                if ac.entries.is_empty() {
+                    // Another worker took it, or it was renewed, acknowledged or deleted.
+                    return Ok(false);
+                }
+                ctx.health.metrics.reclaimed.inc_by(ac.entries.len() as u64);
+                info!(
+                    task = %id,
+                    deliveries = ac.entries[0].deliveries,
+                    "reclaimed a task idle past the visibility timeout; running it alone (its worker may have died of it)"
+                );
+                if ctx.shutdown.is_cancelled() {
+                    self.hand_back(ac.entries, 1);
+                    return Ok(true);
+                }
+                // The solo task gets every slot we hold.
+                let mut entries = ac.entries;
+                entries.truncate(1);
+                self.dispatch_solo(entries, permit);
+            }
+            None => self.late_reclaim(),
+        }
+        Ok(false)
+    }
+
+    fn cursor_opt(&self) -> Option<EntryId> {
+        (self.cursor != EntryId::ZERO).then_some(self.cursor)
+    }
+
+    fn late_reclaim(&mut self) {
+        warn!(
+            "a reclaim reached redis late (redis was stalled); it claimed nothing, trying again later"
+        );
+        self.ctx.mark_trouble();
+        self.cursor = EntryId::ZERO;
+    }
+
+    /// Starts one suspect task with all the slots of `permit`.
+    fn dispatch_solo(&self, entries: Vec<Entry>, permit: &mut OwnedSemaphorePermit) {
+        let ctx = &self.ctx;
+        for e in entries {
+            let n = permit.num_permits();
+            let Some(p) = permit.split(n) else { continue };
+            if !ctx.track(e.id) {
+                continue;
+            }
+            ctx.health.metrics.in_flight.inc();
+            let ctx2 = ctx.clone();
+            ctx.tracker
+                .spawn(async move { process(ctx2, e, p, true).await });
         }
     }
 
@@ -663,58 +1121,27 @@ impl Reader {
             {
                 permit.merge(p);
             }
-            // Reclaim tasks idle past the visibility timeout (dead or stuck workers).
-            if Instant::now() >= self.next_reclaim {
-                let mut c = match self.conn.get().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.failed("reclaim", e).await;
-                        continue;
-                    }
-                };
-                match ctx
-                    .queue()
-                    .autoclaim(
-                        &mut c,
-                        ctx.consumer(),
-                        ctx.cfg.visibility_timeout,
-                        self.cursor,
-                        permit.num_permits(),
-                    )
-                    .await
-                {
-                    Ok(ac) => {
-                        self.cursor = ac.next_cursor;
-                        if self.cursor == EntryId::ZERO {
-                            self.next_reclaim = Instant::now() + ctx.cfg.reclaim_interval();
-                        }
-                        if !ac.deleted.is_empty() {
-                            info!(
-                                count = ac.deleted.len(),
-                                "dropped pending ids whose entries were deleted from the stream"
-                            );
-                        }
-                        let entries: Vec<Entry> = ac
-                            .entries
-                            .into_iter()
-                            .filter(|e| {
-                                // Our own task whose lease ran out while it still runs here.
-                                !ctx.is_tracked(&e.id)
-                            })
-                            .collect();
-                        if !entries.is_empty() {
-                            ctx.health.metrics.reclaimed.inc_by(entries.len() as u64);
-                            info!(
-                                count = entries.len(),
-                                "reclaimed tasks idle past the visibility timeout"
-                            );
-                            if ctx.shutdown.is_cancelled() {
-                                self.hand_back(entries, 1);
-                                break;
-                            }
-                            self.dispatch(entries, &mut permit);
-                        }
-                    }
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            // Deliveries whose reply was lost: after each reconnect, and now and then.
+            if Instant::now() >= self.next_take_back {
+                self.next_take_back = Instant::now() + ctx.cfg.reclaim_interval();
+                if let Err(e) = self.take_back(&mut permit).await {
+                    self.failed("take back", e).await;
+                    continue;
+                }
+                if permit.num_permits() == 0 {
+                    continue;
+                }
+            }
+            // Reclaim tasks idle past the visibility timeout (dead or stuck workers), but
+            // not right after Redis was stalled or unreachable: its idle clocks ran on, and
+            // live workers must renew their leases first.
+            if Instant::now() >= self.next_reclaim && ctx.reclaim_allowed() {
+                match self.reclaim(&mut permit).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
                     Err(e) => {
                         self.failed("reclaim", e).await;
                         continue;
@@ -737,7 +1164,7 @@ impl Reader {
                 .await
             {
                 Ok(entries) => {
-                    ctx.health.set_ready(!ctx.shutdown.is_cancelled());
+                    ctx.health.set_ready(true);
                     if entries.is_empty() {
                         continue;
                     }
@@ -757,11 +1184,12 @@ impl Reader {
     /// Hands back entries that were delivered but never started (their delivery does not
     /// count: `uncount` is subtracted from their counter).
     fn hand_back(&self, entries: Vec<Entry>, uncount: u32) {
-        self.ctx.health.metrics.in_flight.add(entries.len() as i64);
         for e in entries {
-            self.ctx.track(e.id);
-            self.ctx
-                .release_later(e.id, e.deliveries.saturating_sub(uncount));
+            if self.ctx.track(e.id) {
+                self.ctx.health.metrics.in_flight.inc();
+                self.ctx
+                    .release_later(e.id, e.deliveries.saturating_sub(uncount));
+            }
         }
     }
 }
@@ -805,10 +1233,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         hard_stop: hard_stop.clone(),
         abandon: CancellationToken::new(),
+        started: Instant::now(),
+        trouble: Mutex::new(None),
+        clock_offset_ms: AtomicI64::new(0),
+        clock_known: AtomicBool::new(false),
+        lease_lost: Mutex::new(HashSet::new()),
     });
     let acker = tokio::spawn(acknowledger(ctx.clone(), done_rx));
     let renew_stop = CancellationToken::new();
     let renew = tokio::spawn(renewer(ctx.clone(), renew_stop.clone()));
+    let ping = tokio::spawn(pinger(ctx.clone(), client.clone(), renew_stop.clone()));
     let reader = Reader {
         ctx: ctx.clone(),
         conn: Conn::new(client, Some(block + Duration::from_secs(5))),
@@ -817,10 +1251,14 @@ pub async fn run(
         attempt: 0,
         cursor: EntryId::ZERO,
         next_reclaim: Instant::now(),
+        next_take_back: Instant::now(),
+        lost_connection: false,
     };
     let reader = tokio::spawn(reader.run());
 
     shutdown.cancelled().await;
+    // Not ready from the signal on, not only when the blocking read returns.
+    ctx.health.set_stopping();
     let grace = ctx.cfg.shutdown_grace;
     info!(
         in_flight = ctx.health.metrics.in_flight.get(),
@@ -854,6 +1292,7 @@ pub async fn run(
     }
     renew_stop.cancel();
     let _ = renew.await;
+    let _ = ping.await;
     let (tx, rx) = oneshot::channel();
     ctx.send(Done::Flush(tx));
     if tokio::time::timeout(Duration::from_secs(5), rx)

@@ -146,9 +146,32 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Freezes the server (`SIGSTOP`): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Resumes a server frozen by [`RedisServer::pause`] (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
     /// Kills the server (SIGKILL) and waits for it. With [`Persistence::AppendOnlyAlways`]
     /// every acknowledged write survives.
     pub fn stop(&mut self) {
+        // A paused server must be resumed to die promptly and release its port.
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -76,6 +76,8 @@ async fn stats_compute_exact_lag_when_redis_reports_nil() {
         (st.lag, st.lag_computed, st.pending, st.backlog),
         (1300, false, 1200, 2500)
     );
+    assert!(!st.lag_estimated);
+    assert_eq!(st.pending_deleted, 0);
 
     // Delete one undelivered entry: Redis 7.0 reports lag as nil now.
     let _: i64 = redis::cmd("XDEL")
@@ -142,7 +144,9 @@ async fn stats_compute_exact_lag_when_redis_reports_nil() {
         ])
         .output()
         .expect("run stats");
-    assert!(String::from_utf8_lossy(&text.stdout).contains("backlog:       1499"));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("backlog:       1499"), "{text}");
+    assert!(text.contains("lag:           1299 (counted"), "{text}");
 }
 
 #[tokio::test]
@@ -313,9 +317,12 @@ async fn claims_count_deliveries_and_handle_deleted_entries() {
     e.deliveries = 3;
     e.fields.push((b"id".to_vec(), b"task-7".to_vec()));
     e.fields.push((b"error".to_vec(), b"user field".to_vec()));
-    q.dead_letter(&mut c, &e, "alive", "boom")
-        .await
-        .expect("dead letter");
+    assert!(
+        q.dead_letter(&mut c, &e, "alive", "boom")
+            .await
+            .expect("dead letter")
+            .is_some()
+    );
     let dl: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg("s:dead")
         .arg("-")
@@ -365,4 +372,281 @@ async fn enqueue_sets_optional_fields() {
     assert_eq!(got[0].id, ids[0]);
     assert_eq!(got[0].field("id"), Some(&b"abc"[..]));
     assert_eq!(got[0].field("attempt"), Some(&b"2"[..]));
+}
+
+/// Lease renewal must renew every entry a worker holds, not only the first: a worker with
+/// several in-flight tasks keeps all of them.
+#[tokio::test]
+async fn renewal_renews_every_held_entry_of_every_worker() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("s", "g");
+    let mut c = conn(&url).await;
+    q.ensure_group(&mut c).await.expect("group");
+    let payloads: Vec<String> = (0..12).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&url, &q, &refs).await;
+    // Three workers hold four entries each.
+    let mut held = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        let got = q
+            .read(&mut c, w, 4, Duration::from_millis(50))
+            .await
+            .expect("read");
+        assert_eq!(got.len(), 4);
+        held.push((w, got.iter().map(|e| e.id).collect::<Vec<_>>()));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (w, ids) in &held {
+        let lost = q.renew(&mut c, w, ids).await.expect("renew");
+        assert!(lost.is_empty(), "{w} lost {lost:?}");
+    }
+    // Every entry was renewed: none is idle past 200 ms, so nothing can be reclaimed.
+    let p = q.pending_entries(&mut c, 100, None).await.expect("pending");
+    assert_eq!(p.len(), 12);
+    for e in &p {
+        assert!(
+            e.idle_ms < 200,
+            "{} of {} not renewed: idle {} ms",
+            e.id,
+            e.consumer,
+            e.idle_ms
+        );
+        assert_eq!(e.deliveries, 1, "renewal does not count a delivery");
+    }
+    let ac = q
+        .autoclaim(
+            &mut c,
+            "thief",
+            Duration::from_millis(200),
+            EntryId::ZERO,
+            100,
+        )
+        .await
+        .expect("autoclaim");
+    assert!(
+        ac.entries.is_empty(),
+        "stole {:?}",
+        ac.entries.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    // An entry another worker took is reported lost, and the others are still renewed.
+    let (w1, ids1) = &held[0];
+    let _: Value = redis::cmd("XCLAIM")
+        .arg("s")
+        .arg("g")
+        .arg("w2")
+        .arg(0)
+        .arg(ids1[2])
+        .arg("JUSTID")
+        .query_async(&mut c)
+        .await
+        .expect("xclaim");
+    assert_eq!(
+        q.renew(&mut c, w1, ids1).await.expect("renew"),
+        vec![ids1[2]]
+    );
+}
+
+/// A dead-letter write that Redis refuses (the dead-letter key holds a string) must leave
+/// the task pending, and a dead letter run twice (a command retried after a stall) must
+/// write one entry.
+#[tokio::test]
+async fn dead_letters_are_written_before_the_ack_and_at_most_once() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("s", "g");
+    let mut c = conn(&url).await;
+    q.ensure_group(&mut c).await.expect("group");
+    let ids = enqueue(&url, &q, &["a"]).await;
+    let got = q
+        .read(&mut c, "w", 1, Duration::from_millis(50))
+        .await
+        .expect("read");
+    let _: () = redis::cmd("SET")
+        .arg("s:dead")
+        .arg("not a stream")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let err = q
+        .dead_letter(&mut c, &got[0], "w", "boom")
+        .await
+        .expect_err("the write must fail");
+    assert!(err.is_wrong_type(), "{err}");
+    let st = stats(&url, &q).await;
+    assert_eq!(
+        (st.stream_length, st.pending),
+        (1, 1),
+        "the task is still there and pending"
+    );
+    let p = q
+        .pending_entries(&mut c, 10, Some("w"))
+        .await
+        .expect("pending");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].id, ids[0]);
+
+    let _: () = redis::cmd("DEL")
+        .arg("s:dead")
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    // Another worker does not hold it: nothing is written.
+    assert_eq!(
+        q.dead_letter(&mut c, &got[0], "other", "boom")
+            .await
+            .expect("dl"),
+        None
+    );
+    let first = q
+        .dead_letter(&mut c, &got[0], "w", "boom")
+        .await
+        .expect("dl");
+    assert!(first.is_some());
+    let again = q
+        .dead_letter(&mut c, &got[0], "w", "boom")
+        .await
+        .expect("dl");
+    assert_eq!(again, None, "the retried command writes nothing");
+    let st = stats(&url, &q).await;
+    assert_eq!((st.dead_letters, st.stream_length, st.pending), (1, 0, 0));
+}
+
+/// Redis 7.0 reports a wrong lag after XTRIM, and pending entries whose stream entries were
+/// trimmed are no work: the backlog must be the entries that can still run.
+#[tokio::test]
+async fn stats_after_xtrim_count_the_lag_and_leave_out_trimmed_pending_entries() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("s", "g");
+    let mut c = conn(&url).await;
+    q.ensure_group(&mut c).await.expect("group");
+    let payloads: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&url, &q, &refs).await;
+    let got = q
+        .read(&mut c, "w", 4, Duration::from_millis(50))
+        .await
+        .expect("read");
+    assert_eq!(got.len(), 4);
+    let _: i64 = redis::cmd("XTRIM")
+        .arg("s")
+        .arg("MAXLEN")
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .expect("xtrim");
+    let st = stats(&url, &q).await;
+    assert_eq!(st.stream_length, 3);
+    assert_eq!(st.lag, 3, "the 3 entries left were never delivered");
+    assert_eq!(st.pending, 4, "redis still lists 4 pending ids");
+    assert_eq!(st.pending_deleted, 4, "all 4 were trimmed away");
+    assert_eq!(st.backlog, 3);
+    assert!(!st.lag_estimated);
+    // XADD with MAXLEN trims too.
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("MAXLEN")
+        .arg(2)
+        .arg("*")
+        .arg("payload")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .expect("xadd maxlen");
+    let st = stats(&url, &q).await;
+    assert_eq!((st.stream_length, st.lag, st.backlog), (2, 2, 2));
+}
+
+/// Entries delivered to a consumer whose reply never arrived are taken back without
+/// counting another delivery.
+#[tokio::test]
+async fn lost_deliveries_are_taken_back_without_counting_a_delivery() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("s", "g");
+    let mut c = conn(&url).await;
+    q.ensure_group(&mut c).await.expect("group");
+    let ids = enqueue(&url, &q, &["a", "b", "c"]).await;
+    // The read ran in Redis; pretend its reply was lost.
+    let _ = q
+        .read(&mut c, "w", 3, Duration::from_millis(50))
+        .await
+        .expect("read");
+    let _: i64 = redis::cmd("XDEL")
+        .arg("s")
+        .arg(ids[2])
+        .query_async(&mut c)
+        .await
+        .expect("xdel");
+    let own = q.pending_of(&mut c, "w", None, 10).await.expect("pending");
+    assert_eq!(own.len(), 3);
+    let page = q
+        .pending_of(&mut c, "w", Some(ids[0]), 10)
+        .await
+        .expect("pending");
+    assert_eq!(
+        page.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[2]]
+    );
+    let (entries, deleted) = q.take_back(&mut c, "w", &ids).await.expect("take back");
+    assert_eq!(
+        entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(entries[0].payload.as_deref(), Some(&b"a"[..]));
+    assert!(
+        entries.iter().all(|e| e.deliveries == 1),
+        "no delivery counted"
+    );
+    assert_eq!(deleted, vec![ids[2]]);
+    let p = q.pending_entries(&mut c, 10, None).await.expect("pending");
+    assert!(p.iter().all(|p| p.deliveries == 1));
+    // Another consumer cannot take them.
+    let (entries, _) = q.take_back(&mut c, "x", &ids).await.expect("take back");
+    assert!(entries.is_empty());
+}
+
+/// A reclaim that reaches Redis after its deadline claims nothing.
+#[tokio::test]
+async fn a_late_reclaim_claims_nothing() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let q = Queue::new("s", "g");
+    let mut c = conn(&url).await;
+    q.ensure_group(&mut c).await.expect("group");
+    enqueue(&url, &q, &["a"]).await;
+    let _ = q
+        .read(&mut c, "dead", 1, Duration::from_millis(50))
+        .await
+        .expect("read");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.expect("time");
+    let now_ms = secs * 1000 + micros / 1000;
+    let late = q
+        .autoclaim_before(
+            &mut c,
+            "w",
+            Duration::from_millis(10),
+            EntryId::ZERO,
+            10,
+            Some(now_ms - 1),
+        )
+        .await
+        .expect("autoclaim");
+    assert!(late.is_none());
+    let on_time = q
+        .autoclaim_before(
+            &mut c,
+            "w",
+            Duration::from_millis(10),
+            EntryId::ZERO,
+            10,
+            Some(now_ms + 60_000),
+        )
+        .await
+        .expect("autoclaim")
+        .expect("in time");
+    assert_eq!(on_time.entries.len(), 1);
+    assert_eq!(on_time.entries[0].deliveries, 2);
 }

@@ -214,3 +214,102 @@ pub fn read_lines(path: &str) -> Vec<String> {
         .map(|l| l.to_string())
         .collect()
 }
+
+/// A TCP proxy in front of Redis that can lose one reply: once armed, the first reply
+/// from Redis that carries a stream entry (it contains the field name `payload`) is
+/// swallowed and the client connection is closed, as when a connection drops after Redis
+/// ran the command. The command itself ran.
+pub struct LossyProxy {
+    pub port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LossyProxy {
+    pub async fn start(upstream_port: u16) -> LossyProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (a, d) = (armed.clone(), dropped.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                let (a, d) = (a.clone(), d.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if sw.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    let chunk = &buf[..n];
+                                    if chunk.windows(7).any(|w| w == b"payload")
+                                        && a.swap(false, Ordering::SeqCst)
+                                    {
+                                        d.fetch_add(1, Ordering::SeqCst);
+                                        break;
+                                    }
+                                    if cw.write_all(chunk).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    // Either side ending closes both.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        LossyProxy {
+            port,
+            armed,
+            dropped,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Lose the next reply that carries an entry.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many replies were lost.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The log lines of a worker whose message contains `text`.
+pub fn count_logs(w: &Worker, text: &str) -> usize {
+    w.logs().lines().filter(|l| l.contains(text)).count()
+}
