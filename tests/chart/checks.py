@@ -75,8 +75,11 @@ def workpool_validator():
     crd = yaml.safe_load(crd_source_path().read_text())
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     schema = _to_jsonschema(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-    # metadata is validated by the apiserver, not the CRD schema
-    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+    # apiVersion, kind and metadata are the apiserver's, whatever the CRD schema lists
+    props = schema.setdefault("properties", {})
+    props["metadata"] = {"type": "object"}
+    props["apiVersion"] = {"type": "string"}
+    props["kind"] = {"type": "string"}
     return jsonschema.Draft7Validator(schema), f"{crd['spec']['group']}/{version['name']}"
 
 

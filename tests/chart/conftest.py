@@ -7,6 +7,8 @@ the workpool-worker binary, crds/workpool.yaml) fails the test instead of skippi
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import shutil
 import sys
@@ -88,9 +90,24 @@ class Rendered(list):
         return {d.kind for d in self}
 
 
-def render(values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
+_CACHE: dict[str, Rendered] = {}
+
+
+def render(values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE,
+           fresh: bool = False) -> Rendered:
     """Renders the chart offline (lookup returns nothing) with the real Helm engine.
-    Schema violations and `fail` calls raise helm_python.HelmError."""
+    Schema violations and `fail` calls raise helm_python.HelmError. Renders are cached by
+    their inputs (tests must not modify the result); fresh=True renders anew (the
+    generated Redis password differs per render)."""
+    key = json.dumps([values, name, namespace], sort_keys=True)
+    if not fresh and key in _CACHE:
+        return copy.deepcopy(_CACHE[key])
+    docs = _render(values, name, namespace)
+    _CACHE[key] = docs
+    return copy.deepcopy(docs)
+
+
+def _render(values: dict[str, Any] | None, name: str, namespace: str) -> Rendered:
     h = helm()
     with h.Chart.load(str(CHART)) as chart:
         out = chart.render(values or {}, name=name, namespace=namespace, is_install=True)

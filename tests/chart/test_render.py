@@ -241,7 +241,7 @@ def test_bundled_redis():
     assert data["redis-url"] == f"redis://:{password}@{svc['metadata']['name']}.{NAMESPACE}.svc:6379/0"
     assert data["auth.conf"] == f"requirepass {password}\n"
     # two renders (two installs) get different passwords; lookup keeps it on upgrades
-    assert _secret_data(render().one("Secret", "-redis"))["redis-password"] != password
+    assert _secret_data(render(fresh=True).one("Secret", "-redis"))["redis-password"] != password
     pod = sts["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["redis-server", "/etc/redis/redis.conf"], "the password is never on the command line"
