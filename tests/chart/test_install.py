@@ -31,7 +31,10 @@ def test_install_test_upgrade_uninstall_with_defaults():
 def test_install_ha_operator_without_persistence():
     from install import install_cycle
 
+    # The same release name and namespace as above: the CRD kept by the first uninstall
+    # carries that release's ownership annotations, and Helm adopts it only for the same
+    # release (any other release would have to set crds.install=false).
     values = {**MATRIX["ha-operator"], "redis": {"persistence": {"enabled": False}}}
-    rep = install_cycle(KUBECONFIG, namespace="workpool-chart-e2e-ha", release="wp-ha", values=values,
+    rep = install_cycle(KUBECONFIG, namespace="workpool-chart-e2e", values=values,
                         upgrade_values={"operator": {"replicas": 2}})
     assert rep.steps[-1].endswith("nothing left but the CRD (kept)")
