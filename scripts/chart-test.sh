@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chart, dashboards, alerts, images and handler-example tests (tests/chart/), with
 # what they need installed when missing:
-#   pip: helm-python-sdk (the real Helm v4 library, offline), kubernetes-validate, pytest
+#   pip: helm-python-sdk (the real Helm v4 library, offline), kubernetes-validate, pytest,
+#        matplotlib (monitoring/render_dashboards.py draws the dashboards to PNG)
 #   apt: prometheus (promtool + a real Prometheus for the PromQL checks), redis-server
 #   the workpool-worker binary (cargo build -p workpool-worker) for the helm-test hook and
 #   handler examples, which run against real processes.
@@ -10,13 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PIP_PACKAGES=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 "pytest>=8" pyyaml jsonschema)
+PIP_PACKAGES=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 "pytest>=8" pyyaml jsonschema matplotlib)
 PY=python3
 
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 
 # --- Python packages -----------------------------------------------------------------
-if ! $PY -c 'import helm_python, kubernetes_validate, pytest, yaml, jsonschema' 2>/dev/null; then
+if ! $PY -c 'import helm_python, kubernetes_validate, pytest, yaml, jsonschema, matplotlib' 2>/dev/null; then
   echo "chart-test: installing ${PIP_PACKAGES[*]}"
   if ! $PY -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}" 2>/tmp/chart-test-pip.log; then
     # a Python that refuses system-wide installs (PEP 668): a private venv under .sandbox/

@@ -11,13 +11,17 @@ real worker's /metrics.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from conftest import need_tool
+from conftest import REPO, missing, need_tool
 from procs import free_port, process, redis_server, wait_port, worker_bin
 from promserver import prometheus
 from test_dashboards import DASHBOARDS, GAUGES, exprs, load
@@ -61,8 +65,20 @@ class OperatorStandIn:
         n = self.scrapes
         lab = f'namespace="{NS}",workpool="{POOL}"'
         out = []
+        # a pool that follows a sawtooth backlog
+        desired = 2 + (n // 10) % 4
+        ready = desired - (1 if n % 7 == 0 else 0)
+        backlog = (n * 7) % 40
+        busy = min(ready, backlog)
+        values = {
+            "workpool_desired_replicas": desired, "workpool_replicas": desired, "workpool_ready_replicas": ready,
+            "workpool_busy_replicas": busy, "workpool_queue_backlog": backlog,
+            "workpool_queue_pending": min(backlog, busy * 2), "workpool_queue_dead_letters": n // 15,
+            "workpool_queue_oldest_pending_seconds": (n % 10) * 0.5, "workpool_queue_up": 1,
+        }
+        assert set(values) == set(OPERATOR_GAUGES)
         for g in OPERATOR_GAUGES:
-            out += [f"# TYPE {g} gauge", f"{g}{{{lab}}} {1 if g == 'workpool_queue_up' else 3 + n % 5}"]
+            out += [f"# TYPE {g} gauge", f"{g}{{{lab}}} {values[g]}"]
         for c, (label, values) in OPERATOR_COUNTERS.items():
             out.append(f"# TYPE {c} counter")
             out += [f'{c}{{{lab},{label}="{v}"}} {n * (i + 1)}' for i, v in enumerate(values)]
@@ -132,9 +148,13 @@ def test_every_panel_query_returns_data():
                     "        labels: {namespace: workpool-system}\n"
                 )
                 with prometheus(config) as prom:
-                    # successes (with durations), and failures that are dead-lettered
-                    submit(url, POOL, '{"ms": 20}', 40)
-                    submit(url, POOL, '"not an object"', 3)
+                    # successes (with durations) and failures that are dead-lettered, spread
+                    # over a few scrapes so that rates and quantiles have something to show
+                    for i in range(8):
+                        submit(url, POOL, f'{{"ms": {50 + 40 * i}}}', 5)
+                        if i % 3 == 0:
+                            submit(url, POOL, '"not an object"', 1)
+                        time.sleep(1)
                     deadline = time.monotonic() + 60
                     while time.monotonic() < deadline:
                         done = prom.query(f'sum(workpool_worker_tasks_total{{outcome="succeeded",workpool="{POOL}"}})')
@@ -154,7 +174,28 @@ def test_every_panel_query_returns_data():
                             checked += 1
                             if answer["status"] != "success" or not answer["data"]["result"]:
                                 empty.append(f"{path.name}: {panel['title']}: {q} -> {json.dumps(answer)[:200]}")
+                    drawn = render_pngs(prom.base)
     finally:
         stand_in.close()
     assert checked > 40
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    for path in DASHBOARDS:
+        png = drawn / f"{path.stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000, png
+
+
+def render_pngs(base: str) -> Path:
+    """monitoring/render_dashboards.py draws each dashboard from this Prometheus; every
+    panel must have something to draw. WORKPOOL_DASHBOARD_PNG_DIR keeps the pictures."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        missing("the Python package matplotlib is not installed")
+    out = Path(os.environ.get("WORKPOOL_DASHBOARD_PNG_DIR") or tempfile.mkdtemp(prefix="workpool-dashboards-"))
+    r = subprocess.run([sys.executable, str(REPO / "monitoring" / "render_dashboards.py"), "--prometheus", base,
+                        "--out", str(out), "--var", f"namespace={NS}", "--var", f"workpool={POOL}", "--range", "2m"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(DASHBOARDS) and all(line.endswith("no data: none") for line in lines), r.stdout
+    return out
