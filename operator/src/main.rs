@@ -1,10 +1,13 @@
+//! `workpool-operator`: runs the WorkPool controller (see `workpool-operator --help`).
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!(
-        "workpool-operator {}: the controller is not built yet (see the open issues); \
-         this binary exits without doing anything",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let args = workpool_operator::run::Args::parse();
+    if let Err(e) = workpool_operator::run::run(args).await {
+        eprintln!("workpool-operator: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,462 @@
+//! The `WorkPool` custom resource (`workpool.dev/v1alpha1`): types only.
+//!
+//! Every field carries a description (doc comments become the schema's descriptions, so
+//! `kubectl explain workpool.spec` documents them), defaults are in the schema, and CEL
+//! rules say what the schema alone cannot (exactly one of `url`/`urlSecretRef`,
+//! `minReplicas <= maxReplicas`, immutable stream and group, ...). `crds/workpool.yaml`
+//! is generated from these types by the `crdgen` binary.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the WorkPool kind.
+pub const GROUP: &str = "workpool.dev";
+/// API version of the WorkPool kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of the WorkPool kind.
+pub const API_VERSION: &str = "workpool.dev/v1alpha1";
+/// The kind.
+pub const KIND: &str = "WorkPool";
+
+/// The worker's own default for `--visibility-timeout` (seconds).
+pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: i32 = 300;
+/// The worker's own default for `--max-deliveries`.
+pub const DEFAULT_MAX_DELIVERIES: i32 = 5;
+
+/// A pool of worker pods that consume one Redis stream through one consumer group. The
+/// operator keeps `replicas` pods alive (or the number the autoscaler asks for), replaces
+/// pods that fail, and on scale-in removes idle workers first.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "workpool.dev",
+    version = "v1alpha1",
+    kind = "WorkPool",
+    plural = "workpools",
+    singular = "workpool",
+    shortname = "wp",
+    category = "all",
+    namespaced,
+    status = "WorkPoolStatus",
+    derive = "PartialEq",
+    doc = "A WorkPool is a set of worker pods sharing one Redis Streams queue; the workpool operator keeps the right number of them alive.",
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a WorkPool's name is used as a label value: at most 63 characters"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        description = "Pods the operator wants",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        description = "Pods that are ready",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Busy",
+        type_ = "integer",
+        description = "Pods holding at least one task",
+        json_path = ".status.busyReplicas"
+    ),
+    printcolumn(
+        name = "Backlog",
+        type_ = "integer",
+        description = "Tasks waiting or in flight",
+        json_path = ".status.queue.backlog"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        description = "The Ready condition",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!(has(self.delivery) && has(self.delivery.deadLetterStream) && has(self.queue.redis.stream)) || self.delivery.deadLetterStream != self.queue.redis.stream"
+).message("delivery.deadLetterStream must differ from queue.redis.stream").field_path(".delivery.deadLetterStream"))]
+#[serde(rename_all = "camelCase")]
+pub struct WorkPoolSpec {
+    /// Where the pool's tasks come from.
+    pub queue: QueueSpec,
+    /// How tasks are delivered to the workers (passed to every worker as WORKPOOL_* environment).
+    #[serde(default)]
+    pub delivery: DeliverySpec,
+    /// Number of worker pods when `autoscaling` is absent (this is what `kubectl scale` sets).
+    /// With `autoscaling`, the autoscaler decides and this field is ignored.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Scale the pool on queue depth. When absent the pool runs `replicas` pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// The worker pod. The operator adds its labels, an owner reference, a restricted
+    /// security context where the template says nothing, and the WORKPOOL_* environment
+    /// (queue URL, stream, group, consumer name, delivery settings) to the container named
+    /// `worker`, or else to the first container.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The queue backend of a pool. Exactly one backend must be set (today: `redis`).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// A Redis stream and consumer group.
+    pub redis: RedisQueueSpec,
+}
+
+/// A Redis stream read by one consumer group.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+#[x_kube(validation = Rule::new("(has(self.stream) ? self.stream : '') == (has(oldSelf.stream) ? oldSelf.stream : '')").message("stream is immutable: the pool's consumers and their pending tasks live in it"))]
+#[x_kube(validation = Rule::new("(has(self.group) ? self.group : '') == (has(oldSelf.group) ? oldSelf.group : '')").message("group is immutable: the pool's consumers and their pending tasks live in it"))]
+#[serde(rename_all = "camelCase")]
+pub struct RedisQueueSpec {
+    /// Redis URL, e.g. `redis://redis.workpool-system:6379/0` (`rediss://` for TLS). Use
+    /// `urlSecretRef` instead when the URL carries a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^(redis|rediss|unix|redis\\\\+unix)://.+')").message("url must start with redis://, rediss://, unix:// or redis+unix://"))]
+    pub url: Option<String>,
+    /// A key of a Secret in the pool's namespace that holds the Redis URL. Workers read it
+    /// through `secretKeyRef`; it is never copied into the pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// The task stream. Defaults to the WorkPool's name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub stream: Option<String>,
+    /// The consumer group. Defaults to the WorkPool's name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub group: Option<String>,
+}
+
+/// A key of a Secret in the WorkPool's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data whose value is the Redis URL.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".to_string()
+}
+
+/// Delivery settings; the defaults are the worker's own.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// A task held this long by a silent worker (crashed, killed, partitioned) is reclaimed
+    /// by another worker. Live workers renew their tasks, so long tasks are not run twice.
+    #[serde(default = "default_visibility_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub visibility_timeout_seconds: i32,
+    /// A task delivered this many times without success moves to the dead-letter stream.
+    #[serde(default = "default_max_deliveries")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_deliveries: i32,
+    /// The dead-letter stream. Defaults to `<stream>:dead`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub dead_letter_stream: Option<String>,
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        DeliverySpec {
+            visibility_timeout_seconds: DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            dead_letter_stream: None,
+        }
+    }
+}
+
+fn default_visibility_timeout() -> i32 {
+    DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+}
+
+fn default_max_deliveries() -> i32 {
+    DEFAULT_MAX_DELIVERIES
+}
+
+/// Queue-depth autoscaling: desired = ceil(backlog / targetBacklogPerReplica), clamped to
+/// [minReplicas, maxReplicas], with the behaviour of HPA autoscaling/v2.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas").field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.fallbackReplicas) || self.fallbackReplicas <= self.maxReplicas").message("fallbackReplicas must not exceed maxReplicas").field_path(".fallbackReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// The fewest pods; 0 lets an idle pool scale to zero.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// The most pods, counting pods that are still terminating.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Tasks (waiting + in flight) one worker should have: desired = ceil(backlog / this).
+    #[serde(default = "default_target_backlog")]
+    #[schemars(range(min = 1))]
+    pub target_backlog_per_replica: i32,
+    /// A pool at zero leaves zero only when the backlog exceeds this.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub activation_backlog: i32,
+    /// How often the queue is read, in seconds.
+    #[serde(default = "default_poll_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub poll_interval_seconds: i32,
+    /// How long the queue must stay empty before the pool returns to zero pods (when
+    /// `minReplicas` is 0), in seconds.
+    #[serde(default = "default_scale_to_zero_delay")]
+    #[schemars(range(min = 0))]
+    pub scale_to_zero_delay_seconds: i32,
+    /// Pods to run while the queue cannot be read (QueueReachable=False). When absent the
+    /// pool keeps its current size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub fallback_replicas: Option<i32>,
+    /// Scaling behaviour, with the shape and defaults of HPA autoscaling/v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<ScalingBehavior>,
+}
+
+fn default_target_backlog() -> i32 {
+    10
+}
+
+fn default_poll_interval() -> i32 {
+    5
+}
+
+fn default_scale_to_zero_delay() -> i32 {
+    120
+}
+
+/// Scale-up and scale-down rules (HPA autoscaling/v2 `behavior`).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingBehavior {
+    /// Rules for scaling up. HPA's default: no stabilization; at most +100% or +4 pods
+    /// (whichever is more) every 15 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Rules for scaling down. HPA's default: 300 s stabilization; at most -100% every 15 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// Rules for one direction of scaling.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Recommendations of this many past seconds are considered: the highest for scale-down,
+    /// the lowest for scale-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: Option<i32>,
+    /// Rate limits; which one applies is chosen by `selectPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<ScalingPolicy>>,
+    /// Which policy applies when several are given: `Max` (the one allowing the largest
+    /// change), `Min` (the smallest), `Disabled` (no scaling in this direction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_policy: Option<SelectPolicy>,
+    /// A change smaller than this fraction of the current size is ignored (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub tolerance: Option<f64>,
+}
+
+/// One rate limit.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    /// `Pods` (an absolute number of pods) or `Percent` (of the current size).
+    #[serde(rename = "type")]
+    pub type_: PolicyType,
+    /// The number of pods or the percentage.
+    #[schemars(range(min = 1))]
+    pub value: i32,
+    /// The window, in seconds, the limit applies to.
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: i32,
+}
+
+/// Kind of a rate limit.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyType {
+    /// An absolute number of pods.
+    Pods,
+    /// A percentage of the current number of pods.
+    Percent,
+}
+
+/// How to pick among several policies.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectPolicy {
+    /// The policy allowing the largest change.
+    Max,
+    /// The policy allowing the smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// Observed state of a WorkPool, written by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkPoolStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the pool that are not terminating.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Of those, pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Of those, pods whose consumer holds at least one task.
+    #[serde(default)]
+    pub busy_replicas: i32,
+    /// Pods the operator wants (from `replicas` or the autoscaler).
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Label selector of the pool's pods (for the scale subresource and `kubectl get pods -l`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The queue as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
+    /// When the operator last changed the number of pods to follow a new desired count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Ready, QueueReachable, Degraded and Scaling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The queue as last read by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Tasks waiting (not yet delivered to the group) plus in flight (pending).
+    pub backlog: i64,
+    /// Tasks delivered to a worker and not yet acknowledged.
+    pub pending: i64,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: i64,
+    /// Age of the oldest pending task in seconds, since it was enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_seconds: Option<i64>,
+    /// Consumers in the group.
+    #[serde(default)]
+    pub consumers: i32,
+}
+
+/// A condition (the shape of metav1.Condition).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, QueueReachable, Degraded or Scaling.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// A CamelCase word saying why.
+    pub reason: String,
+    /// Human-readable details.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The `metadata.generation` the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A PodTemplateSpec: the worker pod (see `kubectl explain pod`). The operator merges its labels, environment and security defaults into it.",
+        "type": "object",
+        "properties": {
+            "metadata": {
+                "description": "Labels and annotations for the pods (the operator adds its own labels).",
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true
+            },
+            "spec": {
+                "description": "The pod spec (see `kubectl explain pod.spec`). At least one container; the one named `worker` (or else the first) gets the WORKPOOL_* environment.",
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "required": ["containers"],
+                "properties": {
+                    "containers": {
+                        "description": "The pod's containers.",
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "description": "A container (see `kubectl explain pod.spec.containers`).",
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true
+                        }
+                    }
+                }
+            }
+        },
+        "required": ["spec"]
+    })
+}
+
+impl WorkPool {
+    /// The task stream: `spec.queue.redis.stream` or the pool's name.
+    pub fn stream(&self) -> String {
+        self.spec
+            .queue
+            .redis
+            .stream
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The consumer group: `spec.queue.redis.group` or the pool's name.
+    pub fn group(&self) -> String {
+        self.spec
+            .queue
+            .redis
+            .group
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The dead-letter stream: `spec.delivery.deadLetterStream` or `<stream>:dead`.
+    pub fn dead_letter_stream(&self) -> String {
+        self.spec
+            .delivery
+            .dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}:dead", self.stream()))
+    }
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics of the operator (documented in `docs/metrics.md`; dashboards are
+//! written against these exact names and labels).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::planner::ReplacementReason;
+
+/// Reasons of `workpool_reconcile_errors_total` (see [`crate::Error::metric_label`]).
+pub const RECONCILE_ERROR_REASONS: &[&str] = &[
+    "api",
+    "conflict",
+    "forbidden",
+    "invalid",
+    "invalid_spec",
+    "serialization",
+    "cleanup",
+];
+
+/// Reasons of `workpool_queue_probe_errors_total` (see [`crate::probe::ProbeError::metric_label`]).
+pub const PROBE_ERROR_REASONS: &[&str] = &[
+    "unreachable",
+    "auth",
+    "refused",
+    "invalid_url",
+    "secret",
+    "protocol",
+];
+
+/// Directions of `workpool_scale_events_total`.
+pub const DIRECTIONS: &[&str] = &["up", "down"];
+
+/// All operator metrics, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `workpool_desired_replicas`
+    pub desired: IntGaugeVec,
+    /// `workpool_replicas`
+    pub replicas: IntGaugeVec,
+    /// `workpool_ready_replicas`
+    pub ready: IntGaugeVec,
+    /// `workpool_busy_replicas`
+    pub busy: IntGaugeVec,
+    /// `workpool_queue_backlog`
+    pub backlog: IntGaugeVec,
+    /// `workpool_queue_pending`
+    pub pending: IntGaugeVec,
+    /// `workpool_queue_dead_letters`
+    pub dead_letters: IntGaugeVec,
+    /// `workpool_queue_oldest_pending_seconds`
+    pub oldest_pending: IntGaugeVec,
+    /// `workpool_queue_up`
+    pub queue_up: IntGaugeVec,
+    /// `workpool_scale_events_total`
+    pub scale_events: IntCounterVec,
+    /// `workpool_pod_replacements_total`
+    pub replacements: IntCounterVec,
+    /// `workpool_reconcile_errors_total`
+    pub reconcile_errors: IntCounterVec,
+    /// `workpool_queue_probe_errors_total`
+    pub probe_errors: IntCounterVec,
+    /// `workpool_reconcile_duration_seconds`
+    pub reconcile_duration: Histogram,
+    /// `workpool_leader`
+    pub leader: IntGauge,
+}
+
+const POOL: &[&str] = &["namespace", "workpool"];
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), POOL)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    extra: &str,
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), &["namespace", "workpool", extra])?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "workpool_reconcile_duration_seconds",
+                "Duration of one reconcile of one WorkPool",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        r.register(Box::new(reconcile_duration.clone()))?;
+        let leader = IntGauge::new(
+            "workpool_leader",
+            "1 on the operator replica that holds the leader Lease and acts, else 0",
+        )?;
+        r.register(Box::new(leader.clone()))?;
+        Ok(Metrics {
+            desired: gauge(&r, "workpool_desired_replicas", "Pods the operator wants")?,
+            replicas: gauge(
+                &r,
+                "workpool_replicas",
+                "Pods of the pool that are not terminating",
+            )?,
+            ready: gauge(
+                &r,
+                "workpool_ready_replicas",
+                "Pods of the pool that are ready",
+            )?,
+            busy: gauge(
+                &r,
+                "workpool_busy_replicas",
+                "Pods whose consumer holds a task",
+            )?,
+            backlog: gauge(
+                &r,
+                "workpool_queue_backlog",
+                "Tasks waiting or in flight (lag + pending)",
+            )?,
+            pending: gauge(
+                &r,
+                "workpool_queue_pending",
+                "Tasks delivered and not yet acknowledged",
+            )?,
+            dead_letters: gauge(
+                &r,
+                "workpool_queue_dead_letters",
+                "Entries in the dead-letter stream",
+            )?,
+            oldest_pending: gauge(
+                &r,
+                "workpool_queue_oldest_pending_seconds",
+                "Age of the oldest pending task since it was enqueued (0 when none)",
+            )?,
+            queue_up: gauge(
+                &r,
+                "workpool_queue_up",
+                "1 when the last queue probe succeeded, else 0",
+            )?,
+            scale_events: counter(
+                &r,
+                "workpool_scale_events_total",
+                "Changes of the pool's size to follow a new desired count, by direction",
+                "direction",
+            )?,
+            replacements: counter(
+                &r,
+                "workpool_pod_replacements_total",
+                "Pods replaced because they failed, succeeded, were evicted or deleted",
+                "reason",
+            )?,
+            reconcile_errors: counter(
+                &r,
+                "workpool_reconcile_errors_total",
+                "Reconciles that failed, by reason",
+                "reason",
+            )?,
+            probe_errors: counter(
+                &r,
+                "workpool_queue_probe_errors_total",
+                "Queue probes that failed, by reason",
+                "reason",
+            )?,
+            reconcile_duration,
+            leader,
+            registry: r,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Removes every series of a deleted pool.
+    pub fn remove_pool(&self, namespace: &str, name: &str) {
+        let l = [namespace, name];
+        for g in [
+            &self.desired,
+            &self.replicas,
+            &self.ready,
+            &self.busy,
+            &self.backlog,
+            &self.pending,
+            &self.dead_letters,
+            &self.oldest_pending,
+            &self.queue_up,
+        ] {
+            let _ = g.remove_label_values(&l);
+        }
+        for d in DIRECTIONS {
+            let _ = self.scale_events.remove_label_values(&[namespace, name, d]);
+        }
+        for r in ReplacementReason::ALL {
+            let _ = self
+                .replacements
+                .remove_label_values(&[namespace, name, r.as_str()]);
+        }
+        for r in RECONCILE_ERROR_REASONS {
+            let _ = self
+                .reconcile_errors
+                .remove_label_values(&[namespace, name, r]);
+        }
+        for r in PROBE_ERROR_REASONS {
+            let _ = self.probe_errors.remove_label_values(&[namespace, name, r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_removal() {
+        let m = Metrics::new().expect("metrics");
+        m.desired.with_label_values(&["ns", "a"]).set(3);
+        m.queue_up.with_label_values(&["ns", "a"]).set(1);
+        m.scale_events.with_label_values(&["ns", "a", "up"]).inc();
+        m.replacements
+            .with_label_values(&["ns", "a", "failed"])
+            .inc();
+        m.reconcile_errors
+            .with_label_values(&["ns", "a", "api"])
+            .inc();
+        m.probe_errors
+            .with_label_values(&["ns", "a", "unreachable"])
+            .inc();
+        m.desired.with_label_values(&["ns", "b"]).set(1);
+        m.reconcile_duration.observe(0.01);
+        m.leader.set(1);
+        let text = m.render();
+        for want in [
+            "workpool_desired_replicas{namespace=\"ns\",workpool=\"a\"} 3",
+            "workpool_queue_up{namespace=\"ns\",workpool=\"a\"} 1",
+            "workpool_scale_events_total{direction=\"up\",namespace=\"ns\",workpool=\"a\"} 1",
+            "workpool_pod_replacements_total{namespace=\"ns\",reason=\"failed\",workpool=\"a\"} 1",
+            "workpool_reconcile_errors_total{namespace=\"ns\",reason=\"api\",workpool=\"a\"} 1",
+            "workpool_queue_probe_errors_total{namespace=\"ns\",reason=\"unreachable\",workpool=\"a\"} 1",
+            "workpool_reconcile_duration_seconds_count 1",
+            "workpool_leader 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        m.remove_pool("ns", "a");
+        let text = m.render();
+        assert!(!text.contains("workpool=\"a\""), "{text}");
+        assert!(text.contains("workpool_desired_replicas{namespace=\"ns\",workpool=\"b\"} 1"));
+    }
+}
