@@ -151,6 +151,7 @@ MATRIX: dict[str, dict[str, Any]] = {
             "persistence": {"storageClass": "fast", "size": "20Gi", "retainOnUninstall": True},
         }
     },
+    "watch-one-namespace": {"operator": {"watchNamespace": "jobs"}, "tests": {"enabled": False}},
     "crds-off": {"crds": {"install": False}},
     "crds-not-kept": {"crds": {"keep": False}},
     "minimal": {

@@ -105,6 +105,23 @@ def test_cluster_role_is_exactly_what_the_operator_needs():
     assert binding.obj["subjects"] == [{"kind": "ServiceAccount", "name": sa.name, "namespace": NAMESPACE}]
 
 
+def test_watching_one_namespace_narrows_rbac_to_it():
+    docs = render(MATRIX["watch-one-namespace"])
+    cr = docs.one("ClusterRole")
+    assert _rules(cr) == {("apiextensions.k8s.io", "customresourcedefinitions", "get")}, (
+        "only the CRD check stays cluster-wide"
+    )
+    role = next(d for d in docs.of("Role") if d.obj["metadata"]["namespace"] == "jobs")
+    assert _rules(role) == _rules(render().one("ClusterRole")) - _rules(cr)
+    rb = next(d for d in docs.of("RoleBinding") if d.obj["metadata"]["namespace"] == "jobs")
+    assert rb.obj["roleRef"]["name"] == role.name and rb.obj["roleRef"]["kind"] == "Role"
+    assert rb.obj["subjects"][0]["namespace"] == NAMESPACE
+    env = {e["name"]: e.get("value") for e in docs.one("Deployment").obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WORKPOOL_WATCH_NAMESPACE"] == "jobs"
+    assert "WORKPOOL_WATCH_NAMESPACE" not in {
+        e["name"] for e in render().one("Deployment").obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def test_leader_election_follows_replicas():
     single = render()
     dep = single.one("Deployment").obj

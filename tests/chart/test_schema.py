@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import CHART, MATRIX, helm, render
+from conftest import CHART, MATRIX, NAMESPACE, helm, render
 
 # (values, substrings the error must contain)
 BAD = {
@@ -94,5 +94,8 @@ def test_template_level_checks_explain_themselves():
     h = helm()
     with pytest.raises(h.HelmError, match="set externalRedis.url or externalRedis.existingSecret"):
         render({"redis": {"enabled": False}})
+    with pytest.raises(h.HelmError, match="the helm test's WorkPool would never be reconciled"):
+        render({"operator": {"watchNamespace": "jobs"}})
+    assert render({"operator": {"watchNamespace": NAMESPACE}}).of("WorkPool"), "the release namespace itself is fine"
     with pytest.raises(h.HelmError, match="serviceAccount.name is required"):
         render({"serviceAccount": {"create": False}})

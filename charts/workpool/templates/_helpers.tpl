@@ -124,7 +124,34 @@ redis-url
 {{- if and (not .Values.redis.enabled) (not .Values.externalRedis.url) (not .Values.externalRedis.existingSecret.name) (.Values.tests.enabled) -}}
 {{- fail "redis.enabled is false: set externalRedis.url or externalRedis.existingSecret.{name,key} (the helm test needs a Redis), or tests.enabled=false" -}}
 {{- end -}}
+{{- if and .Values.tests.enabled .Values.operator.watchNamespace (ne .Values.operator.watchNamespace .Release.Namespace) -}}
+{{- fail (printf "operator.watchNamespace is %q, not the release namespace %q: the helm test's WorkPool would never be reconciled; set tests.enabled=false or install the release into %q" .Values.operator.watchNamespace .Release.Namespace .Values.operator.watchNamespace) -}}
+{{- end -}}
 {{- if and .Values.externalRedis.url .Values.externalRedis.existingSecret.name -}}
 {{- fail "externalRedis: set url or existingSecret, not both" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The operator's rules on WorkPools, pods, Secrets and Events (rbac.yaml). */}}
+{{- define "workpool.operatorRules" }}
+- apiGroups: [workpool.dev]
+  resources: [workpools]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [workpool.dev]
+  resources: [workpools/status]
+  verbs: [get, patch, update]
+- apiGroups: [workpool.dev]
+  resources: [workpools/finalizers]
+  verbs: [update]
+# The operator owns worker pods directly (it chooses which one leaves on scale-in).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+# spec.queue.redis.urlSecretRef: read the one Secret a WorkPool names, never list.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
