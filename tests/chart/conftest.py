@@ -145,6 +145,8 @@ MATRIX: dict[str, dict[str, Any]] = {
     },
     "no-redis-no-tests": {"redis": {"enabled": False}, "tests": {"enabled": False}},
     "redis-ephemeral": {"redis": {"persistence": {"enabled": False}, "maxmemory": "256mb", "appendfsync": "always"}},
+    "redis-network-policy": {"redis": {"networkPolicy": {"enabled": True, "extraFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}}]}}},
     "redis-tuned": {
         "redis": {
             "auth": {"password": "s3cret-Pass_word"},

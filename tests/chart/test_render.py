@@ -304,6 +304,33 @@ def test_bundled_redis_values():
     assert "s3cret" not in a["checksum/config"]
 
 
+def _matches(selector, labels):
+    ok = all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    for e in selector.get("matchExpressions") or []:
+        ok &= (e["key"] in labels) == (e["operator"] == "Exists")
+    return ok
+
+
+def test_redis_network_policy():
+    assert not render().of("NetworkPolicy"), "off by default: producers must be listed first"
+    docs = render(MATRIX["redis-network-policy"])
+    np = docs.one("NetworkPolicy").obj
+    sts = docs.one("StatefulSet").obj
+    assert _matches(np["spec"]["podSelector"], sts["spec"]["template"]["metadata"]["labels"])
+    (rule,) = np["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    peers = rule["from"]
+    operator_labels = docs.one("Deployment").obj["spec"]["template"]["metadata"]["labels"]
+    test_pod_labels = docs.one("Pod").obj["metadata"]["labels"]
+    worker_labels = {"workpool.dev/pool": "thumbs", "app.kubernetes.io/component": "worker"}
+    for who, labels in (("operator", operator_labels), ("helm test", test_pod_labels), ("a worker", worker_labels)):
+        assert any(_matches(p.get("podSelector", {}), labels) for p in peers), f"{who} cannot reach Redis"
+    assert not any(_matches(p.get("podSelector", {}), {"app": "random"}) for p in peers if "podSelector" in p)
+    worker_peer = next(p for p in peers if "namespaceSelector" in p and "podSelector" in p)
+    assert worker_peer["namespaceSelector"] == {}, "workers of any namespace"
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}} in peers
+
+
 def test_no_bundled_redis():
     for key in ("external-redis-url", "external-redis-secret", "no-redis-no-tests", "minimal"):
         docs = render(MATRIX[key])
