@@ -2,7 +2,8 @@
 //!
 //! - [`queue`]: the protocol (used by the operator for stats and consumer cleanup);
 //! - [`runtime`], [`handler`], [`metrics`]: the `workpool-worker` binary's runtime;
-//! - `testing` (feature `test-support`): a real `redis-server` for tests.
+//! - `testing` (feature `test-support`): a real `redis-server` for tests;
+//! - `chaos` (feature `test-support`): the chaos suite (`tests/chaos.rs`, `workpool-chaos`).
 #![forbid(unsafe_code)]
 
 pub mod handler;
@@ -12,3 +13,6 @@ pub mod runtime;
 
 #[cfg(feature = "test-support")]
 pub mod testing;
+
+#[cfg(feature = "test-support")]
+pub mod chaos;

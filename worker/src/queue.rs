@@ -77,7 +77,14 @@ impl QueueError {
 
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
+        // LOADING (restarting from its AOF), BUSY (a slow script), TRYAGAIN, MASTERDOWN:
+        // Redis is not serving yet; treated like an outage, i.e. retried.
+        let transient = matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        ) || e.to_string().contains("LOADING");
+        if transient
+            || e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_timeout()
@@ -594,6 +601,19 @@ return redis.call(unpack(args))
     )
 });
 
+/// Ack: `XACK` (its error ignored: the group may be gone) then `XDEL`. KEYS: stream.
+/// ARGV: group, ids.
+static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
+return redis.call('XDEL', KEYS[1], unpack(ids))
+"#,
+    )
+});
+
 /// Chunks of 1000 entries counted on each side of the last delivered id before `stats`
 /// gives up counting and reports an estimate.
 pub const STATS_COUNT_LIMIT_CHUNKS: u32 = 50;
@@ -883,20 +903,18 @@ impl Queue {
         Ok(out)
     }
 
-    /// Acknowledges and deletes entries (`MULTI XACK XDEL EXEC`, one round trip).
+    /// Acknowledges and deletes entries (`XACK` + `XDEL` in one Lua script, one round
+    /// trip). The entries are deleted even when the group is gone (`XGROUP DESTROY`), so a
+    /// recreated group does not deliver finished tasks again. Idempotent.
     pub async fn ack<C: ConnectionLike + Send>(&self, conn: &mut C, ids: &[EntryId]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
+        for chunk in ids.chunks(1000) {
+            let mut inv = ACK.key(&self.stream);
+            inv.arg(&self.group);
+            for id in chunk {
+                inv.arg(*id);
+            }
+            let _: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(ids)
-            .ignore();
-        pipe.cmd("XDEL").arg(&self.stream).arg(ids).ignore();
-        let _: Value = pipe.query_async(conn).await.map_err(|e| self.map_err(e))?;
         Ok(())
     }
 

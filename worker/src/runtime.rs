@@ -515,23 +515,38 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
             }
         }
         if !ids.is_empty() {
-            let r = ctx
-                .with_redis("ack", &ctx.abandon, |mut c| {
-                    let ids = &ids;
-                    let ctx = &ctx;
-                    async move { ctx.queue().ack(&mut c, ids).await }
-                })
-                .await;
-            match r {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    error!(error = %e, count = ids.len(), "acknowledging failed; those tasks stay pending and will be reclaimed")
-                }
-                None => {
-                    warn!(
-                        count = ids.len(),
-                        "gave up acknowledging (shutting down, redis unavailable); those tasks stay pending and will be reclaimed"
-                    )
+            // Retried until it succeeds (or the worker gives up at the end of shutdown):
+            // a finished task must not stay pending, where it would run again.
+            let mut attempt = 0u32;
+            loop {
+                let r = ctx
+                    .with_redis("ack", &ctx.abandon, |mut c| {
+                        let ids = &ids;
+                        let ctx = &ctx;
+                        async move { ctx.queue().ack(&mut c, ids).await }
+                    })
+                    .await;
+                match r {
+                    Some(Ok(())) => break,
+                    Some(Err(e)) => {
+                        attempt += 1;
+                        let d = reconnect_backoff(attempt + 2);
+                        error!(error = %e, count = ids.len(), attempt, retry_in_ms = d.as_millis() as u64, "acknowledging failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = ctx.abandon.cancelled() => {
+                                warn!(count = ids.len(), "gave up acknowledging (shutting down); those tasks stay pending and will be reclaimed");
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        warn!(
+                            count = ids.len(),
+                            "gave up acknowledging (shutting down, redis unavailable); those tasks stay pending and will be reclaimed"
+                        );
+                        break;
+                    }
                 }
             }
             ctx.health.metrics.in_flight.sub(ids.len() as i64);
@@ -1023,16 +1038,17 @@ impl Reader {
             return Ok(false);
         };
         // Drain: take every slot (running tasks finish, nothing new starts), then claim it.
-        let all = u32::try_from(ctx.cfg.concurrency.max(1)).unwrap_or(u32::MAX);
-        let held = permit.num_permits() as u32;
-        if held < all {
+        // The slots held so far are given back first and all are asked for at once: the
+        // semaphore is fair, and holding some while waiting for the rest would deadlock
+        // with a task waiting for all of them to retry alone.
+        let all = ctx.cfg.concurrency.max(1);
+        if permit.num_permits() < all {
             debug!(task = %id, "a task back from a dead or stalled worker: draining to run it alone");
-            let rest = tokio::select! {
-                p = ctx.sem.clone().acquire_many_owned(all - held) => p,
-                _ = ctx.shutdown.cancelled() => return Ok(true),
+            drop(permit.split(permit.num_permits()));
+            let Some(p) = ctx.slots(true).await else {
+                return Ok(true);
             };
-            let Ok(rest) = rest else { return Ok(true) };
-            permit.merge(rest);
+            permit.merge(p);
         }
         match ctx
             .queue()
@@ -1060,6 +1076,9 @@ impl Reader {
                     self.hand_back(ac.entries, 1);
                     return Ok(true);
                 }
+                // Look for the next one as soon as this one is done (the reader waits for
+                // a slot until then).
+                self.next_reclaim = Instant::now();
                 // The solo task gets every slot we hold.
                 let mut entries = ac.entries;
                 entries.truncate(1);
