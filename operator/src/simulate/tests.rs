@@ -108,6 +108,45 @@ fn idle_first_victims_spare_busy_workers_where_replicaset_choice_does_not() {
 }
 
 #[test]
+fn victim_choice_workpool_takes_idle_pods_replicaset_takes_newest() {
+    use super::contenders::{PodSnapshot, contender};
+    let pool = PoolSettings::default();
+    // Two old idle pods and two new busy ones, all ready.
+    let pods = [
+        PodSnapshot {
+            id: 0,
+            created_ms: 0,
+            ready_ms: 3_000,
+            in_flight: 0,
+        },
+        PodSnapshot {
+            id: 1,
+            created_ms: 0,
+            ready_ms: 4_000,
+            in_flight: 0,
+        },
+        PodSnapshot {
+            id: 2,
+            created_ms: 50_000,
+            ready_ms: 53_000,
+            in_flight: 3,
+        },
+        PodSnapshot {
+            id: 3,
+            created_ms: 60_000,
+            ready_ms: 62_000,
+            in_flight: 1,
+        },
+    ];
+    let now = 100_000;
+    let mut ours = contender(ContenderKind::Workpool, &pool, 0).choose_victims(&pods, now, 3);
+    ours.sort_unstable();
+    assert_eq!(ours, vec![0, 1, 3], "idle first, then the least busy");
+    let replica_set = contender(ContenderKind::KedaLag, &pool, 0).choose_victims(&pods, now, 2);
+    assert_eq!(replica_set, vec![3, 2], "ready for the shortest time first");
+}
+
+#[test]
 fn terminating_pods_count_against_max_for_workpool() {
     let mut rng = SimRng::new(2);
     let mut tasks = Vec::new();
@@ -217,4 +256,43 @@ fn summary_spans_seeds() {
     assert!(summary.contains("over 3 seeds"));
     assert_eq!(summary.lines().count(), 2 + ContenderKind::ALL.len());
     assert!(summary_table(&[]).lines().count() == 2);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// One task per worker and a target of one: the policy never wants fewer pods
+        /// than are busy, so idle-first scale-in never picks a busy pod, and no pool ever
+        /// has more than maxReplicas pods, terminating ones included.
+        #[test]
+        fn workpool_never_deletes_a_busy_single_slot_worker(
+            tasks in prop::collection::vec((0u64..180_000, 1_000u64..120_000), 1..60),
+            max_replicas in 1u32..12,
+            seed in any::<u64>(),
+        ) {
+            let tasks = trace::sorted(
+                tasks
+                    .into_iter()
+                    .map(|(arrival_ms, service_ms)| Task { arrival_ms, service_ms })
+                    .collect(),
+            );
+            let scenario = Scenario {
+                trace: trace("random", 3, tasks),
+                pool: PoolSettings {
+                    concurrency: 1,
+                    target_backlog_per_replica: 1,
+                    max_replicas,
+                    ..PoolSettings::default()
+                },
+            };
+            let outcome = run(&scenario, ContenderKind::Workpool, seed);
+            prop_assert_eq!(outcome.busy_victims, 0);
+            prop_assert_eq!(outcome.tasks_cut, 0);
+            prop_assert!(outcome.peak_pods <= max_replicas);
+        }
+    }
 }
