@@ -31,6 +31,30 @@
 //! Besides the policy, this module holds two helpers the planner needs on scale-in and
 //! scale-out: [`choose_scale_in_victims`] (idle pods first, never more than asked) and
 //! [`pods_to_create`] (pods still terminating count against `maxReplicas`).
+//!
+//! ```
+//! use std::time::Duration;
+//! use workpool_operator::autoscale::{
+//!     AutoscaleSpec, Autoscaler, Backlog, Observation, ScaleDirection, ScalingReason,
+//! };
+//!
+//! let spec = AutoscaleSpec::new(0, 50, 10); // minReplicas, maxReplicas, target per replica
+//! let mut autoscaler = Autoscaler::new(); // one per pool, kept across polls
+//! let decision = autoscaler.evaluate(
+//!     &spec,
+//!     &Observation {
+//!         now: Duration::from_secs(0),
+//!         backlog: Backlog::Known(250),
+//!         current_replicas: 0,
+//!         ready_replicas: 0,
+//!     },
+//! );
+//! // 250 tasks call for 25 pods; leaving zero, HPA's default scale-up allows 4 now.
+//! assert_eq!(decision.desired_replicas, 4);
+//! assert_eq!(decision.reason, ScalingReason::RatePolicy);
+//! assert_eq!(decision.direction(), ScaleDirection::Up);
+//! assert_eq!(decision.backlog_recommendation, Some(25));
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
