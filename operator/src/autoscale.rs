@@ -931,6 +931,24 @@ mod tests {
         assert_eq!(step(&mut autoscaler, &spec, 0, 89, 10).desired_replicas, 9);
     }
 
+    /// HPA API docs, `tolerance`: with a target of 100Mi and tolerances of 5% down and 1%
+    /// up, scaling happens below 95Mi or above 101Mi per replica.
+    #[test]
+    fn hpa_docs_per_direction_tolerance_example() {
+        let mut spec = spec_without_windows(1, 1_000, 10);
+        spec.behavior.scale_down.tolerance = 0.05;
+        spec.behavior.scale_up.tolerance = 0.01;
+        let desired = |backlog| {
+            Autoscaler::new()
+                .evaluate(&spec, &observe(0, backlog, 100))
+                .desired_replicas
+        };
+        assert_eq!(desired(950), 100);
+        assert_eq!(desired(940), 94);
+        assert_eq!(desired(1_010), 100);
+        assert_eq!(desired(1_020), 102);
+    }
+
     #[test]
     fn unready_pods_are_not_capacity() {
         let spec = spec_without_windows(1, 100, 10);
