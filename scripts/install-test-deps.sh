@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: a Rust toolchain with rustfmt and
 # clippy, redis-server (the tests start their own on a free loopback port), kubectl (the
-# conformance tests drive the API double with the real client) and python3.
+# conformance tests drive the API double with the real client), python3, openssl (the
+# test cluster's certificates), and the Kubernetes components of the real test control
+# plane, built from source with Go (scripts/k8s-bin.sh; cached after the first build).
 set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # Debian's kubectl package is old (1.20) but real; images that ship a newer one keep it.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
@@ -22,6 +26,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The real control plane. Without Go the tests fall back to the API double (and say so),
+# except in CI, where a missing real control plane is a failure.
+here=$(dirname "$0")
+if command -v go >/dev/null 2>&1; then
+  "$here/k8s-bin.sh" >/dev/null
+elif [ "${CI:-}" = "true" ]; then
+  echo "install-test-deps: CI=true and no Go toolchain: the real control plane cannot be built" >&2
+  exit 1
+else
+  echo "install-test-deps: no Go toolchain: tests will use the API double instead of the real control plane"
+fi
 
 echo "install-test-deps: redis-server $(redis-server --version | awk '{print $3}'), \
 kubectl $(kubectl version --client 2>/dev/null | awk 'NR==1{print $3}'), $(cargo --version)"

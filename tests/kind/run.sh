@@ -6,7 +6,7 @@
 #   KEEP_CLUSTER=1 tests/kind/run.sh   keep the cluster afterwards
 #   tests/kind/run.sh -- NAME      extra arguments go to the test binaries (a filter, --nocapture)
 #
-# Needs: kind (v0.27.0 or newer), a working Docker engine, cargo, /usr/bin/kubectl.
+# Needs: kind, a working Docker engine, cargo, kubectl (scripts/k8s-bin.sh builds the pinned one).
 # The tests only ever see the cluster through WORKPOOL_E2E_KUBECONFIG (a kubeconfig
 # written to a temporary file here); your KUBECONFIG and ~/.kube/config are left alone.
 set -euo pipefail
@@ -27,8 +27,8 @@ command -v docker >/dev/null 2>&1 ||
 docker info >/dev/null 2>&1 ||
     die "the Docker engine is not reachable (docker info failed): start it, or check your permissions"
 command -v cargo >/dev/null 2>&1 || die "cargo is not installed"
-[ -x /usr/bin/kubectl ] ||
-    echo "tests/kind/run.sh: /usr/bin/kubectl is missing: the kubectl scenarios will be skipped" >&2
+{ [ -x "$("$(dirname "$0")/../../scripts/k8s-bin.sh" --dir)/kubectl" ] || command -v kubectl >/dev/null 2>&1; } ||
+    echo "tests/kind/run.sh: no kubectl (scripts/k8s-bin.sh builds one): the kubectl scenarios will be skipped" >&2
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/workpool-e2e.XXXXXX")"
 KUBECONFIG_FILE="$TMP/kubeconfig"

@@ -1,8 +1,17 @@
 //! `TestCluster`: a Kubernetes API for a test, with a kubeconfig, the project's CRDs
 //! applied, and a `kube::Client`.
 //!
-//! Two modes:
-//! - **Double** (default): the in-memory API server double on a free loopback port.
+//! Three modes:
+//! - **Real** (default where it can run): the real control plane of
+//!   [`crate::controlplane`] (etcd, kube-apiserver, controller manager, scheduler built
+//!   from Kubernetes' source), started once per test process and shared; every
+//!   `TestCluster` works in its own namespace, as against an external cluster below, and
+//!   its pods are kept on its own nodes ([`TestCluster::start_kubelet`]) by the
+//!   `PodNodeSelector` admission plugin. `WORKPOOL_TEST_API=double` selects the double
+//!   instead; where the real control plane cannot run (no Go toolchain built the
+//!   binaries), the double is used with one line saying so, except under `CI=true`,
+//!   where that is an error.
+//! - **Double**: the in-memory API server double on a free loopback port.
 //! - **External**: when `WORKPOOL_E2E_KUBECONFIG` names a kubeconfig (e.g. a kind
 //!   cluster, see `tests/kind/`), [`TestCluster::start`] / [`TestCluster::start_with`]
 //!   connect to that cluster instead. Plain `KUBECONFIG` is never read: a test suite
@@ -16,15 +25,18 @@
 //!   [`TestCluster::is_external`] / [`TestCluster::double`] and skip with a reason.
 
 use crate::apiserver::{ApiServer, FaultInjector, ServerConfig};
+use crate::controlplane::{self, API_ENV, ControlPlane};
+use crate::kubelet::{Kubelet, KubeletConfig, KubeletHandle};
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::discovery::{Discovery, Scope};
+use kube::discovery::Scope;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,6 +53,11 @@ const MANAGED_BY: &str = "workpool-tests";
 /// deleted so that a test failing half-way does not leave a namespace stuck.
 const TEST_FINALIZER_PREFIX: &str = "conformance.workpool.dev/";
 
+/// The node label a test's own nodes carry (value: the test's namespace), and the
+/// namespace annotation of the `PodNodeSelector` admission plugin that selects it.
+pub const TEST_NODE_LABEL: &str = "workpool.dev/test-node";
+const POD_NODE_SELECTOR: &str = "scheduler.alpha.kubernetes.io/node-selector";
+
 /// How long to wait for a real cluster to settle (namespace ready, CRD gone/established).
 const EXTERNAL_SETTLE: Duration = Duration::from_secs(120);
 
@@ -51,9 +68,9 @@ pub fn external_kubeconfig() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// For tests that cannot run against a real cluster: when `WORKPOOL_E2E_KUBECONFIG` is
-/// set, prints `skipped: <test> needs <needs> ...` and returns `true` (the test should
-/// return at once).
+/// For tests that cannot run against a real API server: when `WORKPOOL_E2E_KUBECONFIG`
+/// is set or the real control plane is the backend, prints `skipped: <test> needs <needs>
+/// ...` and returns `true` (the test should return at once).
 pub fn skip_if_external(test: &str, needs: &str) -> bool {
     if external_kubeconfig().is_some() {
         eprintln!(
@@ -61,7 +78,54 @@ pub fn skip_if_external(test: &str, needs: &str) -> bool {
         );
         return true;
     }
+    if matches!(local_backend(), Ok(LocalBackend::Real)) {
+        eprintln!("skipped: {test} needs {needs}; the backend is the real control plane");
+        return true;
+    }
     false
+}
+
+/// Which API server runs tests when no external cluster is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalBackend {
+    /// The real control plane of [`crate::controlplane`].
+    Real,
+    /// The in-repo API server double.
+    Double,
+}
+
+/// The local backend: `WORKPOOL_TEST_API` (`real` | `double`), else the real control
+/// plane where it can run, else the double (said once on stderr). `Err` when the real one
+/// is required (`WORKPOOL_TEST_API=real`, or `CI=true`) but cannot run.
+pub fn local_backend() -> Result<LocalBackend> {
+    static CHOICE: std::sync::OnceLock<std::result::Result<LocalBackend, String>> =
+        std::sync::OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let wanted = std::env::var(API_ENV).unwrap_or_default();
+            match wanted.as_str() {
+                "double" => return Ok(LocalBackend::Double),
+                "real" | "" => {}
+                other => return Err(format!("{API_ENV}={other}: expected `real` or `double`")),
+            }
+            match controlplane::unavailable_reason() {
+                None => Ok(LocalBackend::Real),
+                Some(why) if wanted == "real" => Err(format!(
+                    "{API_ENV}=real but the real control plane cannot run: {why}"
+                )),
+                Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(format!(
+                    "CI=true and the real control plane cannot run: {why}"
+                )),
+                Some(why) => {
+                    eprintln!(
+                        "workpool-tests: the real control plane cannot run here ({why}); using the API double"
+                    );
+                    Ok(LocalBackend::Double)
+                }
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// How to start a [`TestCluster`].
@@ -114,6 +178,7 @@ pub fn repo_root() -> PathBuf {
 enum Backend {
     Double(ApiServer),
     External { server_url: String },
+    Real(Arc<ControlPlane>),
 }
 
 /// Process-wide bookkeeping of external clusters: CRDs this process created are deleted
@@ -159,12 +224,26 @@ impl TestCluster {
         Self::start_with(ClusterOptions::default()).await
     }
 
-    /// Starts the double, or connects to the cluster `WORKPOOL_E2E_KUBECONFIG` names.
+    /// Connects to the cluster `WORKPOOL_E2E_KUBECONFIG` names, or uses the
+    /// [`local_backend`]: the shared real control plane or the double.
     pub async fn start_with(opts: ClusterOptions) -> Result<Self> {
         match external_kubeconfig() {
             Some(path) => Self::start_external(&path, opts).await,
-            None => Self::start_double(opts).await,
+            None => match local_backend()? {
+                LocalBackend::Real => Self::start_real(opts).await,
+                LocalBackend::Double => Self::start_double(opts).await,
+            },
         }
+    }
+
+    /// Always the real control plane (started once per process and shared), in a
+    /// namespace of its own, whatever the environment says.
+    pub async fn start_real(opts: ClusterOptions) -> Result<Self> {
+        let cp = tokio::task::spawn_blocking(ControlPlane::shared)
+            .await
+            .context("starting the control plane")??;
+        let admin = cp.admin_kubeconfig().to_path_buf();
+        Self::start_against(&admin, opts, Some(cp)).await
     }
 
     /// Always the API server double, whatever the environment says (the sandbox binary).
@@ -210,6 +289,16 @@ impl TestCluster {
     }
 
     async fn start_external(path: &Path, opts: ClusterOptions) -> Result<Self> {
+        Self::start_against(path, opts, None).await
+    }
+
+    /// A cluster in its own namespace of the API server `path` names: the local real
+    /// control plane `cp`, or an external cluster.
+    async fn start_against(
+        path: &Path,
+        opts: ClusterOptions,
+        cp: Option<Arc<ControlPlane>>,
+    ) -> Result<Self> {
         let dir = tempdir()?;
         let namespace = unique_namespace();
         let kubeconfig = dir.path().join("kubeconfig");
@@ -222,8 +311,13 @@ impl TestCluster {
         let client = client_for(&kubeconfig).await?;
         external_users().live += 1;
         // From here on, dropping `cluster` (also on an error below) cleans up.
+        let local = cp.is_some();
+        let backend = match cp {
+            Some(cp) => Backend::Real(cp),
+            None => Backend::External { server_url },
+        };
         let cluster = TestCluster {
-            backend: Backend::External { server_url },
+            backend,
             dir,
             kubeconfig,
             client,
@@ -233,10 +327,12 @@ impl TestCluster {
             counted: true,
             attached: Vec::new(),
         };
-        eprintln!(
-            "workpool-tests: using the real cluster at {} ({EXTERNAL_KUBECONFIG_ENV}), namespace {namespace}",
-            cluster.server_url()
-        );
+        if !local {
+            eprintln!(
+                "workpool-tests: using the real cluster at {} ({EXTERNAL_KUBECONFIG_ENV}), namespace {namespace}",
+                cluster.server_url()
+            );
+        }
         cluster.create_namespace().await?;
         for d in &opts.manifest_dirs {
             cluster.apply_dir(d).await?;
@@ -249,9 +345,16 @@ impl TestCluster {
     /// is there, so that later lists see a settled namespace.
     async fn create_namespace(&self) -> Result<()> {
         let nss: Api<Namespace> = Api::all(self.client.clone());
-        let ns: Namespace = serde_json::from_value(json!({
+        let mut ns = json!({
             "metadata": {"name": self.namespace, "labels": {MANAGED_BY_KEY: MANAGED_BY}}
-        }))?;
+        });
+        if matches!(self.backend, Backend::Real(_)) {
+            // Tests share the control plane but each runs its own nodes: the
+            // PodNodeSelector admission plugin keeps this namespace's pods on them.
+            ns["metadata"]["annotations"] =
+                json!({POD_NODE_SELECTOR: format!("{TEST_NODE_LABEL}={}", self.namespace)});
+        }
+        let ns: Namespace = serde_json::from_value(ns)?;
         nss.create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {}", self.namespace))?;
@@ -287,18 +390,98 @@ impl TestCluster {
         }
     }
 
-    /// True when connected to a real cluster (`WORKPOOL_E2E_KUBECONFIG`).
+    /// True when the API server is a real one: an external cluster
+    /// (`WORKPOOL_E2E_KUBECONFIG`) or the local real control plane.
     pub fn is_external(&self) -> bool {
-        matches!(self.backend, Backend::External { .. })
+        !matches!(self.backend, Backend::Double(_))
     }
 
-    /// The API server double, or `None` against a real cluster (history compaction,
+    /// The API server double, or `None` against a real API server (history compaction,
     /// fault injection, direct inspection).
     pub fn double(&self) -> Option<&ApiServer> {
         match &self.backend {
             Backend::Double(s) => Some(s),
-            Backend::External { .. } => None,
+            _ => None,
         }
+    }
+
+    /// The local real control plane, when that is the backend.
+    pub fn control_plane(&self) -> Option<&ControlPlane> {
+        match &self.backend {
+            Backend::Real(cp) => Some(cp),
+            _ => None,
+        }
+    }
+
+    /// Starts a process kubelet for this cluster and returns it. On the real control
+    /// plane the node is this test's own: its name gets the namespace as a suffix
+    /// (see [`KubeletHandle::node_name`]), it carries the label that this namespace's
+    /// pods select, the real scheduler binds the pods (the kubelet's trivial one is off),
+    /// the kubelet authenticates as `system:node:<name>` (so the Node authorizer and
+    /// `NodeRestriction` apply), and the Node is deleted with the cluster. On the double
+    /// the configuration is used as it is. Against an external cluster, whose own
+    /// kubelets run the pods, this is an error.
+    pub async fn start_kubelet(&self, mut cfg: KubeletConfig) -> Result<KubeletHandle> {
+        match &self.backend {
+            Backend::Double(_) => Kubelet::start(self.client(), cfg).await,
+            Backend::External { .. } => {
+                bail!(
+                    "an external cluster runs its own kubelets; a process kubelet is for the local backends"
+                )
+            }
+            Backend::Real(cp) => {
+                cfg.node_name = format!("{}-{}", cfg.node_name, self.namespace);
+                cfg.node_labels
+                    .insert(TEST_NODE_LABEL.to_string(), self.namespace.clone());
+                cfg.run_scheduler = false;
+                let user = format!("system:node:{}", cfg.node_name);
+                let kubeconfig = cp.kubeconfig_for_user(&user, &["system:nodes"])?;
+                let client = client_for(&kubeconfig).await?;
+                lock(&self.cleanup_paths).push(format!("/api/v1/nodes/{}", cfg.node_name));
+                Kubelet::start(client, cfg).await
+            }
+        }
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token
+    /// from the TokenRequest API (one hour), for running a program with exactly the RBAC
+    /// granted to it. Real API servers only: the double issues no tokens.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        if self.double().is_some() {
+            bail!("the API server double issues no ServiceAccount tokens");
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let request: TokenRequest = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600}
+        }))?;
+        let issued: TokenRequest = sas
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?;
+        let token = issued
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))?;
+        // Same cluster entry as ours (server, CA), the token as the only credential.
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        doc["users"] =
+            serde_yaml::from_str(&format!("- name: user\n  user:\n    token: {token}\n"))?;
+        if let Some(contexts) = doc["contexts"].as_sequence_mut() {
+            for c in contexts {
+                c["context"]["user"] = "user".into();
+                c["context"]["namespace"] = namespace.into();
+            }
+        }
+        let path = self
+            .dir
+            .path()
+            .join(format!("sa-{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
+        Ok(path)
     }
 
     /// The namespace this cluster's kubeconfig and client default to: `default`, or a
@@ -325,6 +508,7 @@ impl TestCluster {
         match &self.backend {
             Backend::Double(s) => s.url(),
             Backend::External { server_url } => server_url.clone(),
+            Backend::Real(cp) => cp.server_url().to_string(),
         }
     }
 
@@ -372,15 +556,8 @@ impl TestCluster {
         }
     }
 
-    // ---------------------------------------------------------------------------
-    // KUBELET ATTACHMENT POINT. The process kubelet (and trivial scheduler) is written
-    // elsewhere as `crate::kubelet::Kubelet::start(client, config)`; a test (or a helper
-    // added next to this comment by its author) starts it with `self.client()` and hands
-    // the handle to `attach` so it lives, and is dropped, with the cluster:
-    //
-    //     let kubelet = crate::kubelet::Kubelet::start(cluster.client(), cfg).await?;
-    //     cluster.attach(kubelet);
-    // ---------------------------------------------------------------------------
+    // Kubelets: `start_kubelet` above starts one fit for the backend; hand it to
+    // `attach` so that it lives, and is dropped, with the cluster.
 
     /// Keeps `thing` alive until the cluster is dropped (dropped before the server).
     pub fn attach<T: Send + 'static>(&mut self, thing: T) {
@@ -441,14 +618,24 @@ impl TestCluster {
             Some((g, v)) => (g, v),
             None => ("", api_version),
         };
-        let discovery = Discovery::new(self.client.clone())
-            .run()
-            .await
-            .context("API discovery")?;
         let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-        let (ar, caps) = discovery
-            .resolve_gvk(&gvk)
-            .ok_or_else(|| anyhow!("the server does not serve {api_version} {kind}"))?;
+        // Only this kind's group-version: a real API server may list a group another test
+        // just created (a CRD) before it serves it, which would fail a full discovery.
+        // A kind that was just established may take a moment to be served as well.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (ar, caps) = loop {
+            match kube::discovery::pinned_kind(&self.client, &gvk).await {
+                Ok(found) => break found,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("discovery of {api_version} {kind}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow!(e))
+                        .context(format!("the server does not serve {api_version} {kind}"));
+                }
+            }
+        };
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Namespaced => {
                 let ns = obj
@@ -844,4 +1031,15 @@ impl Drop for TestCluster {
             eprintln!("workpool-tests: the cleanup thread panicked");
         }
     }
+}
+
+/// The `kubectl` to drive clusters with: the one built at the pinned Kubernetes release
+/// (`scripts/k8s-bin.sh`) when it is there, so that client and server are one version;
+/// else `kubectl` from `PATH`.
+pub fn kubectl_path() -> PathBuf {
+    controlplane::bin_dir()
+        .map(|d| d.join("kubectl"))
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
 }

@@ -1,19 +1,39 @@
-//! Conformance of the API server double as seen by the real `kubectl` (v1.32).
+//! Conformance of the test API servers as seen by the real `kubectl` (the one built at the
+//! pinned Kubernetes release, else the one on `PATH`).
 //!
-//! Each test starts its own double (with the `tests/fixtures` Widget CRD) and drives
-//! `/usr/bin/kubectl` through the generated kubeconfig, in a namespace of its own (the
-//! kubeconfig's default namespace). Without kubectl the tests print why and pass
-//! vacuously. With `WORKPOOL_E2E_KUBECONFIG` set they run against that real cluster
-//! (`tests/kind/`): pods are made unschedulable so that no container runs anywhere.
+//! Each test gets a cluster (with the `tests/fixtures` Widget CRD) in a namespace of its
+//! own (the kubeconfig's default namespace) and drives `kubectl` through its kubeconfig.
+//! The backend is the real control plane, or the API double with `WORKPOOL_TEST_API=double`
+//! (`make test` runs both), or the real cluster `WORKPOOL_E2E_KUBECONFIG` names
+//! (`tests/kind/`); pods are made unschedulable so that no container runs anywhere.
+//! Without kubectl the tests print why and pass vacuously, except under `CI=true`.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use workpool_tests::cluster::{ClusterOptions, EXTERNAL_KUBECONFIG_ENV, TestCluster};
+use workpool_tests::cluster::{
+    ClusterOptions, EXTERNAL_KUBECONFIG_ENV, LocalBackend, TestCluster, kubectl_path, local_backend,
+};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
+/// Whether kubectl can run; prints why not (and fails under `CI=true`).
+fn have_kubectl(test: &str) -> bool {
+    let kubectl = kubectl_path();
+    if std::process::Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {} cannot run, and CI=true",
+        kubectl.display()
+    );
+    eprintln!("SKIPPED {test}: {} cannot run", kubectl.display());
+    false
+}
 
 struct Out {
     ok: bool,
@@ -32,8 +52,7 @@ impl std::fmt::Debug for Out {
 }
 
 async fn setup(test: &str) -> Option<TestCluster> {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!("SKIPPED {test}: {KUBECTL} is not installed");
+    if !have_kubectl(test) {
         return None;
     }
     let mut opts = ClusterOptions::with_fixtures();
@@ -49,7 +68,7 @@ async fn setup(test: &str) -> Option<TestCluster> {
 const WAIT: &str = "--timeout=90s";
 
 fn cmd(c: &TestCluster, args: &[&str]) -> Command {
-    let mut cmd = Command::new(KUBECTL);
+    let mut cmd = Command::new(kubectl_path());
     cmd.args(args)
         .env("KUBECONFIG", c.kubeconfig_path())
         .env("KUBECACHEDIR", c.temp_dir().join("kube-cache"))
@@ -853,18 +872,19 @@ async fn typed_create_subcommands_send_protobuf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testcluster_binary_serves_kubectl_until_sigterm() {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!(
-            "SKIPPED testcluster_binary_serves_kubectl_until_sigterm: {KUBECTL} is not installed"
-        );
+    if !have_kubectl("testcluster_binary_serves_kubectl_until_sigterm") {
         return;
     }
+    // The binary runs the same backend as the other tests: the real control plane
+    // (whose kubeconfig appears once its node is Ready), or the double.
+    let real = matches!(local_backend(), Ok(LocalBackend::Real));
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     let fixtures = workpool_tests::cluster::fixtures_dir();
-    // The binary is the double for people; never let it see a real cluster.
+    // The binary is for people; never let it see an external cluster.
     let mut child = Command::new(env!("CARGO_BIN_EXE_workpool-testcluster"))
         .env_remove(EXTERNAL_KUBECONFIG_ENV)
+        .args(["--api", if real { "real" } else { "double" }])
         .args(["--port", "0", "--kubeconfig"])
         .arg(&kubeconfig)
         .arg("--crds")
@@ -876,12 +896,13 @@ async fn testcluster_binary_serves_kubectl_until_sigterm() {
         .spawn()
         .expect("start workpool-testcluster");
     let mut waited = 0;
-    while !kubeconfig.exists() && waited < 200 {
+    let limit = if real { 20 * 240 } else { 200 };
+    while !kubeconfig.exists() && waited < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
     assert!(kubeconfig.exists(), "kubeconfig written");
-    let out = Command::new(KUBECTL)
+    let out = Command::new(kubectl_path())
         .args(["get", "crd", "-o", "name"])
         .env("KUBECONFIG", &kubeconfig)
         .env("KUBECACHEDIR", dir.path().join("cache"))
@@ -913,6 +934,11 @@ async fn testcluster_binary_serves_kubectl_until_sigterm() {
         use tokio::io::AsyncReadExt;
         s.read_to_string(&mut stdout).await.expect("read stdout");
     }
-    assert!(stdout.contains("TEST STAND-IN"), "{stdout}");
+    if real {
+        assert!(stdout.contains("real Kubernetes control plane"), "{stdout}");
+        assert!(stdout.contains("SIMULATED"), "{stdout}");
+    } else {
+        assert!(stdout.contains("TEST STAND-IN"), "{stdout}");
+    }
     assert!(stdout.contains("export KUBECONFIG="), "{stdout}");
 }
