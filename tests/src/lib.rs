@@ -5,4 +5,5 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod controlplane;
 pub mod kubelet;
