@@ -19,7 +19,7 @@ use workpool_worker::runtime::{self, WorkerConfig};
 
 const ENV_HELP: &str = "\
 Every flag can also be set from the environment (the flag wins):
-  WORKPOOL_REDIS_URL, WORKPOOL_STREAM, WORKPOOL_GROUP, WORKPOOL_CONSUMER,
+  WORKPOOL_REDIS_URL, WORKPOOL_REDIS_CA_FILE, WORKPOOL_STREAM, WORKPOOL_GROUP, WORKPOOL_CONSUMER,
   WORKPOOL_CONCURRENCY, WORKPOOL_BATCH, WORKPOOL_VISIBILITY_TIMEOUT,
   WORKPOOL_MAX_DELIVERIES, WORKPOOL_DEAD_LETTER_STREAM, WORKPOOL_METRICS_ADDR,
   WORKPOOL_SHUTDOWN_GRACE, WORKPOOL_RETRY_BACKOFF, WORKPOOL_RETRY_BACKOFF_MAX,
@@ -69,9 +69,13 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RedisArgs {
-    /// Redis URL, e.g. redis://host:6379/0.
+    /// Redis URL, e.g. redis://host:6379/0, or rediss://host:6380/0 for TLS.
     #[arg(long, env = "WORKPOOL_REDIS_URL")]
     redis_url: String,
+    /// PEM file with the CA certificate(s) to verify a rediss:// server against, instead
+    /// of the system's trusted roots (e.g. a private or self-signed CA).
+    #[arg(long, env = "WORKPOOL_REDIS_CA_FILE", value_name = "PEM_FILE")]
+    redis_ca_file: Option<std::path::PathBuf>,
     /// The task stream.
     #[arg(long, env = "WORKPOOL_STREAM")]
     stream: String,
@@ -308,9 +312,24 @@ fn find_program(program: &str) -> anyhow::Result<std::path::PathBuf> {
         .with_context(|| format!("--exec program {program:?} is not found in PATH"))
 }
 
-fn check_url(url: &str) -> anyhow::Result<redis::Client> {
-    redis::Client::open(url)
-        .map_err(|e| anyhow::anyhow!("invalid --redis-url {:?}: {e}", runtime::redacted(url)))
+/// The CA file's contents, if one was given.
+fn read_ca(r: &RedisArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    match &r.redis_ca_file {
+        None => Ok(None),
+        Some(p) => std::fs::read(p)
+            .map(Some)
+            .with_context(|| format!("cannot read --redis-ca-file {}", p.display())),
+    }
+}
+
+fn check_url(r: &RedisArgs) -> anyhow::Result<redis::Client> {
+    let ca = read_ca(r)?;
+    queue::client(&r.redis_url, ca.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --redis-url {:?}: {e}",
+            runtime::redacted(&r.redis_url)
+        )
+    })
 }
 
 /// A connection for the one-shot commands (submit, stats), with an error naming the
@@ -329,7 +348,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.consumer.trim().is_empty() {
         bail!("--consumer must not be empty");
     }
-    check_url(&a.redis.redis_url)?;
+    check_url(&a.redis)?;
+    let redis_ca = read_ca(&a.redis)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -400,6 +420,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         retry_backoff_max: a.retry_backoff_max.max(a.retry_backoff),
         shutdown_grace: a.shutdown_grace,
         task_timeout: a.task_timeout,
+        redis_ca,
     };
 
     let metrics = Metrics::new().context("creating metrics")?;
@@ -457,7 +478,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, None)?;
-    let client = check_url(&a.redis.redis_url)?;
+    let client = check_url(&a.redis)?;
     // Validate everything first: bad input enqueues nothing.
     let payloads: Vec<Vec<u8>> = if let Some(p) = &a.payload {
         serde_json::from_str::<serde::de::IgnoredAny>(p)
@@ -525,7 +546,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
 
 async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, Some(&a.group))?;
-    let client = check_url(&a.redis.redis_url)?;
+    let client = check_url(&a.redis)?;
     let mut conn = connect_cli(&client, &a.redis.redis_url).await?;
     let mut q = Queue::new(a.redis.stream.clone(), a.group.clone());
     if let Some(dl) = a.dead_letter_stream {

@@ -618,6 +618,46 @@ return redis.call('XDEL', KEYS[1], unpack(ids))
 /// gives up counting and reports an estimate.
 pub const STATS_COUNT_LIMIT_CHUNKS: u32 = 50;
 
+/// A Redis client for `url`: `redis://` (plain TCP) or `rediss://` (TLS, verified against
+/// the system's trusted roots, or against `ca_pem`, PEM certificates of the CA that signed
+/// the server's certificate, e.g. a self-signed one).
+pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client> {
+    install_tls_provider();
+    let invalid = |e: redis::RedisError| {
+        QueueError::InvalidArgument(format!(
+            "invalid redis URL {:?}: {e}",
+            crate::runtime::redacted(url)
+        ))
+    };
+    match ca_pem {
+        None => redis::Client::open(url).map_err(invalid),
+        Some(ca) => {
+            if !url.starts_with("rediss://") {
+                return Err(QueueError::InvalidArgument(
+                    "a CA certificate is for TLS: the URL must start with rediss://".into(),
+                ));
+            }
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )
+            .map_err(invalid)
+        }
+    }
+}
+
+/// Makes ring the process's TLS crypto provider (once; a provider installed earlier by
+/// the embedding program is kept).
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Opens a multiplexed connection with the given per-command response timeout
 /// (`None`: wait forever; use it for connections that run blocking reads longer than the
 /// default 500 ms timeout of the redis crate).
@@ -625,9 +665,7 @@ pub async fn connect(
     url: &str,
     response_timeout: Option<Duration>,
 ) -> Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url)
-        .map_err(|e| QueueError::InvalidArgument(format!("invalid redis URL {url:?}: {e}")))?;
-    connect_client(&client, response_timeout).await
+    connect_client(&client(url, None)?, response_timeout).await
 }
 
 /// Like [`connect`] for an already parsed client.

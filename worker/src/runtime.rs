@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// A run taking longer fails (and is retried); `None`: no limit.
     pub task_timeout: Option<Duration>,
+    /// PEM certificates of the CA to verify a `rediss://` server against, instead of the
+    /// system's trusted roots.
+    pub redis_ca: Option<Vec<u8>>,
 }
 
 impl WorkerConfig {
@@ -1232,12 +1235,7 @@ pub async fn run(
     hard_stop: CancellationToken,
 ) -> Result<(), QueueError> {
     cfg.queue.validate()?;
-    let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
-        QueueError::InvalidArgument(format!(
-            "invalid redis URL {:?}: {e}",
-            redacted(&cfg.redis_url)
-        ))
-    })?;
+    let client = crate::queue::client(&cfg.redis_url, cfg.redis_ca.as_deref())?;
     let block = cfg.block();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
@@ -1366,6 +1364,7 @@ mod tests {
             retry_backoff_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             task_timeout: None,
+            redis_ca: None,
         };
         assert_eq!(cfg.renew_interval(), Duration::from_secs(10));
         assert_eq!(cfg.reclaim_interval(), Duration::from_secs(15));

@@ -25,6 +25,8 @@ pub struct RedisServer {
     persistence: Persistence,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The TLS port, when started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
 }
 
 /// The `redis-server` binary: `$WORKPOOL_REDIS_SERVER`, else `/usr/bin/redis-server`,
@@ -65,6 +67,7 @@ impl RedisServer {
                     .prefix("workpool-redis")
                     .tempdir()?,
                 child: None,
+                tls_port: None,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -72,6 +75,40 @@ impl RedisServer {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+    }
+
+    /// Starts a server that also listens for TLS on another free port, with a fresh CA
+    /// and a server certificate for `localhost` and `127.0.0.1` made by the `openssl`
+    /// command. See [`RedisServer::tls_url`] and [`RedisServer::ca_file`].
+    pub fn start_tls() -> io::Result<RedisServer> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let mut s = RedisServer {
+                port: free_port()?,
+                persistence: Persistence::None,
+                dir: tempfile::Builder::new()
+                    .prefix("workpool-redis")
+                    .tempdir()?,
+                child: None,
+                tls_port: Some(free_port()?),
+            };
+            make_certificates(s.dir.path())?;
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+    }
+
+    /// `rediss://localhost:<tls port>/` (servers from [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://localhost:{p}/"))
+    }
+
+    /// The PEM file of the CA that signed the server's TLS certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -97,6 +134,19 @@ impl RedisServer {
                     .arg("--appendfsync")
                     .arg("always");
             }
+        }
+        if let Some(tls) = self.tls_port {
+            let d = self.dir.path();
+            cmd.arg("--tls-port")
+                .arg(tls.to_string())
+                .arg("--tls-cert-file")
+                .arg(d.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(d.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.crt"))
+                .arg("--tls-auth-clients")
+                .arg("no");
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -200,6 +250,83 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1 in `dir`, by the `openssl`
+/// command (ca.crt, server.crt, server.key).
+fn make_certificates(dir: &std::path::Path) -> io::Result<()> {
+    let run = |args: &[&str]| -> io::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run openssl: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=workpool test CA",
+        ][..],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ][..],
+    ]
+    .concat())?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])
 }
 
 fn ping(port: u16) -> bool {

@@ -599,3 +599,63 @@ async fn the_default_visibility_timeout_is_thirty_seconds() {
     let j: serde_json::Value = serde_json::from_str(&start).expect("json log line");
     assert_eq!(j["fields"]["visibility_timeout_secs"], 30.0, "{start}");
 }
+
+/// `rediss://` URLs: a worker and `stats` reach a TLS-only port of redis-server, verified
+/// against a private CA given with --redis-ca-file; without it the self-signed server is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_use_tls_verified_against_the_given_ca() {
+    let redis = RedisServer::start_tls().expect("redis-server with TLS");
+    let tls = redis.tls_url().expect("tls url");
+    let ca = redis.ca_file().to_string_lossy().into_owned();
+    let q = Queue::new("jobs", "pool");
+    let payloads: Vec<String> = (0..50).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
+    enqueue(&redis.url(), &q, &refs).await;
+    let w = Worker::spawn(
+        &tls,
+        "jobs",
+        "pool",
+        "w1",
+        &["--redis-ca-file", ca.as_str(), "--builtin", "noop"],
+    );
+    wait_until(Duration::from_secs(30), "drained over TLS", || async {
+        let st = stats(&redis.url(), &q).await;
+        st.stream_length == 0 && st.pending == 0
+    })
+    .await;
+    assert_eq!(
+        w.metric("workpool_worker_tasks_total", "outcome=\"succeeded\"")
+            .await,
+        50.0
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["stats", "--redis-url", &tls, "--redis-ca-file", &ca])
+        .args(["--stream", "jobs", "--group", "pool", "--json"])
+        .output()
+        .expect("stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["group_exists"], true);
+    // The system roots do not know the test CA.
+    let out = std::process::Command::new(common::BIN)
+        .args(["stats", "--redis-url", &tls])
+        .args(["--stream", "jobs", "--group", "pool"])
+        .output()
+        .expect("stats");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to redis"), "{err}");
+    // A CA file is for TLS only.
+    let out = std::process::Command::new(common::BIN)
+        .args(["stats", "--redis-url", &redis.url(), "--redis-ca-file", &ca])
+        .args(["--stream", "jobs", "--group", "pool"])
+        .output()
+        .expect("stats");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rediss://"));
+}
