@@ -107,7 +107,7 @@ fn gv_doc(resources: &[ResourceInfo], path: &str) -> Option<Value> {
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "info": {"title": "Kubernetes", "version": "v1.37.2"},
         "paths": paths,
         "components": {"schemas": schemas},
     }))

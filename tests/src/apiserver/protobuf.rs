@@ -264,6 +264,65 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(obj))
 }
 
+/// Decodes a protobuf `DeleteOptions` body (client-go sends one when its content type is
+/// protobuf, as Helm's kube client does) into its JSON form.
+pub fn decode_delete_options(body: &[u8]) -> Result<Value, String> {
+    let rest = body
+        .strip_prefix(b"k8s\0")
+        .ok_or("missing the k8s protobuf magic prefix")?;
+    let mut raw: &[u8] = &[];
+    let mut kind = String::new();
+    for (n, f) in fields(rest)? {
+        match (n, f) {
+            (1, Field::Bytes(tm)) => {
+                for (tn, tf) in fields(tm)? {
+                    if tn == 2 {
+                        kind = string(&tf);
+                    }
+                }
+            }
+            (2, Field::Bytes(r)) => raw = r,
+            _ => {}
+        }
+    }
+    if !kind.is_empty() && kind != "DeleteOptions" {
+        return Err(format!("expected DeleteOptions, got {kind}"));
+    }
+    let mut out = Map::new();
+    let mut dry_run = Vec::new();
+    for (n, f) in fields(raw)? {
+        match (n, &f) {
+            (1, Field::Varint(v)) => {
+                // int64 as a varint: two's complement for negative values.
+                out.insert("gracePeriodSeconds".into(), json!(*v as i64));
+            }
+            (2, Field::Bytes(b)) => {
+                let mut pre = Map::new();
+                for (pn, pf) in fields(b)? {
+                    match pn {
+                        1 => pre.insert("uid".into(), json!(string(&pf))),
+                        2 => pre.insert("resourceVersion".into(), json!(string(&pf))),
+                        _ => None,
+                    };
+                }
+                out.insert("preconditions".into(), Value::Object(pre));
+            }
+            (3, Field::Varint(v)) => {
+                out.insert("orphanDependents".into(), json!(*v != 0));
+            }
+            (4, _) => {
+                out.insert("propagationPolicy".into(), json!(string(&f)));
+            }
+            (5, _) => dry_run.push(json!(string(&f))),
+            _ => {}
+        }
+    }
+    if !dry_run.is_empty() {
+        out.insert("dryRun".into(), Value::Array(dry_run));
+    }
+    Ok(Value::Object(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +348,24 @@ mod tests {
         );
         assert!(decode(b"nope").is_err());
         assert!(decode(&body[..body.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn decodes_delete_options() {
+        let tm = [bytes_field(1, b"v1"), bytes_field(2, b"DeleteOptions")].concat();
+        let pre = bytes_field(1, b"u-1");
+        let raw = [
+            vec![1 << 3, 5],
+            bytes_field(2, &pre),
+            bytes_field(4, b"Background"),
+            bytes_field(5, b"All"),
+        ]
+        .concat();
+        let body = [b"k8s\0".to_vec(), bytes_field(1, &tm), bytes_field(2, &raw)].concat();
+        assert_eq!(
+            decode_delete_options(&body).expect("decodes"),
+            json!({"gracePeriodSeconds": 5, "preconditions": {"uid": "u-1"},
+                   "propagationPolicy": "Background", "dryRun": ["All"]})
+        );
     }
 }

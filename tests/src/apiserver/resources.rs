@@ -36,7 +36,7 @@ pub struct ResourceInfo {
     pub status_subresource: bool,
     pub scale: Option<ScaleSpec>,
     pub crd: Option<CrdInfo>,
-    /// Whether writes bump `metadata.generation` (CRs and CRDs in v1.32).
+    /// Whether writes bump `metadata.generation` (CRs and CRDs; the pod generation of v1.33+ is not modelled).
     pub has_generation: bool,
     /// Another view of the same storage (events.k8s.io/v1 events are core events).
     pub storage_group: String,

@@ -239,9 +239,9 @@ async fn route(
         ),
         ["healthz"] | ["livez"] | ["readyz"] => Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => ok(json!({
-            "major": "1", "minor": "32", "gitVersion": "v1.32.0-workpool-testcluster",
+            "major": "1", "minor": "37", "gitVersion": "v1.37.2-workpool-testcluster",
             "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc",
             "platform": "linux/amd64",
         })),
         ["api"] => ok(resources::api_versions(&shared.addr.to_string())),
@@ -334,6 +334,7 @@ fn parse_target(
             "scale" => t.ri.scale.is_some(),
             "binding" => t.ri.group.is_empty() && t.ri.resource == "pods",
             "finalize" => t.ri.resource == "namespaces",
+            "log" => t.ri.group.is_empty() && t.ri.resource == "pods",
             _ => false,
         };
         if !ok {
@@ -459,6 +460,9 @@ async fn serve_resource(
                 .get(&t.ri, &ns, &name)
                 .ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, &name))?;
             drop(st);
+            if t.sub.as_deref() == Some("log") {
+                return pod_log(&obj, query);
+            }
             let out = match t.sub.as_deref() {
                 Some("scale") => to_scale(&t.ri, &obj)?,
                 _ if table => {
@@ -513,6 +517,24 @@ async fn serve_resource(
                 .filter(|s| *s == "status" || *s == "finalize");
             let sub = if sub == Some("finalize") { None } else { sub };
             let mut st = shared.lock();
+            // A PUT's uid is a precondition (`defaultUpdatedObjectInfo.Preconditions`).
+            if let Some(uid) = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
+                && let Some(live) = st.get(&t.ri, &ns, &name)
+                && uid != uid_of(&live)
+            {
+                return Err(ApiError::conflict(
+                    &t.ri.group,
+                    &t.ri.resource,
+                    &name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        uid_of(&live)
+                    ),
+                ));
+            }
             st.warnings.clear();
             let res = st.update(&t.ri, &ns, &name, obj, sub, &opts, true);
             let warnings = std::mem::take(&mut st.warnings);
@@ -564,6 +586,70 @@ async fn serve_resource(
     }
 }
 
+/// `GET pods/{name}/log`. As the apiserver: the container must be named when the pod
+/// has several (`validateContainer`), and a pod not yet bound to a node has an empty log.
+/// The double has no kubelet to stream from, so the log of a bound pod is refused (the
+/// process kubelet writes it to `<work_dir>/<ns>_<pod>_<uid>/<container>.log`).
+fn pod_log(pod: &Value, query: &Query) -> Result<Response, ApiError> {
+    let name = name_of(pod);
+    let names = |key: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{key}"))
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = names("containers");
+    let init = names("initContainers");
+    let container = match q(query, "container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.iter().chain(&init).any(|n| n == c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None if containers.is_empty() => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}"
+            )));
+        }
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            return Err(ApiError::bad_request(msg));
+        }
+    };
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !bound {
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        )
+            .into_response());
+    }
+    Err(ApiError::bad_request(format!(
+        "the API double does not serve container logs (pods/log of container {container} in pod {name}); the process kubelet writes them to <work_dir>/{}_{name}_{}/{container}.log",
+        namespace_of(pod),
+        uid_of(pod)
+    )))
+}
+
 fn returns_deleted_object(ri: &ResourceInfo) -> bool {
     ri.group.is_empty()
         && matches!(
@@ -581,12 +667,22 @@ fn delete_answer(ri: &ResourceInfo, res: Deleted) -> Value {
 }
 
 fn delete_opts(query: &Query, body: &Bytes) -> Result<DeleteOpts, ApiError> {
-    let b: Value = if body.is_empty() {
+    // Clients send no body, `{}`, `{"kind":"DeleteOptions","apiVersion":"v1",...}`, or
+    // (client-go with a protobuf content type, e.g. Helm) the protobuf encoding.
+    let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
+    } else if body.starts_with(b"k8s\0") {
+        protobuf::decode_delete_options(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    if !b.is_object() && !b.is_null() {
+        return Err(ApiError::bad_request(
+            "invalid DeleteOptions: expected an object",
+        ));
+    }
     let grace = match q(query, "gracePeriodSeconds") {
         Some(s) => Some(
             s.parse::<i64>()
@@ -1154,19 +1250,35 @@ fn patch_resource(
         };
         let mut o = opts.clone();
         o.manager = manager.to_string();
+        // The applied configuration's resourceVersion and uid are not owned by anyone but
+        // land in the merged object, where the apiserver checks them as on any write:
+        // a stale resourceVersion is a 409, a different uid an immutable-field 422.
+        let precondition = |new: &mut Value| {
+            for k in ["resourceVersion", "uid"] {
+                if let Some(v) = patch_doc
+                    .pointer(&format!("/metadata/{k}"))
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                {
+                    new["metadata"][k] = json!(v);
+                }
+            }
+        };
         match live {
             None => {
                 if sub.is_some() {
                     return Err(ApiError::not_found(&t.ri.group, &t.ri.resource, &name));
                 }
-                let new = patch::apply(None, &patch_doc, &ctx)
+                let mut new = patch::apply(None, &patch_doc, &ctx)
                     .map_err(|e| patch_error(e, t, &name, live_ref))?;
+                precondition(&mut new);
                 let res = st.create_applied(&t.ri, ns, new, &o);
                 res.map(|v| (StatusCode::CREATED, v))
             }
             Some(live) => {
-                let new = patch::apply(Some(&live), &patch_doc, &ctx)
+                let mut new = patch::apply(Some(&live), &patch_doc, &ctx)
                     .map_err(|e| patch_error(e, t, &name, live_ref))?;
+                precondition(&mut new);
                 st.update(&t.ri, ns, &name, new, sub, &o, false)
                     .map(|v| (StatusCode::OK, v))
             }

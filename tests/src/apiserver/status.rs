@@ -136,6 +136,16 @@ impl ApiError {
         )
     }
 
+    /// What the apiserver answers for an error that is not an API status
+    /// (`ErrorToAPIStatus`: `StatusReasonUnknown`, i.e. no reason, the bare message).
+    pub fn unknown(code: u16, message: impl Into<String>) -> Self {
+        let mut e = Self::new(code, "", message, None);
+        if let Some(m) = e.body.as_object_mut() {
+            m.remove("reason");
+        }
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         let m = message.into();
         Self::new(

@@ -551,6 +551,12 @@ impl State {
             return Err(ApiError::already_exists(&ri.group, &ri.resource, &name));
         }
         let now = now_rfc3339();
+        // The storage layer refuses a create that carries a (parseable, non-zero)
+        // resourceVersion (`storage.ErrResourceVersionSetOnCreate`, a plain error, so 500
+        // without a reason); a dry run never reaches storage.
+        let rv_set = meta_str(&obj, "resourceVersion")
+            .parse::<u64>()
+            .is_ok_and(|rv| rv != 0);
         {
             let m = obj["metadata"]
                 .as_object_mut()
@@ -590,6 +596,12 @@ impl State {
         }
         if opts.dry_run {
             return Ok(self.view(ri, &obj));
+        }
+        if rv_set {
+            return Err(ApiError::unknown(
+                500,
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         let out = self.commit(&key, Some(obj.clone()), EventType::Added, obj);
         self.after_write(ri, &out, false);
@@ -869,6 +881,19 @@ impl State {
         if !req_rv.is_empty() && req_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::stale(&ri.group, &ri.resource, name));
         }
+        let req_uid = meta_str(&new, "uid").to_string();
+        if !req_uid.is_empty() && req_uid != uid_of(&old) {
+            return Err(ApiError::invalid(
+                &ri.group,
+                &ri.kind,
+                name,
+                &[cause(
+                    "FieldValueInvalid",
+                    "metadata.uid",
+                    format!("Invalid value: \"{req_uid}\": field is immutable"),
+                )],
+            ));
+        }
         // System fields come from the stored object.
         {
             let nm = new["metadata"]
@@ -956,13 +981,6 @@ impl State {
                 ));
             }
         }
-        if ri.has_generation && spec_part(&new) != spec_part(&old) {
-            let g = old
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            new["metadata"]["generation"] = json!(g + 1);
-        }
         self.admit_builtin(ri, &mut new, Some(&old), opts)?;
         self.admit_custom(ri, &mut new, Some(&old), opts)?;
         if ri.status_subresource && sub != Some("status") {
@@ -975,6 +993,15 @@ impl State {
                     }
                 }
             }
+        }
+        // Compared after defaulting (the apiserver defaults on decode): a write that
+        // omits a defaulted field changes nothing.
+        if ri.has_generation && spec_part(&new) != spec_part(&old) {
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            new["metadata"]["generation"] = json!(g + 1);
         }
         let now = now_rfc3339();
         if record {
@@ -1045,6 +1072,15 @@ impl State {
         }
         let is_pod = ri.group.is_empty() && ri.resource == "pods";
         let is_ns = ri.group.is_empty() && ri.resource == "namespaces";
+        // NamespaceLifecycle admission: the immortal namespaces.
+        if is_ns && ["default", "kube-system", "kube-public"].contains(&name) {
+            return Err(ApiError::forbidden(
+                &ri.group,
+                &ri.resource,
+                name,
+                "this namespace may not be deleted",
+            ));
+        }
         // Graceful deletion applies to pods on a node that have not finished.
         let grace: i64 = if is_pod {
             let bound = old

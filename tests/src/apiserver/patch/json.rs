@@ -14,9 +14,37 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| PatchError::BadRequest(format!("invalid JSON patch: {e}")))?;
     let mut out = target.clone();
-    json_patch::patch(&mut out, &ops)
-        .map_err(|e| PatchError::Invalid(describe_json_patch_error(&ops, &e)))?;
+    // One operation at a time, so that a `test` of `null` against a missing key passes as
+    // in evanphx/json-patch (the apiserver's library): kube-runtime's `finalizer()` sends
+    // `{"op":"test","path":"/metadata/finalizers","value":null}` for an object without
+    // finalizers.
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && missing_key_of_existing_parent(&out, &t.path)
+        {
+            continue;
+        }
+        let one = json_patch::Patch(vec![op]);
+        json_patch::patch(&mut out, &one)
+            .map_err(|e| PatchError::Invalid(describe_json_patch_error(&one, &e)))?;
+    }
     Ok(out)
+}
+
+/// Whether `path` names a key that is absent from an existing object (or an index past
+/// the end of an existing array).
+fn missing_key_of_existing_parent(doc: &Value, path: &json_patch::jsonptr::Pointer) -> bool {
+    let s = path.to_string();
+    let Some((parent, key)) = s.rsplit_once('/') else {
+        return false;
+    };
+    let key = key.replace("~1", "/").replace("~0", "~");
+    match doc.pointer(parent) {
+        Some(Value::Object(m)) => !m.contains_key(&key),
+        Some(Value::Array(a)) => key.parse::<usize>().is_ok_and(|i| i >= a.len()),
+        _ => false,
+    }
 }
 
 pub(super) fn describe_json_patch_error(

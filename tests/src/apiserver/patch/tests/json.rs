@@ -153,3 +153,35 @@ fn json_patch_malformed_is_bad_request() {
         );
     }
 }
+
+#[test]
+fn test_of_null_passes_on_a_missing_key_as_evanphx_json_patch() {
+    // kube-runtime's finalizer() helper on an object without finalizers.
+    let obj = json!({"metadata": {"name": "a"}});
+    let out = json_patch(
+        &obj,
+        &json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}
+        ]),
+    )
+    .expect("test of null on a missing key passes");
+    assert_eq!(out["metadata"]["finalizers"], json!(["x"]));
+    // Present keys still have to match, and a missing parent is still an error.
+    let err = json_patch(
+        &out,
+        &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]),
+    )
+    .expect_err("present value is not null");
+    assert_eq!(
+        err.to_string(),
+        "testing value /metadata/finalizers failed: test failed"
+    );
+    assert!(
+        json_patch(
+            &obj,
+            &json!([{"op": "test", "path": "/spec/x", "value": null}])
+        )
+        .is_err()
+    );
+}

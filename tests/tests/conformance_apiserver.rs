@@ -1,0 +1,492 @@
+//! Conformance of the API double with a real kube-apiserver (v1.37) on the differences
+//! listed in issue #6: each test asserts what the real apiserver answers (status codes,
+//! reasons, messages), so it passes against the real control plane and the double alike.
+//! Tests that need the double itself (its scheduler, its refusals) check
+//! `TestCluster::double()` and skip with a printed reason otherwise.
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, Patch, PatchParams,
+    PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use workpool_tests::cluster::{ClusterOptions, TestCluster};
+
+async fn cluster() -> TestCluster {
+    TestCluster::start_with(ClusterOptions {
+        own_namespace: true,
+        ..ClusterOptions::with_fixtures()
+    })
+    .await
+    .expect("test cluster starts")
+}
+
+/// Long enough for a real cluster's controllers; the double settles within milliseconds.
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn status(e: &kube::Error) -> &kube::core::Status {
+    match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// The `(code, reason)` of an API error.
+fn code_reason(e: &kube::Error) -> (u16, String) {
+    let s = status(e);
+    (s.code, s.reason.clone())
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+        .expect("valid configmap")
+}
+
+fn configmaps(c: &TestCluster) -> Api<ConfigMap> {
+    Api::namespaced(c.client(), c.namespace())
+}
+
+/// A raw request through the test client: the answer body on success, the API error
+/// otherwise.
+async fn raw(
+    c: &TestCluster,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Result<String, kube::Error> {
+    let mut req = kube::core::Request::new(path)
+        .get("x", &Default::default())
+        .expect("request builds");
+    *req.method_mut() = method.parse().expect("method");
+    *req.uri_mut() = path.parse().expect("uri");
+    *req.body_mut() = body;
+    if let Some(ct) = content_type {
+        req.headers_mut()
+            .insert("content-type", ct.parse().expect("header value"));
+    }
+    c.client().request_text(req).await
+}
+
+/// A pod no scheduler picks up: it stays Pending and unbound on a real cluster too.
+fn unscheduled_pod(name: &str, containers: &[&str]) -> Pod {
+    let cs: Vec<Value> = containers
+        .iter()
+        .map(|n| json!({"name": n, "image": "busybox:1.36", "command": ["sleep", "100"]}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"schedulerName": "workpool-conformance-no-scheduler", "containers": cs},
+    }))
+    .expect("valid pod")
+}
+
+// ─────────────────────────────── (1) JSON patch `test` of null ───────────────────────────────
+
+/// kube-runtime's `finalizer()` helper adds its finalizer with the JSON patch
+/// `[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add",...}]` when the
+/// object has none: the apiserver's json-patch library passes a `test` of null on a
+/// missing key.
+#[tokio::test]
+async fn json_patch_test_of_null_on_a_missing_key_passes_so_kube_runtime_finalizer_works() {
+    let c = cluster().await;
+    let api = configmaps(&c);
+    let created = api
+        .create(&PostParams::default(), &cm("fin"))
+        .await
+        .expect("create");
+    let action = finalizer(
+        &api,
+        "conformance.workpool.dev/cleanup",
+        Arc::new(created),
+        |_| async { Ok::<_, std::convert::Infallible>(Action::await_change()) },
+    )
+    .await
+    .expect("finalizer() adds its finalizer");
+    assert_eq!(action, Action::await_change());
+    let got = api.get("fin").await.expect("get");
+    assert_eq!(
+        got.metadata.finalizers,
+        Some(vec!["conformance.workpool.dev/cleanup".to_string()])
+    );
+    // A second pass sees the finalizer and reconciles (Apply).
+    let applied = finalizer(
+        &api,
+        "conformance.workpool.dev/cleanup",
+        Arc::new(got),
+        |ev| async move {
+            assert!(matches!(ev, FinalizerEvent::Apply(_)), "an Apply event");
+            Ok::<_, std::convert::Infallible>(Action::requeue(Duration::from_secs(5)))
+        },
+    )
+    .await
+    .expect("finalizer() reconciles");
+    assert_eq!(applied, Action::requeue(Duration::from_secs(5)));
+    // A test of null against a present value fails (422), as before.
+    let path = format!("/api/v1/namespaces/{}/configmaps/fin", c.namespace());
+    let e = raw(
+        &c,
+        "PATCH",
+        &path,
+        Some("application/json-patch+json"),
+        br#"[{"op":"test","path":"/metadata/finalizers","value":null}]"#.to_vec(),
+    )
+    .await
+    .expect_err("present finalizers are not null");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    api.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove the finalizer");
+}
+
+// ─────────────────────────────── (12) DeleteOptions bodies ───────────────────────────────
+
+/// The protobuf encoding of `DeleteOptions{propagationPolicy: Background}` as client-go
+/// sends it with a protobuf content type (Helm's kube client does).
+fn protobuf_delete_options() -> Vec<u8> {
+    fn field(num: u8, b: &[u8]) -> Vec<u8> {
+        let mut out = vec![(num << 3) | 2, u8::try_from(b.len()).expect("short")];
+        out.extend_from_slice(b);
+        out
+    }
+    let type_meta = [field(1, b"v1"), field(2, b"DeleteOptions")].concat();
+    let raw = field(4, b"Background");
+    [
+        b"k8s\0".to_vec(),
+        field(1, &type_meta),
+        field(2, &raw),
+        field(3, b""),
+        field(4, b""),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn delete_accepts_every_delete_options_body_clients_send() {
+    let c = cluster().await;
+    let api = configmaps(&c);
+    let bodies: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        ("no body", None, Vec::new()),
+        ("empty object", Some("application/json"), b"{}".to_vec()),
+        (
+            "type meta only",
+            Some("application/json"),
+            br#"{"kind":"DeleteOptions","apiVersion":"v1"}"#.to_vec(),
+        ),
+        (
+            "propagation policy",
+            Some("application/json"),
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#
+                .to_vec(),
+        ),
+        (
+            "protobuf",
+            Some("application/vnd.kubernetes.protobuf"),
+            protobuf_delete_options(),
+        ),
+    ];
+    for (i, (what, ct, body)) in bodies.into_iter().enumerate() {
+        let name = format!("del-{i}");
+        api.create(&PostParams::default(), &cm(&name))
+            .await
+            .expect("create");
+        let path = format!("/api/v1/namespaces/{}/configmaps/{name}", c.namespace());
+        let out = raw(&c, "DELETE", &path, ct, body)
+            .await
+            .unwrap_or_else(|e| panic!("DELETE with {what}: {e:?}"));
+        let v: Value = serde_json::from_str(&out).expect("JSON answer");
+        assert_eq!(v["status"], "Success", "DELETE with {what}: {v}");
+        let e = api.get(&name).await.expect_err("deleted");
+        assert_eq!(code_reason(&e), (404, "NotFound".into()), "{what}");
+    }
+    // A body that is not DeleteOptions at all is a 400.
+    api.create(&PostParams::default(), &cm("del-bad"))
+        .await
+        .expect("create");
+    let path = format!("/api/v1/namespaces/{}/configmaps/del-bad", c.namespace());
+    let e = raw(
+        &c,
+        "DELETE",
+        &path,
+        Some("application/json"),
+        b"[1".to_vec(),
+    )
+    .await
+    .expect_err("malformed body");
+    assert_eq!(code_reason(&e).0, 400);
+}
+
+// ─────────────────────── (13) immortal namespaces, pods/log ───────────────────────
+
+#[tokio::test]
+async fn immortal_namespaces_cannot_be_deleted() {
+    let c = cluster().await;
+    let api: Api<Namespace> = Api::all(c.client());
+    for ns in ["default", "kube-system", "kube-public"] {
+        let e = api
+            .delete(ns, &DeleteParams::default())
+            .await
+            .expect_err("NamespaceLifecycle refuses");
+        assert_eq!(code_reason(&e), (403, "Forbidden".into()), "{ns}");
+        assert_eq!(
+            status(&e).message,
+            format!("namespaces \"{ns}\" is forbidden: this namespace may not be deleted")
+        );
+        let got = api.get(ns).await.expect("still there");
+        assert!(
+            got.metadata.deletion_timestamp.is_none(),
+            "{ns} not terminating"
+        );
+    }
+}
+
+/// `pods/log` is served: the container must be valid (and named when the pod has
+/// several); a pod not bound to a node has an empty log.
+#[tokio::test]
+async fn pod_log_validates_the_container_and_is_empty_before_scheduling() {
+    let c = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(c.client(), c.namespace());
+    pods.create(&PostParams::default(), &unscheduled_pod("p", &["a", "b"]))
+        .await
+        .expect("create pod");
+    let e = pods
+        .logs("p", &LogParams::default())
+        .await
+        .expect_err("two containers, none named");
+    assert_eq!(code_reason(&e), (400, "BadRequest".into()));
+    assert!(
+        status(&e)
+            .message
+            .starts_with("a container name must be specified for pod p, choose one of: [a b]"),
+        "{:?}",
+        status(&e).message
+    );
+    let e = pods
+        .logs(
+            "p",
+            &LogParams {
+                container: Some("zz".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect_err("no such container");
+    assert_eq!(code_reason(&e), (400, "BadRequest".into()));
+    assert_eq!(status(&e).message, "container zz is not valid for pod p");
+    let log = pods
+        .logs(
+            "p",
+            &LogParams {
+                container: Some("a".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect("log of an unscheduled pod");
+    assert_eq!(log, "");
+    let e = pods
+        .logs("nope", &LogParams::default())
+        .await
+        .expect_err("missing pod");
+    assert_eq!(code_reason(&e), (404, "NotFound".into()));
+}
+
+// ─────────────────────── (4) create with a resourceVersion ───────────────────────
+
+#[tokio::test]
+async fn create_with_a_resource_version_is_refused() {
+    let c = cluster().await;
+    let api = configmaps(&c);
+    let mut o = cm("with-rv");
+    o.metadata.resource_version = Some("12345".into());
+    let e = api
+        .create(&PostParams::default(), &o)
+        .await
+        .expect_err("resourceVersion set on create");
+    let s = status(&e);
+    assert_eq!(s.code, 500);
+    assert_eq!(
+        s.message,
+        "resourceVersion should not be set on objects to be created"
+    );
+    assert_eq!(
+        code_reason(&api.get("with-rv").await.expect_err("not created")).0,
+        404
+    );
+}
+
+// ─────────────────────── (2) preconditions of server-side apply and PUT ───────────────────────
+
+fn lease_config(holder: &str, rv: Option<&str>, uid: Option<&str>) -> Value {
+    let mut meta = json!({"name": "l"});
+    if let Some(rv) = rv {
+        meta["resourceVersion"] = json!(rv);
+    }
+    if let Some(uid) = uid {
+        meta["uid"] = json!(uid);
+    }
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+           "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+}
+
+#[tokio::test]
+async fn apply_and_put_honour_resource_version_and_uid_preconditions() {
+    let c = cluster().await;
+    let api: Api<Lease> = Api::namespaced(c.client(), c.namespace());
+    let pp = PatchParams::apply("conformance");
+    let first = api
+        .patch("l", &pp, &Patch::Apply(lease_config("a", None, None)))
+        .await
+        .expect("apply creates");
+    let rv1 = first.metadata.resource_version.clone().expect("rv");
+    let uid = first.metadata.uid.clone().expect("uid");
+    // A current resourceVersion in the applied configuration is accepted.
+    let second = api
+        .patch(
+            "l",
+            &pp,
+            &Patch::Apply(lease_config("b", Some(&rv1), Some(&uid))),
+        )
+        .await
+        .expect("apply with the current resourceVersion");
+    assert_eq!(
+        second
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref()),
+        Some("b")
+    );
+    // A stale one is a conflict: the apply does not win.
+    let e = api
+        .patch("l", &pp, &Patch::Apply(lease_config("c", Some(&rv1), None)))
+        .await
+        .expect_err("stale resourceVersion");
+    assert_eq!(code_reason(&e), (409, "Conflict".into()));
+    assert!(
+        status(&e).message.contains("the object has been modified"),
+        "{:?}",
+        status(&e).message
+    );
+    // Another object's uid is refused too.
+    let other = "6b1a1e6c-0000-4000-8000-000000000000";
+    let e = api
+        .patch(
+            "l",
+            &pp,
+            &Patch::Apply(lease_config("d", None, Some(other))),
+        )
+        .await
+        .expect_err("different uid");
+    assert!(
+        matches!(code_reason(&e).0, 409 | 422),
+        "a different uid is refused: {e:?}"
+    );
+    let got = api.get("l").await.expect("get");
+    assert_eq!(
+        got.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+        Some("b")
+    );
+    // A PUT names its object by uid: a different one fails the precondition.
+    let mut put = got.clone();
+    put.metadata.uid = Some(other.into());
+    let e = api
+        .replace("l", &PostParams::default(), &put)
+        .await
+        .expect_err("PUT with a different uid");
+    assert_eq!(code_reason(&e), (409, "Conflict".into()));
+    assert!(
+        status(&e).message.contains(&format!(
+            "Precondition failed: UID in precondition: {other}"
+        )),
+        "{:?}",
+        status(&e).message
+    );
+}
+
+// ─────────────────────── (9) a PUT identical after defaulting is a no-op ───────────────────────
+
+fn widget_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("conformance.workpool.dev", "v1", "Widget"),
+        "widgets",
+    )
+}
+
+fn widgets(c: &TestCluster) -> Api<DynamicObject> {
+    Api::namespaced_with(c.client(), c.namespace(), &widget_ar())
+}
+
+fn widget(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "conformance.workpool.dev/v1", "kind": "Widget",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("valid widget")
+}
+
+#[tokio::test]
+async fn put_that_omits_defaulted_fields_is_a_no_op() {
+    let c = cluster().await;
+    let api = widgets(&c);
+    let created = api
+        .create(&PostParams::default(), &widget("w", json!({"replicas": 2})))
+        .await
+        .expect("create");
+    assert_eq!(created.data["spec"]["size"], "small", "defaulted");
+    let rv = created.metadata.resource_version.clone().expect("rv");
+    let mut events = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    // The same object without its defaulted fields, as a client built from its own
+    // manifest sends it.
+    let mut put = widget("w", json!({"replicas": 2}));
+    put.metadata.resource_version = Some(rv.clone());
+    let out = api
+        .replace("w", &PostParams::default(), &put)
+        .await
+        .expect("PUT");
+    assert_eq!(out.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(out.metadata.generation, Some(1));
+    // The next event is the real change below, not a MODIFIED for the no-op.
+    let labelled = api
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect("label");
+    let want = labelled.metadata.resource_version.clone().expect("rv");
+    loop {
+        let ev = tokio::time::timeout(SETTLE, events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("event");
+        match ev {
+            WatchEvent::Modified(o) => {
+                assert_eq!(
+                    o.metadata.resource_version.as_deref(),
+                    Some(want.as_str()),
+                    "the first MODIFIED is the label change"
+                );
+                assert_eq!(o.metadata.generation, Some(1));
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+}
