@@ -108,7 +108,7 @@ pub struct ChaosReport {
     pub duplicates_from_kills: usize,
     /// Most extra runs caused by one worker kill.
     pub max_duplicates_per_kill: usize,
-    /// Runs in flight on the killed worker at that kill (for the kill above).
+    /// Runs still running on the killed worker at that kill (for the kill above).
     pub in_flight_at_that_kill: usize,
     /// Extra runs caused by `XGROUP DESTROY` (the recreated group delivers everything
     /// again, including tasks running elsewhere).
@@ -135,7 +135,7 @@ impl ChaosReport {
         let mut s = format!(
             "seed {}: {} tasks, {} completed, {} dead-lettered (by design), {} handler runs ({} retries)\n\
              faults: {} worker SIGKILLs, {} handler SIGKILLs, {} Redis SIGSTOP/SIGCONT, {} Redis restarts, {} XGROUP DESTROY, {} dead-letter write blocks\n\
-             duplicates: {} from worker kills (most from one kill: {}, with {} in flight), {} from XGROUP DESTROY, 0 otherwise\n\
+             duplicates: {} from worker kills (most from one kill: {}, with {} running on it), {} from XGROUP DESTROY, 0 otherwise\n\
              recovery after a worker kill (its tasks running again elsewhere): median {:.2}s, max {:.2}s\n\
              recovery after Redis answers again (a task completes): median {:.2}s, max {:.2}s\n\
              elapsed {:.1}s; invariants: {}\n",
@@ -277,7 +277,7 @@ fn handler_script(log: &Path) -> String {
     let log = log.display();
     format!(
         r#"read -r kind secs k; read -r up _ < /proc/uptime
-echo "S $WORKPOOL_PRODUCER_ID $WORKPOOL_CONSUMER $WORKPOOL_DELIVERY $$ $up" >> {log}
+echo "S $WORKPOOL_PRODUCER_ID $WORKPOOL_CONSUMER $WORKPOOL_DELIVERY $$ $PPID $up" >> {log}
 case "$kind" in
   perm) read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo "cannot process $WORKPOOL_PRODUCER_ID" >&2; exit 100;;
   fail) read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo "always fails" >&2; exit 1;;
@@ -348,11 +348,13 @@ impl Pool {
         Ok(())
     }
 
-    fn kill(&mut self, slot: usize) -> Option<String> {
+    /// SIGKILLs the worker of `slot`: its consumer name and process id.
+    fn kill(&mut self, slot: usize) -> Option<(String, u32)> {
         let mut w = self.slots[slot].take()?;
+        let pid = w.child.id();
         let _ = w.child.kill();
         let _ = w.child.wait();
-        Some(w.consumer)
+        Some((w.consumer, pid))
     }
 
     fn stop_all(&mut self) {
@@ -393,7 +395,7 @@ fn live_handlers(log: &str) -> Vec<i32> {
     for l in log.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         match f.first() {
-            Some(&"S") if f.len() >= 6 => {
+            Some(&"S") if f.len() >= 7 => {
                 if let Ok(p) = f[4].parse() {
                     open.insert(p);
                 }
@@ -553,8 +555,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
                 // Keep at least one worker alive.
                 if live.len() > 1 {
                     let slot = live[rng.random_range(0..live.len())];
-                    if let Some(consumer) = pool.kill(slot) {
-                        log_event(&log, &format!("K {consumer}"));
+                    if let Some((consumer, pid)) = pool.kill(slot) {
+                        log_event(&log, &format!("K {consumer} {pid}"));
                         report.worker_kills += 1;
                         restarts.push((slot, uptime() + rng.random_range(0.2..1.5)));
                     }
@@ -670,6 +672,8 @@ fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
 struct Run {
     consumer: String,
     pid: i32,
+    /// The worker process that ran it.
+    worker: i32,
     start: f64,
     pos: usize,
     /// (success, position, time)
@@ -687,8 +691,8 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
 fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report: &mut ChaosReport) {
     let mut runs: HashMap<usize, Vec<Run>> = HashMap::new();
     let mut by_pid: HashMap<i32, (usize, usize)> = HashMap::new();
-    // (position, consumer, time) of worker kills; positions of destroys; killed handlers.
-    let mut kills: Vec<(usize, String, f64)> = Vec::new();
+    // (position, worker pid, time) of worker kills; positions of destroys; killed handlers.
+    let mut kills: Vec<(usize, i32, f64)> = Vec::new();
     let mut destroys: Vec<usize> = Vec::new();
     let mut handler_kills: HashSet<i32> = HashSet::new();
     let mut redis_back: Vec<f64> = Vec::new();
@@ -697,8 +701,10 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
         let f: Vec<&str> = l.split_whitespace().collect();
         let task = |s: &str| s.strip_prefix('t').and_then(|n| n.parse::<usize>().ok());
         match f.as_slice() {
-            ["S", t, consumer, _delivery, pid, up] => {
-                let (Some(t), Ok(pid), Ok(up)) = (task(t), pid.parse(), up.parse()) else {
+            ["S", t, consumer, _delivery, pid, worker, up] => {
+                let (Some(t), Ok(pid), Ok(worker), Ok(up)) =
+                    (task(t), pid.parse(), worker.parse(), up.parse())
+                else {
                     continue;
                 };
                 let v = runs.entry(t).or_default();
@@ -706,6 +712,7 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                 v.push(Run {
                     consumer: consumer.to_string(),
                     pid,
+                    worker,
                     start: up,
                     pos,
                     ended: None,
@@ -724,9 +731,9 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                     completions.push(up);
                 }
             }
-            ["K", consumer, up] => {
-                if let Ok(up) = up.parse() {
-                    kills.push((pos, consumer.to_string(), up));
+            ["K", _consumer, pid, up] => {
+                if let (Ok(pid), Ok(up)) = (pid.parse::<i32>(), up.parse()) {
+                    kills.push((pos, pid, up));
                 }
             }
             ["H", pid, up] => {
@@ -822,10 +829,12 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                 report.retries += 1;
                 continue;
             }
+            // The worker process of the previous run was killed before this run started.
+            // (Its handler may have logged its start just after the kill.)
             let killed = kills
                 .iter()
                 .enumerate()
-                .find(|(_, (p, c, _))| *c == prev.consumer && *p > prev.pos && *p < cur.pos);
+                .find(|(_, (p, w, _))| *w == prev.worker && *p < cur.pos);
             if let Some((ki, (_, _, at))) = killed {
                 report.duplicates_from_kills += 1;
                 *per_kill.entry(ki).or_insert(0) += 1;
@@ -848,38 +857,29 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
         }
     }
     for (ki, n) in &per_kill {
-        let (kpos, consumer, at) = &kills[*ki];
-        // The killed incarnation: runs on that consumer after its previous kill.
-        let since = kills
-            .iter()
-            .filter(|(p, c, _)| c == consumer && p < kpos)
-            .map(|(p, _, _)| *p)
-            .max()
-            .unwrap_or(0);
-        // Runs of the killed process not ended before the kill, or ended with success at
-        // most a second before it (its acknowledgement may not have been written).
-        let in_flight = runs
-            .values()
-            .flatten()
-            .filter(|r| {
-                r.consumer == *consumer
-                    && r.pos > since
-                    && r.pos < *kpos
-                    && match r.ended {
-                        None => true,
-                        Some((_, p, _)) if p > *kpos => true,
-                        Some((ok, _, t)) => ok && *at - t < 1.0,
-                    }
+        let (kpos, worker, at) = &kills[*ki];
+        // Runs of the killed process still running at the kill; the check also allows
+        // runs that succeeded less than a second before it (the acknowledgement may not
+        // have been written yet: the task was still held).
+        let of_worker = || runs.values().flatten().filter(|r| r.worker == *worker);
+        let running = of_worker()
+            .filter(|r| match r.ended {
+                None => true,
+                Some((_, p, _)) => p > *kpos,
             })
             .count();
-        if *n > in_flight {
+        let held = running
+            + of_worker()
+                .filter(|r| matches!(r.ended, Some((true, p, t)) if p < *kpos && *at - t < 1.0))
+                .count();
+        if *n > held {
             report.violations.push(format!(
-                "the kill of {consumer} caused {n} extra runs but only {in_flight} were in flight"
+                "the kill of worker process {worker} caused {n} extra runs but only {held} tasks were held ({running} running)"
             ));
         }
         if *n > report.max_duplicates_per_kill {
             report.max_duplicates_per_kill = *n;
-            report.in_flight_at_that_kill = in_flight;
+            report.in_flight_at_that_kill = running;
         }
     }
     let (m, x) = median_max(recovery.values().copied().collect());

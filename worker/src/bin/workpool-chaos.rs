@@ -108,7 +108,22 @@ fn main() -> ExitCode {
             fault_every,
             deadline,
         };
-        match rt.block_on(chaos::run(cfg)) {
+        // On SIGINT/SIGTERM the run is dropped, which kills its workers and redis-server.
+        let r = rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return Err(anyhow::anyhow!("cannot install signal handlers"));
+            };
+            tokio::select! {
+                r = chaos::run(cfg) => r,
+                _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
+                _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+            }
+        });
+        match r {
             Ok(r) => {
                 print!("{}", r.render());
                 if a.json {
