@@ -15,7 +15,7 @@ use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
 use workpool_tests::kubelet::testing::{
     container_status, free_port, is_ready, phase, wait_pod, wait_pod_gone,
 };
-use workpool_tests::kubelet::{ImageMap, Kubelet, KubeletConfig};
+use workpool_tests::kubelet::{ImageMap, KubeletConfig};
 use workpool_worker::testing::RedisServer;
 
 const T: Duration = Duration::from_secs(60);
@@ -79,11 +79,19 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
     let bin = worker_binary().unwrap_or_else(|reason| panic!("{reason}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::start().expect("redis-server starts");
-    // Always the API double: these suites test our process kubelet, which a real
-    // cluster replaces with its own (WORKPOOL_E2E_KUBECONFIG is ignored here).
-    let cluster = TestCluster::start_double(ClusterOptions::default())
-        .await
-        .expect("cluster");
+    // The local backend (the real control plane, else the double): the process kubelet
+    // is what is under test, so an external cluster (WORKPOOL_E2E_KUBECONFIG), which
+    // runs its own kubelets, is not used.
+    let opts = ClusterOptions {
+        own_namespace: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = match workpool_tests::cluster::local_backend().expect("backend") {
+        workpool_tests::cluster::LocalBackend::Real => TestCluster::start_real(opts).await,
+        workpool_tests::cluster::LocalBackend::Double => TestCluster::start_double(opts).await,
+    }
+    .expect("cluster");
+    let ns = cluster.namespace().to_string();
     let client = cluster.client();
     let cfg = KubeletConfig::new(
         "node-1",
@@ -91,8 +99,8 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
         dir.path().join("kubelet"),
     )
     .with_scheduler(true);
-    let kubelet = Kubelet::start(client.clone(), cfg).await.expect("kubelet");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let kubelet = cluster.start_kubelet(cfg).await.expect("kubelet");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     let out = dir.path().join("done.txt");
     let metrics_port = free_port().expect("port");
@@ -166,7 +174,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
     assert!(consumers.contains("worker-0"), "{consumers}");
 
     // Deletion: SIGTERM, the worker drains and exits 0 well inside its 30 s grace.
-    let (_, pid) = kubelet.pids("default", "worker-0")[0].clone();
+    let (_, pid) = kubelet.pids(&ns, "worker-0")[0].clone();
     let started = std::time::Instant::now();
     pods.delete("worker-0", &DeleteParams::default())
         .await
@@ -190,7 +198,7 @@ async fn worker_pod_consumes_tasks_from_redis_and_drains_on_deletion() {
         .find(|e| {
             e.file_name()
                 .to_string_lossy()
-                .starts_with("default_worker-0_")
+                .starts_with(&format!("{ns}_worker-0_"))
         })
         .map(|e| e.path().join("worker.log"))
         .expect("pod dir kept with its log");
