@@ -57,13 +57,13 @@ async fn several_workers_holding_several_long_tasks_run_each_task_once() {
     let payloads: Vec<String> = (0..12).map(|i| format!("{{\"n\":{i}}}")).collect();
     let refs: Vec<&str> = payloads.iter().map(|s| s.as_str()).collect();
     let ids = enqueue(&url, &q, &refs).await;
-    // Each task takes 3.5x the visibility timeout.
+    // Each task takes 2.5x the visibility timeout.
     let script = format!(
-        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep 3.5; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
+        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep 5; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
     );
     let args = [
         "--visibility-timeout",
-        "1",
+        "2",
         "--concurrency",
         "4",
         "--batch",
