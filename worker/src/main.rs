@@ -130,7 +130,8 @@ struct RunArgs {
     /// Built-in handler: noop, sleep (payload {"ms": N}) or fail (always fails).
     #[arg(long, env = "WORKPOOL_BUILTIN", value_enum)]
     builtin: Option<Builtin>,
-    /// Run CMD [ARGS...] per task: payload on stdin, exit 0 = done; WORKPOOL_TASK_ID and
+    /// Run CMD [ARGS...] per task: payload on stdin, exit 0 = done, exit 100 = failed for
+    /// good (dead-lettered at once, no retry); WORKPOOL_TASK_ID and
     /// WORKPOOL_DELIVERY in its environment; its stderr tail becomes the error. Must be
     /// the last flag: everything after it belongs to the command.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD [ARGS...]")]
@@ -138,7 +139,8 @@ struct RunArgs {
     /// Like --exec with one shell command line run by `sh -c`.
     #[arg(long, env = "WORKPOOL_EXEC", value_name = "SHELL_COMMAND")]
     exec_shell: Option<String>,
-    /// POST each payload to this URL (e.g. http://127.0.0.1:8080/task); 2xx = done.
+    /// POST each payload to this URL (e.g. http://127.0.0.1:8080/task); 2xx = done, 4xx
+    /// other than 408/429 = failed for good (dead-lettered at once, no retry).
     #[arg(long, env = "WORKPOOL_HTTP", value_name = "URL")]
     http: Option<String>,
 }
