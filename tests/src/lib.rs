@@ -7,3 +7,4 @@ pub mod apiserver;
 pub mod cluster;
 pub mod controlplane;
 pub mod kubelet;
+pub mod node;
