@@ -36,6 +36,7 @@ fn env() -> Option<&'static Env> {
         }
         let cp = ControlPlane::shared().map_err(|e| format!("control plane: {e:#}"))?;
         let node = Node::start(&cp, NodeOptions::new()).map_err(|e| format!("node: {e:#}"))?;
+        node::addons::install_cluster_dns(&cp).map_err(|e| format!("cluster DNS: {e:#}"))?;
         eprintln!(
             "real node {} Ready in {:.1}s (pod CIDR {})",
             node.name(),
@@ -414,5 +415,45 @@ async fn an_image_that_does_not_exist_never_runs() -> Result<()> {
             .all(|s| s.state.as_ref().is_some_and(|st| st.running.is_none()))
     );
     assert_eq!(statuses.first().map(|s| s.restart_count), Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_a_service_by_dns_name() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let ns = setup(env).await?;
+    let mut server = probe_pod("echo-server", &["serve", "8080", "hello from echo"]);
+    server["spec"]["restartPolicy"] = json!("Always");
+    server["metadata"]["labels"] = json!({"app": "echo"});
+    create(&ns, server).await?;
+    create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+               "spec": {"selector": {"app": "echo"},
+                        "ports": [{"port": 80, "targetPort": 8080}]}}),
+    )
+    .await?;
+    let fqdn = format!("echo.{}.svc.cluster.local", ns.name);
+    // By full name, and by the short name through the pod's DNS search path.
+    let by_fqdn = probe_pod("client-fqdn", &["http-get", &format!("{fqdn}:80")]);
+    let (code, message) = run_to_completion(&ns, by_fqdn).await?;
+    assert_eq!((code, message.as_str()), (0, "hello from echo"));
+    let by_short = probe_pod("client-short", &["http-get", "echo:80"]);
+    let (code, message) = run_to_completion(&ns, by_short).await?;
+    assert_eq!((code, message.as_str()), (0, "hello from echo"));
+    // The name resolves to the Service's ClusterIP (kube-proxy carries it to the pod).
+    let svc: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    let cluster_ip = svc
+        .get("echo")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_default();
+    let resolve = probe_pod("client-resolve", &["resolve", &fqdn]);
+    let (code, message) = run_to_completion(&ns, resolve).await?;
+    assert_eq!((code, message), (0, cluster_ip));
     Ok(())
 }

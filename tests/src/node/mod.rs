@@ -22,6 +22,7 @@
 //! the negative `oom_score_adj` the kubelet asks for sandboxes); the kubelet runs on
 //! cgroup v1 (`failCgroupV1: false`), with eviction thresholds at 0 and no swap check.
 
+pub mod addons;
 pub mod images;
 
 use crate::controlplane::{self, ControlPlane};
