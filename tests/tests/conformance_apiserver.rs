@@ -7,6 +7,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, Patch, PatchParams,
     PostParams, WatchEvent, WatchParams,
@@ -30,6 +31,21 @@ async fn cluster() -> TestCluster {
 /// Long enough for a real cluster's controllers; the double settles within milliseconds.
 const SETTLE: Duration = Duration::from_secs(90);
 
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {SETTLE:?} waiting for: {what}");
+}
+
 fn status(e: &kube::Error) -> &kube::core::Status {
     match e {
         kube::Error::Api(s) => s,
@@ -41,6 +57,20 @@ fn status(e: &kube::Error) -> &kube::core::Status {
 fn code_reason(e: &kube::Error) -> (u16, String) {
     let s = status(e);
     (s.code, s.reason.clone())
+}
+
+/// `(field, reason)` of each cause of a 422.
+fn causes(e: &kube::Error) -> Vec<(String, String)> {
+    status(e)
+        .details
+        .as_ref()
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| (c.field.clone(), c.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn cm(name: &str) -> ConfigMap {
@@ -489,4 +519,526 @@ async fn put_that_omits_defaulted_fields_is_a_no_op() {
             other => panic!("unexpected event {other:?}"),
         }
     }
+}
+
+// ─────────────────────── (8) garbage collection with two owners ───────────────────────
+
+fn owner_ref(o: &ConfigMap) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "name": o.metadata.name,
+           "uid": o.metadata.uid})
+}
+
+#[tokio::test]
+async fn dependent_with_two_owners_is_kept_while_one_remains() {
+    let c = cluster().await;
+    let api = configmaps(&c);
+    let pp = PostParams::default();
+    let a = api.create(&pp, &cm("owner-a")).await.expect("a");
+    let b = api.create(&pp, &cm("owner-b")).await.expect("b");
+    let mut dep = cm("dependent");
+    dep.metadata.owner_references =
+        Some(serde_json::from_value(json!([owner_ref(&a), owner_ref(&b)])).expect("refs"));
+    api.create(&pp, &dep).await.expect("dependent");
+    api.delete("owner-a", &DeleteParams::background())
+        .await
+        .expect("delete a");
+    // The collector keeps the dependent and drops its reference to the gone owner.
+    eventually("the dangling reference to owner-a is removed", || async {
+        let d = api.get("dependent").await.expect("dependent kept");
+        let refs = d.metadata.owner_references.unwrap_or_default();
+        refs.len() == 1 && refs[0].name == "owner-b"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.get("dependent")
+        .await
+        .expect("still kept while owner-b remains");
+    api.delete("owner-b", &DeleteParams::background())
+        .await
+        .expect("delete b");
+    eventually(
+        "the dependent is collected once no owner remains",
+        || async {
+            matches!(api.get("dependent").await, Err(kube::Error::Api(s)) if s.code == 404)
+        },
+    )
+    .await;
+}
+
+/// A foreground deletion of one owner does not take a dependent another owner still
+/// holds: the collector removes the reference, and the owner goes.
+#[tokio::test]
+async fn foreground_deletion_of_one_owner_keeps_a_shared_dependent() {
+    let c = cluster().await;
+    let api = configmaps(&c);
+    let pp = PostParams::default();
+    let a = api.create(&pp, &cm("fg-a")).await.expect("a");
+    let b = api.create(&pp, &cm("fg-b")).await.expect("b");
+    let mut dep = cm("fg-dependent");
+    dep.metadata.owner_references =
+        Some(serde_json::from_value(json!([owner_ref(&a), owner_ref(&b)])).expect("refs"));
+    api.create(&pp, &dep).await.expect("dependent");
+    api.delete("fg-a", &DeleteParams::foreground())
+        .await
+        .expect("delete a in the foreground");
+    eventually("owner fg-a is gone", || async {
+        matches!(api.get("fg-a").await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+    let d = api.get("fg-dependent").await.expect("dependent kept");
+    let refs = d.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["fg-b"]
+    );
+}
+
+// ─────────────────────── (7) deleting a CRD waits for finalized instances ───────────────────────
+
+#[tokio::test]
+async fn deleting_a_crd_waits_for_instances_with_finalizers() {
+    let c = cluster().await;
+    // A CRD of its own (CRDs are cluster-wide; on a real cluster tests run in parallel).
+    let group = format!("{}.conformance.workpool.dev", c.namespace());
+    let crd_name = format!("gadgets.{group}");
+    let crds: Api<CustomResourceDefinition> = Api::all(c.client());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": crd_name},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "listKind": "GadgetList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                   "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]},
+    }))
+    .expect("valid CRD");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create CRD");
+    c.delete_on_drop(&format!(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}"
+    ));
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&group, "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(c.client(), c.namespace(), &ar);
+    let gadget = |name: &str, finalizers: Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": format!("{group}/v1"), "kind": "Gadget",
+            "metadata": {"name": name, "finalizers": finalizers}, "spec": {},
+        }))
+        .expect("valid gadget")
+    };
+    eventually("the new CRD serves its kind", || async {
+        gadgets
+            .create(
+                &PostParams::default(),
+                &gadget("held", json!(["conformance.workpool.dev/hold"])),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    gadgets
+        .create(&PostParams::default(), &gadget("free", json!([])))
+        .await
+        .expect("create free");
+    crds.delete(&crd_name, &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    eventually("instances without finalizers are deleted", || async {
+        matches!(gadgets.get("free").await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+    eventually(
+        "the CRD is Terminating while an instance remains",
+        || async {
+            let Ok(crd) = crds.get(&crd_name).await else {
+                return false;
+            };
+            let terminating = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|cond| {
+                    cond.type_ == "Terminating"
+                        && cond.status == "True"
+                        && ["InstanceDeletionInProgress", "InstanceDeletionCheck"]
+                            .contains(&cond.reason.as_deref().unwrap_or(""))
+                });
+            terminating && crd.metadata.deletion_timestamp.is_some()
+        },
+    )
+    .await;
+    let held = gadgets
+        .get("held")
+        .await
+        .expect("the held instance is kept");
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "held is being deleted"
+    );
+    eventually("no new instance while the CRD terminates", || async {
+        match gadgets
+            .create(&PostParams::default(), &gadget("late", json!([])))
+            .await
+        {
+            Err(kube::Error::Api(s)) => {
+                s.code == 405
+                    && s.message
+                        == "create not allowed while custom resource definition is terminating"
+            }
+            _ => false,
+        }
+    })
+    .await;
+    gadgets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release the instance");
+    eventually("the CRD goes once its instances are gone", || async {
+        matches!(crds.get(&crd_name).await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+}
+
+// ─────────────────────── (3) validation of built-in objects ───────────────────────
+
+fn pod_with(name: &str, container: Value, extra_spec: Value) -> Value {
+    let mut spec = json!({"schedulerName": "workpool-conformance-no-scheduler",
+                          "containers": [container]});
+    if let (Some(m), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        m.extend(extra.clone());
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+fn ctr(extra: Value) -> Value {
+    let mut c = json!({"name": "c", "image": "busybox:1.36", "command": ["sleep", "100"]});
+    if let (Some(m), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        m.extend(extra.clone());
+    }
+    c
+}
+
+#[tokio::test]
+async fn invalid_pods_are_refused_with_the_apiservers_causes() {
+    let c = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(c.client(), c.namespace());
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "container name not a DNS-1123 label",
+            pod_with("p1", ctr(json!({"name": "Bad_Name"})), json!({})),
+            "spec.containers[0].name",
+            "FieldValueInvalid",
+        ),
+        (
+            "port name over 15 characters",
+            pod_with(
+                "p2",
+                ctr(json!({"ports": [{"name": "a-very-long-port-name", "containerPort": 80}]})),
+                json!({}),
+            ),
+            "spec.containers[0].ports[0].name",
+            "FieldValueInvalid",
+        ),
+        (
+            "port name not an IANA_SVC_NAME",
+            pod_with(
+                "p3",
+                ctr(json!({"ports": [{"name": "1234", "containerPort": 80}]})),
+                json!({}),
+            ),
+            "spec.containers[0].ports[0].name",
+            "FieldValueInvalid",
+        ),
+        (
+            "requests above limits",
+            pod_with(
+                "p4",
+                ctr(json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}})),
+                json!({}),
+            ),
+            "spec.containers[0].resources.requests[cpu]",
+            "FieldValueInvalid",
+        ),
+        (
+            "env name with '='",
+            pod_with(
+                "p5",
+                ctr(json!({"env": [{"name": "A=B", "value": "x"}]})),
+                json!({}),
+            ),
+            "spec.containers[0].env[0].name",
+            "FieldValueInvalid",
+        ),
+        (
+            "mount of a volume that does not exist",
+            pod_with(
+                "p6",
+                ctr(json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]})),
+                json!({}),
+            ),
+            "spec.containers[0].volumeMounts[0].name",
+            "FieldValueNotFound",
+        ),
+        (
+            "bad label key",
+            {
+                let mut p = pod_with("p7", ctr(json!({})), json!({}));
+                p["metadata"]["labels"] = json!({"bad key!": "v"});
+                p
+            },
+            "metadata.labels",
+            "FieldValueInvalid",
+        ),
+        (
+            "annotations over 256 KiB",
+            {
+                let mut p = pod_with("p8", ctr(json!({})), json!({}));
+                p["metadata"]["annotations"] = json!({"big": "x".repeat(300 * 1024)});
+                p
+            },
+            "metadata.annotations",
+            "FieldValueTooLong",
+        ),
+        (
+            "invalid finalizer name",
+            {
+                let mut p = pod_with("p9", ctr(json!({})), json!({}));
+                p["metadata"]["finalizers"] = json!(["bad finalizer"]);
+                p
+            },
+            "metadata.finalizers[0]",
+            "FieldValueInvalid",
+        ),
+    ];
+    for (what, pod, field, reason) in cases {
+        let pod: Pod = serde_json::from_value(pod).expect("pod decodes");
+        let e = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect_err(what);
+        assert_eq!(code_reason(&e), (422, "Invalid".into()), "{what}: {e:?}");
+        let got = causes(&e);
+        assert!(
+            got.contains(&(field.to_string(), reason.to_string())),
+            "{what}: want ({field}, {reason}) in {got:?}"
+        );
+    }
+    // The exact wording of two of them.
+    let e = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_with(
+                "p10",
+                ctr(json!({"ports": [{"name": "a-very-long-port-name", "containerPort": 80}]})),
+                json!({}),
+            ))
+            .expect("pod"),
+        )
+        .await
+        .expect_err("long port name");
+    assert_eq!(
+        status(&e).message,
+        "Pod \"p10\" is invalid: spec.containers[0].ports[0].name: Invalid value: \"a-very-long-port-name\": must be no more than 15 characters"
+    );
+    let e = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_with("p11", ctr(json!({"name": "Bad_Name"})), json!({})))
+                .expect("pod"),
+        )
+        .await
+        .expect_err("bad container name");
+    assert_eq!(
+        status(&e).message,
+        "Pod \"p11\" is invalid: spec.containers[0].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    );
+    // Since v1.34 (RelaxedEnvironmentVariableValidation) names like `1BAD` are valid.
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod_with(
+            "p12",
+            ctr(json!({"env": [{"name": "1BAD.name-ok", "value": "x"}]})),
+            json!({}),
+        ))
+        .expect("pod"),
+    )
+    .await
+    .expect("relaxed env var names");
+}
+
+/// A quantity that does not parse fails decoding: 400, not 422.
+#[tokio::test]
+async fn unparseable_quantity_is_a_bad_request() {
+    let c = cluster().await;
+    let path = format!("/api/v1/namespaces/{}/pods", c.namespace());
+    let body = pod_with(
+        "q",
+        ctr(json!({"resources": {"requests": {"cpu": "abc"}}})),
+        json!({}),
+    );
+    let e = raw(
+        &c,
+        "POST",
+        &path,
+        Some("application/json"),
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await
+    .expect_err("cpu: abc");
+    assert_eq!(code_reason(&e), (400, "BadRequest".into()));
+    assert!(
+        status(&e)
+            .message
+            .contains("quantities must match the regular expression"),
+        "{:?}",
+        status(&e).message
+    );
+}
+
+// ─────────────────────── (5) Leases ───────────────────────
+
+#[tokio::test]
+async fn leases_need_a_resource_version_to_update_and_a_positive_duration() {
+    let c = cluster().await;
+    let api: Api<Lease> = Api::namespaced(c.client(), c.namespace());
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "l"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
+    }))
+    .expect("lease");
+    let created = api
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create");
+    // Leases do not allow unconditional updates.
+    let mut put = created.clone();
+    put.metadata.resource_version = None;
+    let e = api
+        .replace("l", &PostParams::default(), &put)
+        .await
+        .expect_err("PUT without a resourceVersion");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    assert_eq!(
+        causes(&e),
+        [(
+            "metadata.resourceVersion".to_string(),
+            "FieldValueInvalid".to_string()
+        )]
+    );
+    // Named by resource, not kind: the registry builds GroupKind{Kind: resource}.
+    assert_eq!(
+        status(&e).message,
+        "leases.coordination.k8s.io \"l\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+    );
+    let mut bad = lease.clone();
+    bad.metadata.name = Some("zero".into());
+    bad.spec.as_mut().expect("spec").lease_duration_seconds = Some(0);
+    let e = api
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("leaseDurationSeconds 0");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    assert_eq!(
+        status(&e).message,
+        "Lease.coordination.k8s.io \"zero\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+    );
+}
+
+// ─────────────────────── (6) Events ───────────────────────
+
+fn event_v1(name: &str, ns: &str, extra: Value) -> Value {
+    let mut ev = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": name},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "conformance.workpool.dev/test",
+        "reportingInstance": "test-1",
+        "action": "Testing", "reason": "Tested", "type": "Normal", "note": "hello",
+        "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "namespace": ns},
+    });
+    if let (Some(m), Some(extra)) = (ev.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            if v.is_null() {
+                m.remove(k);
+            } else {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    ev
+}
+
+#[tokio::test]
+async fn events_v1_are_validated_like_the_apiserver() {
+    let c = cluster().await;
+    let ns = c.namespace().to_string();
+    let path = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+    let post = |body: Value| {
+        let c = &c;
+        let path = path.clone();
+        async move {
+            raw(
+                c,
+                "POST",
+                &path,
+                Some("application/json"),
+                serde_json::to_vec(&body).expect("json"),
+            )
+            .await
+        }
+    };
+    post(event_v1("ok", &ns, json!({})))
+        .await
+        .expect("a complete event is accepted");
+    let e = post(event_v1(
+        "no-controller",
+        &ns,
+        json!({"reportingController": null, "action": null}),
+    ))
+    .await
+    .expect_err("reportingController and action are required");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    let got = causes(&e);
+    for field in ["reportingController", "action"] {
+        assert!(
+            got.contains(&(field.to_string(), "FieldValueRequired".to_string())),
+            "{field} required: {got:?}"
+        );
+    }
+    let e = post(event_v1(
+        "long-note",
+        &ns,
+        json!({"note": "n".repeat(1025)}),
+    ))
+    .await
+    .expect_err("note over 1024 bytes");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    assert!(
+        status(&e)
+            .message
+            .contains("can have at most 1024 characters"),
+        "{:?}",
+        status(&e).message
+    );
+    let e = post(event_v1("no-time", &ns, json!({"eventTime": null})))
+        .await
+        .expect_err("eventTime is required");
+    assert!(
+        causes(&e).contains(&("eventTime".to_string(), "FieldValueRequired".to_string())),
+        "{e:?}"
+    );
+    let e = post(event_v1("bad-type", &ns, json!({"type": "Fatal"})))
+        .await
+        .expect_err("type must be Normal or Warning");
+    assert!(
+        causes(&e).contains(&("type".to_string(), "FieldValueInvalid".to_string())),
+        "{e:?}"
+    );
 }

@@ -220,6 +220,7 @@ pub fn validate_pod(pod: &Value) -> Vec<Cause> {
             }
         }
     }
+    out.extend(super::validation::pod_containers(pod));
     if let Some(rp) = pod.pointer("/spec/restartPolicy").and_then(Value::as_str)
         && !["Always", "OnFailure", "Never"].contains(&rp)
     {

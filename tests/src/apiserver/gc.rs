@@ -3,7 +3,9 @@
 //! via the `foregroundDeletion` finalizer, orphaning via the `orphan` finalizer) and the
 //! namespace controller (deletes a terminating namespace's content, then the namespace).
 
-use super::store::{DeleteOpts, Key, State, name_of, namespace_of, uid_of};
+use super::store::{
+    CRD_CLEANUP_FINALIZER, DeleteOpts, Key, State, name_of, namespace_of, set_condition, uid_of,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -28,6 +30,7 @@ fn deleting(o: &Value) -> bool {
 pub fn run_once(st: &mut State) -> bool {
     let before = st.rv;
     namespaces(st);
+    crd_cleanup(st);
     garbage_collect(st);
     st.rv != before
 }
@@ -65,44 +68,125 @@ fn namespaces(st: &mut State) {
     }
 }
 
+/// The apiextensions finalizer controller: a deleted CRD's instances are deleted (their
+/// own finalizers honoured); the CRD stays Terminating (`InstanceDeletionInProgress`)
+/// until none remains, then loses its finalizer and goes.
+fn crd_cleanup(st: &mut State) {
+    let terminating: Vec<(Key, String)> = st
+        .objects
+        .iter()
+        .filter(|((g, r, _, _), o)| {
+            g == "apiextensions.k8s.io"
+                && r == "customresourcedefinitions"
+                && deleting(o)
+                && has_finalizer(o, CRD_CLEANUP_FINALIZER)
+        })
+        .map(|(k, o)| (k.clone(), name_of(o).to_string()))
+        .collect();
+    for (key, name) in terminating {
+        let Some(cr) = st.crds.get(&name).cloned() else {
+            st.remove_finalizer(&key, CRD_CLEANUP_FINALIZER);
+            continue;
+        };
+        let instances: Vec<(Key, bool)> = st
+            .objects
+            .iter()
+            .filter(|((g, r, _, _), _)| *g == cr.storage_group && *r == cr.resource)
+            .map(|(k, o)| (k.clone(), deleting(o)))
+            .collect();
+        if instances.is_empty() {
+            st.remove_finalizer(&key, CRD_CLEANUP_FINALIZER);
+            continue;
+        }
+        if let Some(mut crd) = st.objects.get(&key).cloned() {
+            set_condition(
+                &mut crd,
+                json!({"type": "Terminating", "status": "True",
+                       "reason": "InstanceDeletionInProgress",
+                       "message": "CustomResource deletion is in progress"}),
+            );
+            st.controller_write(&key, crd);
+        }
+        for (k, already) in instances {
+            if !already {
+                let _ = st.delete(&cr, &k.2, &k.3, &DeleteOpts::default());
+            }
+        }
+    }
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+}
+
+/// The garbage collector's `attemptToDeleteItem`: each owner reference is *dangling* (no
+/// object of that group, kind, namespace and name with that uid), *waiting* (the owner is
+/// being deleted in the foreground) or *solid*. An object with a solid owner is kept and
+/// loses its dangling and waiting references; one without is deleted (in the foreground
+/// when it waits on a foreground owner and has dependents itself). A reference whose kind
+/// is not served is left alone (the real collector retries its REST mapping).
 fn garbage_collect(st: &mut State) {
-    // uid → (key, namespaced?)
     let by_uid: HashMap<String, (Key, Value)> = st
         .objects
         .iter()
         .map(|(k, o)| (uid_of(o).to_string(), (k.clone(), o.clone())))
         .collect();
+    let referenced: std::collections::HashSet<String> = st
+        .objects
+        .values()
+        .flat_map(owner_refs)
+        .filter_map(|r| r["uid"].as_str().map(str::to_string))
+        .collect();
     let mut to_delete: Vec<(Key, Option<String>)> = Vec::new();
     let mut to_orphan: Vec<(Key, String)> = Vec::new();
+    let mut to_unlink: Vec<(Key, Vec<String>)> = Vec::new();
     for (key, o) in st.objects.iter() {
         let refs = owner_refs(o);
         if refs.is_empty() {
             continue;
         }
-        let mut all_gone = true;
+        let (mut solid, mut dangling, mut waiting) = (0, Vec::new(), Vec::new());
         for r in &refs {
             let uid = r["uid"].as_str().unwrap_or_default();
+            let av = r["apiVersion"].as_str().unwrap_or_default();
+            let kind = r["kind"].as_str().unwrap_or_default();
+            if st.resource_for_kind(av, kind).is_none() {
+                solid += 1;
+                continue;
+            }
             let owner = by_uid.get(uid).filter(|(ok, ov)| {
-                // The owner must be cluster-scoped or in the dependent's namespace,
-                // and match the reference's name.
                 (ok.2.is_empty() || ok.2 == key.2)
                     && name_of(ov) == r["name"].as_str().unwrap_or_default()
+                    && ov["kind"].as_str() == Some(kind)
+                    && group_of(ov["apiVersion"].as_str().unwrap_or_default()) == group_of(av)
             });
             match owner {
-                None => {}
+                None => dangling.push(uid.to_string()),
+                Some((_, ov)) if deleting(ov) && has_finalizer(ov, "foregroundDeletion") => {
+                    waiting.push(uid.to_string());
+                }
                 Some((_, ov)) => {
-                    all_gone = false;
-                    if deleting(ov) && has_finalizer(ov, "foregroundDeletion") && !deleting(o) {
-                        to_delete.push((key.clone(), Some("Foreground".into())));
-                    }
+                    solid += 1;
                     if deleting(ov) && has_finalizer(ov, "orphan") {
                         to_orphan.push((key.clone(), uid.to_string()));
                     }
                 }
             }
         }
-        if all_gone && !deleting(o) {
-            to_delete.push((key.clone(), Some("Background".into())));
+        if solid > 0 {
+            if !dangling.is_empty() || !waiting.is_empty() {
+                to_unlink.push((key.clone(), [dangling, waiting].concat()));
+            }
+        } else if !deleting(o) {
+            let foreground = !waiting.is_empty() && referenced.contains(uid_of(o));
+            let policy = if foreground || has_finalizer(o, "foregroundDeletion") {
+                "Foreground"
+            } else if has_finalizer(o, "orphan") {
+                "Orphan"
+            } else {
+                "Background"
+            };
+            to_delete.push((key.clone(), Some(policy.into())));
         }
     }
     for (key, prop) in to_delete {
@@ -114,6 +198,16 @@ fn garbage_collect(st: &mut State) {
                 ..Default::default()
             },
         );
+    }
+    for (key, uids) in to_unlink {
+        if let Some(mut o) = st.objects.get(&key).cloned() {
+            let refs: Vec<Value> = owner_refs(&o)
+                .into_iter()
+                .filter(|r| !uids.iter().any(|u| r["uid"] == u.as_str()))
+                .collect();
+            o["metadata"]["ownerReferences"] = json!(refs);
+            st.controller_write(&key, o);
+        }
     }
     for (key, uid) in to_orphan {
         if let Some(mut o) = st.objects.get(&key).cloned() {

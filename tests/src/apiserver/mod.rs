@@ -18,6 +18,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 pub mod types;
+pub mod validation;
 pub mod watch;
 
 pub use faults::{FaultConfig, FaultInjector, FaultRule};

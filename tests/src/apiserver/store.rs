@@ -8,6 +8,7 @@ use super::resources::{self, ResourceInfo};
 use super::schema;
 use super::status::{ApiError, cause};
 use super::types::Cause;
+use super::validation;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
@@ -546,6 +547,26 @@ impl State {
             return Err(ApiError::invalid(&ri.group, &ri.kind, &name, &name_errs));
         }
         self.namespace_check(ri, ns, true)?;
+        if ri.is_custom() {
+            let crd_key: Key = (
+                "apiextensions.k8s.io".into(),
+                "customresourcedefinitions".into(),
+                String::new(),
+                format!("{}.{}", ri.resource, ri.group),
+            );
+            if self
+                .objects
+                .get(&crd_key)
+                .is_some_and(|crd| crd.pointer("/metadata/deletionTimestamp").is_some())
+            {
+                return Err(ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "create not allowed while custom resource definition is terminating",
+                    Some(json!({"group": ri.group, "kind": ri.resource})),
+                ));
+            }
+        }
         let key = Self::key(ri, ns, &name);
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(&ri.group, &ri.resource, &name));
@@ -650,6 +671,11 @@ impl State {
         let mut causes: Vec<Cause> = metadata_causes(obj);
         match (ri.group.as_str(), ri.resource.as_str()) {
             ("", "pods") => {
+                if let Some(e) = validation::pod_quantity_error(obj) {
+                    return Err(ApiError::bad_request(format!(
+                        "Pod in version \"v1\" cannot be handled as a Pod: {e}"
+                    )));
+                }
                 builtins::default_pod(obj);
                 causes.extend(builtins::validate_pod(obj));
                 match old {
@@ -684,6 +710,10 @@ impl State {
                 }
             }
             ("", "secrets") => builtins::normalize_secret(obj),
+            ("coordination.k8s.io", "leases") => causes.extend(validation::lease(obj)),
+            ("", "events") | ("events.k8s.io", "events") if old.is_none() => {
+                causes.extend(validation::event_create(obj, ri.group == "events.k8s.io"));
+            }
             ("", "services") if old.is_none() => {
                 obj["status"] = json!({"loadBalancer": {}});
                 builtins::default_service(obj, self.next_service_ip);
@@ -865,11 +895,14 @@ impl State {
             }
         }
         let req_rv = meta_str(&new, "resourceVersion").to_string();
-        // Custom resources and CRDs do not allow unconditional updates.
-        if req_rv.is_empty() && ri.has_generation {
+        // Custom resources, CRDs and Leases do not allow unconditional updates
+        // (`AllowUnconditionalUpdate() == false` in their strategies).
+        let conditional_only =
+            ri.has_generation || (ri.group == "coordination.k8s.io" && ri.resource == "leases");
+        if req_rv.is_empty() && conditional_only {
             return Err(ApiError::invalid(
                 &ri.group,
-                &ri.kind,
+                &ri.resource, // the apiserver names the resource here (GroupKind{Kind: resource})
                 name,
                 &[cause(
                     "FieldValueInvalid",
@@ -1107,6 +1140,22 @@ impl State {
         };
         let mut new = old.clone();
         let mut fins = finalizers(&old);
+        // A CRD is deleted through the apiextensions finalizer: it stays Terminating
+        // until the CRD controller (gc.rs) has deleted every instance.
+        if ri.group == "apiextensions.k8s.io"
+            && ri.resource == "customresourcedefinitions"
+            && old.pointer("/metadata/deletionTimestamp").is_none()
+        {
+            if !fins.iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
+                fins.push(CRD_CLEANUP_FINALIZER.into());
+            }
+            set_condition(
+                &mut new,
+                json!({"type": "Terminating", "status": "True",
+                       "reason": "InstanceDeletionPending",
+                       "message": "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon"}),
+            );
+        }
         match opts.propagation.as_deref() {
             Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => {
                 fins.retain(|f| f != "orphan");
@@ -1253,6 +1302,32 @@ impl ApiError {
     }
 }
 
+/// The finalizer through which the apiextensions-apiserver deletes a CRD's instances.
+pub const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// Sets (or replaces by type) one `status.conditions` entry, with a transition time.
+pub fn set_condition(obj: &mut Value, mut cond: Value) {
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = json!({});
+    }
+    let conds = obj["status"]
+        .as_object_mut()
+        .map(|m| m.entry("conditions").or_insert_with(|| json!([])));
+    let Some(list) = conds.and_then(Value::as_array_mut) else {
+        return;
+    };
+    let same = list.iter().position(|c| c["type"] == cond["type"]);
+    let now = now_rfc3339();
+    cond["lastTransitionTime"] = match same {
+        Some(i) if list[i]["status"] == cond["status"] => list[i]["lastTransitionTime"].clone(),
+        _ => json!(now),
+    };
+    match same {
+        Some(i) => list[i] = cond,
+        None => list.push(cond),
+    }
+}
+
 /// Records a non-apply write in managedFields, with the kind's list semantics.
 fn record_write(
     ri: &ResourceInfo,
@@ -1268,9 +1343,10 @@ fn record_write(
     }
 }
 
-/// Metadata validation common to all kinds (labels, owner references).
+/// ObjectMeta validation common to all kinds: labels, annotations, owner references,
+/// finalizers (in `ValidateObjectMeta`'s order).
 fn metadata_causes(obj: &Value) -> Vec<Cause> {
-    let mut out = Vec::new();
+    let mut out = validation::labels_and_annotations(obj);
     if let Some(refs) = obj
         .pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
@@ -1329,37 +1405,6 @@ fn metadata_causes(obj: &Value) -> Vec<Cause> {
             ));
         }
     }
-    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            let vs = v.as_str().unwrap_or_default();
-            let ok = vs.len() <= 63
-                && vs
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && (vs.is_empty()
-                    || (vs.starts_with(|c: char| c.is_ascii_alphanumeric())
-                        && vs.ends_with(|c: char| c.is_ascii_alphanumeric())));
-            if !v.is_string() || !ok {
-                out.push(cause(
-                    "FieldValueInvalid",
-                    "metadata.labels",
-                    format!("Invalid value: \"{vs}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"),
-                ));
-            }
-            let name = k.rsplit('/').next().unwrap_or_default();
-            if name.is_empty()
-                || name.len() > 63
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                out.push(cause(
-                    "FieldValueInvalid",
-                    "metadata.labels",
-                    format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
-                ));
-            }
-        }
-    }
+    out.extend(validation::finalizers(obj));
     out
 }
