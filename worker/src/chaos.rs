@@ -691,9 +691,10 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
 fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report: &mut ChaosReport) {
     let mut runs: HashMap<usize, Vec<Run>> = HashMap::new();
     let mut by_pid: HashMap<i32, (usize, usize)> = HashMap::new();
-    // (position, worker pid, time) of worker kills; positions of destroys; killed handlers.
+    // (position, worker pid, time) of worker kills; (position, time) of group deletions;
+    // killed handlers.
     let mut kills: Vec<(usize, i32, f64)> = Vec::new();
-    let mut destroys: Vec<usize> = Vec::new();
+    let mut destroys: Vec<(usize, f64)> = Vec::new();
     let mut handler_kills: HashSet<i32> = HashSet::new();
     let mut redis_back: Vec<f64> = Vec::new();
     let mut completions: Vec<f64> = Vec::new();
@@ -748,7 +749,11 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                     r.ended = Some((false, pos, up));
                 }
             }
-            ["D", _up] => destroys.push(pos),
+            ["D", up] => {
+                if let Ok(up) = up.parse() {
+                    destroys.push((pos, up));
+                }
+            }
             ["U", up] => {
                 if let Ok(up) = up.parse() {
                     redis_back.push(up);
@@ -843,7 +848,12 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                 *e = e.max(gap);
                 continue;
             }
-            if destroys.iter().any(|&d| d > prev.pos && d < cur.pos) {
+            // A group deletion after the previous run was delivered. (A run delivered by
+            // the old group just before the deletion may log its start just after it.)
+            if destroys
+                .iter()
+                .any(|&(d, at)| d < cur.pos && (d > prev.pos || at >= prev.start - 1.0))
+            {
                 report.duplicates_from_destroys += 1;
                 continue;
             }
