@@ -36,7 +36,7 @@ fn env() -> Option<&'static Env> {
         }
         let cp = ControlPlane::shared().map_err(|e| format!("control plane: {e:#}"))?;
         let node = Node::start(&cp, NodeOptions::new()).map_err(|e| format!("node: {e:#}"))?;
-        node::addons::install_cluster_dns(&cp).map_err(|e| format!("cluster DNS: {e:#}"))?;
+        node::addons::install(&cp).map_err(|e| format!("add-ons: {e:#}"))?;
         eprintln!(
             "real node {} Ready in {:.1}s (pod CIDR {})",
             node.name(),
@@ -111,7 +111,7 @@ async fn create(ns: &Ns, manifest: serde_json::Value) -> Result<()> {
         .unwrap_or_default()
         .to_string();
     let gvk = match kind.as_str() {
-        "Pod" | "Secret" | "ConfigMap" | "ServiceAccount" | "Service" => {
+        "Pod" | "Secret" | "ConfigMap" | "ServiceAccount" | "Service" | "PersistentVolumeClaim" => {
             kube::api::GroupVersionKind::gvk("", "v1", &kind)
         }
         "Role" | "RoleBinding" => {
@@ -455,5 +455,44 @@ async fn a_pod_reaches_a_service_by_dns_name() -> Result<()> {
     let resolve = probe_pod("client-resolve", &["resolve", &fqdn]);
     let (code, message) = run_to_completion(&ns, resolve).await?;
     assert_eq!((code, message), (0, cluster_ip));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let ns = setup(env).await?;
+    // No storageClassName: the default class (`standard`) is filled in by admission.
+    create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+               "spec": {"accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "64Mi"}}}}),
+    )
+    .await?;
+    let with_volume = |name: &str, args: &[&str]| {
+        let mut pod = probe_pod(name, args);
+        pod["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "data", "mountPath": "/data"}]);
+        pod
+    };
+    let (code, message) =
+        run_to_completion(&ns, with_volume("writer", &["write", "/data/file"])).await?;
+    assert_eq!((code, message.as_str()), (0, "ok"));
+    let (code, message) =
+        run_to_completion(&ns, with_volume("reader", &["cat", "/data/file"])).await?;
+    assert_eq!((code, message.as_str()), (0, "/data/file=x"));
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    let pvc = pvcs.get("data").await?;
+    assert_eq!(
+        pvc.spec.and_then(|s| s.storage_class_name).as_deref(),
+        Some("standard")
+    );
+    assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
     Ok(())
 }

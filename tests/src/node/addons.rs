@@ -133,6 +133,22 @@ pub fn install_cluster_dns(cp: &ControlPlane) -> Result<()> {
     apply(cp, "cluster-dns.yaml", &cluster_dns_manifests())
 }
 
+/// Applies the default StorageClass `standard` (local-path volumes provisioned by each
+/// node, see [`super::storage`]).
+pub fn install_storage(cp: &ControlPlane) -> Result<()> {
+    apply(
+        cp,
+        "storage-class.yaml",
+        &super::storage::storage_class_manifest(),
+    )
+}
+
+/// Both add-ons: [`install_cluster_dns`] and [`install_storage`].
+pub fn install(cp: &ControlPlane) -> Result<()> {
+    install_cluster_dns(cp)?;
+    install_storage(cp)
+}
+
 pub(crate) fn apply(cp: &ControlPlane, file: &str, manifests: &str) -> Result<()> {
     let path = cp.dir().join(file);
     std::fs::write(&path, manifests)?;

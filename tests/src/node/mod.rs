@@ -24,6 +24,7 @@
 
 pub mod addons;
 pub mod images;
+pub mod storage;
 
 use crate::controlplane::{self, ControlPlane};
 use anyhow::{Context, Result, anyhow, bail};
@@ -115,6 +116,7 @@ pub fn unavailable_reason() -> Option<String> {
         ("nsenter", "util-linux"),
         ("ip", "iproute2"),
         ("iptables", "iptables"),
+        ("flock", "util-linux"),
     ] {
         if images::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() {
             return Some(format!(
@@ -171,6 +173,17 @@ impl Slot {
                 nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             {
                 let slot = Slot { index, _lock: lock };
+                // The watchdog of a process that ended may still be tearing its node down
+                // in this slot: it holds the slot's teardown lock until it is done.
+                let teardown = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(slot.teardown_lock())?;
+                drop(
+                    nix::fcntl::Flock::lock(teardown, nix::fcntl::FlockArg::LockExclusive)
+                        .map_err(|(_, e)| anyhow!("waiting for a teardown in slot {index}: {e}"))?,
+                );
                 // A namespace left by a process that died before its watchdog could clean
                 // up (e.g. the machine's session ended): remove it.
                 let ns = slot.netns();
@@ -186,6 +199,11 @@ impl Slot {
 
     fn netns(&self) -> String {
         format!("wpn{}", self.index)
+    }
+    /// Held by the node's watchdog for its whole life, so the slot is not reused before its
+    /// teardown has finished.
+    fn teardown_lock(&self) -> PathBuf {
+        Path::new(SLOT_DIR).join(format!("slot-{}.teardown", self.index))
     }
     fn host_veth(&self) -> String {
         format!("wpn{}h", self.index)
@@ -239,6 +257,7 @@ pub struct Node {
     children: Vec<(String, Child)>,
     watchdog: Option<Child>,
     watchdog_stdin: Option<ChildStdin>,
+    provisioner: Option<storage::Provisioner>,
     started_in: Duration,
 }
 
@@ -280,6 +299,7 @@ impl Node {
             children: Vec::new(),
             watchdog: None,
             watchdog_stdin: None,
+            provisioner: None,
             started_in: Duration::ZERO,
             slot: Some(slot),
         };
@@ -418,6 +438,12 @@ impl Node {
             .arg(format!("node/{}", self.name))
             .arg(format!("--timeout={left}s")))
         .context("waiting for the Node to be Ready")?;
+        self.provisioner = Some(storage::Provisioner::start(
+            self.kubectl.clone(),
+            self.admin_kubeconfig.clone(),
+            self.name.clone(),
+            self.dir.clone(),
+        ));
         Ok(())
     }
 
@@ -888,9 +914,10 @@ rm -rf "$DIR"
         let mut child = Command::new("sh")
             .args([
                 "-c",
-                "cat >/dev/null; sh \"$0\" >/dev/null 2>&1; rm -f \"$0\"",
+                "exec 9>>\"$1\"; flock -x 9; cat >/dev/null; sh \"$0\" >/dev/null 2>&1; rm -f \"$0\"",
             ])
             .arg(&copy)
+            .arg(self.slot().teardown_lock())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -907,6 +934,7 @@ rm -rf "$DIR"
         if self.watchdog.is_none() {
             return;
         }
+        self.provisioner.take();
         let _ = Command::new(&self.kubectl)
             .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
             .args([
