@@ -145,10 +145,10 @@ impl Pass {
             if phase == "Released" || phase == "Failed" {
                 let name = pv["metadata"]["name"].as_str().unwrap_or_default();
                 self.kubectl(&["delete", "pv", name, "--wait=false"], None)?;
-                if let Some(path) = pv["spec"]["hostPath"]["path"].as_str() {
-                    if Path::new(path).starts_with(&self.dir) {
-                        let _ = std::fs::remove_dir_all(path);
-                    }
+                if let Some(path) = pv["spec"]["hostPath"]["path"].as_str()
+                    && Path::new(path).starts_with(&self.dir)
+                {
+                    let _ = std::fs::remove_dir_all(path);
                 }
             }
         }
