@@ -118,7 +118,8 @@ pub struct ChaosReport {
     pub kill_recovery_median_s: f64,
     /// See `kill_recovery_median_s`.
     pub kill_recovery_max_s: f64,
-    /// Seconds from Redis answering again (SIGCONT or restart) until a task completed:
+    /// Seconds from Redis answering again (SIGCONT or restart) until a task started (it
+    /// needs Redis: a delivery, or a retry recorded):
     /// median and maximum.
     pub redis_recovery_median_s: f64,
     /// See `redis_recovery_median_s`.
@@ -137,7 +138,7 @@ impl ChaosReport {
              faults: {} worker SIGKILLs, {} handler SIGKILLs, {} Redis SIGSTOP/SIGCONT, {} Redis restarts, {} XGROUP DESTROY, {} dead-letter write blocks\n\
              duplicates: {} from worker kills (most from one kill: {}, with {} running on it), {} from XGROUP DESTROY, 0 otherwise\n\
              recovery after a worker kill (its tasks running again elsewhere): median {:.2}s, max {:.2}s\n\
-             recovery after Redis answers again (a task completes): median {:.2}s, max {:.2}s\n\
+             recovery after Redis answers again (a task starts): median {:.2}s, max {:.2}s\n\
              elapsed {:.1}s; invariants: {}\n",
             self.seed,
             self.tasks,
@@ -697,7 +698,7 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
     let mut destroys: Vec<(usize, f64)> = Vec::new();
     let mut handler_kills: HashSet<i32> = HashSet::new();
     let mut redis_back: Vec<f64> = Vec::new();
-    let mut completions: Vec<f64> = Vec::new();
+    let mut starts: Vec<f64> = Vec::new();
     for (pos, l) in text.lines().enumerate() {
         let f: Vec<&str> = l.split_whitespace().collect();
         let task = |s: &str| s.strip_prefix('t').and_then(|n| n.parse::<usize>().ok());
@@ -708,6 +709,7 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                 else {
                     continue;
                 };
+                starts.push(up);
                 let v = runs.entry(t).or_default();
                 by_pid.insert(pid, (t, v.len()));
                 v.push(Run {
@@ -727,9 +729,6 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                     && let Some(r) = runs.get_mut(&t).and_then(|v| v.get_mut(i))
                 {
                     r.ended = Some((*e == "E", pos, up));
-                }
-                if *e == "E" {
-                    completions.push(up);
                 }
             }
             ["K", _consumer, pid, up] => {
@@ -762,7 +761,7 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
             _ => {}
         }
     }
-    completions.sort_by(|a, b| a.total_cmp(b));
+    starts.sort_by(|a, b| a.total_cmp(b));
     let mut dead_by_task: HashMap<usize, Vec<&HashMap<String, String>>> = HashMap::new();
     for d in dead {
         match d
@@ -898,8 +897,8 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
     let gaps: Vec<f64> = redis_back
         .iter()
         .filter_map(|&u| {
-            let i = completions.partition_point(|&c| c < u);
-            completions.get(i).map(|&c| c - u)
+            let i = starts.partition_point(|&c| c < u);
+            starts.get(i).map(|&c| c - u)
         })
         .collect();
     let (m, x) = median_max(gaps);
