@@ -496,3 +496,86 @@ async fn a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods()
     assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_a_server_on_the_host_at_the_node_host_address() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let ns = setup(env).await?;
+    // A server a test runs on the host, bound to the address pods see the host at.
+    let listener = std::net::TcpListener::bind((env.node.host_ip(), 0))?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nfrom host",
+            );
+        }
+    });
+    let pod = probe_pod(
+        "to-host",
+        &["http-get", &format!("{}:{port}", env.node.host_ip())],
+    );
+    let (code, message) = run_to_completion(&ns, pod).await?;
+    assert_eq!((code, message.as_str()), (0, "from host"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_and_worker_images_built_from_local_binaries_run() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let ns = setup(env).await?;
+    // The chart's Redis image, as its Dockerfile has it: CMD redis-server ..., user 65532.
+    create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "redis", "labels": {"app": "redis"}},
+               "spec": {"securityContext": {"runAsNonRoot": true},
+                        "containers": [{"name": "redis",
+                                        "image": "ghcr.io/workpool-dev/workpool-redis:0.1.0",
+                                        "securityContext": {"readOnlyRootFilesystem": true},
+                                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                        "volumes": [{"name": "data", "emptyDir": {}}]}}),
+    )
+    .await?;
+    create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis"},
+               "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379}]}}),
+    )
+    .await?;
+    let ping = probe_pod("ping", &["send", "redis:6379", "PING"]);
+    let (code, message) = run_to_completion(&ns, ping).await?;
+    assert_eq!((code, message.as_str()), (0, "+PONG"));
+    // The worker image (when workpool-worker is built): its entrypoint is the worker.
+    let worker = std::path::Path::new(PROBE)
+        .parent()
+        .map(|d| d.join("workpool-worker"))
+        .filter(|p| p.is_file());
+    if worker.is_some() {
+        create(
+            &ns,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
+                   "spec": {"restartPolicy": "Never",
+                            "containers": [{"name": "worker",
+                                            "image": "ghcr.io/workpool-dev/workpool-worker:0.1.0",
+                                            "args": ["--version"],
+                                            "terminationMessagePolicy": "FallbackToLogsOnError"}]}}),
+        )
+        .await?;
+        let pod = wait_pod(&ns, "worker", "terminated", |p| {
+            terminated_message(p).is_some()
+        })
+        .await?;
+        assert_eq!(terminated_message(&pod).map(|(c, _)| c), Some(0));
+    } else {
+        eprintln!("workpool-worker is not built: the worker image is not checked");
+    }
+    Ok(())
+}

@@ -11,6 +11,8 @@
 //! - `write PATH`: tries to create PATH; prints `ok` or the error; exits 0.
 //! - `resolve NAME`: prints the addresses NAME resolves to (exit 1 when none).
 //! - `http-get HOST:PORT [PATH]`: plain HTTP GET with retries for 60 s, prints the body.
+//! - `send HOST:PORT TEXT`: sends TEXT and CRLF over TCP (retrying for 60 s), prints the
+//!   first line of the answer (e.g. `send redis:6379 PING` prints `+PONG`).
 //! - `api KIND[:NAMESPACE]...`: with in-cluster credentials only (ServiceAccount token,
 //!   CA, `KUBERNETES_SERVICE_HOST`), lists each kind (`pods`, `secrets`, `configmaps`,
 //!   `services`, `nodes`, `namespaces`) and prints `KIND[:NS]=allowed` or
@@ -39,11 +41,14 @@ fn main() {
         Some("resolve") => resolve(&args[1..]),
         Some("http-get") => http_get(&args[1..]),
         Some("api") => api(&args[1..]),
+        Some("send") => send(&args[1..]),
         Some("sleep") => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         _ => {
-            eprintln!("usage: workpool-node-probe serve|cat|write|resolve|http-get|api|sleep ...");
+            eprintln!(
+                "usage: workpool-node-probe serve|cat|write|resolve|http-get|send|api|sleep ..."
+            );
             2
         }
     };
@@ -192,6 +197,45 @@ fn get_once(target: &str, host: &str, path: &str) -> Result<String, String> {
         return Err(head.lines().next().unwrap_or("").to_string());
     }
     Ok(body.to_string())
+}
+
+fn send(args: &[String]) -> i32 {
+    let (Some(target), Some(text)) = (args.first(), args.get(1)) else {
+        eprintln!("send HOST:PORT TEXT");
+        return 2;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match send_once(target, text) {
+            Ok(line) => {
+                report(&line);
+                return 0;
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    report(&format!("send {target}: {last}"));
+    1
+}
+
+fn send_once(target: &str, text: &str) -> Result<String, String> {
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "{text}\r\n").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    Ok(answer.lines().next().unwrap_or("").to_string())
 }
 
 fn api(kinds: &[String]) -> i32 {
