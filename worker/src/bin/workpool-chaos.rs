@@ -115,14 +115,21 @@ fn main() -> ExitCode {
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
             ) else {
-                return Err(anyhow::anyhow!("cannot install signal handlers"));
+                return Ok(Err(anyhow::anyhow!("cannot install signal handlers")));
             };
             tokio::select! {
-                r = chaos::run(cfg) => r,
-                _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
-                _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+                r = chaos::run(cfg) => Ok(r),
+                _ = int.recv() => Err("interrupted"),
+                _ = term.recv() => Err("terminated"),
             }
         });
+        let r = match r {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("error: seed {seed}: {why}; stopping");
+                return ExitCode::FAILURE;
+            }
+        };
         match r {
             Ok(r) => {
                 print!("{}", r.render());
