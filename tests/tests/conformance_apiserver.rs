@@ -7,6 +7,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, Patch, PatchParams,
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use workpool_tests::cluster::{ClusterOptions, TestCluster};
+use workpool_tests::kubelet::{ImageMap, Kubelet, KubeletConfig};
 
 async fn cluster() -> TestCluster {
     TestCluster::start_with(ClusterOptions {
@@ -1041,4 +1043,164 @@ async fn events_v1_are_validated_like_the_apiserver() {
         causes(&e).contains(&("type".to_string(), "FieldValueInvalid".to_string())),
         "{e:?}"
     );
+}
+
+// ─────────────────────── (10) RBAC objects ───────────────────────
+
+/// RBAC manifests apply and read back (the double stores them without enforcing them;
+/// enforcement is checked against the real control plane only).
+#[tokio::test]
+async fn rbac_objects_are_stored_and_role_refs_are_immutable() {
+    let c = cluster().await;
+    let ns = c.namespace().to_string();
+    let roles: Api<Role> = Api::namespaced(c.client(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(c.client(), &ns);
+    let cluster_roles: Api<ClusterRole> = Api::all(c.client());
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(c.client());
+    let pp = PostParams::default();
+    let rules = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]);
+    roles
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "reader"}, "rules": rules}))
+                .expect("role"),
+        )
+        .await
+        .expect("create Role");
+    let subject = json!([{"kind": "ServiceAccount", "name": "default", "namespace": ns}]);
+    bindings
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+                "subjects": subject,
+            }))
+            .expect("binding"),
+        )
+        .await
+        .expect("create RoleBinding");
+    // Cluster-wide names of their own (a real cluster is shared by parallel tests).
+    let cr_name = format!("{ns}-reader");
+    cluster_roles
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": cr_name}, "rules": rules}))
+                .expect("cluster role"),
+        )
+        .await
+        .expect("create ClusterRole");
+    c.delete_on_drop(&format!(
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/{cr_name}"
+    ));
+    cluster_bindings
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": cr_name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cr_name},
+                "subjects": subject,
+            }))
+            .expect("cluster binding"),
+        )
+        .await
+        .expect("create ClusterRoleBinding");
+    c.delete_on_drop(&format!(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{cr_name}"
+    ));
+    let got = roles.get("reader").await.expect("get Role");
+    assert_eq!(
+        got.rules.unwrap_or_default()[0].verbs,
+        vec!["get".to_string(), "list".to_string()]
+    );
+    cluster_bindings
+        .get(&cr_name)
+        .await
+        .expect("get ClusterRoleBinding");
+    // A binding's roleRef cannot change.
+    let e = bindings
+        .patch(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"roleRef": {"name": "other"}})),
+        )
+        .await
+        .expect_err("roleRef is immutable");
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    assert!(
+        causes(&e).contains(&("roleRef".to_string(), "FieldValueInvalid".to_string())),
+        "{e:?}"
+    );
+}
+
+// ─────────────────────── (11) scheduling against allocatable ───────────────────────
+
+/// The double's process kubelet schedules only pods that fit its node (the real
+/// kube-scheduler's NodeResourcesFit): a pod asking for 500 CPUs stays Pending as
+/// Unschedulable. Needs the double (its kubelet and scheduler).
+#[tokio::test]
+async fn pods_that_do_not_fit_the_node_are_not_scheduled() {
+    let c = cluster().await;
+    if c.double().is_none() {
+        eprintln!(
+            "SKIPPED pods_that_do_not_fit_the_node_are_not_scheduled: needs the API double's process kubelet and scheduler"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _kubelet = Kubelet::start(
+        c.client(),
+        KubeletConfig::new("node-1", ImageMap::new(), dir.path().join("kubelet"))
+            .with_scheduler(true),
+    )
+    .await
+    .expect("kubelet starts");
+    let pods: Api<Pod> = Api::namespaced(c.client(), c.namespace());
+    let pod = |name: &str, cpu: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                     "command": ["sleep", "100"],
+                                     "resources": {"requests": {"cpu": cpu}}}],
+                     "terminationGracePeriodSeconds": 0},
+        }))
+        .expect("pod")
+    };
+    pods.create(&PostParams::default(), &pod("huge", "500"))
+        .await
+        .expect("create huge");
+    eventually("the huge pod is marked Unschedulable", || async {
+        let p = pods.get("huge").await.expect("get");
+        p.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|cond| {
+                cond.type_ == "PodScheduled"
+                    && cond.status == "False"
+                    && cond.reason.as_deref() == Some("Unschedulable")
+                    && cond
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("Insufficient cpu"))
+            })
+    })
+    .await;
+    pods.create(&PostParams::default(), &pod("small", "100m"))
+        .await
+        .expect("create small");
+    eventually("the small pod is bound", || async {
+        pods.get("small")
+            .await
+            .expect("get")
+            .spec
+            .and_then(|s| s.node_name)
+            .is_some()
+    })
+    .await;
+    let huge = pods.get("huge").await.expect("get huge");
+    assert_eq!(huge.spec.and_then(|s| s.node_name), None, "still unbound");
+    pods.delete("small", &DeleteParams::default())
+        .await
+        .expect("delete small");
 }

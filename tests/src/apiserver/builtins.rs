@@ -16,7 +16,7 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 /// Decodes a built-in object through its typed form (as the apiserver decodes into Go
 /// structs): unknown fields are dropped, wrong types are errors. None = no typed form.
 pub fn decode_typed(group: &str, resource: &str, obj: &Value) -> Option<Result<Value, String>> {
-    use k8s_openapi::api::{coordination::v1 as coord, core::v1 as core};
+    use k8s_openapi::api::{coordination::v1 as coord, core::v1 as core, rbac::v1 as rbac};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     Some(match (group, resource) {
         ("", "pods") => round_trip::<core::Pod>(obj),
@@ -28,6 +28,12 @@ pub fn decode_typed(group: &str, resource: &str, obj: &Value) -> Option<Result<V
         ("", "nodes") => round_trip::<core::Node>(obj),
         ("", "events") | ("events.k8s.io", "events") => round_trip::<core::Event>(obj),
         ("coordination.k8s.io", "leases") => round_trip::<coord::Lease>(obj),
+        ("rbac.authorization.k8s.io", "roles") => round_trip::<rbac::Role>(obj),
+        ("rbac.authorization.k8s.io", "rolebindings") => round_trip::<rbac::RoleBinding>(obj),
+        ("rbac.authorization.k8s.io", "clusterroles") => round_trip::<rbac::ClusterRole>(obj),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            round_trip::<rbac::ClusterRoleBinding>(obj)
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             round_trip::<apiext::CustomResourceDefinition>(obj)
         }

@@ -711,6 +711,9 @@ impl State {
             }
             ("", "secrets") => builtins::normalize_secret(obj),
             ("coordination.k8s.io", "leases") => causes.extend(validation::lease(obj)),
+            ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+                causes.extend(validation::role_binding(obj, old, ri.namespaced));
+            }
             ("", "events") | ("events.k8s.io", "events") if old.is_none() => {
                 causes.extend(validation::event_create(obj, ri.group == "events.k8s.io"));
             }

@@ -543,6 +543,64 @@ pub fn event_create(ev: &Value, events_v1: bool) -> Vec<Cause> {
     out
 }
 
+// ───────────────────────────── RBAC ─────────────────────────────
+
+/// RoleBinding / ClusterRoleBinding checks (`ValidateRoleBinding*`): the roleRef is
+/// required on create and immutable on update; subjects need a kind and a name.
+pub fn role_binding(obj: &Value, old: Option<&Value>, namespaced: bool) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let rr = &obj["roleRef"];
+    if let Some(old) = old {
+        if old["roleRef"] != *rr {
+            out.push(cause(
+                "FieldValueInvalid",
+                "roleRef",
+                format!(
+                    "Invalid value: rbac.RoleRef{{APIGroup:{:?}, Kind:{:?}, Name:{:?}}}: cannot change roleRef",
+                    rr["apiGroup"].as_str().unwrap_or_default(),
+                    rr["kind"].as_str().unwrap_or_default(),
+                    rr["name"].as_str().unwrap_or_default()
+                ),
+            ));
+        }
+        return out;
+    }
+    if rr["apiGroup"].as_str() != Some("rbac.authorization.k8s.io") {
+        out.push(cause(
+            "FieldValueNotSupported",
+            "roleRef.apiGroup",
+            format!(
+                "Unsupported value: {:?}: supported values: \"rbac.authorization.k8s.io\"",
+                rr["apiGroup"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    let kind = rr["kind"].as_str().unwrap_or_default();
+    if !kinds.contains(&kind) {
+        out.push(cause(
+            "FieldValueNotSupported",
+            "roleRef.kind",
+            format!(
+                "Unsupported value: {kind:?}: supported values: {}",
+                kinds
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if rr["name"].as_str().unwrap_or_default().is_empty() {
+        out.push(required("roleRef.name"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
