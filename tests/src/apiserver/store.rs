@@ -559,11 +559,11 @@ impl State {
                 .get(&crd_key)
                 .is_some_and(|crd| crd.pointer("/metadata/deletionTimestamp").is_some())
             {
-                return Err(ApiError::new(
-                    405,
-                    "MethodNotAllowed",
+                return Err(ApiError::forbidden(
+                    &ri.group,
+                    &ri.resource,
+                    &name,
                     "create not allowed while custom resource definition is terminating",
-                    Some(json!({"group": ri.group, "kind": ri.resource})),
                 ));
             }
         }
@@ -910,7 +910,7 @@ impl State {
                 &[cause(
                     "FieldValueInvalid",
                     "metadata.resourceVersion",
-                    "Invalid value: 0x0: must be specified for an update",
+                    "Invalid value: 0: must be specified for an update",
                 )],
             ));
         }

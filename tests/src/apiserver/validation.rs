@@ -391,7 +391,7 @@ pub fn pod_containers(pod: &Value) -> Vec<Cause> {
                         && r > l
                     {
                         out.push(invalid(
-                            &format!("{path}.resources.requests[{res}]"),
+                            &format!("{path}.resources.requests"),
                             &req_s,
                             &format!("must be less than or equal to {res} limit of {lim_s}"),
                         ));
