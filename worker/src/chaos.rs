@@ -283,6 +283,8 @@ case "$kind" in
   perm) read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo "cannot process $WORKPOOL_PRODUCER_ID" >&2; exit 100;;
   fail) read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo "always fails" >&2; exit 1;;
   flaky) if [ "$WORKPOOL_DELIVERY" -le "$k" ]; then read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo flaky >&2; exit 1; fi;;
+  ok) ;;
+  *) read -r up _ < /proc/uptime; echo "F $WORKPOOL_PRODUCER_ID $$ $up" >> {log}; echo "no payload (worker killed while starting me?)" >&2; exit 1;;
 esac
 sleep "$secs"
 read -r up _ < /proc/uptime
@@ -679,6 +681,8 @@ struct Run {
     pos: usize,
     /// (success, position, time)
     ended: Option<(bool, usize, f64)>,
+    /// Its handler process was SIGKILLed by the injector.
+    handler_killed: bool,
 }
 
 fn median_max(mut v: Vec<f64>) -> (f64, f64) {
@@ -692,11 +696,10 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
 fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report: &mut ChaosReport) {
     let mut runs: HashMap<usize, Vec<Run>> = HashMap::new();
     let mut by_pid: HashMap<i32, (usize, usize)> = HashMap::new();
-    // (position, worker pid, time) of worker kills; (position, time) of group deletions;
-    // killed handlers.
+    // (position, worker pid, time) of worker kills; (position, time) of group deletions.
     let mut kills: Vec<(usize, i32, f64)> = Vec::new();
+    let mut kill_names: Vec<String> = Vec::new();
     let mut destroys: Vec<(usize, f64)> = Vec::new();
-    let mut handler_kills: HashSet<i32> = HashSet::new();
     let mut redis_back: Vec<f64> = Vec::new();
     let mut starts: Vec<f64> = Vec::new();
     for (pos, l) in text.lines().enumerate() {
@@ -719,33 +722,41 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
                     start: up,
                     pos,
                     ended: None,
+                    handler_killed: false,
                 });
             }
-            [e @ ("E" | "F"), _t, pid, up] => {
-                let (Ok(pid), Ok(up)) = (pid.parse::<i32>(), up.parse::<f64>()) else {
+            [e @ ("E" | "F"), t, pid, up] => {
+                let (Some(tk), Ok(pid), Ok(up)) = (task(t), pid.parse::<i32>(), up.parse::<f64>())
+                else {
                     continue;
                 };
-                if let Some(&(t, i)) = by_pid.get(&pid)
-                    && let Some(r) = runs.get_mut(&t).and_then(|v| v.get_mut(i))
+                // Process ids are reused (pid_max is often 32768): the run is the latest
+                // one of this task with this pid.
+                if let Some(r) = runs
+                    .get_mut(&tk)
+                    .and_then(|v| v.iter_mut().rev().find(|r| r.pid == pid))
                 {
                     r.ended = Some((*e == "E", pos, up));
                 }
             }
-            ["K", _consumer, pid, up] => {
+            ["K", consumer, pid, up] => {
                 if let (Ok(pid), Ok(up)) = (pid.parse::<i32>(), up.parse()) {
                     kills.push((pos, pid, up));
+                    kill_names.push(consumer.to_string());
                 }
             }
             ["H", pid, up] => {
                 let (Ok(pid), Ok(up)) = (pid.parse::<i32>(), up.parse::<f64>()) else {
                     continue;
                 };
-                handler_kills.insert(pid);
+                // The process killed is the latest run started with that pid.
                 if let Some(&(t, i)) = by_pid.get(&pid)
                     && let Some(r) = runs.get_mut(&t).and_then(|v| v.get_mut(i))
-                    && r.ended.is_none()
                 {
-                    r.ended = Some((false, pos, up));
+                    r.handler_killed = true;
+                    if r.ended.is_none() {
+                        r.ended = Some((false, pos, up));
+                    }
                 }
             }
             ["D", up] => {
@@ -827,18 +838,23 @@ fn analyse(tasks: &[Task], text: &str, dead: &[HashMap<String, String>], report:
         for k in 1..rs.len() {
             let prev = &rs[k - 1];
             let cur = &rs[k];
-            let failed = matches!(prev.ended, Some((false, p, _)) if p < cur.pos)
-                || handler_kills.contains(&prev.pid);
+            let failed =
+                matches!(prev.ended, Some((false, p, _)) if p < cur.pos) || prev.handler_killed;
             if failed {
                 report.retries += 1;
                 continue;
             }
             // The worker process of the previous run was killed before this run started.
             // (Its handler may have logged its start just after the kill.)
-            let killed = kills
-                .iter()
-                .enumerate()
-                .find(|(_, (p, w, _))| *w == prev.worker && *p < cur.pos);
+            // A handler whose worker died while starting it sees PPID 1: match the
+            // kill by consumer name, just before it.
+            let killed = kills.iter().enumerate().find(|(k, (p, w, at))| {
+                *p < cur.pos
+                    && (*w == prev.worker
+                        || (prev.worker == 1
+                            && kill_names[*k] == prev.consumer
+                            && (prev.start - at).abs() < 1.0))
+            });
             if let Some((ki, (_, _, at))) = killed {
                 report.duplicates_from_kills += 1;
                 *per_kill.entry(ki).or_insert(0) += 1;
