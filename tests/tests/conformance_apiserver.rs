@@ -419,9 +419,16 @@ async fn apply_and_put_honour_resource_version_and_uid_preconditions() {
         )
         .await
         .expect_err("different uid");
-    assert!(
-        matches!(code_reason(&e).0, 409 | 422),
-        "a different uid is refused: {e:?}"
+    assert_eq!(code_reason(&e), (422, "Invalid".into()));
+    assert_eq!(
+        causes(&e),
+        [("metadata.uid".to_string(), "FieldValueInvalid".to_string())]
+    );
+    assert_eq!(
+        status(&e).message,
+        format!(
+            "Lease.coordination.k8s.io \"l\" is invalid: metadata.uid: Invalid value: \"{other}\": field is immutable"
+        )
     );
     let got = api.get("l").await.expect("get");
     assert_eq!(
@@ -862,6 +869,23 @@ async fn invalid_pods_are_refused_with_the_apiservers_causes() {
     assert_eq!(
         status(&e).message,
         "Pod \"p11\" is invalid: spec.containers[0].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    );
+    // A negative grace period is not refused: the apiserver raises it to 1.
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_with(
+                "p13",
+                ctr(json!({})),
+                json!({"terminationGracePeriodSeconds": -1}),
+            ))
+            .expect("pod"),
+        )
+        .await
+        .expect("negative grace period");
+    assert_eq!(
+        p.spec.and_then(|s| s.termination_grace_period_seconds),
+        Some(1)
     );
     // Since v1.34 (RelaxedEnvironmentVariableValidation) names like `1BAD` are valid.
     pods.create(

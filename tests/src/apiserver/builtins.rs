@@ -127,6 +127,14 @@ pub fn default_pod(pod: &mut Value) {
         .or_insert_with(|| json!("Always"));
     spec.entry("terminationGracePeriodSeconds")
         .or_insert_with(|| json!(30));
+    // A negative grace period is raised to 1 (the apiserver mutates it since 1.27).
+    if spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g < 0)
+    {
+        spec.insert("terminationGracePeriodSeconds".into(), json!(1));
+    }
     spec.entry("dnsPolicy")
         .or_insert_with(|| json!("ClusterFirst"));
     spec.entry("schedulerName")
