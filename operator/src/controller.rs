@@ -393,6 +393,7 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         .map(|(m, s)| pods::template_hash(m, s))
         .unwrap_or_default();
 
+    let started = Instant::now();
     let probed = match &queue {
         Ok(q) => Some(probe_queue(wp, ctx, key, q, poll).await),
         Err(_) => None,
@@ -465,7 +466,7 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
     // Victims are chosen from fresh consumer state.
     if plan.scale_in() > 0
         && let (Ok(q), Some(p)) = (&queue, &probed)
-        && p.at.elapsed() > Duration::from_secs(1)
+        && p.at < started
     {
         let fresh = probe_queue(wp, ctx, key, q, Duration::ZERO).await;
         if fresh.result.is_ok() {
@@ -819,7 +820,12 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
     };
     if old != Some(&status) {
         let api: Api<WorkPool> = Api::namespaced(ctx.client.clone(), ns);
-        let patch = json!({"apiVersion": API_VERSION, "kind": KIND, "status": status});
+        let patch = json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": ns},
+            "status": status
+        });
         api.patch_status(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),

@@ -21,7 +21,7 @@ pub const API_VERSION: &str = "workpool.dev/v1alpha1";
 pub const KIND: &str = "WorkPool";
 
 /// The worker's own default for `--visibility-timeout` (seconds).
-pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: i32 = 300;
+pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: i32 = 30;
 /// The worker's own default for `--max-deliveries`.
 pub const DEFAULT_MAX_DELIVERIES: i32 = 5;
 

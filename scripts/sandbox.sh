@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# make sandbox: the whole system on this machine, no cloud and no Docker.
+#
+# Starts the test cluster (workpool-testcluster: an API server and a node whose "pods" are
+# local processes), a local redis-server, the workpool operator, applies examples/,
+# submits tasks, prints what to type next, and runs until Ctrl-C. On exit everything it
+# started is stopped (the worker processes with their node).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+sandbox="$root/.sandbox"
+mkdir -p "$sandbox"
+export KUBECONFIG="$sandbox/kubeconfig"
+rm -f "$KUBECONFIG"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "sandbox: $1 is missing (make deps installs it)" >&2; exit 1; }; }
+need redis-server
+need redis-cli
+need kubectl
+need python3
+need curl
+
+echo "==> building the worker, the operator and the test cluster"
+cargo build -q -p workpool-worker -p workpool-operator --bins
+cargo build -q -p workpool-tests --bin workpool-testcluster
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+bin="$target/debug"
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "==> stopping: operator, test cluster (and its worker processes), redis-server"
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  echo "    nothing left running; logs are in $sandbox/"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "==> starting the test cluster (log: $sandbox/testcluster.log)"
+"$bin/workpool-testcluster" --kubeconfig "$KUBECONFIG" \
+  --image "ghcr.io/workpool-dev/workpool-worker=$bin/workpool-worker" \
+  >"$sandbox/testcluster.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 600); do
+  [ -s "$KUBECONFIG" ] && kubectl get namespace default >/dev/null 2>&1 && break
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "the test cluster failed to start:"; tail -20 "$sandbox/testcluster.log"; exit 1; }
+  sleep 0.5
+done
+kubectl get namespace default >/dev/null
+kubectl apply -f crds/ >/dev/null
+
+port=$(free_port)
+redis_url="redis://127.0.0.1:$port/0"
+echo "==> starting redis-server on 127.0.0.1:$port"
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$sandbox" \
+  >"$sandbox/redis.log" 2>&1 &
+pids+=($!)
+until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+kubectl create secret generic workpool-redis --from-literal=url="$redis_url" \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
+metrics_port=$(free_port)
+echo "==> starting workpool-operator (log: $sandbox/operator.log)"
+"$bin/workpool-operator" --metrics-addr "127.0.0.1:$metrics_port" --lease-namespace default \
+  >"$sandbox/operator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do
+  curl -fs "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { echo "the operator failed to start:"; tail -20 "$sandbox/operator.log"; exit 1; }
+  sleep 0.2
+done
+
+# Every pod on this node shares the host's network, so the examples' fixed metrics port
+# (9090) and the probes on it are replaced by a free port per worker and no probes.
+echo "==> applying examples/ (metrics port and probes adapted to the shared-network node)"
+for f in examples/*.yaml; do
+  python3 - "$f" <<'PY' | kubectl apply -f -
+import json, sys, re
+text = open(sys.argv[1]).read()
+out = []
+skip_indent = None
+for line in text.splitlines():
+    indent = len(line) - len(line.lstrip())
+    if skip_indent is not None:
+        if line.strip() and indent > skip_indent:
+            continue
+        skip_indent = None
+    if re.match(r"\s*(readinessProbe|livenessProbe|ports):", line):
+        skip_indent = indent
+        continue
+    out.append(line.replace("0.0.0.0:9090", "127.0.0.1:0"))
+print("\n".join(out))
+PY
+done
+
+echo "==> submitting tasks: 200 sleep tasks to stream sleepy, 20 words to stream words"
+"$bin/workpool-worker" submit --redis-url "$redis_url" --stream sleepy --payload '{"ms": 1000}' --count 200
+for w in alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa quebec romeo sierra tango; do
+  echo "$w"
+done | "$bin/workpool-worker" submit --redis-url "$redis_url" --stream words
+
+sleep 2
+kubectl get wp
+cat <<EOF
+
+The sandbox is running. This is not a real Kubernetes cluster: the node is SIMULATED.
+Its "pods" are workpool-worker processes on this machine (one per pod, sharing this
+machine's network), run by a small process kubelet against the test control plane
+(see tests/README.md). For a real cluster, use the Helm chart (charts/workpool) on kind.
+
+In another terminal:
+  export KUBECONFIG=$KUBECONFIG
+  kubectl get wp -w                                   # Desired, Ready, Busy, Backlog
+  kubectl get pods -l workpool.dev/pool=sleepy
+  kubectl scale wp sleepy --replicas=5                # more workers, watch the backlog fall
+  kubectl scale wp sleepy --replicas=1                # idle workers go first
+  kubectl describe wp sleepy                          # conditions and events
+  kubectl explain workpool.spec
+  $bin/workpool-worker submit --redis-url $redis_url --stream sleepy --payload '{"ms": 500}' --count 100
+  $bin/workpool-worker stats --redis-url $redis_url --stream sleepy --group sleepy
+
+Operator metrics: http://127.0.0.1:$metrics_port/metrics   (/healthz, /readyz)
+Logs: $sandbox/operator.log, $sandbox/testcluster.log (worker logs: see tests/README.md)
+
+Ctrl-C stops everything.
+EOF
+wait "${pids[-1]}"

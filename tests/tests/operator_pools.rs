@@ -1,0 +1,513 @@
+//! The real `workpool-operator` binary against the test cluster, with real worker
+//! processes (process kubelet) and a real redis-server: pools drain tasks, follow
+//! `replicas` and the scale subresource, report their queue, and clean up on deletion.
+#![forbid(unsafe_code)]
+
+mod operator_support;
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use operator_support::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_of_several_pools_drain_their_tasks() {
+    let env = Env::start().await;
+    let op = Operator::start(&env.cluster, "op-drain", &[]);
+    env.apply_pool(&env.exec_pool("alpha", 3, 0.05, json!({})))
+        .await;
+    env.apply_pool(&env.exec_pool(
+        "beta",
+        2,
+        0.05,
+        json!({"queue": {"redis": {"stream": "beta-tasks", "group": "beta-workers"}}}),
+    ))
+    .await;
+    let a = payloads("alpha", 40);
+    let b = payloads("beta", 30);
+    env.submit("alpha", &a);
+    env.submit("beta-tasks", &b);
+
+    let alpha = env.wait_ready("alpha", 3).await;
+    env.wait_ready("beta", 2).await;
+    env.wait_done("alpha", &a, T).await;
+    env.wait_done("beta", &b, T).await;
+
+    // Status: selector, queue, conditions with reasons, observedGeneration.
+    let s = &alpha["status"];
+    assert_eq!(s["selector"], "workpool.dev/pool=alpha");
+    assert_eq!(s["observedGeneration"], alpha["metadata"]["generation"]);
+    for c in ["Ready", "QueueReachable", "Degraded", "Scaling"] {
+        let c = cond(&alpha, c).unwrap_or_else(|| panic!("condition {c} missing: {s}"));
+        assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+        assert!(c["lastTransitionTime"].is_string(), "{c}");
+    }
+    assert_eq!(
+        cond_status(&alpha, "QueueReachable").as_deref(),
+        Some("True")
+    );
+    assert_eq!(cond_status(&alpha, "Degraded").as_deref(), Some("False"));
+    assert_eq!(cond_status(&alpha, "Scaling").as_deref(), Some("False"));
+
+    // The queue drains to zero and the status says so.
+    env.wait_pool("alpha", "an empty backlog", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(0) && v["status"]["queue"]["consumers"] == json!(3)
+    })
+    .await;
+    env.wait_pool("beta", "an empty backlog", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(0)
+    })
+    .await;
+
+    // Each pod is one consumer named like the pod; every task ran exactly once here.
+    let pods = env.pool_pods("alpha", false).await;
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let consumers = env.consumers("alpha", "alpha");
+    for n in &names {
+        assert!(
+            consumers.contains_key(n),
+            "consumer {n} missing: {consumers:?}"
+        );
+        assert!(n.starts_with("alpha-"), "{n}");
+    }
+    assert!(env.consumers("beta-tasks", "beta-workers").len() == 2);
+    let lines = env.done_lines("alpha");
+    assert_eq!(lines.len(), a.len(), "no task ran twice without a failure");
+    assert_eq!(
+        env.redis_cli(&["XLEN", "alpha"]).trim(),
+        "0",
+        "acked tasks are deleted"
+    );
+
+    // Pods: labels, owner reference, env injected, the URL as a plain value here.
+    let pod = &pods[0];
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["workpool.dev/pool"], "alpha");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "workpool-operator");
+    assert_eq!(labels["app.kubernetes.io/instance"], "alpha");
+    let owner = &pod.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(owner.kind, "WorkPool");
+    assert_eq!(
+        Some(owner.uid.clone()),
+        alpha["metadata"]["uid"].as_str().map(String::from)
+    );
+    let spec = serde_json::to_value(pod.spec.clone().unwrap_or_default()).unwrap_or_default();
+    let env_names: Vec<&str> = spec["containers"][0]["env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default();
+    for n in [
+        "WORKPOOL_REDIS_URL",
+        "WORKPOOL_STREAM",
+        "WORKPOOL_GROUP",
+        "WORKPOOL_CONSUMER",
+        "WORKPOOL_VISIBILITY_TIMEOUT",
+        "WORKPOOL_MAX_DELIVERIES",
+        "WORKPOOL_DEAD_LETTER_STREAM",
+    ] {
+        assert!(env_names.contains(&n), "{n} missing in {env_names:?}");
+    }
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+
+    // Metrics, labelled by namespace and pool.
+    let ns = env.ns.clone();
+    let series = |m: &str, p: &str| format!("{m}{{namespace=\"{ns}\",workpool=\"{p}\"}}");
+    let (code, body) = op.get("/metrics").await.expect("metrics answer");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric_value(&body, &series("workpool_desired_replicas", "alpha")),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, &series("workpool_ready_replicas", "beta")),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, &series("workpool_queue_up", "alpha")),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(metric_value(&body, "workpool_reconcile_duration_seconds_count").unwrap_or(0.0) > 0.0);
+    assert_eq!(metric_value(&body, "workpool_leader"), Some(1.0));
+    assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_subresource_scales_up_and_down_removing_idle_pods_first() {
+    let env = Env::start().await;
+    let op = Operator::start(&env.cluster, "op-scale", &[]);
+    // A task whose payload says "long" keeps its worker busy for a while.
+    let script = format!(
+        "p=$(cat); case \"$p\" in *long*) sleep 60;; esac; printf '%s\\n' \"$p\" >> {}",
+        env.done_file("scaled").display()
+    );
+    env.apply_pool(&env.script_pool(
+        "scaled",
+        1,
+        &script,
+        json!({"delivery": {"visibilityTimeoutSeconds": 120}}),
+    ))
+    .await;
+    env.wait_ready("scaled", 1).await;
+
+    // kubectl scale goes through the scale subresource.
+    let pools = env.pools();
+    let scale = json!({"spec": {"replicas": 4}});
+    pools
+        .patch_scale("scaled", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scale up");
+    env.wait_ready("scaled", 4).await;
+    let sc = pools.get_scale("scaled").await.expect("scale");
+    assert_eq!(sc.status.as_ref().map(|s| s.replicas), Some(4));
+    assert_eq!(
+        sc.status
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .as_deref(),
+        Some("workpool.dev/pool=scaled")
+    );
+
+    // One worker holds a long task; scaling to 1 keeps it and removes the idle ones.
+    env.submit("scaled", &["{\"task\":\"long\"}".to_string()]);
+    let busy = eventually("a busy worker", T, || async {
+        env.consumers("scaled", "scaled")
+            .into_iter()
+            .find(|(_, pending)| *pending > 0)
+            .map(|(name, _)| name)
+    })
+    .await;
+    pools
+        .patch_scale(
+            "scaled",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale down");
+    env.wait_ready("scaled", 1).await;
+    let left = env.pool_pods("scaled", false).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].metadata.name.as_deref(),
+        Some(busy.as_str()),
+        "the busy pod stays while idle ones go"
+    );
+    let v = env.pool("scaled").await.expect("pool");
+    assert_eq!(v["status"]["busyReplicas"], 1, "{}", v["status"]);
+    let ns = env.ns.clone();
+    let up = format!(
+        "workpool_scale_events_total{{direction=\"up\",namespace=\"{ns}\",workpool=\"scaled\"}}"
+    );
+    let down = format!(
+        "workpool_scale_events_total{{direction=\"down\",namespace=\"{ns}\",workpool=\"scaled\"}}"
+    );
+    let body = op.get("/metrics").await.expect("metrics").1;
+    assert!(metric_value(&body, &up).unwrap_or(0.0) >= 2.0, "{body}");
+    assert!(metric_value(&body, &down).unwrap_or(0.0) >= 1.0, "{body}");
+    let pool = env.pool("scaled").await.expect("pool");
+    assert!(pool["status"]["lastScaleTime"].is_string());
+
+    // Scale to zero and back.
+    pools
+        .patch_scale(
+            "scaled",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .expect("scale to zero");
+    let v = env
+        .wait_pool("scaled", "zero pods", T, |v| {
+            v["status"]["replicas"] == json!(0)
+        })
+        .await;
+    assert_eq!(
+        cond(&v, "Ready").map(|c| c["reason"].clone()),
+        Some(json!("ScaledToZero"))
+    );
+    eventually("the pods are gone", T, || async {
+        env.pool_pods("scaled", true).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_pool_removes_its_pods_and_consumers_but_keeps_the_stream() {
+    let env = Env::start().await;
+    let op = Operator::start(&env.cluster, "op-delete", &[]);
+    env.apply_pool(&env.exec_pool("doomed", 2, 0.0, json!({})))
+        .await;
+    let tasks = payloads("doomed", 10);
+    env.submit("doomed", &tasks);
+    env.wait_ready("doomed", 2).await;
+    env.wait_done("doomed", &tasks, T).await;
+    let pool = env.pool("doomed").await.expect("pool");
+    assert!(
+        pool["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("workpool.dev/cleanup"))),
+        "{pool}"
+    );
+    eventually("consumers registered", T, || async {
+        (env.consumers("doomed", "doomed").len() == 2).then_some(())
+    })
+    .await;
+    // Tasks added after the last read stay in the stream for whoever comes next.
+    env.submit("doomed", &["{\"task\":\"later\"}".to_string()]);
+
+    env.pools()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    eventually("the pool is gone", T, || async {
+        env.pool("doomed").await.is_none().then_some(())
+    })
+    .await;
+    eventually("its pods are gone", T, || async {
+        env.pool_pods("doomed", true).await.is_empty().then_some(())
+    })
+    .await;
+    let consumers = env.consumers("doomed", "doomed");
+    assert!(consumers.is_empty(), "consumers left: {consumers:?}");
+    assert_eq!(
+        env.redis_cli(&["EXISTS", "doomed"]).trim(),
+        "1",
+        "the stream stays"
+    );
+    let groups = env.redis_cli(&["XINFO", "GROUPS", "doomed"]);
+    assert!(groups.contains("doomed"), "the group stays: {groups}");
+    // Its metric series are gone.
+    let body = op.get("/metrics").await.expect("metrics").1;
+    assert!(!body.contains("workpool=\"doomed\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_then_back_flips_queue_reachable() {
+    let mut env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-redis", &[]);
+    env.apply_pool(&env.exec_pool("flaky", 1, 0.0, json!({})))
+        .await;
+    env.wait_ready("flaky", 1).await;
+    env.wait_pool("flaky", "QueueReachable=True", T, |v| {
+        cond_status(v, "QueueReachable").as_deref() == Some("True")
+    })
+    .await;
+
+    env.redis.stop();
+    let v = env
+        .wait_pool("flaky", "QueueReachable=False", T, |v| {
+            cond_status(v, "QueueReachable").as_deref() == Some("False")
+        })
+        .await;
+    let c = cond(&v, "QueueReachable").expect("condition");
+    assert_eq!(c["reason"], "Unreachable", "{c}");
+    assert!(
+        v["status"]["queue"].is_null(),
+        "no stale queue numbers: {}",
+        v["status"]
+    );
+    // Pods are not touched while the queue cannot be read.
+    assert_eq!(v["status"]["replicas"], 1);
+
+    env.redis.restart().expect("redis restarts");
+    env.wait_pool("flaky", "QueueReachable=True again", T, |v| {
+        cond_status(v, "QueueReachable").as_deref() == Some("True")
+            && v["status"]["queue"].is_object()
+    })
+    .await;
+    // The workers reconnect and work again.
+    let t = payloads("flaky", 5);
+    env.submit("flaky", &t);
+    env.wait_done("flaky", &t, T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_with_a_missing_secret_is_reported_and_a_secret_url_never_lands_in_the_pod() {
+    let env = Env::start().await;
+    let op = Operator::start(&env.cluster, "op-secret", &[]);
+    let pool = env.exec_pool(
+        "secretive",
+        1,
+        0.0,
+        json!({"queue": {"redis": {"url": null, "urlSecretRef": {"name": "redis-url", "key": "url"}}}}),
+    );
+    env.apply_pool(&pool).await;
+    let v = env
+        .wait_pool("secretive", "QueueReachable=False", T, |v| {
+            cond_status(v, "QueueReachable").as_deref() == Some("False")
+        })
+        .await;
+    let c = cond(&v, "QueueReachable").expect("condition");
+    assert_eq!(c["reason"], "SecretUnavailable", "{c}");
+    assert!(
+        c["message"].as_str().unwrap_or("").contains("redis-url"),
+        "{c}"
+    );
+
+    // The Secret appears: the queue is read, workers get the URL through secretKeyRef.
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "redis-url", "namespace": env.ns},
+        "stringData": {"url": env.redis.url()}
+    });
+    env.cluster.apply_object(&secret).await.expect("secret");
+    env.wait_ready("secretive", 1).await;
+    env.wait_pool("secretive", "QueueReachable=True", T, |v| {
+        cond_status(v, "QueueReachable").as_deref() == Some("True")
+    })
+    .await;
+    let t = payloads("secretive", 3);
+    env.submit("secretive", &t);
+    env.wait_done("secretive", &t, T).await;
+    let pod = &env.pool_pods("secretive", false).await[0];
+    let text = serde_json::to_string(pod).unwrap_or_default();
+    assert!(
+        !text.contains(&env.redis.url()),
+        "the URL is copied into the pod: {text}"
+    );
+    assert!(text.contains("secretKeyRef"), "{text}");
+    let pool = env.pool("secretive").await.expect("pool");
+    assert!(!pool.to_string().contains(&env.redis.url()));
+    assert!(
+        !op.log_text().contains(&env.redis.url()),
+        "the URL is in the operator's log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_written_while_nothing_changes() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-quiet", &[]);
+    env.apply_pool(&env.exec_pool("quiet", 2, 0.0, json!({})))
+        .await;
+    env.wait_ready("quiet", 2).await;
+    // Some work, so that both workers register as consumers; then let it settle.
+    let t = payloads("quiet", 6);
+    env.submit("quiet", &t);
+    env.wait_done("quiet", &t, T).await;
+    env.wait_pool("quiet", "an empty queue", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = env.pool("quiet").await.expect("pool");
+    let pods_before: Vec<(Option<String>, Option<String>)> = env
+        .pool_pods("quiet", true)
+        .await
+        .iter()
+        .map(|p| (p.metadata.name.clone(), p.metadata.resource_version.clone()))
+        .collect();
+    let events =
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &env.ns);
+    let n_events = events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0);
+    // Several poll intervals (1 s here) and reconciles pass.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = env.pool("quiet").await.expect("pool");
+    assert_eq!(
+        before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"],
+        "the pool was written in steady state:\n{}\n{}",
+        before["status"], after["status"]
+    );
+    let pods_after: Vec<(Option<String>, Option<String>)> = env
+        .pool_pods("quiet", true)
+        .await
+        .iter()
+        .map(|p| (p.metadata.name.clone(), p.metadata.resource_version.clone()))
+        .collect();
+    assert_eq!(pods_before, pods_after);
+    let operator_events = events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0);
+    assert_eq!(
+        n_events, operator_events,
+        "events keep coming in steady state"
+    );
+}
+
+/// `examples/*.yaml` as `make sandbox` applies them: on a node whose pods share one
+/// network, the fixed metrics port and the probes on it are dropped.
+fn sandbox_example(path: &std::path::Path, ns: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("example");
+    let mut v: serde_json::Value = serde_yaml::from_str(&text).expect("example yaml");
+    v["metadata"]["namespace"] = json!(ns);
+    if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array_mut() {
+        for c in cs {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("readinessProbe");
+                m.remove("livenessProbe");
+                m.remove("ports");
+            }
+            if let Some(env) = c["env"].as_array_mut() {
+                for e in env {
+                    if e["value"] == "0.0.0.0:9090" {
+                        e["value"] = json!("127.0.0.1:0");
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_examples_run_and_drain_their_tasks() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-examples", &[]);
+    env.cluster
+        .apply_object(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "workpool-redis", "namespace": env.ns},
+            "stringData": {"url": env.redis.url()}
+        }))
+        .await
+        .expect("secret");
+    let dir = workpool_tests::cluster::repo_root().join("examples");
+    for name in ["sleep-pool.yaml", "script-pool.yaml"] {
+        env.apply_pool(&sandbox_example(&dir.join(name), &env.ns))
+            .await;
+    }
+    env.wait_ready("sleepy", 2).await;
+    env.wait_ready("shout", 1).await;
+    let sleeps: Vec<String> = (0..20).map(|_| "{\"ms\": 50}".to_string()).collect();
+    env.submit("sleepy", &sleeps);
+    env.submit("words", &payloads("word", 5));
+    for (pool, stream, group) in [
+        ("sleepy", "sleepy", "sleepy"),
+        ("shout", "words", "shouters"),
+    ] {
+        env.wait_pool(pool, "its tasks drained", T, |v| {
+            v["status"]["queue"]["backlog"] == json!(0)
+                && v["status"]["queue"]["consumers"].as_i64() > Some(0)
+        })
+        .await;
+        assert_eq!(
+            env.redis_cli(&["XLEN", stream]).trim(),
+            "0",
+            "{pool}: tasks left"
+        );
+        assert_eq!(
+            env.redis_cli(&["XLEN", &format!("{stream}:dead")]).trim(),
+            "0",
+            "{pool}: dead letters"
+        );
+        assert!(!env.consumers(stream, group).is_empty());
+    }
+}

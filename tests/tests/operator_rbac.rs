@@ -1,0 +1,168 @@
+//! The operator runs with only the RBAC it documents (`operator/rbac.yaml`), through a
+//! ServiceAccount token, not as cluster-admin; without those rights it exits with a
+//! message saying which. Needs a real API server (the double enforces no RBAC and issues
+//! no tokens): skipped on the double, with the reason printed.
+#![forbid(unsafe_code)]
+
+mod operator_support;
+
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use operator_support::*;
+use serde_json::{Value, json};
+use workpool_tests::cluster::repo_root;
+
+/// `operator/rbac.yaml` with the ServiceAccount, Lease namespace and cluster-scoped names
+/// of this test's namespace.
+fn rbac_objects(ns: &str, sa: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))
+        .expect("operator/rbac.yaml");
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or("").to_string();
+        if kind.starts_with("Cluster") {
+            let name = format!("{}-{ns}", v["metadata"]["name"].as_str().unwrap_or(""));
+            v["metadata"]["name"] = json!(name);
+        } else {
+            v["metadata"]["namespace"] = json!(ns);
+        }
+        if kind == "ClusterRoleBinding" {
+            let role = format!("{}-{ns}", v["roleRef"]["name"].as_str().unwrap_or(""));
+            v["roleRef"]["name"] = json!(role);
+        }
+        if let Some(subjects) = v.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+            for s in subjects {
+                s["namespace"] = json!(ns);
+                s["name"] = json!(sa);
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operator_works_with_exactly_the_documented_rbac() {
+    let env = Env::start().await;
+    if env.cluster.double().is_some() {
+        eprintln!(
+            "skipped: the_operator_works_with_exactly_the_documented_rbac needs a real API server \
+             (the API double enforces no RBAC and issues no ServiceAccount tokens)"
+        );
+        return;
+    }
+    let ns = env.ns.clone();
+    // A ServiceAccount with nothing bound: the operator refuses to start, saying why.
+    env.cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody", "namespace": ns}}))
+        .await
+        .expect("sa");
+    let kc = env
+        .cluster
+        .service_account_kubeconfig(&ns, "nobody")
+        .await
+        .expect("token");
+    let mut op =
+        Operator::start_with_kubeconfig(&env.cluster, &kc, "op-nobody", &["--namespace", &ns]);
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(st) = op.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator runs without rights"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    op.child = None;
+    assert!(!status.success());
+    assert!(op.log_text().contains("RBAC forbids"), "{}", op.log_text());
+
+    // The documented rights, bound to a ServiceAccount.
+    env.cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "workpool-operator", "namespace": ns}}))
+        .await
+        .expect("sa");
+    for obj in rbac_objects(&ns, "workpool-operator") {
+        let kind = obj["kind"].as_str().unwrap_or("");
+        if kind.starts_with("Cluster") {
+            let plural = if kind == "ClusterRole" {
+                "clusterroles"
+            } else {
+                "clusterrolebindings"
+            };
+            env.cluster.delete_on_drop(&format!(
+                "/apis/rbac.authorization.k8s.io/v1/{plural}/{}",
+                obj["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+        env.cluster.apply_object(&obj).await.expect("rbac object");
+    }
+    let kc = env
+        .cluster
+        .service_account_kubeconfig(&ns, "workpool-operator")
+        .await
+        .expect("token");
+    let op = Operator::start_with_kubeconfig(&env.cluster, &kc, "op-rbac", &[]);
+
+    // Everything the operator does: pods, status, finalizer, Secret, Events, cleanup.
+    env.cluster
+        .apply_object(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "redis-url", "namespace": ns},
+            "stringData": {"url": env.redis.url()}
+        }))
+        .await
+        .expect("secret");
+    env.apply_pool(&env.exec_pool(
+        "least",
+        2,
+        0.0,
+        json!({"queue": {"redis": {"url": null, "urlSecretRef": {"name": "redis-url"}}}}),
+    ))
+    .await;
+    env.wait_ready("least", 2).await;
+    let t = payloads("least", 10);
+    env.submit("least", &t);
+    env.wait_done("least", &t, T).await;
+    env.pools()
+        .patch(
+            "least",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale");
+    env.wait_ready("least", 1).await;
+    let events =
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &ns);
+    let evs = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items;
+    assert!(
+        evs.iter()
+            .any(|e| e.reporting_controller.as_deref() == Some("workpool-operator")),
+        "the operator could not publish events"
+    );
+    env.pools()
+        .delete("least", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the pool is gone", T, || async {
+        env.pool("least").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        !op.log_text().contains("403"),
+        "forbidden requests:\n{}",
+        op.log_text()
+    );
+}

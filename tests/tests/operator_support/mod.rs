@@ -1,0 +1,576 @@
+//! Shared by the `operator_*` suites: the real `workpool-operator` and `workpool-worker`
+//! binaries (built with `cargo build`), a test cluster with a process kubelet whose worker
+//! image maps to the worker binary, a real redis-server, and helpers to wait on pools.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
+use workpool_tests::kubelet::testing::free_port;
+use workpool_tests::kubelet::{ImageMap, KubeletConfig, KubeletHandle};
+use workpool_worker::testing::RedisServer;
+
+/// The worker image of the examples.
+pub const WORKER_IMAGE: &str = "ghcr.io/workpool-dev/workpool-worker";
+
+/// Generous wait for anything the operator does.
+pub const T: Duration = Duration::from_secs(90);
+
+/// `target/debug` of this build (the test executable lives in `target/debug/deps`).
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+/// Builds the operator and the worker once per test process; their paths.
+pub fn binaries() -> (PathBuf, PathBuf) {
+    static BUILT: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    let r = BUILT.get_or_init(|| {
+        let mut build = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "workpool-operator",
+                "-p",
+                "workpool-worker",
+                "--bins",
+            ])
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cargo build: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        let ok = loop {
+            match build.try_wait() {
+                Ok(Some(st)) => break st.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                _ => {
+                    let _ = build.kill();
+                    let _ = build.wait();
+                    break false;
+                }
+            }
+        };
+        if !ok {
+            return Err("cargo build -p workpool-operator -p workpool-worker failed".into());
+        }
+        Ok((
+            bin_dir().join("workpool-operator"),
+            bin_dir().join("workpool-worker"),
+        ))
+    });
+    r.clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The WorkPool API of a namespace, untyped (the tests speak the wire format).
+pub fn pools_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("workpool.dev", "v1alpha1", "WorkPool"),
+        "workpools",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// A running `workpool-operator` process; SIGTERM (then SIGKILL) on drop.
+pub struct Operator {
+    pub child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator against `cluster` with test-friendly timings and `extra` args.
+    pub fn start(cluster: &TestCluster, name: &str, extra: &[&str]) -> Operator {
+        Self::start_with_kubeconfig(cluster, cluster.kubeconfig_path(), name, extra)
+    }
+
+    pub fn start_with_kubeconfig(
+        cluster: &TestCluster,
+        kubeconfig: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Operator {
+        let (op, _) = binaries();
+        let port = free_port().expect("free port");
+        let log = cluster.temp_dir().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let port_s = format!("127.0.0.1:{port}");
+        // Each test's operator watches its own namespace only: on a shared real API
+        // server the operators of parallel tests must not act on each other's pools.
+        let defaults: [(&str, &str); 10] = [
+            ("--namespace", cluster.namespace()),
+            ("--metrics-addr", &port_s),
+            ("--lease-namespace", cluster.namespace()),
+            ("--lease-duration", "4"),
+            ("--lease-renew-deadline", "3"),
+            ("--lease-retry-period", "1"),
+            ("--queue-poll-interval", "1"),
+            ("--replacement-backoff-ms", "200"),
+            ("--replacement-backoff-reset", "30"),
+            ("--identity", name),
+        ];
+        let mut args: Vec<String> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra
+                .iter()
+                .any(|e| *e == flag || e.starts_with(&format!("{flag}=")))
+            {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
+        let child = Command::new(op)
+            .args(&args)
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,workpool_operator=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("operator starts");
+        Operator {
+            child: Some(child),
+            metrics_port: port,
+            log,
+        }
+    }
+
+    /// GET a path of the operator's HTTP server; (status, body).
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        let r = reqwest::get(&url).await.ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.text().await.ok()?))
+    }
+
+    /// The value of a metric line starting with `series` (e.g. `workpool_leader`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        metric_value(&body, series)
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, no cleanup (a crashed operator).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (up to 20 s, then SIGKILL).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- operator log {} ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        self.terminate();
+    }
+}
+
+/// The value of the first line of a Prometheus text body that starts with `series`.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| {
+            l.starts_with(series) && matches!(l.as_bytes().get(series.len()), Some(b' ' | b'{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Everything a scenario needs.
+pub struct Env {
+    pub cluster: TestCluster,
+    pub kubelet: Option<KubeletHandle>,
+    pub redis: RedisServer,
+    pub client: kube::Client,
+    pub ns: String,
+    pub worker: PathBuf,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let (_, worker) = binaries();
+        let redis = RedisServer::start().expect("redis-server starts");
+        let cluster = TestCluster::start_with(ClusterOptions {
+            own_namespace: true,
+            ..ClusterOptions::default()
+        })
+        .await
+        .expect("cluster");
+        let client = cluster.client();
+        let cfg = KubeletConfig::new(
+            "node-1",
+            ImageMap::new().with(WORKER_IMAGE, &worker),
+            cluster.temp_dir().join("kubelet"),
+        )
+        .with_scheduler(true)
+        .with_backoff_base(Duration::from_millis(200));
+        // On the double as configured; on the real control plane a node of this test's own.
+        let kubelet = cluster.start_kubelet(cfg).await.expect("kubelet");
+        let ns = cluster.namespace().to_string();
+        Env {
+            cluster,
+            kubelet: Some(kubelet),
+            redis,
+            client,
+            ns,
+            worker,
+        }
+    }
+
+    pub fn kubelet(&self) -> &KubeletHandle {
+        self.kubelet.as_ref().expect("kubelet")
+    }
+
+    pub fn pools(&self) -> Api<DynamicObject> {
+        pools_api(&self.client, &self.ns)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// A file the pool's `--exec` handler appends each payload to (one line per task).
+    pub fn done_file(&self, pool: &str) -> PathBuf {
+        self.cluster.temp_dir().join(format!("{pool}.done"))
+    }
+
+    /// A WorkPool whose workers append each payload to `done_file(pool)` after `sleep_s`.
+    pub fn exec_pool(&self, pool: &str, replicas: i32, sleep_s: f64, extra_spec: Value) -> Value {
+        let out = self.done_file(pool);
+        let script = if sleep_s > 0.0 {
+            format!(
+                "p=$(cat); sleep {sleep_s}; printf '%s\\n' \"$p\" >> {}",
+                out.display()
+            )
+        } else {
+            format!("p=$(cat); printf '%s\\n' \"$p\" >> {}", out.display())
+        };
+        self.script_pool(pool, replicas, &script, extra_spec)
+    }
+
+    /// A WorkPool whose workers run `script` (sh) per task, payload on stdin.
+    pub fn script_pool(&self, pool: &str, replicas: i32, script: &str, extra_spec: Value) -> Value {
+        let mut spec = json!({
+            "queue": {"redis": {"url": self.redis.url()}},
+            "replicas": replicas,
+            "delivery": {"visibilityTimeoutSeconds": 5, "maxDeliveries": 5},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 20,
+                "containers": [{
+                    "name": "worker",
+                    "image": format!("{WORKER_IMAGE}:test"),
+                    "args": ["run"],
+                    "env": [
+                        {"name": "WORKPOOL_METRICS_ADDR", "value": "127.0.0.1:0"},
+                        {"name": "WORKPOOL_EXEC", "value": script},
+                        {"name": "WORKPOOL_CONCURRENCY", "value": "1"},
+                        {"name": "WORKPOOL_SHUTDOWN_GRACE", "value": "10"}
+                    ]
+                }]
+            }}
+        });
+        merge(&mut spec, &extra_spec);
+        json!({
+            "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
+            "metadata": {"name": pool, "namespace": self.ns},
+            "spec": spec
+        })
+    }
+
+    /// Creates (server-side applies) a pool.
+    pub async fn apply_pool(&self, pool: &Value) {
+        let name = pool["metadata"]["name"].as_str().expect("name");
+        self.pools()
+            .patch(
+                name,
+                &PatchParams::apply("workpool-tests").force(),
+                &Patch::Apply(pool),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying WorkPool {name}: {e}"));
+    }
+
+    /// Adds tasks to a stream with the real `workpool-worker submit`.
+    pub fn submit(&self, stream: &str, payloads: &[String]) {
+        let mut child = Command::new(&self.worker)
+            .args([
+                "submit",
+                "--redis-url",
+                &self.redis.url(),
+                "--stream",
+                stream,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("submit runs");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            for p in payloads {
+                writeln!(stdin, "{p}").expect("write");
+            }
+        }
+        assert!(
+            child.wait().expect("submit exits").success(),
+            "submit failed"
+        );
+    }
+
+    /// `redis-cli` against the test's server.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Lines in the pool's done file.
+    pub fn done_lines(&self, pool: &str) -> Vec<String> {
+        std::fs::read_to_string(self.done_file(pool))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until each payload appears at least once in the pool's done file.
+    pub async fn wait_done(&self, pool: &str, payloads: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.done_lines(pool);
+            let missing: Vec<&String> = payloads.iter().filter(|p| !lines.contains(p)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} of {} tasks of {pool} never ran, e.g. {:?}",
+                    missing.len(),
+                    payloads.len(),
+                    missing.first()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The pool's pods (not terminating unless `all`).
+    pub async fn pool_pods(&self, pool: &str, all: bool) -> Vec<Pod> {
+        let lp = ListParams::default().labels(&format!("workpool.dev/pool={pool}"));
+        self.pods()
+            .list(&lp)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| all || p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// The pool as JSON.
+    pub async fn pool(&self, pool: &str) -> Option<Value> {
+        self.pools()
+            .get_opt(pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| serde_json::to_value(p).ok())
+    }
+
+    /// Waits until `cond` holds for the pool's JSON; returns it.
+    pub async fn wait_pool(
+        &self,
+        pool: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            if let Some(v) = self.pool(pool).await {
+                if cond(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "WorkPool {pool}: {what} not reached in {timeout:?}; last: {}",
+                    serde_json::to_string_pretty(&last["status"]).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the pool has exactly `n` ready, non-terminating pods and says so in its status.
+    pub async fn wait_ready(&self, pool: &str, n: i64) -> Value {
+        self.wait_pool(pool, &format!("{n} ready replicas"), T, |v| {
+            let s = &v["status"];
+            s["readyReplicas"] == json!(n)
+                && s["replicas"] == json!(n)
+                && s["desiredReplicas"] == json!(n)
+                && cond_status(v, "Ready") == Some("True".into())
+        })
+        .await
+    }
+
+    /// Consumers of a group: name -> pending.
+    pub fn consumers(&self, stream: &str, group: &str) -> BTreeMap<String, u64> {
+        let out = self.redis_cli(&["XINFO", "CONSUMERS", stream, group]);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let mut res = BTreeMap::new();
+        let mut i = 0;
+        let mut name = None;
+        while i + 1 < lines.len() {
+            match lines[i] {
+                "name" => name = Some(lines[i + 1].to_string()),
+                "pending" => {
+                    if let Some(n) = name.take() {
+                        res.insert(n, lines[i + 1].parse().unwrap_or(0));
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        res
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = self.cluster.temp_dir().join("kubelet");
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten().take(6) {
+                    let log = e.path().join("worker.log");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: String = text
+                        .lines()
+                        .rev()
+                        .take(15)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    eprintln!("---- {} ----\n{tail}", log.display());
+                }
+            }
+        }
+    }
+}
+
+/// The status of condition `type_` of a pool JSON.
+pub fn cond_status(v: &Value, type_: &str) -> Option<String> {
+    cond(v, type_).and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+/// Condition `type_` of a pool JSON.
+pub fn cond(v: &Value, type_: &str) -> Option<Value> {
+    v["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// JSON merge (objects merged recursively, everything else replaced).
+pub fn merge(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// `n` distinct payloads tagged `tag`.
+pub fn payloads(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{{\"task\":\"{tag}-{i}\"}}"))
+        .collect()
+}
+
+/// Whether the pod is Ready.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
