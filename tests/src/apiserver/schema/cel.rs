@@ -728,7 +728,8 @@ impl CelPass {
                             }
                             Some("FieldValueRequired") => cause(R_REQUIRED, &f, Bad::Omit, &detail),
                             Some("FieldValueDuplicate") => cause(R_DUPLICATE, &f, bad_str(&ty), ""),
-                            _ => cause(R_INVALID, &f, bad_str(&ty), &detail),
+                            // v1.37 omits the value (formerly the schema type, `"object"`).
+                            _ => cause(R_INVALID, &f, Bad::Omit, &detail),
                         };
                         self.errs.push(c);
                     }

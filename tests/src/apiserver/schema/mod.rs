@@ -1,11 +1,11 @@
 //! CRD structural schemas: defaulting, pruning, validation (OpenAPI v3 subset and CEL
 //! `x-kubernetes-validations` through `kube-cel`).
 //!
-//! Reference behaviour: kube-apiserver 1.33 (k8s.io/apiextensions-apiserver v0.33,
+//! Reference behaviour: kube-apiserver 1.37 (k8s.io/apiextensions-apiserver v0.37,
 //! k8s.io/kube-openapi validate, k8s.io/apimachinery field.ErrorList). Messages are
 //! rebuilt with the same templates (`Invalid value: -1: spec.replicas in body should be
 //! greater than or equal to 0`, `Required value`, `Unsupported value: "z": supported
-//! values: "a", "b"`, CEL `Invalid value: "object": <message>`, ...).
+//! values: "a", "b"`, CEL `Invalid value: <message>`, ...).
 //!
 //! Write path of a custom resource, as the apiserver: [`validate_type_meta`], then
 //! [`CrdVersionSchema::apply_defaults`], [`CrdVersionSchema::prune_unknown_fields`]

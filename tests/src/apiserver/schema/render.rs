@@ -212,7 +212,8 @@ pub(super) fn error_body(reason: &str, bad: &Bad, detail: &str) -> String {
             Bad::Json(v) => {
                 s.push_str(": ");
                 match v {
-                    Value::Null => s.push_str("\"null\""),
+                    // v1.37 renders a nil value as `null` (v1.32: `"null"`).
+                    Value::Null => s.push_str("null"),
                     Value::String(x) => s.push_str(&go_quote(x)),
                     Value::Number(n) => s.push_str(&go_num_str(n)),
                     Value::Bool(b) => s.push_str(if *b { "true" } else { "false" }),

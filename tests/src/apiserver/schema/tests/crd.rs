@@ -347,7 +347,7 @@ fn kube_derive_style_crd() {
             c(
                 R_INVALID,
                 "<nil>",
-                "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+                "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
             ),
         ]
     );
@@ -364,11 +364,7 @@ fn kube_derive_style_crd() {
                 "spec.count",
                 "Invalid value: -1: spec.count in body should be greater than or equal to 0"
             ),
-            c(
-                R_INVALID,
-                "spec",
-                "Invalid value: \"object\": ratio must be positive"
-            ),
+            c(R_INVALID, "spec", "Invalid value: ratio must be positive"),
         ]
     );
 }

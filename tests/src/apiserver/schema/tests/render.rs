@@ -35,7 +35,7 @@ fn go_rendering_matches_fmt() {
     );
     assert_eq!(
         error_body(R_INVALID, &Bad::Json(Value::Null), "d"),
-        "Invalid value: \"null\": d"
+        "Invalid value: null: d"
     );
     assert_eq!(error_body(R_REQUIRED, &Bad::Omit, ""), "Required value");
     assert_eq!(
