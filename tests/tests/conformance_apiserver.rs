@@ -1229,3 +1229,56 @@ async fn pods_that_do_not_fit_the_node_are_not_scheduled() {
         .await
         .expect("delete small");
 }
+
+/// A bound pod's log comes from the process kubelet's log file once the kubelet's work
+/// directory is registered with the double (a real apiserver asks the kubelet).
+#[tokio::test]
+async fn pod_log_of_a_running_pod_reads_the_kubelet_log_on_the_double() {
+    let c = cluster().await;
+    let Some(double) = c.double() else {
+        eprintln!(
+            "SKIPPED pod_log_of_a_running_pod_reads_the_kubelet_log_on_the_double: the process kubelet serves no log endpoint to a real apiserver"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("kubelet");
+    double.add_kubelet_log_dir(&work);
+    let _kubelet = Kubelet::start(
+        c.client(),
+        KubeletConfig::new("node-1", ImageMap::new(), &work).with_scheduler(true),
+    )
+    .await
+    .expect("kubelet starts");
+    let pods: Api<Pod> = Api::namespaced(c.client(), c.namespace());
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "talker"},
+        "spec": {"terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "busybox:1.36",
+                                 "command": ["sh", "-c", "echo hello; echo world; sleep 100"]}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    eventually("the container wrote its two lines", || async {
+        pods.logs("talker", &LogParams::default())
+            .await
+            .is_ok_and(|l| l == "hello\nworld\n")
+    })
+    .await;
+    let tail = pods
+        .logs(
+            "talker",
+            &LogParams {
+                tail_lines: Some(1),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect("tail");
+    assert_eq!(tail, "world\n");
+    pods.delete("talker", &DeleteParams::default())
+        .await
+        .expect("delete");
+}

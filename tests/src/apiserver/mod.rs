@@ -102,6 +102,16 @@ impl ApiServer {
     }
 
     /// The fault injector of this server.
+    /// Lets `pods/log` serve the container logs a process kubelet with this work
+    /// directory writes (`<work_dir>/<ns>_<pod>_<uid>/<container>.log`).
+    pub fn add_kubelet_log_dir(&self, work_dir: impl Into<std::path::PathBuf>) {
+        self.shared
+            .log_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(work_dir.into());
+    }
+
     pub fn faults(&self) -> FaultInjector {
         self.shared.faults.clone()
     }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub faults: FaultInjector,
     pub config: ServerConfig,
     pub addr: SocketAddr,
+    /// Work directories of process kubelets whose container logs `pods/log` serves.
+    pub log_dirs: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             faults,
             config,
             addr,
+            log_dirs: Mutex::new(Vec::new()),
         }
     }
 
@@ -461,7 +464,12 @@ async fn serve_resource(
                 .ok_or_else(|| ApiError::not_found(&t.ri.group, &t.ri.resource, &name))?;
             drop(st);
             if t.sub.as_deref() == Some("log") {
-                return pod_log(&obj, query);
+                let dirs = shared
+                    .log_dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return pod_log(&obj, query, &dirs);
             }
             let out = match t.sub.as_deref() {
                 Some("scale") => to_scale(&t.ri, &obj)?,
@@ -588,9 +596,11 @@ async fn serve_resource(
 
 /// `GET pods/{name}/log`. As the apiserver: the container must be named when the pod
 /// has several (`validateContainer`), and a pod not yet bound to a node has an empty log.
-/// The double has no kubelet to stream from, so the log of a bound pod is refused (the
-/// process kubelet writes it to `<work_dir>/<ns>_<pod>_<uid>/<container>.log`).
-fn pod_log(pod: &Value, query: &Query) -> Result<Response, ApiError> {
+/// A bound pod's log is read from the process kubelet's file
+/// `<work_dir>/<ns>_<pod>_<uid>/<container>.log` when its work directory was registered
+/// ([`super::ApiServer::add_kubelet_log_dir`]); `tailLines` and `limitBytes` apply,
+/// `follow` answers what is there. Otherwise it is refused (400 naming the file).
+fn pod_log(pod: &Value, query: &Query, dirs: &[std::path::PathBuf]) -> Result<Response, ApiError> {
     let name = name_of(pod);
     let names = |key: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{key}"))
@@ -643,10 +653,28 @@ fn pod_log(pod: &Value, query: &Query) -> Result<Response, ApiError> {
         )
             .into_response());
     }
-    Err(ApiError::bad_request(format!(
-        "the API double does not serve container logs (pods/log of container {container} in pod {name}); the process kubelet writes them to <work_dir>/{}_{name}_{}/{container}.log",
+    let rel = format!(
+        "{}_{name}_{}/{container}.log",
         namespace_of(pod),
         uid_of(pod)
+    );
+    if let Some(bytes) = dirs.iter().find_map(|d| std::fs::read(d.join(&rel)).ok()) {
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some(n) = q(query, "tailLines").and_then(|n| n.parse::<usize>().ok()) {
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            text = lines[lines.len().saturating_sub(n)..].concat();
+        }
+        if let Some(n) = q(query, "limitBytes").and_then(|n| n.parse::<usize>().ok()) {
+            let mut cut = n.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response());
+    }
+    Err(ApiError::bad_request(format!(
+        "the API double has no log for container {container} in pod {name}: it serves the process kubelet's <work_dir>/{rel} only for work directories registered with ApiServer::add_kubelet_log_dir"
     )))
 }
 
