@@ -423,7 +423,11 @@ impl TestCluster {
     /// kubelets run the pods, this is an error.
     pub async fn start_kubelet(&self, mut cfg: KubeletConfig) -> Result<KubeletHandle> {
         match &self.backend {
-            Backend::Double(_) => Kubelet::start(self.client(), cfg).await,
+            Backend::Double(server) => {
+                // So that `kubectl logs` on the double reads this kubelet's log files.
+                server.add_kubelet_log_dir(cfg.work_dir.clone());
+                Kubelet::start(self.client(), cfg).await
+            }
             Backend::External { .. } => {
                 bail!(
                     "an external cluster runs its own kubelets; a process kubelet is for the local backends"

@@ -904,7 +904,7 @@ async fn testcluster_binary_serves_kubectl_until_sigterm() {
         .spawn()
         .expect("start workpool-testcluster");
     let mut waited = 0;
-    let limit = if real { 20 * 240 } else { 200 };
+    let limit = if real { 20 * 240 } else { 20 * 60 };
     while !kubeconfig.exists() && waited < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;

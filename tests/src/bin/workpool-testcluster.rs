@@ -82,6 +82,7 @@ async fn main() -> Result<()> {
     if !args.no_kubelet {
         let images = image_map(&args, &mut image_lines);
         let work_dir = cluster.temp_dir().join("kubelet");
+        cluster.server().add_kubelet_log_dir(work_dir.clone());
         let config =
             KubeletConfig::new(args.node.clone(), images, work_dir.clone()).with_scheduler(true);
         let kubelet = Kubelet::start(cluster.client(), config)

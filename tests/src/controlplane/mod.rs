@@ -199,8 +199,11 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-static SHARED: OnceLock<Mutex<Option<std::result::Result<Arc<ControlPlane>, String>>>> =
-    OnceLock::new();
+/// The outcome of starting the shared control plane: kept, so that a failed start is
+/// reported to every test instead of retried by each.
+type SharedStart = Option<std::result::Result<Arc<ControlPlane>, String>>;
+
+static SHARED: OnceLock<Mutex<SharedStart>> = OnceLock::new();
 
 impl ControlPlane {
     /// The control plane shared by every test of this process, started by the first
