@@ -54,8 +54,7 @@ for _ in $(seq 600); do
   kill -0 "${pids[0]}" 2>/dev/null || { echo "the test cluster failed to start:"; tail -20 "$sandbox/testcluster.log"; exit 1; }
   sleep 0.5
 done
-kubectl get namespace default >/dev/null
-kubectl apply -f crds/ >/dev/null
+kubectl get namespace default >/dev/null   # the test cluster applied crds/ at start
 
 port=$(free_port)
 redis_url="redis://127.0.0.1:$port/0"
@@ -104,7 +103,7 @@ done
 echo "==> submitting tasks: 200 sleep tasks to stream sleepy, 20 words to stream words"
 "$bin/workpool-worker" submit --redis-url "$redis_url" --stream sleepy --payload '{"ms": 1000}' --count 200
 for w in alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa quebec romeo sierra tango; do
-  echo "$w"
+  printf '"%s"\n' "$w"    # one JSON string per task
 done | "$bin/workpool-worker" submit --redis-url "$redis_url" --stream words
 
 sleep 2
