@@ -579,3 +579,49 @@ async fn the_redis_and_worker_images_built_from_local_binaries_run() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_torn_down_when_the_test_holding_it_panics() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let cp = env.cp.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let panicked = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            let node = Node::start(&cp, NodeOptions::new()).expect("second node starts");
+            tx.send((
+                node.name().to_string(),
+                node.netns(),
+                node.dir().to_path_buf(),
+            ))
+            .expect("send");
+            panic!("a test fails while it holds node {}", node.name());
+        })
+        .join()
+    })
+    .await?;
+    assert!(panicked.is_err(), "the thread panicked");
+    let (name, netns, dir) = rx.recv()?;
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "network namespace {netns} is gone"
+    );
+    assert!(!dir.exists(), "{} is gone", dir.display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mountinfo.contains(&dir.display().to_string()),
+        "nothing is mounted under {}",
+        dir.display()
+    );
+    let client = workpool_tests::cluster::client_for(env.cp.admin_kubeconfig()).await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.get_opt(&name).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!("Node {name} still registered");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
