@@ -736,20 +736,29 @@ impl Reader {
         let inline = ctx.handler.is_inline();
         let mut ok_ids = Vec::new();
         let mut ok_permit: Option<OwnedSemaphorePermit> = None;
-        for e in entries {
-            let Some(p) = permit.split(1) else {
-                // Not expected: we never read more entries than we hold permits for.
-                error!(task = %e.id, "no concurrency slot for a read task; it stays pending and will be reclaimed");
-                continue;
-            };
-            if !ctx.track(e.id) {
+        // Track the whole batch under one lock (this is the hot path of short tasks).
+        let fresh: Vec<bool> = match ctx.inflight.lock() {
+            Ok(mut set) => entries.iter().map(|e| set.insert(e.id)).collect(),
+            Err(_) => vec![true; entries.len()],
+        };
+        ctx.health
+            .metrics
+            .in_flight
+            .add(fresh.iter().filter(|f| **f).count() as i64);
+        for (e, fresh) in entries.into_iter().zip(fresh) {
+            if !fresh {
                 // Delivered again while it runs here: the group was deleted and recreated
                 // (or Redis lost its data) and redelivers everything. It is pending for us
                 // in the new group; the run under way acknowledges it.
                 debug!(task = %e.id, "task delivered again while it runs here; not starting it twice");
                 continue;
             }
-            ctx.health.metrics.in_flight.inc();
+            let Some(p) = permit.split(1) else {
+                // Not expected: we never read more entries than we hold permits for.
+                error!(task = %e.id, "no concurrency slot for a read task; it stays pending and will be reclaimed");
+                ctx.forget(e.id);
+                continue;
+            };
             if e.deliveries > max {
                 let ctx2 = ctx.clone();
                 ctx.tracker.spawn(async move {
