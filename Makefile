@@ -1,5 +1,5 @@
 # Newcomer entry points. `make help` lists them.
-.PHONY: help test deps lint unit chart-test demo bench testcluster k8s
+.PHONY: help test deps lint unit chart-test sandbox kind demo bench simulate chaos testcluster k8s
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,11 +26,25 @@ chart-test:  ## Helm chart, dashboards, alerts, images, handler examples (instal
 k8s:  ## build the pinned Kubernetes components from source (cached)
 	scripts/k8s-bin.sh
 
+sandbox: deps  ## the main job: local Kubernetes (real control plane, simulated node), Redis, operator, example pools; Ctrl-C stops all
+	scripts/sandbox.sh
+
+kind:  ## the kind quickstart: cluster, images, kube-prometheus-stack, chart, example pool (needs kind, docker, helm)
+	scripts/kind-quickstart.sh
+
 demo: deps  ## local demo: a real redis-server, two workers, tasks submitted and drained
 	scripts/demo.sh
 
 bench:  ## benchmark one workpool-worker against BullMQ; writes BENCHMARKS.md
 	python3 bench/run.py
+
+simulate:  ## the autoscaling simulator: workpool vs KEDA + HPA on six traces; writes bench/simulate/
+	cargo run --release -p workpool-operator --bin workpool-simulate -- --out bench/simulate --seeds 10
+
+chaos:  ## the worker chaos run (seeded faults, thousands of tasks); prints the figures for BENCHMARKS.md
+	cargo build --release -p workpool-worker --features test-support --bins
+	target/release/workpool-chaos --seed 1 2 3 --tasks 4000 --workers 6 --concurrency 8 \
+	    --visibility-timeout 3 --chaos-secs 120
 
 testcluster: deps  ## run the test cluster (real control plane + process kubelet) for kubectl
 	cargo build -p workpool-worker  # the worker image maps to this binary

@@ -211,8 +211,18 @@ jobs removed on completion (workpool acknowledges and deletes its entries too).
   numbers, is the result.
 - The benchmark is its own command and never part of the test suite.
 """
+    # BENCHMARKS.md holds other benchmarks' sections after this one (worker chaos,
+    # autoscaling simulator, ...): rewrite only this command's part, keep the rest.
+    kept = ""
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = f.read()
+        marker = "\n## How it is measured\n"
+        rest = old.split(marker, 1)[1] if marker in old else ""
+        later = rest.find("\n## ")
+        kept = rest[later:] if later >= 0 else ""
     with open(args.out, "w") as f:
-        f.write(report)
+        f.write(report + kept)
     print(report)
 
 
