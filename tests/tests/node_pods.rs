@@ -153,16 +153,17 @@ async fn wait_pod(ns: &Ns, name: &str, what: &str, done: impl Fn(&Pod) -> bool) 
     let api: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(pod) = api.get_opt(name).await? {
-            if done(&pod) {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name} not {what} after 120s: {}",
-                    serde_json::to_string(&pod.status)?
-                );
-            }
+        let pod = api.get_opt(name).await?;
+        if let Some(pod) = &pod
+            && done(pod)
+        {
+            return Ok(pod.clone());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {name} not {what} after 120s: {}",
+                serde_json::to_string(&pod.map(|p| p.status))?
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -589,7 +590,9 @@ async fn a_node_is_torn_down_when_the_test_holding_it_panics() -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let panicked = tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {
-            let node = Node::start(&cp, NodeOptions::new()).expect("second node starts");
+            // Tainted: the other tests' pods must not land on a node that goes away.
+            let options = NodeOptions::new().taint("workpool.dev/short-lived", "NoSchedule");
+            let node = Node::start(&cp, options).expect("second node starts");
             tx.send((
                 node.name().to_string(),
                 node.netns(),

@@ -65,6 +65,8 @@ pub struct NodeOptions {
     pub images: Vec<(String, PathBuf)>,
     /// Run kube-proxy (Services). Default: true (see [`NodeOptions::new`]).
     pub kube_proxy: bool,
+    /// Taints the kubelet registers the Node with (`KEY[=VALUE]:EFFECT`).
+    pub taints: Vec<String>,
 }
 
 impl NodeOptions {
@@ -82,6 +84,12 @@ impl NodeOptions {
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.labels.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A taint `key:effect` (e.g. `NoSchedule`) the Node is registered with.
+    pub fn taint(mut self, key: &str, effect: &str) -> Self {
+        self.taints.push(format!("{key}:{effect}"));
         self
     }
 
@@ -751,6 +759,12 @@ syncFrequency: 10s
         ];
         if !labels.is_empty() {
             args.push(format!("--node-labels={}", labels.join(",")));
+        }
+        if !options.taints.is_empty() {
+            args.push(format!(
+                "--register-with-taints={}",
+                options.taints.join(",")
+            ));
         }
         let kubelet = cp.bin_dir().join("kubelet");
         self.spawn("kubelet", &kubelet, &args)
