@@ -19,6 +19,8 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 use workpool_worker::queue::{Queue, QueueStats};
 
+use crate::autoscale::{self, Autoscaler, Backlog, Decision, Observation};
+use crate::crd::AutoscalingSpec;
 use crate::crd::{API_VERSION, Condition, KIND, QueueStatus, WorkPool, WorkPoolStatus};
 use crate::metrics::Metrics;
 use crate::planner::{self, BackoffConfig, DeleteReason, ObservedPod, Phase, PlanState};
@@ -75,6 +77,11 @@ struct PoolMemory {
     errors: u32,
     /// Deletion started (for the cleanup timeout).
     cleanup_started: Option<Instant>,
+    /// The autoscaler of the pool (its memory of recent recommendations and scale
+    /// events), the origin of its clock, and its last decision.
+    autoscaler: Autoscaler,
+    autoscale_origin: Option<Instant>,
+    decision: Option<Decision>,
 }
 
 /// Shared state of every reconcile.
@@ -159,9 +166,68 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-/// The desired number of pods. Today `spec.replicas`; the autoscaler plugs in here.
+/// The desired number of pods without autoscaling: `spec.replicas`.
 pub fn desired_replicas(wp: &WorkPool) -> i32 {
     wp.spec.replicas.max(0)
+}
+
+fn to_rules(
+    r: Option<&crate::crd::ScalingRules>,
+    default: autoscale::ScalingRules,
+) -> autoscale::ScalingRules {
+    let Some(r) = r else { return default };
+    autoscale::ScalingRules {
+        stabilization_window_seconds: r
+            .stabilization_window_seconds
+            .map(|s| s.max(0) as u32)
+            .unwrap_or(default.stabilization_window_seconds),
+        policies: r
+            .policies
+            .as_ref()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| autoscale::ScalingPolicy {
+                        kind: match p.type_ {
+                            crate::crd::PolicyType::Pods => autoscale::PolicyKind::Pods,
+                            crate::crd::PolicyType::Percent => autoscale::PolicyKind::Percent,
+                        },
+                        value: p.value.max(0) as u32,
+                        period_seconds: p.period_seconds.max(1) as u32,
+                    })
+                    .collect()
+            })
+            .unwrap_or(default.policies),
+        select_policy: match r.select_policy {
+            Some(crate::crd::SelectPolicy::Max) => autoscale::SelectPolicy::Max,
+            Some(crate::crd::SelectPolicy::Min) => autoscale::SelectPolicy::Min,
+            Some(crate::crd::SelectPolicy::Disabled) => autoscale::SelectPolicy::Disabled,
+            None => default.select_policy,
+        },
+        tolerance: r.tolerance.unwrap_or(default.tolerance),
+    }
+}
+
+/// The autoscaler's view of `spec.autoscaling` (HPA's defaults where it says nothing).
+pub fn autoscale_spec(a: &AutoscalingSpec) -> autoscale::AutoscaleSpec {
+    let b = a.behavior.as_ref();
+    autoscale::AutoscaleSpec {
+        min_replicas: a.min_replicas.max(0) as u32,
+        max_replicas: a.max_replicas.max(0) as u32,
+        target_backlog_per_replica: a.target_backlog_per_replica.max(1) as u64,
+        activation_backlog: a.activation_backlog.max(0) as u64,
+        scale_to_zero_delay_seconds: a.scale_to_zero_delay_seconds.max(0) as u32,
+        fallback_replicas: a.fallback_replicas.map(|f| f.max(0) as u32),
+        behavior: autoscale::Behavior {
+            scale_up: to_rules(
+                b.and_then(|b| b.scale_up.as_ref()),
+                autoscale::ScalingRules::default_scale_up(),
+            ),
+            scale_down: to_rules(
+                b.and_then(|b| b.scale_down.as_ref()),
+                autoscale::ScalingRules::default_scale_down(),
+            ),
+        },
+    }
 }
 
 /// How often the pool's queue is read.
@@ -378,7 +444,6 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
     let old = wp.status.as_ref();
     let generation = wp.metadata.generation;
     let poll = poll_interval(wp, &ctx.config);
-    let desired = desired_replicas(wp);
 
     // The spec: queue names and the pod template.
     let queue = queue_of(wp);
@@ -436,6 +501,56 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         out
     });
 
+    // Desired: spec.replicas, or the autoscaler's decision, evaluated once per probe.
+    let live_now = observed
+        .iter()
+        .filter(|p| !p.terminating && matches!(p.phase, Phase::Pending | Phase::Running))
+        .count() as u32;
+    let terminating_now = observed.iter().filter(|p| p.terminating).count() as u32;
+    let ready_now = observed
+        .iter()
+        .filter(|p| p.ready && !p.terminating)
+        .count() as u32;
+    let decision: Option<Decision> = match (&wp.spec.autoscaling, &invalid) {
+        (Some(a), None) => {
+            let spec = autoscale_spec(a);
+            let fresh = probed.as_ref().is_some_and(|p| p.at >= started);
+            let backlog = match probed.as_ref().map(|p| &p.result) {
+                Some(Ok(st)) => Backlog::Known(st.backlog),
+                _ => Backlog::Unreadable,
+            };
+            // The count the pool is sized for: the last decision (status), else the pods.
+            let current = old
+                .filter(|s| s.observed_generation.is_some())
+                .map(|s| s.desired_replicas.max(0) as u32)
+                .unwrap_or(live_now);
+            ctx.with_memory(key, |m| {
+                if fresh || m.decision.is_none() {
+                    let origin = *m.autoscale_origin.get_or_insert_with(Instant::now);
+                    let obs = Observation {
+                        now: origin.elapsed(),
+                        backlog,
+                        current_replicas: current,
+                        ready_replicas: ready_now,
+                    };
+                    m.decision = Some(m.autoscaler.evaluate(&spec, &obs));
+                }
+                m.decision
+            })
+        }
+        _ => {
+            ctx.with_memory(key, |m| {
+                m.decision = None;
+                m.autoscale_origin = None;
+                m.autoscaler = Autoscaler::new();
+            });
+            None
+        }
+    };
+    let desired = decision
+        .map(|d| d.desired_replicas.min(i32::MAX as u32) as i32)
+        .unwrap_or_else(|| desired_replicas(wp));
+
     let held_of = |p: &Probed| -> Option<BTreeMap<String, u64>> {
         p.result.as_ref().ok().map(|st| {
             st.consumers
@@ -478,6 +593,16 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         Ok(_) => ctx.with_memory(key, |m| m.probed.clone()),
         Err(_) => None,
     };
+    // Pods still terminating count against maxReplicas until they are gone.
+    if let Some(a) = &wp.spec.autoscaling {
+        let max = a.max_replicas.max(0) as u32;
+        plan.create = plan.create.min(autoscale::pods_to_create(
+            desired as u32,
+            live_now,
+            terminating_now,
+            max,
+        ));
+    }
     ctx.with_memory(key, |m| m.plan = plan.state.clone());
 
     // Metrics and events for replacements noticed.
@@ -654,7 +779,9 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
             EventType::Normal,
             "Scaled",
             "Scale",
-            format!("desired replicas {previous_desired} -> {desired}"),
+            decision
+                .map(|d| d.message())
+                .unwrap_or_else(|| format!("desired replicas {previous_desired} -> {desired}")),
         )
         .await;
     }
@@ -768,8 +895,15 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         old, generation, "Degraded", deg, deg_reason, deg_msg,
     ));
 
-    let (scaling, s_reason, s_msg) = if counts.replicas < desired && plan.backoff_until_ms.is_some()
-    {
+    let limited = decision.filter(|_| plan.backoff_until_ms.is_none());
+    let (scaling, s_reason, s_msg) = if let Some(d) = limited {
+        // Autoscaled: the reason says what holds the count (HPA's ScalingLimited).
+        (
+            counts.replicas != desired || d.reason.is_limited(),
+            d.reason.as_str(),
+            format!("{} pods; {}", counts.replicas, d.message()),
+        )
+    } else if counts.replicas < desired && plan.backoff_until_ms.is_some() {
         (
             true,
             "BackOff",

@@ -90,3 +90,5 @@ mod tests {
     }
 }
 
+pub mod autoscale;
+pub mod simulate;
