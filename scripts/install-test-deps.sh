@@ -11,6 +11,14 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# The real node of the test cluster: containerd with its CRI plugin, runc, the CNI
+# plugins, iptables for kube-proxy, nsenter/flock, busybox for the worker image's sh.
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
 # Debian's kubectl package is old (1.20) but real; images that ship a newer one keep it.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
@@ -32,6 +40,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 here=$(dirname "$0")
 if command -v go >/dev/null 2>&1; then
   "$here/k8s-bin.sh" >/dev/null
+  "$here/coredns-bin.sh" >/dev/null
 elif [ "${CI:-}" = "true" ]; then
   echo "install-test-deps: CI=true and no Go toolchain: the real control plane cannot be built" >&2
   exit 1

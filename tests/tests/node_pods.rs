@@ -628,3 +628,18 @@ async fn a_node_is_torn_down_when_the_test_holding_it_panics() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_logs_are_served_through_the_api_server() -> Result<()> {
+    let Some(env) = tokio::task::spawn_blocking(env).await? else {
+        return Ok(());
+    };
+    let ns = setup(env).await?;
+    // The probe prints its result on stdout: the API server fetches it from the kubelet.
+    let (code, _) = run_to_completion(&ns, probe_pod("logger", &["cat", "/etc/hostname"])).await?;
+    assert_eq!(code, 0);
+    let api: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let logs = api.logs("logger", &Default::default()).await?;
+    assert_eq!(logs.trim(), "/etc/hostname=logger");
+    Ok(())
+}

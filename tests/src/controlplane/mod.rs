@@ -355,6 +355,9 @@ impl ControlPlane {
                 "--enable-admission-plugins=NodeRestriction,PodNodeSelector",
                 &format!("--service-cluster-ip-range={}", self.options.service_cidr),
                 "--allow-privileged=true",
+                // Reach kubelets (logs, exec) at their InternalIP: node names do not
+                // resolve through the machine's DNS.
+                "--kubelet-preferred-address-types=InternalIP",
                 &format!("--kubelet-client-certificate={}", pki(&admin_crt)),
                 &format!("--kubelet-client-key={}", pki(&admin_key)),
                 "--profiling=false",
