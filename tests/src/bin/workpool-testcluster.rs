@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use workpool_tests::cluster::{ClusterOptions, TestCluster, client_for, repo_root};
 use workpool_tests::controlplane::{ControlPlane, ControlPlaneOptions};
 use workpool_tests::kubelet::{ImageMap, Kubelet, KubeletConfig};
+use workpool_tests::node::{Node, NodeOptions};
 
 /// The worker image our chart and examples use; mapped to the locally built binary.
 const WORKER_IMAGE: &str = "ghcr.io/workpool-dev/workpool-worker";
@@ -36,6 +37,12 @@ struct Args {
     /// Events kept for watch resumption by the double (older versions get 410 Gone).
     #[arg(long, default_value_t = 10_000)]
     history: usize,
+    /// The node of the real control plane: `process` (the process kubelet: containers
+    /// are local processes sharing the host) or `real` (kubelet + containerd + runc + CNI,
+    /// kube-proxy, CoreDNS and local-path storage; images built from local binaries; needs
+    /// root and the packages `make deps` installs).
+    #[arg(long = "node-kind", default_value = "process", value_parser = ["process", "real"])]
+    node_kind: String,
     /// Do not run the process kubelet (pods then stay Pending, as with no nodes).
     #[arg(long)]
     no_kubelet: bool,
@@ -188,7 +195,28 @@ async fn run_real(args: &Args) -> Result<()> {
     }
     let mut image_lines = Vec::new();
     let mut kubelet = None;
-    if !args.no_kubelet {
+    let cp = std::sync::Arc::new(cp);
+    let mut real_node = None;
+    if !args.no_kubelet && args.node_kind == "real" {
+        let mut options = NodeOptions::new().name(&args.node);
+        for (image, path) in &args.images {
+            options = options.image(image, path);
+            image_lines.push(format!("  image {image}: {}", path.display()));
+        }
+        let started = cp.clone();
+        let node = tokio::task::spawn_blocking(move || -> Result<Node> {
+            let node = Node::start(&started, options)?;
+            workpool_tests::node::addons::install(&started)?;
+            Ok(node)
+        })
+        .await
+        .context("starting the real node")??;
+        image_lines.push(format!(
+            "  node logs under {}; images: our worker, operator and redis, built from target/",
+            node.dir().display()
+        ));
+        real_node = Some(node);
+    } else if !args.no_kubelet {
         let images = image_map(args, &mut image_lines);
         let work_dir = cp.dir().join("kubelet");
         let node_kubeconfig =
@@ -225,6 +253,14 @@ async fn run_real(args: &Args) -> Result<()> {
     );
     if args.no_kubelet {
         println!("  No kubelet: pods are scheduled nowhere and stay Pending.");
+    } else if real_node.is_some() {
+        println!(
+            "  The node {} is real: kubelet, containerd and runc, CNI bridge, kube-proxy, CoreDNS.",
+            args.node
+        );
+        for line in &image_lines {
+            println!("{line}");
+        }
     } else {
         println!(
             "  The node {} is SIMULATED by the process kubelet: pods run as local processes (no containers, no isolation).",
@@ -245,6 +281,9 @@ async fn run_real(args: &Args) -> Result<()> {
     println!("workpool-testcluster: stopping");
     if let Some(k) = kubelet {
         k.shutdown().await;
+    }
+    if let Some(node) = real_node {
+        tokio::task::spawn_blocking(move || drop(node)).await.ok();
     }
     if let Some(p) = &args.kubeconfig {
         let _ = std::fs::remove_file(p);
