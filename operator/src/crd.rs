@@ -6,7 +6,6 @@
 //! `minReplicas <= maxReplicas`, immutable stream and group, ...). `crds/workpool.yaml`
 //! is generated from these types by the `crdgen` binary.
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -105,8 +104,13 @@ pub struct WorkPoolSpec {
     /// security context where the template says nothing, and the WORKPOOL_* environment
     /// (queue URL, stream, group, consumer name, delivery settings) to the container named
     /// `worker`, or else to the first container.
+    //
+    // Kept as JSON and read as a PodTemplateSpec when pods are built, so that a template
+    // the schema lets through but that is not a valid PodTemplateSpec (a string where a
+    // number belongs, ...) is reported on this pool's conditions instead of breaking the
+    // operator's watch of every pool.
     #[schemars(schema_with = "pod_template_schema")]
-    pub template: PodTemplateSpec,
+    pub template: serde_json::Value,
 }
 
 fn default_replicas() -> i32 {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, SeccompProfile, SecretKeySelector, SecurityContext,
+    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -30,6 +30,9 @@ pub enum PodError {
     /// The template has no container.
     #[error("spec.template.spec.containers is empty")]
     NoContainers,
+    /// The template is not a valid PodTemplateSpec.
+    #[error("spec.template is not a valid pod template: {0}")]
+    InvalidTemplate(String),
 }
 
 /// `workpool.dev/pool=<pool>`: the selector of a pool's pods.
@@ -144,7 +147,8 @@ pub fn render_template(wp: &WorkPool) -> Result<(ObjectMeta, PodSpec), PodError>
         .name
         .clone()
         .ok_or(PodError::MissingMetadata("name"))?;
-    let tpl = &wp.spec.template;
+    let tpl: PodTemplateSpec = serde_json::from_value(wp.spec.template.clone())
+        .map_err(|e| PodError::InvalidTemplate(e.to_string()))?;
     let mut spec = tpl.spec.clone().unwrap_or_default();
     if spec.containers.is_empty() {
         return Err(PodError::NoContainers);
@@ -393,6 +397,17 @@ mod tests {
             render_template(&wp).err(),
             Some(PodError::MissingMetadata("name"))
         );
+    }
+
+    #[test]
+    fn a_template_of_the_wrong_shape_is_an_error_not_a_panic() {
+        let wp = pool(json!({"queue": {"redis": {"url": "redis://r"}},
+            "template": {"spec": {"terminationGracePeriodSeconds": "thirty",
+                                  "containers": [{"name": "worker", "image": "w"}]}}}));
+        match build_pod(&wp, "x") {
+            Err(PodError::InvalidTemplate(m)) => assert!(m.contains("invalid type"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

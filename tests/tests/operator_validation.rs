@@ -227,6 +227,27 @@ async fn what_admission_cannot_refuse_is_reported_on_conditions() {
         "no pods for an invalid pool"
     );
 
+    // A template the CRD's schema lets through but that is no PodTemplateSpec: reported
+    // on that pool, and the operator keeps serving the other pools.
+    let odd = env.exec_pool(
+        "oddtemplate",
+        1,
+        0.0,
+        json!({"template": {"spec": {"terminationGracePeriodSeconds": "thirty"}}}),
+    );
+    env.apply_pool(&odd).await;
+    let v = env
+        .wait_pool("oddtemplate", "Degraded=True with InvalidSpec", T, |v| {
+            cond(v, "Degraded")
+                .is_some_and(|c| c["status"] == "True" && c["reason"] == "InvalidSpec")
+        })
+        .await;
+    let d = cond(&v, "Degraded").expect("Degraded");
+    assert!(
+        d["message"].as_str().unwrap_or("").contains("template"),
+        "{d}"
+    );
+
     // Fixed: the pool runs.
     env.pools()
         .patch(
