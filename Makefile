@@ -1,5 +1,5 @@
 # Newcomer entry points. `make help` lists them.
-.PHONY: help test deps lint unit chart-test sandbox kind demo bench simulate chaos testcluster k8s
+.PHONY: help test deps lint unit chart-test crds sandbox kind demo bench simulate chaos testcluster k8s
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ chart-test:  ## Helm chart, dashboards, alerts, images, handler examples (instal
 
 k8s:  ## build the pinned Kubernetes components from source (cached)
 	scripts/k8s-bin.sh
+
+crds:  ## regenerate crds/workpool.yaml from operator/src/crd.rs and sync the chart's copy
+	cargo run -q -p workpool-operator --bin crdgen -- crds/workpool.yaml
+	scripts/sync-chart-crds.sh
 
 sandbox: deps  ## the main job: local Kubernetes (real control plane, simulated node), Redis, operator, example pools; Ctrl-C stops all
 	scripts/sandbox.sh
