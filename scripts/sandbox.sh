@@ -13,6 +13,10 @@ mkdir -p "$sandbox"
 export KUBECONFIG="$sandbox/kubeconfig"
 rm -f "$KUBECONFIG"
 
+# The kubectl built at the cluster's own release (scripts/k8s-bin.sh), ahead of any other.
+k8s_bin=$(scripts/k8s-bin.sh --dir)
+[ -x "$k8s_bin/kubectl" ] && export PATH="$k8s_bin:$PATH"
+
 need() { command -v "$1" >/dev/null 2>&1 || { echo "sandbox: $1 is missing (make deps installs it)" >&2; exit 1; }; }
 need redis-server
 need redis-cli
@@ -110,10 +114,11 @@ sleep 2
 kubectl get wp
 cat <<EOF
 
-The sandbox is running. This is not a real Kubernetes cluster: the node is SIMULATED.
-Its "pods" are workpool-worker processes on this machine (one per pod, sharing this
-machine's network), run by a small process kubelet against the test control plane
-(see tests/README.md). For a real cluster, use the Helm chart (charts/workpool) on kind.
+The sandbox is running. The control plane is real Kubernetes (etcd, kube-apiserver,
+controller manager, scheduler, built from source on this machine), but the node is
+SIMULATED: its "pods" are workpool-worker processes on this machine (one per pod, sharing
+this machine's network), run by a small process kubelet (see tests/README.md). For a real
+cluster, use the Helm chart (charts/workpool) on kind: make kind, or the README's steps.
 
 In another terminal:
   export KUBECONFIG=$KUBECONFIG
