@@ -374,45 +374,23 @@ impl ControlPlane {
                 .is_ok_and(|o| o.status.success())
         })?;
 
-        let kcm_port = free_port()?;
-        self.spawn(
-            "kube-controller-manager",
-            &[
-                &format!("--kubeconfig={}", kubeconfig.display()),
-                &format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                &format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={kcm_port}"),
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                &format!("--service-account-private-key-file={}", pki(&sa.key)),
-                &format!("--root-ca-file={}", pki(&self.ca.pair.cert)),
-                &format!("--cluster-signing-cert-file={}", pki(&self.ca.pair.cert)),
-                &format!("--cluster-signing-key-file={}", pki(&self.ca.pair.key)),
-                "--allocate-node-cidrs=true",
-                &format!("--cluster-cidr={}", self.options.cluster_cidr),
-                &format!("--service-cluster-ip-range={}", self.options.service_cidr),
-                // Pods of a node that stops heartbeating are evicted sooner than the
-                // default 5 minutes: tests stop nodes.
-                "--node-monitor-grace-period=20s",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )?;
-        let sched_port = free_port()?;
-        self.spawn(
-            "kube-scheduler",
-            &[
-                &format!("--kubeconfig={}", kubeconfig.display()),
-                &format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                &format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={sched_port}"),
-                "--leader-elect=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )?;
+        let mut kcm = client_component_flags(&kubeconfig, free_port()?);
+        kcm.extend([
+            "--use-service-account-credentials=true".to_string(),
+            format!("--service-account-private-key-file={}", pki(&sa.key)),
+            format!("--root-ca-file={}", pki(&self.ca.pair.cert)),
+            format!("--cluster-signing-cert-file={}", pki(&self.ca.pair.cert)),
+            format!("--cluster-signing-key-file={}", pki(&self.ca.pair.key)),
+            "--allocate-node-cidrs=true".to_string(),
+            format!("--cluster-cidr={}", self.options.cluster_cidr),
+            format!("--service-cluster-ip-range={}", self.options.service_cidr),
+            // Pods of a node that stops heartbeating are evicted sooner than the
+            // default 5 minutes: tests stop nodes.
+            "--node-monitor-grace-period=20s".to_string(),
+        ]);
+        self.spawn("kube-controller-manager", &as_strs(&kcm))?;
+        let scheduler = client_component_flags(&kubeconfig, free_port()?);
+        self.spawn("kube-scheduler", &as_strs(&scheduler))?;
         // The ServiceAccount controller creates `default` in every namespace and the
         // root-CA publisher `kube-root-ca.crt`: pods can be created from then on.
         self.wait(
@@ -649,6 +627,27 @@ fn start_watchdog(dir: &Path) -> Result<(Child, ChildStdin)> {
         .take()
         .ok_or_else(|| anyhow!("watchdog has no stdin"))?;
     Ok((child, stdin))
+}
+
+/// The flags the controller manager and the scheduler share: the admin kubeconfig for
+/// the API and for authenticating and authorizing requests to their own secure port
+/// (on loopback), no leader election (one instance), no profiling.
+fn client_component_flags(kubeconfig: &Path, port: u16) -> Vec<String> {
+    let kc = kubeconfig.display();
+    vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={port}"),
+        "--leader-elect=false".to_string(),
+        "--profiling=false".to_string(),
+        "--v=1".to_string(),
+    ]
+}
+
+fn as_strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
 }
 
 /// The first address of a Service range: the `kubernetes` Service's ClusterIP.
