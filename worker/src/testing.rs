@@ -42,8 +42,43 @@ pub fn redis_server_binary() -> PathBuf {
     PathBuf::from("redis-server")
 }
 
-/// A currently free TCP port on 127.0.0.1.
+/// A TCP port free on every address, for a server a test is about to start.
+///
+/// Not from the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port the
+/// kernel hands out for `bind(0)` is also the kind it gives outgoing connections, so a
+/// health probe or client connection could take it between this call and the server's
+/// bind (CI saw `kube-apiserver: bind: address already in use` that way). A random port
+/// below the range, never handed out twice by this process, and checked bindable on
+/// 0.0.0.0, leaves only a collision with another test process picking the same one.
 pub fn free_port() -> io::Result<u16> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // At least 4,000 ports above the well-known and registered-by-habit ones.
+    let (low, high) = if ephemeral_low >= 14_000 {
+        (10_000, ephemeral_low)
+    } else {
+        (ephemeral_low.saturating_add(1), u16::MAX)
+    };
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    for _ in 0..200 {
+        let port = rand::random_range(low..high);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    // Fall back to the kernel's choice rather than fail the test outright.
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

@@ -24,7 +24,7 @@ pub mod certs;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -148,10 +148,9 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
-/// A free TCP port on loopback (released again: a tiny race, as with any such helper).
+/// A free TCP port for a component to listen on (see [`workpool_worker::testing::free_port`]).
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(workpool_worker::testing::free_port()?)
 }
 
 /// The host's first global IPv4 address (`ip -4 -o addr show scope global`).
@@ -213,10 +212,19 @@ impl ControlPlane {
         let cell = SHARED.get_or_init(|| Mutex::new(None));
         let mut slot = cell.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let started = Self::start(ControlPlaneOptions::default())
-                .map(Arc::new)
-                .map_err(|e| format!("{e:#}"));
-            *slot = Some(started);
+            let mut started = Self::start(ControlPlaneOptions::default());
+            // Another process may take a chosen port before a component binds it: a
+            // fresh start picks new ones.
+            for _ in 0..2 {
+                match &started {
+                    Err(e) if format!("{e:#}").contains("address already in use") => {
+                        tracing::warn!("control plane start lost a port race; starting again");
+                        started = Self::start(ControlPlaneOptions::default());
+                    }
+                    _ => break,
+                }
+            }
+            *slot = Some(started.map(Arc::new).map_err(|e| format!("{e:#}")));
         }
         match slot.as_ref() {
             Some(Ok(cp)) => Ok(cp.clone()),

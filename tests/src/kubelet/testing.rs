@@ -84,8 +84,7 @@ pub fn waiting_reason(p: &Pod, container: &str) -> Option<String> {
         .and_then(|w| w.reason.clone())
 }
 
-/// A free loopback TCP port (bound then released).
+/// A free TCP port (see [`workpool_worker::testing::free_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(workpool_worker::testing::free_port()?)
 }
