@@ -27,6 +27,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The TLS port, when started with [`RedisServer::start_tls`].
     tls_port: Option<u16>,
+    /// A second address to listen on besides loopback ([`RedisServer::start_also_on`]).
+    also_on: Option<std::net::IpAddr>,
 }
 
 /// The `redis-server` binary: `$WORKPOOL_REDIS_SERVER`, else `/usr/bin/redis-server`,
@@ -103,6 +105,7 @@ impl RedisServer {
                     .tempdir()?,
                 child: None,
                 tls_port: None,
+                also_on: None,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -110,6 +113,38 @@ impl RedisServer {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+    }
+
+    /// Starts a server without persistence that listens on `address` too, besides
+    /// loopback: e.g. the host address a real node's pods reach the host at.
+    pub fn start_also_on(address: std::net::IpAddr) -> io::Result<RedisServer> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let mut s = RedisServer {
+                port: free_port()?,
+                persistence: Persistence::None,
+                dir: tempfile::Builder::new()
+                    .prefix("workpool-redis")
+                    .tempdir()?,
+                child: None,
+                tls_port: None,
+                also_on: Some(address),
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+    }
+
+    /// `redis://<address>:<port>/`: the URL through the address given to
+    /// [`RedisServer::start_also_on`] (loopback otherwise).
+    pub fn url_on_also(&self) -> String {
+        match self.also_on {
+            Some(a) => format!("redis://{a}:{}/", self.port),
+            None => self.url(),
+        }
     }
 
     /// Starts a server that also listens for TLS on another free port, with a fresh CA
@@ -126,6 +161,7 @@ impl RedisServer {
                     .tempdir()?,
                 child: None,
                 tls_port: Some(free_port()?),
+                also_on: None,
             };
             make_certificates(s.dir.path())?;
             match s.spawn() {
@@ -152,8 +188,11 @@ impl RedisServer {
         cmd.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--save")
+            .arg("127.0.0.1");
+        if let Some(address) = self.also_on {
+            cmd.arg(address.to_string());
+        }
+        cmd.arg("--save")
             .arg("")
             .arg("--dir")
             .arg(self.dir.path())
