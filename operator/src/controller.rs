@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::planner::{self, BackoffConfig, DeleteReason, ObservedPod, Phase, PlanState};
 use crate::pods::{self, POOL_LABEL, TEMPLATE_HASH_LABEL};
 use crate::probe::{ProbeError, QueueProbe};
+use crate::wake::{Wake, WakeTarget};
 use crate::{Error, Result};
 
 /// The finalizer that removes the pool's consumers from the group on deletion.
@@ -82,6 +83,10 @@ struct PoolMemory {
     autoscaler: Autoscaler,
     autoscale_origin: Option<Instant>,
     decision: Option<Decision>,
+    /// The `desiredReplicas` and `lastScaleTime` last written to the status: the object a
+    /// reconcile gets may predate that write (a pod event can arrive first), and a scale
+    /// decision must be counted, and its Event sent, once.
+    published: Option<(i32, Option<String>)>,
 }
 
 /// Shared state of every reconcile.
@@ -98,6 +103,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Settings.
     pub config: ControllerConfig,
+    /// Wake from zero (disabled unless [`Context::with_wake`]).
+    pub wake: Wake,
     memory: Mutex<HashMap<(String, String), PoolMemory>>,
 }
 
@@ -117,8 +124,15 @@ impl Context {
             probe: QueueProbe::default(),
             pods,
             config,
+            wake: Wake::disabled(),
             memory: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The context with wake from zero by `wake`.
+    pub fn with_wake(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
     }
 
     fn with_memory<T>(&self, key: &(String, String), f: impl FnOnce(&mut PoolMemory) -> T) -> T {
@@ -382,12 +396,17 @@ async fn probe_queue(
     key: &(String, String),
     queue: &Queue,
     max_age: Duration,
+    trigger: &str,
 ) -> Probed {
     if let Some(p) = ctx.with_memory(key, |m| m.probed.clone())
         && p.at.elapsed() < max_age
     {
         return p;
     }
+    ctx.metrics
+        .probes
+        .with_label_values(&[key.0.as_str(), key.1.as_str(), trigger])
+        .inc();
     let result = match ctx.probe.url(&ctx.client, wp).await {
         Ok(url) => ctx.probe.stats(&url, queue).await,
         Err(e) => Err(e),
@@ -459,8 +478,11 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         .unwrap_or_default();
 
     let started = Instant::now();
+    // A pool woken from zero reads its queue now, not at the next poll.
+    let woken = ctx.wake.take_woken(key);
     let probed = match &queue {
-        Ok(q) => Some(probe_queue(wp, ctx, key, q, poll).await),
+        Ok(q) if woken => Some(probe_queue(wp, ctx, key, q, Duration::ZERO, "wake").await),
+        Ok(q) => Some(probe_queue(wp, ctx, key, q, poll, "poll").await),
         Err(_) => None,
     };
 
@@ -520,9 +542,13 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
                 _ => Backlog::Unreadable,
             };
             // The count the pool is sized for: the last decision (status), else the pods.
-            let current = old
-                .filter(|s| s.observed_generation.is_some())
-                .map(|s| s.desired_replicas.max(0) as u32)
+            let current = ctx
+                .with_memory(key, |m| m.published.as_ref().map(|p| p.0))
+                .or_else(|| {
+                    old.filter(|s| s.observed_generation.is_some())
+                        .map(|s| s.desired_replicas)
+                })
+                .map(|d| d.max(0) as u32)
                 .unwrap_or(live_now);
             ctx.with_memory(key, |m| {
                 if fresh || m.decision.is_none() {
@@ -583,7 +609,7 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         && let (Ok(q), Some(p)) = (&queue, &probed)
         && p.at < started
     {
-        let fresh = probe_queue(wp, ctx, key, q, Duration::ZERO).await;
+        let fresh = probe_queue(wp, ctx, key, q, Duration::ZERO, "refresh").await;
         if fresh.result.is_ok() {
             held = held_of(&fresh);
             plan = make_input(held.as_ref(), &observed);
@@ -633,8 +659,51 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         .await;
     }
 
-    // Deletions.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    // pod-deletion-cost: written only while the pool scales in, on the pods that stay.
+    if plan.scale_in() > 0
+        && let Some(h) = &held
+    {
+        let victims: BTreeSet<&str> = plan
+            .delete
+            .iter()
+            .filter(|d| d.reason == DeleteReason::ScaleIn)
+            .map(|d| d.name.as_str())
+            .collect();
+        let loads: Vec<CostInput> = cached
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let n = p.metadata.name.clone()?;
+                (!victims.contains(n.as_str())).then(|| CostInput {
+                    current: p
+                        .annotations()
+                        .get(DELETION_COST_ANNOTATION)
+                        .and_then(|v| v.trim().parse().ok()),
+                    pending: h.get(&n).copied().unwrap_or(0),
+                    name: n,
+                })
+            })
+            .collect();
+        for (pod, cost) in deletion_cost_updates(&loads) {
+            let patch =
+                json!({"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost.to_string()}}});
+            match pods_api
+                .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => ctx
+                    .metrics
+                    .deletion_cost_updates
+                    .with_label_values(&[ns, name])
+                    .inc(),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => debug!(pod = %pod, error = %e, "cannot set pod-deletion-cost"),
+            }
+        }
+    }
+
+    // Deletions.
     let mut scaled_in = Vec::new();
     for d in &plan.delete {
         let pod_uid = cached
@@ -761,8 +830,14 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
 
     // Status.
     let counts = plan.counts;
-    let previous_desired = old.map(|s| s.desired_replicas).unwrap_or(0);
-    let mut last_scale_time = old.and_then(|s| s.last_scale_time.clone());
+    let published = ctx.with_memory(key, |m| m.published.clone());
+    let previous_desired = published
+        .as_ref()
+        .map(|p| p.0)
+        .unwrap_or_else(|| old.map(|s| s.desired_replicas).unwrap_or(0));
+    let mut last_scale_time = published
+        .map(|p| p.1)
+        .unwrap_or_else(|| old.and_then(|s| s.last_scale_time.clone()));
     if desired != previous_desired && invalid.is_none() {
         let direction = if desired > previous_desired {
             "up"
@@ -772,6 +847,15 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         ctx.metrics
             .scale_events
             .with_label_values(&[ns, name, direction])
+            .inc();
+        ctx.metrics
+            .scale_decisions
+            .with_label_values(&[
+                ns,
+                name,
+                direction,
+                decision.map(|d| d.reason.as_str()).unwrap_or("Spec"),
+            ])
             .inc();
         last_scale_time = Some(rfc3339_now());
         ctx.event(
@@ -967,6 +1051,33 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
         )
         .await?;
     }
+    ctx.with_memory(key, |m| {
+        m.published = Some((status.desired_replicas, status.last_scale_time.clone()))
+    });
+
+    // Wake from zero: a pool at zero is watched for its first task.
+    if ctx.wake.enabled() {
+        let at_zero = invalid.is_none()
+            && decision.is_some_and(|d| d.desired_replicas == 0)
+            && counts.replicas == 0
+            && created.is_empty();
+        match (&queue, probed.as_ref().map(|p| &p.result)) {
+            (Ok(q), Some(Ok(st))) if at_zero => match ctx.probe.url(&ctx.client, wp).await {
+                Ok(url) => ctx.wake.watch(
+                    key,
+                    Some(WakeTarget {
+                        url,
+                        stream: q.stream().to_string(),
+                        after: wake_after(st),
+                    }),
+                ),
+                Err(_) => ctx.wake.watch(key, None),
+            },
+            // Redis cannot be read: keep what is registered (its watcher reconnects).
+            (Ok(_), Some(Err(_))) if at_zero => {}
+            _ => ctx.wake.watch(key, None),
+        }
+    }
 
     let l = [ns, name];
     ctx.metrics
@@ -1025,6 +1136,7 @@ async fn create_pod(wp: &WorkPool, api: &Api<Pod>) -> Result<String> {
 async fn cleanup(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<Action> {
     let (ns, name) = (key.0.as_str(), key.1.as_str());
     if !wp.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.wake.watch(key, None);
         ctx.metrics.remove_pool(ns, name);
         ctx.forget(key);
         return Ok(Action::await_change());
@@ -1130,18 +1242,72 @@ async fn cleanup(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result
         workpool = name,
         "pool deleted: pods and consumers removed"
     );
+    ctx.wake.watch(key, None);
     ctx.metrics.remove_pool(ns, name);
     ctx.forget(key);
     Ok(Action::await_change())
 }
 
 /// Builds the controller: pools in `pools`' scope, triggered by their pods (`pod_events`,
-/// the stream that feeds the pod cache).
+/// the stream that feeds the pod cache) and by the first task of a pool at zero
+/// (`wakes`, from [`Wake::new`]).
 pub fn controller(
     pools: Api<WorkPool>,
     pod_events: impl futures::Stream<Item = std::result::Result<Pod, watcher::Error>> + Send + 'static,
+    wakes: impl futures::Stream<Item = ObjectRef<WorkPool>> + Send + 'static,
 ) -> Controller<WorkPool> {
-    Controller::new(pools, watcher::Config::default().any_semantic()).owns_stream(pod_events)
+    Controller::new(pools, watcher::Config::default().any_semantic())
+        .owns_stream(pod_events)
+        .reconcile_on(wakes)
+}
+
+/// Entries after this id are new for a pool at zero: the group's last delivered id (no
+/// pod consumes while the pool is at zero, so it does not move), or `0-0` while the
+/// group or the stream does not exist (every entry then counts as waiting).
+pub fn wake_after(st: &QueueStats) -> workpool_worker::queue::EntryId {
+    if st.stream_exists && st.group_exists {
+        st.last_delivered_id.unwrap_or_default()
+    } else {
+        workpool_worker::queue::EntryId::ZERO
+    }
+}
+
+/// The annotation ReplicaSets (and people) read to tell which pods to delete first.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// A pod that stays through a scale-in, as the deletion-cost update sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostInput {
+    /// The pod.
+    pub name: String,
+    /// Its annotation now (`None` when absent or not a number).
+    pub current: Option<i32>,
+    /// Tasks its consumer holds.
+    pub pending: u64,
+}
+
+/// The `pod-deletion-cost` writes for the pods that stay through a scale-in: only where
+/// the value differs from what the pod has, and only when the pods differ at all (all
+/// idle, or all equally busy, tell nothing: an absent annotation means cost 0 already).
+///
+/// The operator chooses its own victims from consumer state (idle first); the annotation
+/// is for anything else that deletes the pool's pods by it, and shows the choice. It is
+/// written only while the pool scales in, not per poll: a pool that does not shrink
+/// costs no writes.
+pub fn deletion_cost_updates(pods: &[CostInput]) -> Vec<(String, i32)> {
+    let costs: Vec<i32> = pods
+        .iter()
+        .map(|p| autoscale::pod_deletion_cost(p.pending))
+        .collect();
+    let differ = costs.windows(2).any(|w| w[0] != w[1]);
+    pods.iter()
+        .zip(costs)
+        .filter(|(p, cost)| {
+            let now = p.current.unwrap_or(0);
+            now != *cost && (differ || p.current.is_some())
+        })
+        .map(|(p, cost)| (p.name.clone(), cost))
+        .collect()
 }
 
 /// Runs `controller` until `shutdown` resolves.
@@ -1207,6 +1373,88 @@ mod tests {
         );
         assert_ne!(flipped.last_transition_time, "2020-01-01T00:00:00Z");
         assert!(flipped.last_transition_time.ends_with('Z'));
+    }
+
+    fn cost(name: &str, current: Option<i32>, pending: u64) -> CostInput {
+        CostInput {
+            name: name.into(),
+            current,
+            pending,
+        }
+    }
+
+    #[test]
+    fn deletion_cost_is_written_only_where_it_changes_and_tells_something() {
+        // Busy and idle pods: the busy ones get their pending count, idle ones stay at
+        // the default (no annotation means 0).
+        let pods = [
+            cost("a", None, 0),
+            cost("b", None, 3),
+            cost("c", Some(2), 2),
+        ];
+        assert_eq!(deletion_cost_updates(&pods), vec![("b".to_string(), 3)]);
+        // Nothing changed: no write.
+        let same = [cost("a", None, 0), cost("b", Some(3), 3)];
+        assert!(deletion_cost_updates(&same).is_empty());
+        // All idle (or all equally busy) without annotations: nothing to tell.
+        assert!(deletion_cost_updates(&[cost("a", None, 0), cost("b", None, 0)]).is_empty());
+        assert!(deletion_cost_updates(&[cost("a", None, 4), cost("b", None, 4)]).is_empty());
+        // A stale annotation is corrected even then.
+        assert_eq!(
+            deletion_cost_updates(&[cost("a", Some(5), 0), cost("b", None, 0)]),
+            vec![("a".to_string(), 0)]
+        );
+        // Huge counts saturate; nothing panics on no pods.
+        assert_eq!(
+            deletion_cost_updates(&[cost("a", None, u64::MAX), cost("b", None, 0)]),
+            vec![("a".to_string(), i32::MAX)]
+        );
+        assert!(deletion_cost_updates(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_pool_at_zero_waits_for_entries_after_the_groups_last_delivered_id() {
+        use workpool_worker::queue::EntryId;
+        let mut st = QueueStats {
+            stream_exists: true,
+            group_exists: true,
+            last_delivered_id: Some(EntryId { ms: 7, seq: 2 }),
+            ..Default::default()
+        };
+        assert_eq!(wake_after(&st), EntryId { ms: 7, seq: 2 });
+        st.group_exists = false;
+        assert_eq!(
+            wake_after(&st),
+            EntryId::ZERO,
+            "no group: every entry waits"
+        );
+        st.stream_exists = false;
+        assert_eq!(
+            wake_after(&st),
+            EntryId::ZERO,
+            "no stream: its first entry wakes"
+        );
+    }
+
+    #[test]
+    fn every_scaling_reason_is_a_documented_metric_reason() {
+        use crate::autoscale::ScalingReason as R;
+        for r in [
+            R::DesiredWithinRange,
+            R::WithinTolerance,
+            R::MaxReplicas,
+            R::MinReplicas,
+            R::StabilizationWindow,
+            R::RatePolicy,
+            R::ScalingDisabled,
+            R::Fallback,
+            R::QueueUnreadable,
+            R::Activation,
+            R::ScaleToZeroDelay,
+            R::ScaledToZero,
+        ] {
+            assert!(crate::metrics::SCALE_REASONS.contains(&r.as_str()), "{r}");
+        }
     }
 
     #[test]

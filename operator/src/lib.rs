@@ -5,6 +5,8 @@
 //! - [`pods`]: pure: the pod the operator creates for a pool;
 //! - [`controller`]: the kube-runtime Controller that applies plans and writes status;
 //! - [`probe`]: queue statistics per pool, one Redis connection per URL;
+//! - [`wake`]: wake from zero: one blocking read per Redis over the streams of the
+//!   autoscaled pools at zero, triggering a reconcile on their first task;
 //! - [`metrics`], [`health`], [`leader`]: Prometheus metrics, the HTTP server
 //!   (`/metrics`, `/healthz`, `/readyz`) and leader election on a Lease;
 //! - [`run`]: the process (what the `workpool-operator` binary runs).
@@ -22,6 +24,7 @@ pub mod planner;
 pub mod pods;
 pub mod probe;
 pub mod run;
+pub mod wake;
 
 pub use controller::Context;
 

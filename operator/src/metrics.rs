@@ -32,6 +32,32 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
 /// Directions of `workpool_scale_events_total`.
 pub const DIRECTIONS: &[&str] = &["up", "down"];
 
+/// Triggers of `workpool_queue_probes_total`: the poll interval, a wake from zero, or a
+/// fresh read before choosing scale-in victims.
+pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "refresh"];
+
+/// Reasons of `workpool_scale_decisions_total`: the autoscaler's reasons
+/// ([`crate::autoscale::ScalingReason::as_str`]) and `Spec` for a change of
+/// `spec.replicas` without autoscaling.
+pub const SCALE_REASONS: &[&str] = &[
+    "DesiredWithinRange",
+    "WithinTolerance",
+    "MaxReplicas",
+    "MinReplicas",
+    "StabilizationWindow",
+    "RatePolicy",
+    "ScalingDisabled",
+    "Fallback",
+    "QueueUnreadable",
+    "Activation",
+    "ScaleToZeroDelay",
+    "ScaledToZero",
+    "Spec",
+];
+
+/// Reasons of `workpool_wake_errors_total`.
+pub const WAKE_ERROR_REASONS: &[&str] = &["unreachable", "redis", "protocol"];
+
 /// All operator metrics, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -66,6 +92,18 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// `workpool_leader`
     pub leader: IntGauge,
+    /// `workpool_queue_probes_total`
+    pub probes: IntCounterVec,
+    /// `workpool_scale_decisions_total`
+    pub scale_decisions: IntCounterVec,
+    /// `workpool_wakes_total`
+    pub wakes: IntCounterVec,
+    /// `workpool_wake_watched_pools`
+    pub wake_watched_pools: IntGauge,
+    /// `workpool_wake_errors_total`
+    pub wake_errors: IntCounterVec,
+    /// `workpool_pod_deletion_cost_updates_total`
+    pub deletion_cost_updates: IntCounterVec,
 }
 
 const POOL: &[&str] = &["namespace", "workpool"];
@@ -106,7 +144,61 @@ impl Metrics {
             "1 on the operator replica that holds the leader Lease and acts, else 0",
         )?;
         r.register(Box::new(leader.clone()))?;
+        let scale_decisions = IntCounterVec::new(
+            Opts::new(
+                "workpool_scale_decisions_total",
+                "Changes of the pool's desired replicas, by direction and by what decided \
+                 or limited the new count",
+            ),
+            &["namespace", "workpool", "direction", "reason"],
+        )?;
+        r.register(Box::new(scale_decisions.clone()))?;
+        let wake_watched_pools = IntGauge::new(
+            "workpool_wake_watched_pools",
+            "Autoscaled pools at zero whose stream the operator watches for a first task",
+        )?;
+        r.register(Box::new(wake_watched_pools.clone()))?;
+        let wake_errors = IntCounterVec::new(
+            Opts::new(
+                "workpool_wake_errors_total",
+                "Failed connections or reads of the wake-from-zero watcher, by reason",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(wake_errors.clone()))?;
         Ok(Metrics {
+            probes: counter(
+                &r,
+                "workpool_queue_probes_total",
+                "Reads of the pool's queue statistics, by what triggered them",
+                "trigger",
+            )?,
+            wakes: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "workpool_wakes_total",
+                        "New tasks noticed for the pool while it was at zero, each \
+                         triggering a reconcile at once",
+                    ),
+                    POOL,
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            deletion_cost_updates: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "workpool_pod_deletion_cost_updates_total",
+                        "Writes of controller.kubernetes.io/pod-deletion-cost on the pool's pods",
+                    ),
+                    POOL,
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            scale_decisions,
+            wake_watched_pools,
+            wake_errors,
             desired: gauge(&r, "workpool_desired_replicas", "Pods the operator wants")?,
             replicas: gauge(
                 &r,
@@ -205,7 +297,17 @@ impl Metrics {
         }
         for d in DIRECTIONS {
             let _ = self.scale_events.remove_label_values(&[namespace, name, d]);
+            for r in SCALE_REASONS {
+                let _ = self
+                    .scale_decisions
+                    .remove_label_values(&[namespace, name, d, r]);
+            }
         }
+        for t in PROBE_TRIGGERS {
+            let _ = self.probes.remove_label_values(&[namespace, name, t]);
+        }
+        let _ = self.wakes.remove_label_values(&l);
+        let _ = self.deletion_cost_updates.remove_label_values(&l);
         for r in ReplacementReason::ALL {
             let _ = self
                 .replacements
@@ -242,6 +344,16 @@ mod tests {
             .with_label_values(&["ns", "a", "unreachable"])
             .inc();
         m.desired.with_label_values(&["ns", "b"]).set(1);
+        m.probes.with_label_values(&["ns", "a", "wake"]).inc();
+        m.scale_decisions
+            .with_label_values(&["ns", "a", "up", "RatePolicy"])
+            .inc();
+        m.wakes.with_label_values(&["ns", "a"]).inc();
+        m.deletion_cost_updates
+            .with_label_values(&["ns", "a"])
+            .inc();
+        m.wake_watched_pools.set(2);
+        m.wake_errors.with_label_values(&["unreachable"]).inc();
         m.reconcile_duration.observe(0.01);
         m.leader.set(1);
         let text = m.render();
@@ -254,6 +366,12 @@ mod tests {
             "workpool_queue_probe_errors_total{namespace=\"ns\",reason=\"unreachable\",workpool=\"a\"} 1",
             "workpool_reconcile_duration_seconds_count 1",
             "workpool_leader 1",
+            "workpool_queue_probes_total{namespace=\"ns\",trigger=\"wake\",workpool=\"a\"} 1",
+            "workpool_scale_decisions_total{direction=\"up\",namespace=\"ns\",reason=\"RatePolicy\",workpool=\"a\"} 1",
+            "workpool_wakes_total{namespace=\"ns\",workpool=\"a\"} 1",
+            "workpool_pod_deletion_cost_updates_total{namespace=\"ns\",workpool=\"a\"} 1",
+            "workpool_wake_watched_pools 2",
+            "workpool_wake_errors_total{reason=\"unreachable\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

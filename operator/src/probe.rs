@@ -219,24 +219,51 @@ impl QueueProbe {
         }
     }
 
+    /// Runs `f` on the URL's connection. A connection kept from earlier that turns out
+    /// dropped (Redis restarted, a proxy closed it) is replaced and `f` runs once more on
+    /// a new one: a read after an idle period (a wake from zero) must not fail for it.
     async fn with_conn<T, F, Fut>(&self, url: &str, f: F) -> Result<T, ProbeError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, QueueError>>,
+    {
+        match self.with_conn_once(url, &f).await {
+            (Err(ProbeError::Unreachable(_)), true) => self.with_conn_once(url, &f).await.0,
+            (r, _) => r,
+        }
+    }
+
+    /// One attempt; the bool says whether the connection was reused.
+    async fn with_conn_once<T, F, Fut>(&self, url: &str, f: &F) -> (Result<T, ProbeError>, bool)
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, QueueError>>,
     {
         let slot = self.slot(url);
+        let mut reused = false;
         let conn = {
             let mut guard = slot.lock().await;
             match guard.as_ref() {
-                Some(c) => c.clone(),
+                Some(c) => {
+                    reused = true;
+                    c.clone()
+                }
                 None => {
-                    let c = tokio::time::timeout(
+                    let c = match tokio::time::timeout(
                         self.timeout,
                         workpool_worker::queue::connect(url, Some(self.timeout)),
                     )
                     .await
-                    .map_err(|_| ProbeError::Unreachable("connect timed out".into()))?
-                    .map_err(ProbeError::from_queue)?;
+                    {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => return (Err(ProbeError::from_queue(e)), false),
+                        Err(_) => {
+                            return (
+                                Err(ProbeError::Unreachable("connect timed out".into())),
+                                false,
+                            );
+                        }
+                    };
                     *guard = Some(c.clone());
                     c
                 }
@@ -250,14 +277,16 @@ impl QueueProbe {
             // Reconnect next time (Redis restarted, password changed, ...).
             *slot.lock().await = None;
         }
-        r
+        (r, reused)
     }
 
     /// Stats of the queue. A missing stream or group is an empty queue.
     pub async fn stats(&self, url: &str, queue: &Queue) -> Result<QueueStats, ProbeError> {
-        let q = queue.clone();
-        self.with_conn(url, |mut c| async move { q.stats(&mut c).await })
-            .await
+        self.with_conn(url, |mut c| {
+            let q = queue.clone();
+            async move { q.stats(&mut c).await }
+        })
+        .await
     }
 
     /// Removes each named consumer that holds nothing; returns how many were removed and
@@ -268,19 +297,21 @@ impl QueueProbe {
         queue: &Queue,
         names: &[String],
     ) -> Result<(usize, Vec<(String, u64)>), ProbeError> {
-        let q = queue.clone();
-        let names = names.to_vec();
-        self.with_conn(url, |mut c| async move {
-            let mut removed = 0;
-            let mut kept = Vec::new();
-            for n in names {
-                match q.remove_consumer_if_idle(&mut c, &n).await? {
-                    RemoveConsumer::Removed => removed += 1,
-                    RemoveConsumer::StillPending(p) => kept.push((n, p)),
-                    RemoveConsumer::NotFound | RemoveConsumer::NoGroup => {}
+        self.with_conn(url, |mut c| {
+            let q = queue.clone();
+            let names = names.to_vec();
+            async move {
+                let mut removed = 0;
+                let mut kept = Vec::new();
+                for n in names {
+                    match q.remove_consumer_if_idle(&mut c, &n).await? {
+                        RemoveConsumer::Removed => removed += 1,
+                        RemoveConsumer::StillPending(p) => kept.push((n, p)),
+                        RemoveConsumer::NotFound | RemoveConsumer::NoGroup => {}
+                    }
                 }
+                Ok((removed, kept))
             }
-            Ok((removed, kept))
         })
         .await
     }

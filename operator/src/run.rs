@@ -23,6 +23,7 @@ use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::planner::BackoffConfig;
 use crate::pods::POOL_LABEL;
+use crate::wake::Wake;
 
 /// Log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +84,10 @@ pub struct Args {
     /// Upper bound of the replacement back-off, in seconds.
     #[arg(long, env = "WORKPOOL_REPLACEMENT_BACKOFF_MAX", default_value_t = 300)]
     pub replacement_backoff_max: u64,
+    /// Wake autoscaled pools at zero on their first task (one blocking read per Redis)
+    /// instead of at the next queue poll.
+    #[arg(long, env = "WORKPOOL_WAKE", default_value_t = true, action = ArgAction::Set)]
+    pub wake: bool,
     /// Seconds without a pod failure after which the back-off (and Degraded) resets.
     #[arg(
         long,
@@ -317,24 +322,32 @@ pub async fn run(args: Args) -> Result<()> {
         },
         ..ControllerConfig::default()
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        recorder,
-        metrics.clone(),
-        pod_store,
-        config,
-    ));
-    let ctrl = controller::controller(pools_api, rx.map(Ok));
-    let pool_store = ctrl.store();
-    {
-        let health = health.clone();
-        tokio::spawn(async move {
-            if pool_store.wait_until_ready().await.is_ok() {
+    let (wake, wakes) = Wake::new(Some(metrics.clone()), args.wake);
+    let ctx = Arc::new(
+        Context::new(client.clone(), recorder, metrics.clone(), pod_store, config).with_wake(wake),
+    );
+    // The WorkPool cache, with readiness set on its first complete list. Not by awaiting
+    // the controller's `Store::wait_until_ready` in a task of its own: that wakes only
+    // one waiter, the controller's runner waits on it too, and the loser waits forever
+    // (/readyz stayed 503 on the real node).
+    let (pool_store, pool_writer) = reflector::store();
+    let mut on_first_list = Some(health.clone());
+    let pools = watcher(pools_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(pool_writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event
+                && let Some(health) = on_first_list.take()
+                && health.get() != Readiness::Stopping
+            {
                 health.set(Readiness::Ready);
                 info!("caches synced; ready");
             }
-        });
-    }
+        })
+        .applied_objects();
+    let ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
+        .owns_stream(rx.map(Ok))
+        .reconcile_on(wakes);
 
     // Stop acting on shutdown or when the Lease is lost.
     let (ctrl_stop_tx, ctrl_stop_rx) = watch::channel(false);

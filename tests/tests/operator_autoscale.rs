@@ -82,3 +82,390 @@ async fn a_burst_scales_a_pool_from_zero_to_max_and_back_to_zero() {
     .await;
     assert_eq!(env.redis_cli(&["XLEN", "elastic:dead"]).trim(), "0");
 }
+
+/// The value of a pool's series of `metric` with one extra label (`None` while absent).
+async fn pool_metric(op: &Operator, metric: &str, ns: &str, pool: &str, extra: &str) -> f64 {
+    let labels = if extra.is_empty() {
+        format!("namespace=\"{ns}\",workpool=\"{pool}\"")
+    } else {
+        // Prometheus renders labels sorted: direction/namespace/reason/trigger/workpool.
+        let mut l = vec![
+            format!("namespace=\"{ns}\""),
+            format!("workpool=\"{pool}\""),
+        ];
+        l.extend(extra.split(',').map(str::to_string));
+        l.sort();
+        l.join(",")
+    };
+    op.metric(&format!("{metric}{{{labels}}}"))
+        .await
+        .unwrap_or(0.0)
+}
+
+/// `Scaled` Events of a pool (each counted with its series).
+async fn scaled_events(env: &Env, pool: &str) -> Vec<(String, i32)> {
+    let events =
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &env.ns);
+    events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("Scaled")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool)
+        })
+        .map(|e| {
+            (
+                e.note.unwrap_or_default(),
+                e.series.map(|s| s.count).unwrap_or(1),
+            )
+        })
+        .collect()
+}
+
+fn wake_pool(env: &Env, name: &str, redis_url: &str) -> serde_json::Value {
+    env.exec_pool(
+        name,
+        1,
+        0.0,
+        json!({
+            "queue": {"redis": {"url": redis_url}},
+            "autoscaling": {
+                "minReplicas": 0, "maxReplicas": 2, "targetBacklogPerReplica": 1,
+                // The poll would notice the task only a minute later.
+                "pollIntervalSeconds": 60
+            }
+        }),
+    )
+}
+
+/// Wake from zero: with a 60 s poll, a pool at zero gets its first pod after its first
+/// task and before any poll reads its queue again (the probe counter by trigger says
+/// which read created the pod). Pools on two Redis servers are watched independently, a
+/// stream that does not exist yet is watched, and the watcher survives a Redis restart.
+/// The decision is one Event and one counted scale decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_at_zero_wakes_on_its_first_task_before_the_next_poll() {
+    let mut env = Env::start().await;
+    let other_redis = workpool_worker::testing::RedisServer::start().expect("redis-server");
+    let op = Operator::start(&env.cluster, "op-wake", &[]);
+    let ns = env.ns.clone();
+    env.apply_pool(&wake_pool(&env, "first", &env.redis.url()))
+        .await;
+    env.apply_pool(&wake_pool(&env, "other", &other_redis.url()))
+        .await;
+    for pool in ["first", "other"] {
+        env.wait_pool(pool, "at zero with a readable queue", T, |v| {
+            v["status"]["desiredReplicas"] == json!(0)
+                && v["status"]["replicas"] == json!(0)
+                && cond_status(v, "QueueReachable") == Some("True".into())
+        })
+        .await;
+    }
+    eventually("both pools are watched for a first task", T, || async {
+        (op.metric("workpool_wake_watched_pools").await == Some(2.0)).then_some(())
+    })
+    .await;
+
+    // Redis restarts under the watcher: it reconnects (the stream still does not exist).
+    env.redis.restart().expect("redis restarts");
+    eventually("the wake watcher saw Redis go away", T, || async {
+        (op.metric("workpool_wake_errors_total{reason=\"unreachable\"}")
+            .await
+            .unwrap_or(0.0)
+            > 0.0)
+            .then_some(())
+    })
+    .await;
+
+    let polls = pool_metric(
+        &op,
+        "workpool_queue_probes_total",
+        &ns,
+        "first",
+        "trigger=\"poll\"",
+    )
+    .await;
+    assert!(polls >= 1.0, "the pool was never polled");
+    assert!(env.pool_pods("first", true).await.is_empty());
+    let task = payloads("first", 1);
+    env.submit("first", &task);
+    let pod = eventually("a pod for the first task", T, || async {
+        env.pool_pods("first", true).await.into_iter().next()
+    })
+    .await;
+    // The pod was created by the wake, not by a poll: no poll read the queue since.
+    assert_eq!(
+        pool_metric(
+            &op,
+            "workpool_queue_probes_total",
+            &ns,
+            "first",
+            "trigger=\"poll\""
+        )
+        .await,
+        polls,
+        "a poll read the queue before the pod {:?} was created",
+        pod.metadata.name
+    );
+    assert!(pool_metric(&op, "workpool_wakes_total", &ns, "first", "").await >= 1.0);
+    assert!(
+        pool_metric(
+            &op,
+            "workpool_queue_probes_total",
+            &ns,
+            "first",
+            "trigger=\"wake\""
+        )
+        .await
+            >= 1.0
+    );
+    // The other Redis's pool is not woken by this one's task.
+    assert_eq!(
+        pool_metric(&op, "workpool_wakes_total", &ns, "other", "").await,
+        0.0
+    );
+    assert!(env.pool_pods("other", true).await.is_empty());
+    env.wait_done("first", &task, T).await;
+
+    // One decision: one Event, one counted decision, lastScaleTime, the condition.
+    let v = env
+        .wait_pool("first", "one desired replica", T, |v| {
+            v["status"]["desiredReplicas"] == json!(1)
+        })
+        .await;
+    assert!(v["status"]["lastScaleTime"].is_string(), "{}", v["status"]);
+    let c = cond(&v, "Scaling").expect("Scaling condition");
+    assert!(c["reason"].is_string() && c["message"].is_string(), "{c}");
+    let events = eventually("the Scaled Event", T, || async {
+        let e = scaled_events(&env, "first").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let total: i32 = events.iter().map(|e| e.1).sum();
+    assert_eq!(total, 1, "one Event per scale decision: {events:?}");
+    assert!(events[0].0.starts_with("0 -> 1 replicas"), "{events:?}");
+    let mut decisions = 0.0;
+    for reason in workpool_operator_scale_reasons() {
+        decisions += pool_metric(
+            &op,
+            "workpool_scale_decisions_total",
+            &ns,
+            "first",
+            &format!("direction=\"up\",reason=\"{reason}\""),
+        )
+        .await;
+    }
+    assert_eq!(decisions, 1.0);
+    eventually("only the other pool is watched now", T, || async {
+        (op.metric("workpool_wake_watched_pools").await == Some(1.0)).then_some(())
+    })
+    .await;
+
+    // The second Redis's pool wakes the same way.
+    let polls_other = pool_metric(
+        &op,
+        "workpool_queue_probes_total",
+        &ns,
+        "other",
+        "trigger=\"poll\"",
+    )
+    .await;
+    let mut sub = std::process::Command::new(&env.worker)
+        .args([
+            "submit",
+            "--redis-url",
+            &other_redis.url(),
+            "--stream",
+            "other",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("submit");
+    {
+        use std::io::Write;
+        let mut stdin = sub.stdin.take().expect("stdin");
+        writeln!(stdin, "{{\"task\":\"other-0\"}}").expect("write");
+    }
+    assert!(sub.wait().expect("submit exits").success());
+    eventually("a pod for the other pool's first task", T, || async {
+        env.pool_pods("other", true).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        pool_metric(
+            &op,
+            "workpool_queue_probes_total",
+            &ns,
+            "other",
+            "trigger=\"poll\""
+        )
+        .await,
+        polls_other
+    );
+    env.wait_done("other", &["{\"task\":\"other-0\"}".to_string()], T)
+        .await;
+}
+
+/// The reasons of `workpool_scale_decisions_total` (docs/metrics.md).
+fn workpool_operator_scale_reasons() -> [&'static str; 13] {
+    [
+        "DesiredWithinRange",
+        "WithinTolerance",
+        "MaxReplicas",
+        "MinReplicas",
+        "StabilizationWindow",
+        "RatePolicy",
+        "ScalingDisabled",
+        "Fallback",
+        "QueueUnreadable",
+        "Activation",
+        "ScaleToZeroDelay",
+        "ScaledToZero",
+        "Spec",
+    ]
+}
+
+/// One mode of the wake benchmark: `reps` first tasks submitted to a pool at zero, each
+/// timed from just before its `XADD` to the local receipt of the pod's ADDED watch event.
+async fn wake_latencies(
+    env: &Env,
+    op: &Operator,
+    watch_registration: bool,
+    reps: usize,
+    pods_seen: &mut futures::channel::mpsc::UnboundedReceiver<(String, Instant)>,
+    seed: &mut u64,
+) -> Vec<Duration> {
+    use futures::StreamExt;
+    let mut conn = workpool_worker::queue::connect(&env.redis.url(), None)
+        .await
+        .expect("redis connects");
+    let queue = workpool_worker::queue::Queue::new("bench", "bench");
+    let mut out = Vec::new();
+    for i in 0..reps {
+        env.wait_pool("bench", "at zero", T, |v| {
+            v["status"]["desiredReplicas"] == json!(0) && v["status"]["replicas"] == json!(0)
+        })
+        .await;
+        eventually("no pod left", T, || async {
+            env.pool_pods("bench", true).await.is_empty().then_some(())
+        })
+        .await;
+        if watch_registration {
+            eventually("the pool is watched", T, || async {
+                (op.metric("workpool_wake_watched_pools").await == Some(1.0)).then_some(())
+            })
+            .await;
+        }
+        // Pods seen so far are old news.
+        while pods_seen.try_recv().is_ok() {}
+        // A pseudo-random pause, so that submissions do not keep one phase of the poll.
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis((*seed >> 33) % 5000)).await;
+        let payload = format!("{{\"task\":\"bench-{i}\"}}");
+        let done_before = env.done_lines("bench").len();
+        let t0 = Instant::now();
+        queue
+            .enqueue(
+                &mut conn,
+                &[workpool_worker::queue::NewTask::new(payload.as_bytes())],
+            )
+            .await
+            .expect("enqueue");
+        let (_, t1) = tokio::time::timeout(T, pods_seen.next())
+            .await
+            .expect("a pod within the test's patience")
+            .expect("the pod watch runs");
+        out.push(t1.saturating_duration_since(t0));
+        eventually("the task ran", T, || async {
+            (env.done_lines("bench").len() > done_before).then_some(())
+        })
+        .await;
+    }
+    out
+}
+
+fn summary(name: &str, mut d: Vec<Duration>) -> String {
+    d.sort();
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    let rank = |p: f64| d[((p * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1];
+    format!(
+        "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        d.len(),
+        ms(rank(0.5)),
+        ms(rank(0.95)),
+        ms(*d.last().expect("samples")),
+        ms(d.iter().sum::<Duration>() / d.len() as u32),
+    )
+}
+
+/// The wake-from-zero benchmark (`make bench-wake`): first task -> pod create request,
+/// with wake (the default) and with `--wake=false` (the poll alone) as the peer, on the
+/// real control plane, the operator binary and a real redis-server. Prints a markdown
+/// table for BENCHMARKS.md. Repetitions: `WAKE_BENCH_REPS` (20), `WAKE_BENCH_PEER_REPS` (10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: make bench-wake"]
+async fn wake_latency_benchmark() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let reps: usize = std::env::var("WAKE_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let peer_reps: usize = std::env::var("WAKE_BENCH_PEER_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let env = Env::start().await;
+    // Every pod ADDED, with the local time it was received.
+    let (tx, mut pods_seen) = futures::channel::mpsc::unbounded();
+    let stream = watcher(
+        env.pods(),
+        watcher::Config::default().labels("workpool.dev/pool=bench"),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut s = std::pin::pin!(stream);
+        while let Some(ev) = s.next().await {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev
+                && let Some(n) = p.metadata.name.clone()
+                && seen.insert(n.clone())
+                && tx.unbounded_send((n, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    env.apply_pool(&env.exec_pool(
+        "bench",
+        1,
+        0.0,
+        json!({"autoscaling": {
+            "minReplicas": 0, "maxReplicas": 1, "targetBacklogPerReplica": 1,
+            // HPA-like defaults for the poll (5 s) and a quick return to zero.
+            "pollIntervalSeconds": 5, "scaleToZeroDelaySeconds": 0,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}
+        }}),
+    ))
+    .await;
+    let mut seed = 42u64;
+    let mut op = Operator::start(&env.cluster, "op-bench-wake", &[]);
+    let wake = wake_latencies(&env, &op, true, reps, &mut pods_seen, &mut seed).await;
+    op.terminate();
+    let mut op = Operator::start(&env.cluster, "op-bench-poll", &["--wake=false"]);
+    let poll = wake_latencies(&env, &op, false, peer_reps, &mut pods_seen, &mut seed).await;
+    op.terminate();
+    println!("\n| operator | runs | p50 ms | p95 ms | max ms | mean ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", summary("wake (default)", wake));
+    println!(
+        "{}",
+        summary("`--wake=false` (poll only, pollIntervalSeconds 5)", poll)
+    );
+}
