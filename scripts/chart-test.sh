@@ -4,10 +4,21 @@
 #   pip: helm-python-sdk (the real Helm v4 library, offline), kubernetes-validate, pytest,
 #        matplotlib (monitoring/render_dashboards.py draws the dashboards to PNG)
 #   apt: prometheus (promtool + a real Prometheus for the PromQL checks), redis-server
-#   the workpool-worker binary (cargo build -p workpool-worker) for the helm-test hook and
-#   handler examples, which run against real processes.
+#   go:  upstream Prometheus with kubernetes_sd_configs (Debian's is built without it),
+#        built once from its Go module through the Go module proxy and cached
+#   our binaries (cargo build): workpool-worker for the helm-test hook and handler
+#        examples; workpool-testcluster, -operator, -pause, -node-probe for the test cluster
+# and the test cluster itself: a real control plane and a real node (containerd, runc,
+# CNI, kubelet, kube-proxy, CoreDNS, local-path StorageClass `standard`; images built from
+# our binaries), started here in the background (workpool-testcluster --api real
+# --node-kind real --no-crds), its kubeconfig exported as WORKPOOL_CHART_KUBECONFIG, and
+# stopped (SIGTERM: it tears everything down) when the tests end. The chart is installed
+# into it with the real Helm library (tests/chart/test_install.py, incluster.py).
+# WORKPOOL_CHART_KUBECONFIG set by the caller: that cluster is used and none is started.
+# WORKPOOL_CHART_CLUSTER=0: no cluster (the cluster tests skip; with CI=true they fail).
 # Extra arguments go to pytest, e.g. scripts/chart-test.sh -k dashboards.
-# With CI=true a missing component fails its tests instead of skipping them.
+# With CI=true a missing component fails its tests instead of skipping them, and a test
+# cluster that cannot start fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,18 +57,102 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-# --- the worker binary -----------------------------------------------------------------
-if [ -z "${WORKPOOL_WORKER_BIN:-}" ]; then
-  target="${CARGO_TARGET_DIR:-target}"
-  if [ ! -x "$target/debug/workpool-worker" ] && [ ! -x "$target/release/workpool-worker" ]; then
-    if command -v cargo >/dev/null 2>&1; then
-      echo "chart-test: building workpool-worker (cargo build -p workpool-worker)"
-      cargo build --quiet -p workpool-worker
+CI_ON=false
+case "${CI:-}" in 1|true|TRUE|True|yes) CI_ON=true ;; esac
+want_cluster=true
+[ -n "${WORKPOOL_CHART_KUBECONFIG:-}" ] || [ "${WORKPOOL_CHART_CLUSTER:-1}" = 0 ] && want_cluster=false
+target="${CARGO_TARGET_DIR:-target}"
+
+# --- our binaries ------------------------------------------------------------------------
+# Always built (a no-op when fresh): the node imports images built from these very files.
+if command -v cargo >/dev/null 2>&1; then
+  if $want_cluster; then
+    echo "chart-test: cargo build (worker, operator, test cluster)"
+    cargo build --quiet -p workpool-worker -p workpool-operator -p workpool-tests --bins
+  elif [ -z "${WORKPOOL_WORKER_BIN:-}" ]; then
+    cargo build --quiet -p workpool-worker
+  fi
+fi
+
+# --- Prometheus with kubernetes_sd_configs ------------------------------------------------
+# Upstream Prometheus 3.16.0 (Go module version v0.316.0) with only the Kubernetes service
+# discovery (build tags remove_all_sd,enable_kubernetes_sd); cached by version.
+PROM_MODULE=github.com/prometheus/prometheus/cmd/prometheus
+PROM_VERSION=v0.316.0
+prom_dir="${WORKPOOL_PROMETHEUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/workpool/prometheus}/$PROM_VERSION"
+if [ -z "${WORKPOOL_PROMETHEUS_K8S_BIN:-}" ]; then
+  if [ ! -x "$prom_dir/prometheus" ] && command -v go >/dev/null 2>&1; then
+    echo "chart-test: building Prometheus $PROM_VERSION with kubernetes_sd (go install, once; cached in $prom_dir)"
+    t0=$(date +%s)
+    mkdir -p "$prom_dir"
+    if GOBIN="$prom_dir/partial" go install -tags remove_all_sd,enable_kubernetes_sd "$PROM_MODULE@$PROM_VERSION" \
+        >"$prom_dir/build.log" 2>&1; then
+      mv "$prom_dir/partial/prometheus" "$prom_dir/prometheus"
+      echo "chart-test: Prometheus built in $(( $(date +%s) - t0 ))s"
+    else
+      echo "chart-test: building Prometheus failed: $(tail -n 3 "$prom_dir/build.log")" >&2
     fi
+    rm -rf "$prom_dir/partial"
+  fi
+  [ -x "$prom_dir/prometheus" ] && export WORKPOOL_PROMETHEUS_K8S_BIN="$prom_dir/prometheus"
+fi
+
+# --- the test cluster ----------------------------------------------------------------------
+cluster_pid=""
+stop_cluster() {
+  if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
+    echo "chart-test: stopping the test cluster"
+    kill -TERM "$cluster_pid" 2>/dev/null || true
+    wait "$cluster_pid" 2>/dev/null || true
+  fi
+  cluster_pid=""
+}
+trap stop_cluster EXIT
+trap 'stop_cluster; exit 130' INT TERM
+if $want_cluster; then
+  dir="$PWD/.sandbox/chart-test"
+  mkdir -p "$dir"
+  rm -f "$dir/kubeconfig"
+  error=""
+  if [ ! -x "$target/debug/workpool-testcluster" ]; then
+    error="$target/debug/workpool-testcluster is not built (cargo build -p workpool-tests --bins)"
+  else
+    echo "chart-test: starting the test cluster (real control plane, real node); log: $dir/testcluster.log"
+    t0=$(date +%s)
+    "$target/debug/workpool-testcluster" --api real --node-kind real --no-crds --kubeconfig "$dir/kubeconfig" \
+      >"$dir/testcluster.log" 2>&1 &
+    cluster_pid=$!
+    # the kubeconfig is written once the node is Ready and the add-ons are installed
+    while [ ! -f "$dir/kubeconfig" ]; do
+      if ! kill -0 "$cluster_pid" 2>/dev/null; then
+        wait "$cluster_pid" 2>/dev/null || true
+        cluster_pid=""
+        error="the test cluster did not start: $(grep -v '^\s*$' "$dir/testcluster.log" | tail -n 5 | tr '\n' ' ')"
+        break
+      fi
+      if [ $(( $(date +%s) - t0 )) -gt 300 ]; then
+        error="the test cluster was not ready after 300s (log: $dir/testcluster.log)"
+        stop_cluster
+        break
+      fi
+      sleep 1
+    done
+  fi
+  if [ -z "$error" ]; then
+    echo "chart-test: test cluster ready in $(( $(date +%s) - t0 ))s"
+    export WORKPOOL_CHART_KUBECONFIG="$dir/kubeconfig"
+  elif $CI_ON; then
+    echo "chart-test: CI=true and $error" >&2
+    exit 1
+  else
+    echo "chart-test: $error; the tests that install the chart skip"
+    export WORKPOOL_CHART_CLUSTER_ERROR="$error"
   fi
 fi
 
 echo "chart-test: $($PY -c 'import helm_python as h; print("helm", h.helm_sdk_version())'), \
 kubernetes-validate $($PY -c 'import kubernetes_validate as k; print(k.version.__version__)' 2>/dev/null || echo '?'), \
 $(promtool --version 2>&1 | head -n 1)"
-exec $PY -m pytest tests/chart -p no:cacheprovider -q -rs "$@"
+rc=0
+$PY -m pytest tests/chart -p no:cacheprovider -q -rs --durations=8 "$@" || rc=$?
+exit $rc

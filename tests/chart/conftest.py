@@ -209,3 +209,48 @@ def pod_specs(docs: Rendered) -> list[tuple[str, dict[str, Any]]]:
 
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# --- the real test cluster ---------------------------------------------------------------
+# scripts/chart-test.sh starts it (workpool-testcluster --api real --node-kind real) and
+# exports its kubeconfig as WORKPOOL_CHART_KUBECONFIG; when it could not start, it says why
+# in WORKPOOL_CHART_CLUSTER_ERROR.
+CLUSTER_KUBECONFIG = os.environ.get("WORKPOOL_CHART_KUBECONFIG")
+CHART_NAMESPACE = "workpool-chart-e2e"
+
+
+def need_cluster() -> str:
+    if not CLUSTER_KUBECONFIG:
+        why = os.environ.get("WORKPOOL_CHART_CLUSTER_ERROR") or "WORKPOOL_CHART_KUBECONFIG is not set"
+        missing(f"no test cluster to install the chart into: {why}",
+                "scripts/chart-test.sh starts one: needs root and `make deps`")
+    assert os.path.isabs(CLUSTER_KUBECONFIG), "WORKPOOL_CHART_KUBECONFIG must be an absolute path"
+    return CLUSTER_KUBECONFIG  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def install_report():
+    """One install -> examples -> dashboards with data -> helm test -> upgrade -> helm test
+    -> uninstall cycle of the chart with default values on the real test cluster. A
+    failure of the examples or dashboards part is recorded (the tests of those parts
+    fail on it) and the cycle goes on."""
+    kubeconfig = need_cluster()
+    from install import install_cycle
+    import incluster
+
+    def during(k, rep):
+        for name, part in (("examples", lambda: incluster.examples(k, rep, CHART_NAMESPACE, "workpool")),
+                           ("dashboards",
+                            lambda: incluster.dashboards(k, rep, kubeconfig, CHART_NAMESPACE, "workpool"))):
+            try:
+                part()
+            except pytest.skip.Exception as e:  # a missing component: the part's tests skip (or fail in CI)
+                rep.found[f"{name}_missing"] = str(e)
+                rep.step(f"{name} not run: {e}")
+            except (Exception, pytest.fail.Exception) as e:  # noqa: BLE001 - the part's own tests report it
+                import traceback
+
+                rep.found[f"{name}_error"] = "".join(traceback.format_exception(e))
+                rep.step(f"{name} FAILED: {e}")
+
+    return install_cycle(kubeconfig, namespace=CHART_NAMESPACE, while_installed=during)

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,10 +36,14 @@ CLUSTER = "clusterroles,clusterrolebindings"
 class Report:
     steps: list[str] = field(default_factory=list)
     test_logs: list[str] = field(default_factory=list)
+    # what while_installed found, by name
+    found: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
     def step(self, msg: str) -> None:
-        self.steps.append(f"{time.strftime('%H:%M:%S')} {msg}")
-        print(f"install: {msg}", file=sys.stderr, flush=True)
+        line = f"{time.strftime('%H:%M:%S')} +{time.monotonic() - self.started:.0f}s {msg}"
+        self.steps.append(line)
+        print(f"install: {line}", file=sys.stderr, flush=True)
 
 
 class Kubectl:
@@ -100,8 +104,11 @@ def leftovers(k: Kubectl, namespace: str, release: str) -> list[str]:
 
 def install_cycle(kubeconfig: str, namespace: str = "workpool-chart-e2e", release: str = "workpool",
                   values: dict[str, Any] | None = None, upgrade_values: dict[str, Any] | None = None,
-                  timeout: int = 300) -> Report:
-    """Raises on the first failing step; the report says how far it got."""
+                  timeout: int = 300,
+                  while_installed: Callable[[Kubectl, Report], None] | None = None) -> Report:
+    """Raises on the first failing step; the report says how far it got. while_installed
+    runs once the operator and Redis are rolled out, before `helm test` (the examples and
+    the dashboards' data use the installed release)."""
     h = helm()
     k = Kubectl(kubeconfig)
     rep = Report()
@@ -117,6 +124,8 @@ def install_cycle(kubeconfig: str, namespace: str = "workpool-chart-e2e", releas
                 if (values or {}).get("redis", {}).get("enabled", True):
                     rollout(k, namespace, "statefulset", release, "redis", timeout)
                 rep.step("operator and redis rolled out")
+                if while_installed is not None:
+                    while_installed(k, rep)
                 password = redis_password(k, namespace, release)
 
                 res = cfg.test(release, timeout=timeout, logs=True)

@@ -4,6 +4,7 @@ dir, for checking that PromQL expressions parse and evaluate."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -39,9 +40,22 @@ class Prometheus:
             return {"status": "unavailable", "error": body.decode(errors="replace")[:200]}
 
 
+def kubernetes_sd_prometheus() -> str:
+    """A Prometheus with `kubernetes_sd_configs`. Debian's package is built without it
+    (its Kubernetes client is not packaged), so scripts/chart-test.sh builds upstream's
+    from its Go module (the Go module proxy; build tags remove_all_sd,
+    enable_kubernetes_sd) and names it in WORKPOOL_PROMETHEUS_K8S_BIN."""
+    exe = os.environ.get("WORKPOOL_PROMETHEUS_K8S_BIN")
+    if not exe or not os.access(exe, os.X_OK):
+        missing("no Prometheus with kubernetes_sd_configs (WORKPOOL_PROMETHEUS_K8S_BIN is not set; Debian's "
+                "prometheus lacks it)", "scripts/chart-test.sh builds one with Go")
+    return exe  # type: ignore[return-value]
+
+
 @contextmanager
-def prometheus(config: str = "global: {scrape_interval: 1s}\n", rule_files: list[Path] | None = None):
-    exe = shutil.which("prometheus")
+def prometheus(config: str = "global: {scrape_interval: 1s}\n", rule_files: list[Path] | None = None,
+               exe: str | None = None):
+    exe = exe or shutil.which("prometheus")
     if not exe:
         missing("prometheus is not installed (Debian package `prometheus`)")
     port = free_port()
@@ -58,7 +72,11 @@ def prometheus(config: str = "global: {scrape_interval: 1s}\n", rule_files: list
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            wait_port(port, timeout=30)
+            try:
+                wait_port(port, timeout=30)
+            except TimeoutError:
+                log.flush()
+                raise TimeoutError(f"{exe} did not listen: " + (Path(d) / "log").read_text()[-2000:]) from None
             prom = Prometheus(f"http://127.0.0.1:{port}")
             deadline = time.monotonic() + 30
             while prom.query("1").get("status") != "success":

@@ -34,6 +34,10 @@ struct Args {
     /// Directories of YAML manifests (CRDs) to apply at start; default `<repo>/crds`.
     #[arg(long = "crds")]
     crds: Vec<PathBuf>,
+    /// Apply no CRDs at start (e.g. for `helm install`, which installs the chart's own and
+    /// refuses to adopt one it did not create).
+    #[arg(long, conflicts_with = "crds")]
+    no_crds: bool,
     /// Events kept for watch resumption by the double (older versions get 410 Gone).
     #[arg(long, default_value_t = 10_000)]
     history: usize,
@@ -78,7 +82,9 @@ async fn main() -> Result<()> {
         ..ClusterOptions::default()
     };
     opts.server.history_limit = args.history;
-    if !args.crds.is_empty() {
+    if args.no_crds {
+        opts.manifest_dirs = Vec::new();
+    } else if !args.crds.is_empty() {
         opts.manifest_dirs = args.crds.clone();
     } else {
         opts.manifest_dirs = vec![repo_root().join("crds")];
@@ -168,7 +174,9 @@ async fn run_real(args: &Args) -> Result<()> {
     let cp = tokio::task::spawn_blocking(|| ControlPlane::start(ControlPlaneOptions::default()))
         .await
         .context("starting the control plane")??;
-    let dirs = if args.crds.is_empty() {
+    let dirs = if args.no_crds {
+        Vec::new()
+    } else if args.crds.is_empty() {
         vec![repo_root().join("crds")]
     } else {
         args.crds.clone()
