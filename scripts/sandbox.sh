@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # make sandbox: the whole system on this machine, no cloud and no Docker.
 #
-# Starts the test cluster (workpool-testcluster: an API server and a node whose "pods" are
-# local processes), a local redis-server, the workpool operator, applies examples/,
-# submits tasks, prints what to type next, and runs until Ctrl-C. On exit everything it
-# started is stopped (the worker processes with their node).
+# Starts the test cluster (workpool-testcluster: a real control plane built from
+# Kubernetes' source and a node), a local redis-server, the workpool operator, applies
+# examples/, submits tasks, prints what to type next, and runs until Ctrl-C. On exit
+# everything it started is stopped.
+#
+# The node is real (containerd + runc + CNI + kubelet + kube-proxy + CoreDNS, pods are
+# containers of images built from our binaries) where it can run: as root with
+# containerd, runc and the CNI plugins installed (make deps). Elsewhere, or with
+# WORKPOOL_SANDBOX_NODE=process, it is the process kubelet, whose "pods" are local
+# processes sharing this machine's network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,7 +43,8 @@ cleanup() {
   echo "==> stopping: operator, test cluster (and its worker processes), redis-server"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    # The real node takes a while to tear down (pods, containerd, mounts, netns).
+    for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$p" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -46,11 +53,39 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range (outgoing connections cannot take it
+# before the server binds it; see workpool_worker::testing::free_port).
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    port = random.randrange(10000, max(low, 10001))
+    try:
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
+        print(port)
+        break
+    except OSError:
+        continue
+PY
+}
 
-echo "==> starting the test cluster (log: $sandbox/testcluster.log)"
-"$bin/workpool-testcluster" --kubeconfig "$KUBECONFIG" \
-  --image "ghcr.io/workpool-dev/workpool-worker=$bin/workpool-worker" \
+node_kind=${WORKPOOL_SANDBOX_NODE:-}
+if [ -z "$node_kind" ]; then
+  node_kind=process
+  if [ "$(id -u)" = 0 ] && command -v containerd >/dev/null && command -v runc >/dev/null \
+     && [ -x /usr/lib/cni/bridge ] && command -v iptables >/dev/null; then
+    node_kind=real
+  fi
+fi
+case "$node_kind" in
+  real) node_args=(--node-kind real) ;;
+  process) node_args=(--node-kind process --image "ghcr.io/workpool-dev/workpool-worker=$bin/workpool-worker") ;;
+  *) echo "sandbox: WORKPOOL_SANDBOX_NODE is real or process, not '$node_kind'" >&2; exit 2 ;;
+esac
+echo "==> starting the test cluster with a $node_kind node (log: $sandbox/testcluster.log)"
+"$bin/workpool-testcluster" --kubeconfig "$KUBECONFIG" "${node_args[@]}" \
   >"$sandbox/testcluster.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do
@@ -60,10 +95,26 @@ for _ in $(seq 600); do
 done
 kubectl get namespace default >/dev/null   # the test cluster applied crds/ at start
 
+# Pods on the real node reach this machine at the host end of the node's veth: the node's
+# InternalIP with .1 as its last byte (tests/src/node). Redis listens there and on loopback
+# only, never on every interface.
+redis_host=127.0.0.1
+if [ "$node_kind" = real ]; then
+  for _ in $(seq 120); do
+    node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}' 2>/dev/null || true)
+    [ -n "$node_ip" ] && break
+    sleep 0.5
+  done
+  [ -n "$node_ip" ] || { echo "the node has no InternalIP"; exit 1; }
+  redis_host=${node_ip%.*}.1
+fi
 port=$(free_port)
-redis_url="redis://127.0.0.1:$port/0"
-echo "==> starting redis-server on 127.0.0.1:$port"
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$sandbox" \
+redis_url="redis://$redis_host:$port/0"
+echo "==> starting redis-server on $redis_host:$port"
+# protected-mode off: it refuses every non-loopback client of a password-less Redis, and
+# the pods are such clients; the bind above is what keeps it off other networks.
+redis-server --port "$port" --bind 127.0.0.1 "$redis_host" --protected-mode no \
+  --save "" --appendonly no --dir "$sandbox" \
   >"$sandbox/redis.log" 2>&1 &
 pids+=($!)
 until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
@@ -81,8 +132,12 @@ for _ in $(seq 200); do
   sleep 0.2
 done
 
-# Every pod on this node shares the host's network, so the examples' fixed metrics port
-# (9090) and the probes on it are replaced by a free port per worker and no probes.
+if [ "$node_kind" = real ]; then
+  echo "==> applying examples/"
+  kubectl apply -f examples/
+else
+# Every pod on the process node shares the host's network, so the examples' fixed metrics
+# port (9090) and the probes on it are replaced by a free port per worker and no probes.
 echo "==> applying examples/ (metrics port and probes adapted to the shared-network node)"
 for f in examples/*.yaml; do
   python3 - "$f" <<'PY' | kubectl apply -f -
@@ -103,6 +158,7 @@ for line in text.splitlines():
 print("\n".join(out))
 PY
 done
+fi
 
 echo "==> submitting tasks: 200 sleep tasks to stream sleepy, 20 words to stream words"
 "$bin/workpool-worker" submit --redis-url "$redis_url" --stream sleepy --payload '{"ms": 1000}' --count 200
@@ -115,10 +171,16 @@ kubectl get wp
 cat <<EOF
 
 The sandbox is running. The control plane is real Kubernetes (etcd, kube-apiserver,
-controller manager, scheduler, built from source on this machine), but the node is
-SIMULATED: its "pods" are workpool-worker processes on this machine (one per pod, sharing
-this machine's network), run by a small process kubelet (see tests/README.md). For a real
-cluster, use the Helm chart (charts/workpool) on kind: make kind, or the README's steps.
+controller manager, scheduler, built from source on this machine).
+$(if [ "$node_kind" = real ]; then
+  echo "The node is real too: kubelet, containerd and runc, a CNI bridge, kube-proxy and CoreDNS;"
+  echo "the worker pods are containers of an image built from target/debug/workpool-worker."
+  echo "Pods reach Redis at $redis_host (this machine, as the pod network sees it)."
+else
+  echo "The node is SIMULATED: its \"pods\" are workpool-worker processes on this machine (one per"
+  echo "pod, sharing this machine's network), run by a small process kubelet (see tests/README.md)."
+fi)
+For a real cluster, use the Helm chart (charts/workpool) on kind: make kind, or the README's steps.
 
 In another terminal:
   export KUBECONFIG=$KUBECONFIG
@@ -132,7 +194,7 @@ In another terminal:
   $bin/workpool-worker stats --redis-url $redis_url --stream sleepy --group sleepy
 
 Operator metrics: http://127.0.0.1:$metrics_port/metrics   (/healthz, /readyz)
-Logs: $sandbox/operator.log, $sandbox/testcluster.log (worker logs: see tests/README.md)
+Logs: $sandbox/operator.log, $sandbox/testcluster.log; worker logs: kubectl logs POD (real node) or tests/README.md (process node)
 
 Ctrl-C stops everything.
 EOF

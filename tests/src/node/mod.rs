@@ -735,6 +735,9 @@ hairpinMode: hairpin-veth
 protectKernelDefaults: false
 nodeStatusUpdateFrequency: 4s
 syncFrequency: 10s
+# Each node its own: kubelets delete the pod log directories of pods they do not know,
+# so two nodes sharing /var/log/pods delete each other's logs.
+podLogsDir: {d}/pod-logs
 "#,
             cgroup_root = self.slot().cgroup_root(),
             node_ip = self.internal_ip(),
