@@ -180,15 +180,9 @@ impl Env {
     }
 
     async fn live_pods(&self, pool: &str) -> Vec<Pod> {
-        let lp = kube::api::ListParams::default().labels(&format!("workpool.dev/pool={pool}"));
-        self.pods()
-            .list(&lp)
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect()
+        let mut pods = self.all_pods(pool).await;
+        pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+        pods
     }
 
     async fn all_pods(&self, pool: &str) -> Vec<Pod> {

@@ -93,49 +93,13 @@ impl RedisServer {
 
     /// Starts a server with the given persistence on a free port.
     pub fn start_with(persistence: Persistence) -> io::Result<RedisServer> {
-        let mut last_err = None;
-        // A free port can be taken between the probe and the bind: try a few.
-        for _ in 0..5 {
-            let port = free_port()?;
-            let mut s = RedisServer {
-                port,
-                persistence,
-                dir: tempfile::Builder::new()
-                    .prefix("workpool-redis")
-                    .tempdir()?,
-                child: None,
-                tls_port: None,
-                also_on: None,
-            };
-            match s.spawn() {
-                Ok(()) => return Ok(s),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+        Self::start_configured(persistence, false, None)
     }
 
     /// Starts a server without persistence that listens on `address` too, besides
     /// loopback: e.g. the host address a real node's pods reach the host at.
     pub fn start_also_on(address: std::net::IpAddr) -> io::Result<RedisServer> {
-        let mut last_err = None;
-        for _ in 0..5 {
-            let mut s = RedisServer {
-                port: free_port()?,
-                persistence: Persistence::None,
-                dir: tempfile::Builder::new()
-                    .prefix("workpool-redis")
-                    .tempdir()?,
-                child: None,
-                tls_port: None,
-                also_on: Some(address),
-            };
-            match s.spawn() {
-                Ok(()) => return Ok(s),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+        Self::start_configured(Persistence::None, false, Some(address))
     }
 
     /// `redis://<address>:<port>/`: the URL through the address given to
@@ -151,19 +115,30 @@ impl RedisServer {
     /// and a server certificate for `localhost` and `127.0.0.1` made by the `openssl`
     /// command. See [`RedisServer::tls_url`] and [`RedisServer::ca_file`].
     pub fn start_tls() -> io::Result<RedisServer> {
+        Self::start_configured(Persistence::None, true, None)
+    }
+
+    fn start_configured(
+        persistence: Persistence,
+        tls: bool,
+        also_on: Option<std::net::IpAddr>,
+    ) -> io::Result<RedisServer> {
         let mut last_err = None;
+        // Another process can take a free port before the server binds it: try a few.
         for _ in 0..5 {
             let mut s = RedisServer {
                 port: free_port()?,
-                persistence: Persistence::None,
+                persistence,
                 dir: tempfile::Builder::new()
                     .prefix("workpool-redis")
                     .tempdir()?,
                 child: None,
-                tls_port: Some(free_port()?),
-                also_on: None,
+                tls_port: if tls { Some(free_port()?) } else { None },
+                also_on,
             };
-            make_certificates(s.dir.path())?;
+            if tls {
+                make_certificates(s.dir.path())?;
+            }
             match s.spawn() {
                 Ok(()) => return Ok(s),
                 Err(e) => last_err = Some(e),
