@@ -74,27 +74,11 @@ if command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-# --- Prometheus with kubernetes_sd_configs ------------------------------------------------
-# Upstream Prometheus 3.16.0 (Go module version v0.316.0) with only the Kubernetes service
-# discovery (build tags remove_all_sd,enable_kubernetes_sd); cached by version.
-PROM_MODULE=github.com/prometheus/prometheus/cmd/prometheus
-PROM_VERSION=v0.316.0
-prom_dir="${WORKPOOL_PROMETHEUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/workpool/prometheus}/$PROM_VERSION"
-if [ -z "${WORKPOOL_PROMETHEUS_K8S_BIN:-}" ]; then
-  if [ ! -x "$prom_dir/prometheus" ] && command -v go >/dev/null 2>&1; then
-    echo "chart-test: building Prometheus $PROM_VERSION with kubernetes_sd (go install, once; cached in $prom_dir)"
-    t0=$(date +%s)
-    mkdir -p "$prom_dir"
-    if GOBIN="$prom_dir/partial" go install -tags remove_all_sd,enable_kubernetes_sd "$PROM_MODULE@$PROM_VERSION" \
-        >"$prom_dir/build.log" 2>&1; then
-      mv "$prom_dir/partial/prometheus" "$prom_dir/prometheus"
-      echo "chart-test: Prometheus built in $(( $(date +%s) - t0 ))s"
-    else
-      echo "chart-test: building Prometheus failed: $(tail -n 3 "$prom_dir/build.log")" >&2
-    fi
-    rm -rf "$prom_dir/partial"
+# --- Prometheus with kubernetes_sd_configs (scripts/prometheus-bin.sh; make deps builds it)
+if [ -z "${WORKPOOL_PROMETHEUS_K8S_BIN:-}" ] && command -v go >/dev/null 2>&1; then
+  if prom=$(scripts/prometheus-bin.sh); then
+    export WORKPOOL_PROMETHEUS_K8S_BIN="$prom"
   fi
-  [ -x "$prom_dir/prometheus" ] && export WORKPOOL_PROMETHEUS_K8S_BIN="$prom_dir/prometheus"
 fi
 
 # --- the test cluster ----------------------------------------------------------------------

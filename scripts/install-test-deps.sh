@@ -3,7 +3,8 @@
 # clippy, redis-server (the tests start their own on a free loopback port), kubectl (the
 # conformance tests drive the API double with the real client), python3, openssl (the
 # test cluster's certificates), and the Kubernetes components of the real test control
-# plane, built from source with Go (scripts/k8s-bin.sh; cached after the first build).
+# plane, built from source with Go (scripts/k8s-bin.sh; cached after the first build), and
+# CoreDNS and a Prometheus with Kubernetes discovery for the chart tests (same way).
 set -euo pipefail
 
 need_apt=()
@@ -41,6 +42,7 @@ here=$(dirname "$0")
 if command -v go >/dev/null 2>&1; then
   "$here/k8s-bin.sh" >/dev/null
   "$here/coredns-bin.sh" >/dev/null
+  "$here/prometheus-bin.sh" >/dev/null
 elif [ "${CI:-}" = "true" ]; then
   echo "install-test-deps: CI=true and no Go toolchain: the real control plane cannot be built" >&2
   exit 1
