@@ -54,6 +54,12 @@ chaos:  ## the worker chaos run (seeded faults, thousands of tasks); prints the 
 	target/release/workpool-chaos --seed 1 2 3 --tasks 4000 --workers 6 --concurrency 8 \
 	    --visibility-timeout 3 --chaos-secs 120
 
+.PHONY: bench-scale
+POOLS ?= 1000
+bench-scale: deps  ## the operator at scale: POOLS WorkPools x 10 pods on KWOK nodes (real control plane); prints the figures for BENCHMARKS.md
+	scripts/kwok-bin.sh
+	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools $(POOLS) --pods 10
+
 testcluster: deps  ## run the test cluster (real control plane + process kubelet) for kubectl
 	cargo build -p workpool-worker  # the worker image maps to this binary
 	cargo run -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig
