@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -87,6 +87,8 @@ struct PoolMemory {
     /// reconcile gets may predate that write (a pod event can arrive first), and a scale
     /// decision must be counted, and its Event sent, once.
     published: Option<(i32, Option<String>)>,
+    /// The next reconcile reads the queue afresh, for this reason (a metric label).
+    probe_now: Option<&'static str>,
 }
 
 /// Shared state of every reconcile.
@@ -479,11 +481,15 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
 
     let started = Instant::now();
     // A pool woken from zero reads its queue now, not at the next poll.
-    let woken = ctx.wake.take_woken(key);
-    let probed = match &queue {
-        Ok(q) if woken => Some(probe_queue(wp, ctx, key, q, Duration::ZERO, "wake").await),
-        Ok(q) => Some(probe_queue(wp, ctx, key, q, poll, "poll").await),
-        Err(_) => None,
+    let forced = if ctx.wake.take_woken(key) {
+        Some("wake")
+    } else {
+        ctx.with_memory(key, |m| m.probe_now.take())
+    };
+    let probed = match (&queue, forced) {
+        (Ok(q), Some(why)) => Some(probe_queue(wp, ctx, key, q, Duration::ZERO, why).await),
+        (Ok(q), None) => Some(probe_queue(wp, ctx, key, q, poll, "poll").await),
+        (Err(_), _) => None,
     };
 
     // Observed pods: the cache plus what the operator did that the cache does not show yet.
@@ -1259,6 +1265,70 @@ pub fn controller(
     Controller::new(pools, watcher::Config::default().any_semantic())
         .owns_stream(pod_events)
         .reconcile_on(wakes)
+}
+
+/// Reconciles of the pools whose `urlSecretRef` names a Secret that changed, with the
+/// Secret's cached URL dropped and a fresh queue read asked for, so that a rotated URL (a
+/// new Redis, a new password) is followed at once instead of after the Secret cache
+/// (30 s) and the poll interval. Only the Secrets' metadata is watched (their data never
+/// reaches the operator this way: it reads a referenced Secret itself), and a Secret
+/// seen for the first time (the initial list, a re-list) triggers nothing.
+pub fn secret_triggers(
+    secrets: Api<kube::core::PartialObjectMeta<Secret>>,
+    pools: Store<WorkPool>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<WorkPool>> + Send + 'static {
+    use kube::runtime::WatchStreamExt;
+    let versions: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
+    watcher::watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| async move { r.map_err(|e| warn!(error = %e, "secret watch")).ok() })
+        .flat_map(move |secret| {
+            let ns = secret.metadata.namespace.clone().unwrap_or_default();
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+            let changed = {
+                let mut v = versions.lock().unwrap_or_else(|p| p.into_inner());
+                v.insert((ns.clone(), name.clone()), rv.clone())
+                    .is_some_and(|old| old != rv)
+            };
+            let refs = if changed {
+                secret_changed(&ctx, &pools, &ns, &name)
+            } else {
+                Vec::new()
+            };
+            futures::stream::iter(refs)
+        })
+}
+
+/// The pools of `ns` whose `urlSecretRef` names `secret`, each with its cached URL
+/// dropped and a fresh queue read asked for.
+pub fn secret_changed(
+    ctx: &Context,
+    pools: &Store<WorkPool>,
+    ns: &str,
+    secret: &str,
+) -> Vec<ObjectRef<WorkPool>> {
+    let mut out = Vec::new();
+    for wp in pools.state() {
+        if wp.namespace().as_deref() == Some(ns)
+            && wp
+                .spec
+                .queue
+                .redis
+                .url_secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == secret)
+        {
+            ctx.probe.forget_secret(&wp);
+            let key = (ns.to_string(), wp.name_any());
+            ctx.with_memory(&key, |m| m.probe_now = Some("secret"));
+            info!(namespace = ns, workpool = %key.1, secret, "the pool's Redis Secret changed: reading it again");
+            out.push(ObjectRef::from_obj(&*wp));
+        }
+    }
+    out
 }
 
 /// Entries after this id are new for a pool at zero: the group's last delivered id (no

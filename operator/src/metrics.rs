@@ -32,9 +32,9 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
 /// Directions of `workpool_scale_events_total`.
 pub const DIRECTIONS: &[&str] = &["up", "down"];
 
-/// Triggers of `workpool_queue_probes_total`: the poll interval, a wake from zero, or a
-/// fresh read before choosing scale-in victims.
-pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "refresh"];
+/// Triggers of `workpool_queue_probes_total`: the poll interval, a wake from zero, a
+/// fresh read before choosing scale-in victims, or a change of the pool's Redis Secret.
+pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "refresh", "secret"];
 
 /// Reasons of `workpool_scale_decisions_total`: the autoscaler's reasons
 /// ([`crate::autoscale::ScalingReason::as_str`]) and `Spec` for a change of

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{ArgAction, Parser, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -196,6 +196,38 @@ pub async fn preflight(
     Ok(())
 }
 
+/// Whether RBAC lets the operator list and watch Secrets in its scope.
+async fn may_watch_secrets(client: &kube::Client, namespace: Option<&str>) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for verb in ["list", "watch"] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    resource: Some("secrets".into()),
+                    namespace: namespace.map(str::to_string),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let allowed = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .is_some_and(|s| s.allowed);
+        if !allowed {
+            return false;
+        }
+    }
+    true
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -345,9 +377,32 @@ pub async fn run(args: Args) -> Result<()> {
             }
         })
         .applied_objects();
-    let ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
+    let secrets_api: Api<kube::core::PartialObjectMeta<Secret>> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Secrets named by pools are watched (metadata only) when RBAC allows list and watch
+    // (asked with a SelfSubjectAccessReview, not by trying: no forbidden request);
+    // otherwise a Secret is read again at most every 30 s, as before.
+    let secret_watch = if may_watch_secrets(&client, args.namespace.as_deref()).await {
+        Some(controller::secret_triggers(
+            secrets_api,
+            pool_store.clone(),
+            ctx.clone(),
+        ))
+    } else {
+        info!(
+            "RBAC grants no list and watch on secrets: a pool's Redis Secret is read again \
+             every 30 s (grant them to follow a rotation at once)"
+        );
+        None
+    };
+    let mut ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
         .owns_stream(rx.map(Ok))
         .reconcile_on(wakes);
+    if let Some(s) = secret_watch {
+        ctrl = ctrl.reconcile_on(s);
+    }
 
     // Stop acting on shutdown or when the Lease is lost.
     let (ctrl_stop_tx, ctrl_stop_rx) = watch::channel(false);

@@ -125,6 +125,24 @@ async fn scaled_events(env: &Env, pool: &str) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Adds tasks to `stream` on the Redis at `url` with the real `workpool-worker submit`.
+fn submit_to(env: &Env, url: &str, stream: &str, tasks: &[String]) {
+    let mut sub = std::process::Command::new(&env.worker)
+        .args(["submit", "--redis-url", url, "--stream", stream])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("submit");
+    {
+        use std::io::Write;
+        let mut stdin = sub.stdin.take().expect("stdin");
+        for t in tasks {
+            writeln!(stdin, "{t}").expect("write");
+        }
+    }
+    assert!(sub.wait().expect("submit exits").success());
+}
+
 fn wake_pool(env: &Env, name: &str, redis_url: &str) -> serde_json::Value {
     env.exec_pool(
         name,
@@ -273,24 +291,7 @@ async fn a_pool_at_zero_wakes_on_its_first_task_before_the_next_poll() {
         "trigger=\"poll\"",
     )
     .await;
-    let mut sub = std::process::Command::new(&env.worker)
-        .args([
-            "submit",
-            "--redis-url",
-            &other_redis.url(),
-            "--stream",
-            "other",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("submit");
-    {
-        use std::io::Write;
-        let mut stdin = sub.stdin.take().expect("stdin");
-        writeln!(stdin, "{{\"task\":\"other-0\"}}").expect("write");
-    }
-    assert!(sub.wait().expect("submit exits").success());
+    submit_to(&env, &other_redis.url(), "other", &payloads("other", 1));
     eventually("a pod for the other pool's first task", T, || async {
         env.pool_pods("other", true).await.into_iter().next()
     })
@@ -327,6 +328,107 @@ fn workpool_operator_scale_reasons() -> [&'static str; 13] {
         "ScaledToZero",
         "Spec",
     ]
+}
+
+/// The pool's Redis URL Secret is watched: rotating it to another Redis moves the pool's
+/// queue reads there at once, before the next poll (60 s here) or the end of the Secret
+/// cache (30 s) would have: the new backlog shows while the poll counter stands still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_the_redis_secret_moves_the_pool_to_the_new_redis() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let env = Env::start().await;
+    let other = workpool_worker::testing::RedisServer::start().expect("redis-server");
+    // Three tasks wait on the other Redis (no group yet: all of them are backlog).
+    submit_to(&env, &other.url(), "rotated", &payloads("rotated", 3));
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-url"},
+        "stringData": {"url": env.redis.url()}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let op = Operator::start(&env.cluster, "op-secret", &["--queue-poll-interval", "60"]);
+    let ns = env.ns.clone();
+    let mut pool = env.exec_pool("rotated", 0, 0.0, json!({}));
+    pool["spec"]["queue"]["redis"] = json!({"urlSecretRef": {"name": "redis-url", "key": "url"}});
+    env.apply_pool(&pool).await;
+    env.wait_pool("rotated", "the first Redis read", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(0)
+            && cond_status(v, "QueueReachable") == Some("True".into())
+    })
+    .await;
+    let probes = |trigger: &'static str| {
+        let (op, ns) = (&op, ns.clone());
+        async move {
+            pool_metric(
+                op,
+                "workpool_queue_probes_total",
+                &ns,
+                "rotated",
+                &format!("trigger=\"{trigger}\""),
+            )
+            .await
+        }
+    };
+    let polls = probes("poll").await;
+    assert!(polls >= 1.0);
+
+    secrets
+        .patch(
+            "redis-url",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"url": other.url()}})),
+        )
+        .await
+        .expect("rotate the Secret");
+    env.wait_pool("rotated", "the other Redis's backlog", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(3)
+    })
+    .await;
+    assert_eq!(
+        probes("poll").await,
+        polls,
+        "a poll, not the Secret's change, moved the pool"
+    );
+    assert!(probes("secret").await >= 1.0);
+
+    // A Secret no pool names moves nothing; the pool's own Secret, rotated back, moves it
+    // again: one fresh read per change.
+    let unrelated: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "unrelated"}, "stringData": {"x": "1"}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &unrelated)
+        .await
+        .expect("create");
+    secrets
+        .patch(
+            "unrelated",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"x": "2"}})),
+        )
+        .await
+        .expect("patch");
+    let secret_reads = probes("secret").await;
+    secrets
+        .patch(
+            "redis-url",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"url": env.redis.url()}})),
+        )
+        .await
+        .expect("rotate back");
+    env.wait_pool("rotated", "the first Redis's backlog again", T, |v| {
+        v["status"]["queue"]["backlog"] == json!(0)
+    })
+    .await;
+    assert_eq!(probes("secret").await, secret_reads + 1.0);
+    assert_eq!(probes("poll").await, polls);
 }
 
 /// One mode of the wake benchmark: `reps` first tasks submitted to a pool at zero, each
