@@ -317,6 +317,8 @@ pub async fn run(args: Args) -> Result<()> {
         watcher::Config::default().labels(POOL_LABEL).any_semantic(),
     )
     .default_backoff()
+    // managedFields are most of a cached pod's size and the operator never reads them.
+    .modify(|pod| pod.metadata.managed_fields = None)
     .reflect(pod_writer)
     .touched_objects();
     tokio::spawn(async move {
