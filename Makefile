@@ -20,7 +20,7 @@ unit:  ## cargo test over the workspace (real control plane and redis-server), t
 	cargo test --workspace --no-fail-fast
 	WORKPOOL_TEST_API=double cargo test -p workpool-tests --no-fail-fast $(CONFORMANCE)
 
-chart-test:  ## Helm chart, dashboards, alerts, images, handler examples (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
+chart-test:  ## Helm chart, dashboards, alerts, images, handler examples; starts the real test cluster (control plane + node) and installs the chart into it (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
 	scripts/chart-test.sh
 
 k8s:  ## build the pinned Kubernetes components from source (cached)

@@ -183,7 +183,14 @@ impl Ca {
                 path_str(&self.pair.cert)?,
                 "-CAkey",
                 path_str(&self.pair.key)?,
-                "-CAcreateserial",
+                // A random serial, not -CAcreateserial: certificates issued at the same
+                // time (parallel tests) raced on the shared ca.srl ("Unable to load number").
+                "-set_serial",
+                &format!(
+                    "0x{:016x}{:016x}",
+                    rand::random::<u64>() >> 1,
+                    rand::random::<u64>()
+                ),
                 "-days",
                 "3650",
                 "-extfile",
