@@ -571,3 +571,62 @@ async fn wake_latency_benchmark() {
         summary("`--wake=false` (poll only, pollIntervalSeconds 5)", poll)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_queue_holds_the_pool_at_its_fallback_replicas_until_redis_is_back() {
+    let mut env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-fallback", &[]);
+    env.apply_pool(&env.exec_pool(
+        "steadfast",
+        1,
+        0.0,
+        json!({"autoscaling": {
+            "minReplicas": 0, "maxReplicas": 4, "fallbackReplicas": 2,
+            "targetBacklogPerReplica": 5, "pollIntervalSeconds": 1,
+            "scaleToZeroDelaySeconds": 2,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}
+        }}),
+    ))
+    .await;
+    env.wait_pool("steadfast", "zero replicas on an empty queue", T, |v| {
+        v["status"]["desiredReplicas"] == json!(0)
+            && cond_status(v, "QueueReachable").as_deref() == Some("True")
+    })
+    .await;
+
+    // Redis goes away: the backlog is unknown, so the pool runs its fallback replicas
+    // (not zero, not max), and both conditions say why.
+    env.redis.stop();
+    let v = env
+        .wait_pool("steadfast", "fallback replicas", T, |v| {
+            v["status"]["desiredReplicas"] == json!(2)
+                && cond_status(v, "QueueReachable").as_deref() == Some("False")
+        })
+        .await;
+    let scaling = cond(&v, "Scaling").expect("Scaling");
+    assert_eq!(scaling["reason"], "Fallback", "{scaling}");
+    eventually("two pods while the queue cannot be read", T, || async {
+        (env.pool_pods("steadfast", false).await.len() == 2).then_some(())
+    })
+    .await;
+
+    // Redis is back with an empty queue: readable again, and back to zero.
+    env.redis.restart().expect("redis restarts");
+    env.wait_pool(
+        "steadfast",
+        "back to zero once the queue is readable",
+        T,
+        |v| {
+            cond_status(v, "QueueReachable").as_deref() == Some("True")
+                && v["status"]["desiredReplicas"] == json!(0)
+        },
+    )
+    .await;
+    eventually("the fallback pods are gone", T, || async {
+        env.pool_pods("steadfast", true)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
