@@ -192,6 +192,16 @@ impl Ctx {
             .unwrap_or(true)
     }
 
+    /// The task is this worker's in the group again (delivered to it once more while it
+    /// runs, or re-claimed for a retry): renew its lease again. Without this a task whose
+    /// lease was once reported lost (e.g. between an XGROUP DESTROY and its re-delivery
+    /// here) was never renewed again, and another worker ran it while it still ran here.
+    fn lease_regained(&self, id: EntryId) {
+        if let Ok(mut s) = self.lease_lost.lock() {
+            s.remove(&id);
+        }
+    }
+
     fn is_tracked(&self, id: &EntryId) -> bool {
         self.inflight
             .lock()
@@ -472,7 +482,10 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
             })
             .await;
         match r {
-            Some(Ok(true)) => entry.deliveries = next,
+            Some(Ok(true)) => {
+                entry.deliveries = next;
+                ctx.lease_regained(entry.id);
+            }
             Some(Ok(false)) => {
                 warn!(task = %entry.id, "task no longer held by this worker (reclaimed by another or deleted); not retrying here");
                 ctx.forget(entry.id);
@@ -751,6 +764,7 @@ impl Reader {
                 // (or Redis lost its data) and redelivers everything. It is pending for us
                 // in the new group; the run under way acknowledges it.
                 debug!(task = %e.id, "task delivered again while it runs here; not starting it twice");
+                ctx.lease_regained(e.id);
                 continue;
             }
             let Some(p) = permit.split(1) else {
@@ -1120,6 +1134,9 @@ impl Reader {
             let n = permit.num_permits();
             let Some(p) = permit.split(n) else { continue };
             if !ctx.track(e.id) {
+                // Running here already (the group was recreated and delivered it again):
+                // not started twice, and its lease is ours again.
+                ctx.lease_regained(e.id);
                 continue;
             }
             ctx.health.metrics.in_flight.inc();

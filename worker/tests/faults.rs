@@ -281,6 +281,125 @@ async fn a_destroyed_group_is_recreated_and_running_tasks_are_not_started_again(
     assert!(!logs.contains("lost redis"), "{logs}");
 }
 
+/// A task whose lease was reported lost (its group was destroyed and recreated after the
+/// worker's renewal looked) and that is then delivered to the same worker again while it
+/// still runs there is the worker's again: its lease is renewed, so nobody can take it
+/// while it runs. (The chaos suite found it: another worker ran such a task a second time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_delivered_again_to_the_worker_running_it_keeps_its_lease() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = side_file(&dir, "runs");
+    let q = Queue::new("jobs", "pool");
+    let ids = enqueue(&url, &q, &["{}", "{}", "{}"]).await;
+    let script = format!(
+        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep 9; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
+    );
+    let w = Worker::spawn(
+        &url,
+        "jobs",
+        "pool",
+        "w1",
+        &[
+            "--concurrency",
+            "4",
+            "--visibility-timeout",
+            "2",
+            "--exec",
+            "sh",
+            "-c",
+            script.as_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "3 tasks running", || async {
+        starts_per_task(&read_lines(&runs)).len() == 3
+    })
+    .await;
+    // The group goes, and comes back at the stream's end: the running tasks are in no
+    // pending list, so the worker's next renewal reports their leases lost.
+    let mut c = conn(&url).await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("jobs")
+        .arg("pool")
+        .query_async(&mut c)
+        .await
+        .expect("destroy");
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("jobs")
+        .arg("pool")
+        .arg("$")
+        .query_async(&mut c)
+        .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the leases reported lost",
+        || async { w.logs().matches("lease lost").count() >= 3 },
+    )
+    .await;
+    // Delivered again, to the worker that runs them (it does not start them twice).
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg("jobs")
+        .arg("pool")
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .expect("setid");
+    wait_until(
+        Duration::from_secs(10),
+        "the tasks pending on w1 again",
+        || async {
+            let p: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+                .arg("jobs")
+                .arg("pool")
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query_async(&mut conn(&url).await)
+                .await
+                .unwrap_or_default();
+            p.len() == 3 && p.iter().all(|(_, owner, _, _)| owner == "w1")
+        },
+    )
+    .await;
+    // Longer than the visibility timeout: the leases are renewed all along, so a
+    // reclaim (what another worker would do) finds nothing idle enough.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claimed: (String, Vec<String>, Vec<String>) = redis::cmd("XAUTOCLAIM")
+        .arg("jobs")
+        .arg("pool")
+        .arg("thief")
+        .arg(2000)
+        .arg("0")
+        .arg("JUSTID")
+        .query_async(&mut c)
+        .await
+        .expect("xautoclaim");
+    assert!(
+        claimed.1.is_empty(),
+        "tasks running on w1 were idle for the visibility timeout: {:?}",
+        claimed.1
+    );
+    wait_until(Duration::from_secs(30), "all tasks done", || async {
+        let st = stats(&url, &q).await;
+        st.stream_length == 0 && st.pending == 0
+    })
+    .await;
+    let lines = read_lines(&runs);
+    let starts = starts_per_task(&lines);
+    for id in &ids {
+        assert_eq!(
+            starts.get(&id.to_string()).copied(),
+            Some(1),
+            "task {id} started once:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 /// Defect 6: a task that kills its worker must not take the tasks that shared the worker
 /// with it to the dead-letter stream: tasks back from a dead worker run alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
