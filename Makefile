@@ -44,7 +44,7 @@ bench:  ## benchmark one workpool-worker against BullMQ; writes BENCHMARKS.md
 
 .PHONY: bench-wake
 bench-wake: deps  ## wake from zero: first task -> pod create, with wake and with --wake=false (real control plane, operator, redis); prints the table for BENCHMARKS.md
-	cargo test -p workpool-tests --test operator_autoscale wake_latency_benchmark -- --ignored --nocapture
+	cargo test -p workpool-tests --test bench_wake
 
 simulate:  ## the autoscaling simulator: workpool vs KEDA + HPA on six traces; writes bench/simulate/
 	cargo run --release -p workpool-operator --bin workpool-simulate -- --out bench/simulate --seeds 10
