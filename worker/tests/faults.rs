@@ -226,6 +226,55 @@ async fn deliveries_whose_reply_was_lost_are_taken_back_at_once_and_not_counted(
     assert!(w.logs().contains("whose delivery reply was lost"));
 }
 
+/// Three tasks of stream `jobs`, group `pool`, running at once on worker `w1`: each logs
+/// `start <id> <delivery>` to `runs`, sleeps `sleep_s`, and logs `end <id>`.
+async fn three_tasks_running_on_w1(
+    url: &str,
+    runs: &str,
+    sleep_s: u32,
+    extra_args: &[&str],
+) -> (Vec<workpool_worker::queue::EntryId>, Worker) {
+    let ids = enqueue(url, &Queue::new("jobs", "pool"), &["{}", "{}", "{}"]).await;
+    let script = format!(
+        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep {sleep_s}; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
+    );
+    let mut args = vec!["--concurrency", "4"];
+    args.extend_from_slice(extra_args);
+    args.extend_from_slice(&["--exec", "sh", "-c", script.as_str()]);
+    let w = Worker::spawn(url, "jobs", "pool", "w1", &args);
+    wait_until(Duration::from_secs(20), "3 tasks running", || async {
+        starts_per_task(&read_lines(runs)).len() == 3
+    })
+    .await;
+    (ids, w)
+}
+
+/// `XGROUP DESTROY jobs pool`.
+async fn destroy_group(c: &mut redis::aio::MultiplexedConnection) {
+    let n: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("jobs")
+        .arg("pool")
+        .query_async(c)
+        .await
+        .expect("destroy");
+    assert_eq!(n, 1);
+}
+
+/// Each of `ids` started exactly once according to `runs`.
+fn assert_each_started_once(ids: &[workpool_worker::queue::EntryId], runs: &str) {
+    let lines = read_lines(runs);
+    let starts = starts_per_task(&lines);
+    for id in ids {
+        assert_eq!(
+            starts.get(&id.to_string()).copied(),
+            Some(1),
+            "task {id} started once:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 /// Defect 5: after XGROUP DESTROY the recreated group delivers everything again; the
 /// worker must not start a second copy of the tasks it is running, and must say that the
 /// group was recreated (not that it reconnected).
@@ -236,45 +285,14 @@ async fn a_destroyed_group_is_recreated_and_running_tasks_are_not_started_again(
     let dir = tempfile::tempdir().expect("tempdir");
     let runs = side_file(&dir, "runs");
     let q = Queue::new("jobs", "pool");
-    let ids = enqueue(&url, &q, &["{}", "{}", "{}"]).await;
-    let script = format!(
-        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep 3; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
-    );
-    let w = Worker::spawn(
-        &url,
-        "jobs",
-        "pool",
-        "w1",
-        &["--concurrency", "4", "--exec", "sh", "-c", script.as_str()],
-    );
-    wait_until(Duration::from_secs(20), "3 tasks running", || async {
-        starts_per_task(&read_lines(&runs)).len() == 3
-    })
-    .await;
-    let mut c = conn(&url).await;
-    let n: i64 = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg("jobs")
-        .arg("pool")
-        .query_async(&mut c)
-        .await
-        .expect("destroy");
-    assert_eq!(n, 1);
+    let (ids, w) = three_tasks_running_on_w1(&url, &runs, 3, &[]).await;
+    destroy_group(&mut conn(&url).await).await;
     wait_until(Duration::from_secs(30), "all tasks done", || async {
         let st = stats(&url, &q).await;
         st.group_exists && st.stream_length == 0 && st.pending == 0
     })
     .await;
-    let lines = read_lines(&runs);
-    let starts = starts_per_task(&lines);
-    for id in &ids {
-        assert_eq!(
-            starts.get(&id.to_string()).copied(),
-            Some(1),
-            "task {id} started once:\n{}",
-            lines.join("\n")
-        );
-    }
+    assert_each_started_once(&ids, &runs);
     let logs = w.logs();
     assert!(logs.contains("has been recreated"), "{logs}");
     assert!(!logs.contains("reconnected to redis"), "{logs}");
@@ -292,40 +310,11 @@ async fn a_task_delivered_again_to_the_worker_running_it_keeps_its_lease() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runs = side_file(&dir, "runs");
     let q = Queue::new("jobs", "pool");
-    let ids = enqueue(&url, &q, &["{}", "{}", "{}"]).await;
-    let script = format!(
-        "echo \"start $WORKPOOL_TASK_ID $WORKPOOL_DELIVERY\" >> {runs}; sleep 9; echo \"end $WORKPOOL_TASK_ID\" >> {runs}"
-    );
-    let w = Worker::spawn(
-        &url,
-        "jobs",
-        "pool",
-        "w1",
-        &[
-            "--concurrency",
-            "4",
-            "--visibility-timeout",
-            "2",
-            "--exec",
-            "sh",
-            "-c",
-            script.as_str(),
-        ],
-    );
-    wait_until(Duration::from_secs(20), "3 tasks running", || async {
-        starts_per_task(&read_lines(&runs)).len() == 3
-    })
-    .await;
+    let (ids, w) = three_tasks_running_on_w1(&url, &runs, 9, &["--visibility-timeout", "2"]).await;
     // The group goes, and comes back at the stream's end: the running tasks are in no
     // pending list, so the worker's next renewal reports their leases lost.
     let mut c = conn(&url).await;
-    let _: i64 = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg("jobs")
-        .arg("pool")
-        .query_async(&mut c)
-        .await
-        .expect("destroy");
+    destroy_group(&mut c).await;
     let _: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg("jobs")
@@ -388,16 +377,7 @@ async fn a_task_delivered_again_to_the_worker_running_it_keeps_its_lease() {
         st.stream_length == 0 && st.pending == 0
     })
     .await;
-    let lines = read_lines(&runs);
-    let starts = starts_per_task(&lines);
-    for id in &ids {
-        assert_eq!(
-            starts.get(&id.to_string()).copied(),
-            Some(1),
-            "task {id} started once:\n{}",
-            lines.join("\n")
-        );
-    }
+    assert_each_started_once(&ids, &runs);
 }
 
 /// Defect 6: a task that kills its worker must not take the tasks that shared the worker
