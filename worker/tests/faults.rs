@@ -311,17 +311,28 @@ async fn a_task_delivered_again_to_the_worker_running_it_keeps_its_lease() {
     let runs = side_file(&dir, "runs");
     let q = Queue::new("jobs", "pool");
     let (ids, w) = three_tasks_running_on_w1(&url, &runs, 9, &["--visibility-timeout", "2"]).await;
-    // The group goes, and comes back at the stream's end: the running tasks are in no
-    // pending list, so the worker's next renewal reports their leases lost.
+    // The group goes, and comes back at the stream's end, in one transaction: the
+    // worker never sees the group missing (its read path would recreate it at 0 and take
+    // the tasks back before any renewal looked), so the running tasks are in no pending
+    // list and its next renewal must report their leases lost. Done as two commands, the
+    // order of "read recreates" and "renewal reports lost" was a race the test lost 3 runs
+    // in 5.
     let mut c = conn(&url).await;
-    destroy_group(&mut c).await;
-    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+    let (destroyed, _created): (i64, String) = redis::pipe()
+        .atomic()
+        .cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("jobs")
+        .arg("pool")
+        .cmd("XGROUP")
         .arg("CREATE")
         .arg("jobs")
         .arg("pool")
         .arg("$")
         .query_async(&mut c)
-        .await;
+        .await
+        .expect("destroy and create the group at once");
+    assert_eq!(destroyed, 1);
     wait_until(
         Duration::from_secs(10),
         "the leases reported lost",
