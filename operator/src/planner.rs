@@ -571,6 +571,102 @@ fn drain_done(p: &ObservedPod, requested_ms: u64, input: &PlanInput<'_>) -> Opti
     None
 }
 
+/// What a plan changes about which pods serve: drains taken back, pods to drain, pods
+/// to create.
+#[derive(Default)]
+struct Moves {
+    drain_started: Vec<String>,
+    drain_cancelled: Vec<String>,
+    want_create: u32,
+}
+
+/// Scale up (take drains of current pods back first, busiest first, then create), scale
+/// in (drain the excess current pods), roll out (drain older pods as new ones become
+/// ready). `current` and `outdated` are the serving pods; they and `draining` are updated.
+fn move_pods<'a>(
+    input: &PlanInput<'_>,
+    alive: &[&'a ObservedPod],
+    current: &mut Vec<&'a ObservedPod>,
+    outdated: &mut Vec<&'a ObservedPod>,
+    draining: &mut BTreeMap<String, u64>,
+    state: &mut PlanState,
+) -> Moves {
+    let desired = input.desired.max(0) as usize;
+    let (queue, now) = (input.queue, input.now_ms);
+    let mut m = Moves::default();
+    let need = desired.saturating_sub(current.len());
+    if need > 0 {
+        let held = |p: &ObservedPod| queue.map(|q| q.held(&p.name)).unwrap_or(0);
+        let mut back: Vec<&ObservedPod> = alive
+            .iter()
+            .filter(|p| p.current && draining.contains_key(&p.name))
+            .copied()
+            .collect();
+        back.sort_by(|a, b| {
+            held(b)
+                .cmp(&held(a))
+                .then(a.created_ms.cmp(&b.created_ms))
+                .then(a.name.cmp(&b.name))
+        });
+        back.truncate(need);
+        for p in back {
+            draining.remove(&p.name);
+            state.cancelled.insert(p.name.clone(), now);
+            m.drain_cancelled.push(p.name.clone());
+            current.push(p);
+        }
+        m.want_create = (need - m.drain_cancelled.len()) as u32;
+    }
+    let excess = current.len().saturating_sub(desired);
+    let mut leaving: Vec<&ObservedPod> = victims(current, queue, excess);
+    let current_ready = current.iter().filter(|p| p.ready).count();
+    let keep = outdated.len().min(desired.saturating_sub(current_ready));
+    leaving.extend(victims(outdated, queue, outdated.len() - keep));
+    for p in leaving {
+        draining.insert(p.name.clone(), now);
+        state.cancelled.remove(&p.name);
+        m.drain_started.push(p.name.clone());
+    }
+    current.retain(|p| !draining.contains_key(&p.name));
+    outdated.retain(|p| !draining.contains_key(&p.name));
+    m
+}
+
+/// The bound on pods in force and the pods counted against it: autoscaled pools count
+/// draining and terminating pods (not stuck ones) against maxReplicas; during a rollout
+/// the surge is allowed on top (for a `replicas` pool it is the only bound, over pods not
+/// terminating).
+fn bound(
+    input: &PlanInput<'_>,
+    alive: u32,
+    terminating: u32,
+    rolling_out: bool,
+) -> (Option<u32>, u32) {
+    let desired = input.desired.max(0) as u32;
+    let surge = if rolling_out { input.max_surge } else { 0 };
+    match input.max_pods {
+        Some(max) => (Some(max.saturating_add(surge)), alive + terminating),
+        None if rolling_out => (Some(desired.saturating_add(surge)), alive),
+        None => (None, alive),
+    }
+}
+
+/// The `Degraded` message while failures in a row are remembered.
+fn degraded_message(state: &PlanState, backoff: &BackoffConfig) -> Option<String> {
+    (state.consecutive_failures > 0).then(|| {
+        let (pod, reason) = state
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| (String::from("?"), ReplacementReason::Failed));
+        format!(
+            "{} failure(s) in a row (last: pod {pod} {}); replacements back off for {}s",
+            state.consecutive_failures,
+            reason.describe(),
+            backoff.delay_ms(state.consecutive_failures) / 1000
+        )
+    })
+}
+
 /// Plans one step for one pool.
 pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
     let desired = input.desired.max(0) as u32;
@@ -588,51 +684,18 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
         .iter()
         .filter(|p| !draining.contains_key(&p.name))
         .partition(|p| p.current);
-    let mut drain_started = Vec::new();
-    let mut drain_cancelled = Vec::new();
-    let mut want_create = 0u32;
-    if input.freeze == Freeze::None {
-        // Scale up: take drains of current pods back first (busiest first), then create.
-        let need = (desired as usize).saturating_sub(current.len());
-        if need > 0 {
-            let held = |p: &ObservedPod| queue.map(|q| q.held(&p.name)).unwrap_or(0);
-            let mut back: Vec<&ObservedPod> = alive
-                .iter()
-                .filter(|p| p.current && draining.contains_key(&p.name))
-                .copied()
-                .collect();
-            back.sort_by(|a, b| {
-                held(b)
-                    .cmp(&held(a))
-                    .then(a.created_ms.cmp(&b.created_ms))
-                    .then(a.name.cmp(&b.name))
-            });
-            back.truncate(need);
-            for p in back {
-                draining.remove(&p.name);
-                state.cancelled.insert(p.name.clone(), now);
-                drain_cancelled.push(p.name.clone());
-                current.push(p);
-            }
-            want_create = (need - drain_cancelled.len()) as u32;
-        }
-        // Scale in: the excess current pods drain.
-        let excess = current.len().saturating_sub(desired as usize);
-        let mut leaving: Vec<&ObservedPod> = victims(&current, queue, excess);
-        // An older template: its pods drain as new ones become ready.
-        let current_ready = current.iter().filter(|p| p.ready).count();
-        let keep = outdated
-            .len()
-            .min((desired as usize).saturating_sub(current_ready));
-        leaving.extend(victims(&outdated, queue, outdated.len() - keep));
-        for p in leaving {
-            draining.insert(p.name.clone(), now);
-            state.cancelled.remove(&p.name);
-            drain_started.push(p.name.clone());
-        }
-        current.retain(|p| !draining.contains_key(&p.name));
-        outdated.retain(|p| !draining.contains_key(&p.name));
-    }
+    let moves = if input.freeze == Freeze::None {
+        move_pods(
+            input,
+            &alive,
+            &mut current,
+            &mut outdated,
+            &mut draining,
+            &mut state,
+        )
+    } else {
+        Moves::default()
+    };
 
     // Draining pods go once they hold nothing (paused: they stay).
     if input.freeze != Freeze::Paused {
@@ -648,28 +711,17 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
     let deleted: BTreeSet<String> = delete.iter().map(|d| d.name.clone()).collect();
     draining.retain(|n, _| !deleted.contains(n));
 
-    // The bound: autoscaled pools count draining and terminating pods against maxReplicas;
-    // during a rollout the surge is allowed on top (for a `replicas` pool it is the only
-    // bound, over pods not terminating).
-    let surge = if rolling_out { input.max_surge } else { 0 };
-    let (bound, counted) = match input.max_pods {
-        Some(max) => (
-            Some(max.saturating_add(surge)),
-            alive.len() as u32 + sorted.terminating,
-        ),
-        None if rolling_out => (Some(desired.saturating_add(surge)), alive.len() as u32),
-        None => (None, alive.len() as u32),
-    };
+    let (bound, counted) = bound(input, alive.len() as u32, sorted.terminating, rolling_out);
     let room = bound.map_or(u32::MAX, |b| b.saturating_sub(counted));
     let mut create = 0;
     let mut backoff_until_ms = None;
     let mut held_back_by_bound = 0;
-    if want_create > 0 {
+    if moves.want_create > 0 {
         match retry_at {
             Some(t) => backoff_until_ms = Some(t),
             None => {
-                create = want_create.min(room);
-                held_back_by_bound = want_create - create;
+                create = moves.want_create.min(room);
+                held_back_by_bound = moves.want_create - create;
             }
         }
     }
@@ -705,25 +757,13 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
         state.replaced_since_failure = true;
     }
 
-    let degraded = (state.consecutive_failures > 0).then(|| {
-        let (pod, reason) = state
-            .last_failure
-            .clone()
-            .unwrap_or_else(|| (String::from("?"), ReplacementReason::Failed));
-        format!(
-            "{} failure(s) in a row (last: pod {pod} {}); replacements back off for {}s",
-            state.consecutive_failures,
-            reason.describe(),
-            input.backoff.delay_ms(state.consecutive_failures) / 1000
-        )
-    });
-
+    let degraded = degraded_message(&state, &input.backoff);
     Plan {
         create,
         delete,
         drain: draining.into_keys().collect(),
-        drain_started,
-        drain_cancelled,
+        drain_started: moves.drain_started,
+        drain_cancelled: moves.drain_cancelled,
         replacements: sorted.replacements,
         counts,
         rolling_out,
