@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # redis-server for the chart's bundled Redis (redis.enabled): Debian's package, uid 65532,
 # no entrypoint script. The chart runs `redis-server /etc/redis/redis.conf` with a
 # read-only root filesystem and /data on a PersistentVolumeClaim.
