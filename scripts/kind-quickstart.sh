@@ -11,7 +11,8 @@
 #   5. the example pools, with the bundled Redis' URL in a Secret
 #   6. tasks submitted; every pool converges (kubectl get wp): backlog and pending 0,
 #      ready = desired, and the workers counted every task as succeeded
-#   7. Prometheus scrapes the operator and the workers, loaded the alerts, and every
+#   7. the dashboards decode strictly as Grafana dashboards (tests/kind/dashboard-schema);
+#      Prometheus scrapes the operator and the workers, loaded the alerts, and every
 #      dashboard query returns data (tests/kind/check_monitoring.py)
 #   8. helm upgrade with a changed value; helm test again; the pools work on
 # Each step's time is printed at the end. `make kind-down` removes it all.
@@ -200,8 +201,14 @@ kubectl delete pod workpool-submit --ignore-not-found >/dev/null 2>&1 || true
 step "6. tasks submitted, kubectl get wp converges" tasks
 
 # 7. ----------------------------------------------------------------------------------
+# The dashboards against Grafana's own dashboard types (grafana-foundation-sdk): Grafana
+# itself (AGPL) is not installed.
+dashboard_schema() {
+  (cd tests/kind/dashboard-schema && go run . "$KIND_ROOT"/charts/workpool/dashboards/*.json)
+}
+step "7a. dashboards: Grafana's schema (foundation SDK)" dashboard_schema
 if [ -z "${KIND_SKIP_MONITORING:-}" ]; then
-  step "7. Prometheus: targets, alerts, dashboard queries" \
+  step "7b. Prometheus: targets, alerts, dashboard queries" \
     python3 tests/kind/check_monitoring.py --kubeconfig .kind/kubeconfig --release workpool --namespace workpool-system
 fi
 
