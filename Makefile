@@ -1,5 +1,5 @@
 # Newcomer entry points. `make help` lists them.
-.PHONY: help test deps lint unit chart-test crds sandbox kind kind-down kind-e2e demo bench simulate chaos testcluster k8s
+.PHONY: help test deps lint unit chart-test crds sandbox kind kind-down kind-e2e kind-ci demo bench simulate chaos testcluster k8s
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ kind-down:  ## helm uninstall (checking what it leaves), delete the kind cluster
 
 kind-e2e:  ## the end-to-end scenarios on the kind cluster of make kind (tests/kind/run.sh)
 	tests/kind/run.sh
+
+.PHONY: kind-ci
+kind-ci:  ## CI's kind step: make kind, make kind-e2e, then make kind-down whatever happened
+	scripts/kind-ci.sh
 
 demo: deps  ## local demo: a real redis-server, two workers, tasks submitted and drained
 	scripts/demo.sh

@@ -28,7 +28,9 @@ KIND_LOG_TAG=kind-base-images
 kind_use_env
 
 label=dev.workpool.kind.local-base
-recipe_key=$(cat "$0" "$KIND_ROOT/scripts/kind-versions.sh" | sha256sum | cut -c1-12)
+# The recipes' own key: this script and the Debian release (a rebuilt base image would
+# invalidate every build cache on top of it, so nothing else goes in).
+recipe_key=$({ cat "$0"; echo "$DEBIAN_SUITE"; } | sha256sum | cut -c1-12)
 
 # The FROM images of a Dockerfile, with ARG defaults substituted (stage names skipped).
 from_images() {

@@ -28,9 +28,13 @@ node_image=${NODE_IMAGE:-$("$KIND_ROOT/scripts/kind-node-image.sh" | tail -1)}
 "$KIND_ROOT/scripts/kind-base-images.sh"
 
 mkdir -p "$KIND_ROOT/.kind"
-api_address=127.0.0.1
-kind_private_engine && api_address=$KIND_NS_ADDR
+# kind's defaults (127.0.0.1, a free port); with the private engine the API server is
+# published in its network namespace, at the address the host reaches it by, on a fixed
+# port (kind looks for a free port on the host, where that address does not exist).
+api_address=127.0.0.1 api_port=0
+kind_private_engine && api_address=$KIND_NS_ADDR api_port=6443
 sed -e "s#^\(  apiServerAddress:\).*#\1 $api_address#" \
+  -e "s#^\(  apiServerPort:\).*#\1 $api_port#" \
   -e "s#^\(    image:\).*#\1 $node_image#" \
   -e "s#^\(name:\).*#\1 $KIND_CLUSTER#" \
   "$KIND_ROOT/tests/kind/cluster.yaml" >"$KIND_ROOT/.kind/cluster.yaml"

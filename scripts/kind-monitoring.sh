@@ -22,8 +22,11 @@ cd "$KIND_ROOT"
 
 "$KIND_ROOT/scripts/kind-tools.sh" prometheus-operator prometheus-config-reloader
 prometheus=$("$KIND_ROOT/scripts/prometheus-bin.sh" | tail -1)
-prom_version=$("$prometheus" --version 2>/dev/null | awk 'NR==1{print "v"$3}')
-[ -n "$prom_version" ] || kind_die "cannot tell the version of $prometheus"
+# Its release: Prometheus 3.N.P is Go module version v0.3NN.P (scripts/prometheus-bin.sh pins
+# the module version; the binary, built by go install, does not know its own).
+module_version=$(awk -F= '/^PROM_VERSION=/{print $2}' "$KIND_ROOT/scripts/prometheus-bin.sh")
+prom_version=$(echo "$module_version" | sed -nE 's/^v0\.3([0-9]{2})\.([0-9]+)$/v3.\1.\2/p' | sed -E 's/v3\.0([0-9])/v3.\1/')
+[ -n "$prom_version" ] || kind_die "cannot tell the Prometheus release of module version $module_version"
 module=$(cd "$KIND_CACHE/src/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" &&
   go list -m -f '{{.Dir}}' "github.com/prometheus-operator/prometheus-operator")
 [ -d "$module/example/prometheus-operator-crd" ] || kind_die "no CRDs in $module"

@@ -18,8 +18,8 @@
 #     Kubernetes module's pause.c, all preloaded into the node's containerd;
 #   - kind's `standard` StorageClass: local-path-provisioner built from its module, with
 #     its own deploy manifest (as kind's node images have it);
-#   - the pod network: images/kind-node/pod-network.sh as a service on every node (per-node
-#     podCIDR config + routes, what kindnetd does; its image cannot be built here).
+#   - the pod network: images/kind-node/pod-network.sh in a DaemonSet (per-node podCIDR
+#     config + routes, what kindnetd does; kindnetd's source is not served here).
 # Changes from kind's base for this kind of host: containerd clamps oom_score_adj (no
 # CAP_SYS_RESOURCE in the VM's bounding set), the kubelet runs on cgroup v1
 # (--fail-cgroupv1=false).
@@ -156,6 +156,14 @@ printf 'FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\n' >"$ctx/busybox/Dockerfile
 docker build -q -t "$helper_ref" "$ctx/busybox" >/dev/null
 preload+=("$provisioner_ref" "$helper_ref")
 
+pod_network_ref="workpool.local/kind-pod-network:$key"
+mkdir -p "$ctx/pod-network"
+cp "$k8s_bin/kubectl" "$KIND_ROOT/images/kind-node/pod-network.sh" "$ctx/pod-network/"
+printf 'FROM workpool.local/kind-slim:%s\nCOPY kubectl /usr/local/bin/kubectl\nCOPY pod-network.sh /usr/local/bin/workpool-pod-network\n' "$key" \
+  >"$ctx/pod-network/Dockerfile"
+docker build -q -t "$pod_network_ref" "$ctx/pod-network" >/dev/null
+preload+=("$pod_network_ref")
+
 # --------------------------------------------------------------- the node tree
 stage="$work/stage"
 rm -rf "$stage"
@@ -203,11 +211,12 @@ echo -n "$k8s_version" >"$stage/kind/version"
 mkdir -p "$stage/etc/kubernetes/manifests"
 echo 'KUBELET_EXTRA_ARGS=--runtime-cgroups=/system.slice/containerd.service --fail-cgroupv1=false' >"$stage/etc/default/kubelet"
 
-# The pod network.
+# The pod network: images/kind-node/pod-network.sh in a DaemonSet (default-cni.yaml), its
+# image the slim tree with kubectl and the script.
 mkdir -p "$stage/etc/cni/net.d" "$stage/kind/manifests"
-install -m 0755 "$KIND_ROOT/images/kind-node/pod-network.sh" "$stage/usr/local/bin/workpool-pod-network"
-install -m 0644 "$KIND_ROOT/images/kind-node/workpool-pod-network.service" "$stage/etc/systemd/system/"
-install -m 0644 "$KIND_ROOT/images/kind-node/default-cni.yaml" "$stage/kind/manifests/default-cni.yaml"
+sed "s#image: POD_NETWORK_IMAGE#image: $pod_network_ref#" "$KIND_ROOT/images/kind-node/default-cni.yaml" \
+  >"$stage/kind/manifests/default-cni.yaml"
+
 # The storage manifest kind applies (/kind/manifests/default-storage.yaml): the
 # provisioner's own deploy manifest, its StorageClass named `standard` and made the
 # default as kind's is, the volumes under /var/local-path-provisioner, our images.
@@ -219,7 +228,7 @@ sed -e "s#image: rancher/local-path-provisioner:.*#image: $provisioner_ref#" \
 grep -q "name: standard" "$stage/kind/manifests/default-storage.yaml" && grep -q "$helper_ref" "$stage/kind/manifests/default-storage.yaml" ||
   kind_die "local-path-storage.yaml did not take the edits (its layout changed?)"
 
-chroot "$stage" systemctl enable kubelet.service containerd.service undo-mount-hacks.service workpool-pod-network.service >/dev/null 2>&1
+chroot "$stage" systemctl enable kubelet.service containerd.service undo-mount-hacks.service >/dev/null 2>&1
 chroot "$stage" systemctl mask systemd-binfmt.service >/dev/null 2>&1
 
 # Preload the images into the node's containerd (content and image records; the kubelet's

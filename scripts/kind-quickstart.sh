@@ -43,7 +43,7 @@ report() {
   [ ${#timings[@]} -gt 0 ] && printf '\nmake kind, step times:\n' >&2 && printf '  %s\n' "${timings[@]}" >&2
   if [ "$rc" != 0 ]; then
     echo "make kind: FAILED (exit $rc)" >&2
-    if [ -s "$KIND_KUBECONFIG" ]; then
+    if grep -qs "server:" "$KIND_KUBECONFIG"; then
       echo "--- cluster state for the diagnosis:" >&2
       kubectl --kubeconfig "$KIND_KUBECONFIG" get nodes,pods -A -o wide >&2 2>&1 || true
       kubectl --kubeconfig "$KIND_KUBECONFIG" get wp -A >&2 2>&1 || true

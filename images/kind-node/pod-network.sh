@@ -1,20 +1,30 @@
 #!/bin/bash
-# The pod network of the workpool kind node image (kindnetd's job, which cannot be built
-# here): run on every node by workpool-pod-network.service, it keeps
+# The pod network of the workpool kind node image (kindnetd's job; kindnetd's own source
+# is not served by the Go module proxy): run on every node by the DaemonSet
+# kube-system/workpool-pod-network (default-cni.yaml, host network), it keeps
 #   - /etc/cni/net.d/10-workpool.conflist: ptp + host-local IPAM over this node's
 #     spec.podCIDR (each pod a veth with a /32 route, as kindnet does), portmap;
 #   - a route to every other node's podCIDR via that node's InternalIP (all nodes share
 #     kind's Docker network, so that is one hop);
 #   - masquerading of pod traffic that leaves the pods' CIDRs (DNS upstream, the host).
-# It reads nodes with the kubelet's own credentials (the Node authorizer lets a kubelet
-# read nodes), so it needs no RBAC, no image and no pod, and is up before the node is Ready.
+# It reads the nodes with its service account (ClusterRole workpool-pod-network: list
+# nodes), from the API server at CONTROL_PLANE_ENDPOINT (which kind fills in), so that it
+# needs neither kube-proxy nor the pod network it is making.
 set -u
-kubeconfig=/etc/kubernetes/kubelet.conf
 conf=/etc/cni/net.d/10-workpool.conflist
-self=$(cat /etc/hostname)
+self=${NODE_NAME:?NODE_NAME: the downward API spec.nodeName}
 chain=WORKPOOL-POD-MASQ
-
-sysctl -qw net.ipv4.ip_forward=1
+sa=/var/run/secrets/kubernetes.io/serviceaccount
+# kubectl with the service account's token (read afresh each time: it is rotated)
+api() {
+  if [ -n "${CONTROL_PLANE_ENDPOINT:-}" ]; then
+    kubectl --server "https://$CONTROL_PLANE_ENDPOINT" --certificate-authority "$sa/ca.crt" \
+      --token "$(cat "$sa/token")" "$@"
+  else
+    kubectl "$@"
+  fi
+}
+[ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || echo 1 >/proc/sys/net/ipv4/ip_forward
 
 write_cni_config() {
   local cidr=$1 tmp
@@ -62,8 +72,7 @@ set_masquerade() {
 last_state="" rounds=0
 while :; do
   rounds=$((rounds + 1))
-  if [ -s "$kubeconfig" ] &&
-    nodes=$(kubectl --kubeconfig "$kubeconfig" get nodes -o \
+  if nodes=$(api get nodes -o \
       jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDR}{" "}{.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null) &&
     { [ "$nodes" != "$last_state" ] || [ $((rounds % 20)) = 0 ]; }; then
     own="" cidrs=() ok=1
