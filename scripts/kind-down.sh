@@ -26,9 +26,10 @@ if helm status workpool -n workpool-system >/dev/null 2>&1; then
   kubectl delete -f examples/sleep-pool.yaml -f examples/script-pool.yaml --ignore-not-found --timeout=120s
   kubectl delete secret workpool-redis --ignore-not-found
   helm uninstall workpool -n workpool-system --wait --timeout 5m
-  # What is left of the release: objects with its instance label, anywhere.
+  # What is left of the release: objects with its instance label, anywhere (but those of
+  # the Prometheus named workpool, which its operator labels the same way).
   kinds=$(kubectl api-resources --verbs=list -o name | grep -v -e '^events' -e '^componentstatuses' | paste -sd, -)
-  left=$(kubectl get "$kinds" -A -l app.kubernetes.io/instance=workpool --ignore-not-found -o \
+  left=$(kubectl get "$kinds" -A -l app.kubernetes.io/instance=workpool,app.kubernetes.io/managed-by!=prometheus-operator --ignore-not-found -o \
     jsonpath='{range .items[*]}{.kind}/{.metadata.name}{"\n"}{end}' 2>/dev/null | sort -u)
   expected="CustomResourceDefinition/workpools.workpool.dev"
   unexpected=$(comm -23 <(echo "$left" | grep -v '^$' || true) <(echo "$expected"))

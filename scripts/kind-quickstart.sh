@@ -29,12 +29,20 @@ RELEASE=workpool
 NAMESPACE=workpool-system
 POOLS_NAMESPACE=default
 timings=()
+# `step NAME FUNCTION`: FUNCTION in a subshell with errexit on (so its first failing
+# command fails the step; a function called in an `||` list would run on), timed.
+# `step --here NAME FUNCTION` runs it in this shell (it sets the environment).
 step() {
-  local name=$1 start rc=0
+  local here=0 name start rc=0
+  [ "$1" = --here ] && here=1 && shift
+  name=$1
   shift
   kind_log "── $name"
   start=$(date +%s)
-  "$@" || rc=$?
+  set +e
+  if [ "$here" = 1 ]; then "$@"; else (set -e; "$@"); fi
+  rc=$?
+  set -e
   timings+=("$(printf '%-46s %4ss%s' "$name" "$(($(date +%s) - start))" "$([ "$rc" = 0 ] || echo "  FAILED (exit $rc)")")")
   return "$rc"
 }
@@ -75,7 +83,7 @@ env_up() {
   # its last line, only when everything was there
   [ "${WORKPOOL_KIND_ENV:-}" = 1 ]
 }
-step "0. docker, kind, helm, node image, base images" env_up
+step --here "0. docker, kind, helm, node image, base images" env_up
 kind_log "$(docker version --format 'docker {{.Server.Version}}'), $(kind version | awk '{print "kind", $2}'), helm $(helm version --template '{{.Version}}'), kubectl $(kubectl version --client -o json | jq -r .clientVersion.gitVersion)"
 
 # 1. ----------------------------------------------------------------------------------
@@ -134,10 +142,13 @@ step "4. helm install + helm test" chart
 # 5. ----------------------------------------------------------------------------------
 pools() {
   url=$(kubectl -n workpool-system get secret workpool-redis -o jsonpath='{.data.redis-url}' | base64 -d)
+  [ -n "$url" ]
   kubectl create secret generic workpool-redis --from-literal=url="$url" --dry-run=client -o yaml | kubectl apply -f -
   kubectl apply -f examples/sleep-pool.yaml -f examples/script-pool.yaml
 }
 step "5. example pools" pools
+# (the steps run in subshells: the URL again for the steps that submit tasks)
+url=$(kubectl -n workpool-system get secret workpool-redis -o jsonpath='{.data.redis-url}' | base64 -d)
 
 # 6. ----------------------------------------------------------------------------------
 # `submit NAME ARGS...`: workpool-worker submit ARGS in a pod, waited for.
@@ -189,7 +200,7 @@ tasks() {
   kubectl run workpool-submit --restart=Never --image ghcr.io/workpool-dev/workpool-worker:0.1.0 \
     --env WORKPOOL_REDIS_URL="$url" -- submit --stream sleepy --payload '{"ms": 500}' --count 200
   kubectl wait --for=jsonpath='{.status.phase}'=Succeeded pod/workpool-submit --timeout=120s
-  submit workpool-submit-words --stream words --payload 'hello from kind' --count 20
+  submit workpool-submit-words --stream words --payload '"hello from kind"' --count 20
   kubectl get wp
   converged sleepy 200
   converged shout 20
