@@ -17,7 +17,7 @@ part() {
   [ "$rc" != 0 ] || rc=$r
   return "$r"
 }
-part "make kind" scripts/kind-quickstart.sh && part "kind-e2e" tests/kind/run.sh
+part "make kind" env KIND_FRESH=1 scripts/kind-quickstart.sh && part "kind-e2e" tests/kind/run.sh
 part "kind-down" scripts/kind-down.sh
 printf '\nkind-ci:\n' >&2
 printf '  %s\n' "${times[@]}" >&2

@@ -18,7 +18,8 @@
 # Each step's time is printed at the end. `make kind-down` removes it all.
 #
 # Environment: KIND_CLUSTER (default workpool), NODE_IMAGE (a kind node image to use
-# instead of building one), KIND_SKIP_MONITORING=1 (steps 3 and 7 left out).
+# instead of building one), KIND_SKIP_MONITORING=1 (steps 3 and 7 left out), KIND_FRESH=1
+# (delete an existing cluster first, as CI does).
 set -euo pipefail
 KIND_LOG_TAG=kind
 . "$(dirname "$0")/kind-lib.sh"
@@ -88,6 +89,15 @@ kind_log "$(docker version --format 'docker {{.Server.Version}}'), $(kind versio
 
 # 1. ----------------------------------------------------------------------------------
 cluster_up() {
+  # A cluster whose node containers are not running (its engine was stopped), or any
+  # cluster when KIND_FRESH=1 (CI): deleted, then made anew.
+  if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER" &&
+    { [ -n "${KIND_FRESH:-}" ] ||
+      [ "$(docker inspect -f '{{.State.Running}}' "$KIND_CLUSTER-control-plane" 2>/dev/null)" != true ] ||
+      [ "$(docker inspect -f '{{.State.Running}}' "$KIND_CLUSTER-worker" 2>/dev/null)" != true ]; }; then
+    kind_log "deleting cluster $KIND_CLUSTER (KIND_FRESH set, or its nodes are not running)"
+    kind delete cluster --name "$KIND_CLUSTER"
+  fi
   if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
     kind_log "cluster $KIND_CLUSTER exists: reusing it"
     kind export kubeconfig --name "$KIND_CLUSTER" --kubeconfig .kind/kubeconfig
