@@ -46,6 +46,8 @@ if ! { docker info >/dev/null 2>&1 && command -v kind >/dev/null 2>&1 &&
 fi
 kind export kubeconfig --name "$KIND_CLUSTER" --kubeconfig "$KIND_KUBECONFIG" >/dev/null 2>&1
 export WORKPOOL_E2E_KUBECONFIG="$KIND_KUBECONFIG"
+# kubectl here (the check that the cluster is whole again) uses the same cluster
+export KUBECONFIG="$KIND_KUBECONFIG"
 timings=()
 timed() {
   local name=$1 start rc=0
