@@ -122,6 +122,9 @@ class Env:
         return self
 
     def __exit__(self, *exc):
+        # The pools first, while their Redis still runs: their finalizer removes their
+        # consumers there (with Redis deleted alongside, the namespace could hang on it).
+        self.k("delete", "wp", "--all", "--timeout=90s", check=False, timeout=120)
         Kube(self.k.kubeconfig)("delete", "namespace", self.ns, "--wait=false", check=False)
 
     def worker(self, *args: str) -> str:
