@@ -101,8 +101,10 @@ async fn finding_01_a_refused_pod_create_backs_off_without_rewriting_status() {
         assert!(
             writes <= 5,
             "WorkPool {p}: {writes} new versions in 30 s while the quota refused its pods \
-             (at most 5: status is not rewritten per failed create); Degraded messages seen: {:?}",
-            messages[i]
+             (at most 5: status is not rewritten per failed create); {} Degraded messages \
+             seen, e.g. {:?}",
+            messages[i].len(),
+            messages[i].iter().take(2).collect::<Vec<_>>()
         );
         assert_eq!(
             messages[i].len(),
@@ -781,13 +783,17 @@ async fn finding_09_long_pool_names_remove_the_consumers_of_gone_pods() {
     }
     for p in &pools {
         env.wait_all_done(p, WAIT).await;
-        env.wait_for(
+        env.wait_until(
             &format!("{p}: consumers == live pods"),
             Duration::from_secs(90),
             || async {
                 let live = names(&env.ready_pods(p).await);
                 let consumers: BTreeSet<String> = env.consumers(p, p).keys().cloned().collect();
-                (live.len() == 2 && live.is_disjoint(&first) && consumers == live).then_some(())
+                if live.len() == 2 && live.is_disjoint(&first) && consumers == live {
+                    Ok(())
+                } else {
+                    Err(format!("consumers {consumers:?} for live pods {live:?}"))
+                }
             },
         )
         .await;

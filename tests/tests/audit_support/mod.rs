@@ -288,6 +288,29 @@ impl RealEnv {
         }
     }
 
+    /// [`RealEnv::wait_for`] whose check says what it saw when it is not there yet
+    /// (`Err(observation)`); the last observation is in the failure message.
+    pub async fn wait_until<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match check().await {
+                Ok(v) => return v,
+                Err(seen) => seen,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last seen: {last}\n{}",
+                    self.diagnostics().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Pods, pool statuses and the operators' last log lines, for a failure message.
     pub async fn diagnostics(&self) -> String {
         let mut out = String::from("--- pods ---\n");
