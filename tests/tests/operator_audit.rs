@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use audit_support::*;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use operator_support::Signal;
 use serde_json::{Value, json};
 
 /// Sends a signal to a process this test started (the operator, a redis-server).
@@ -701,7 +702,7 @@ async fn finding_08_workers_failing_together_are_one_incident() {
     futures::future::join_all(
         first
             .iter()
-            .map(|pod| env.signal_container(pod, "worker", "SIGKILL")),
+            .map(|pod| env.signal_container(pod, "worker", Signal::SIGKILL)),
     )
     .await;
     // Base delay 1 s; ten failures in a row would be 2^9 s, capped at 300 s.

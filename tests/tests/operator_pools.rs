@@ -474,8 +474,7 @@ async fn the_examples_run_and_drain_their_tasks() {
         .expect("secret");
     let dir = workpool_tests::cluster::repo_root().join("examples");
     for name in ["sleep-pool.yaml", "script-pool.yaml"] {
-        env.apply_pool(&example(&dir.join(name), &env.ns))
-            .await;
+        env.apply_pool(&example(&dir.join(name), &env.ns)).await;
     }
     env.wait_ready("sleepy", 2).await;
     env.wait_ready("shout", 1).await;

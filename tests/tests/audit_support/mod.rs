@@ -5,8 +5,8 @@
 //! binary, and recorders that watch a WorkPool's versions and a pool's pods through the
 //! API so that tests assert counts and invariants, never one interleaving.
 //!
-//! Process control of a worker goes through the node's containerd (`ctr tasks kill`), the
-//! container's own runtime: the same as a process dying on a real node.
+//! Process control of a worker goes through the node (`Node::signal_container`: the
+//! container's main process, its PID from containerd), as a process dies on a real node.
 //!
 //! Owned by the audit tests (helper A of #14); `operator_support` (the operator process,
 //! metrics parsing) is shared with the other suites and only used from here.
@@ -23,12 +23,12 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
+use workpool_tests::cluster::{ClusterOptions, TestCluster};
 use workpool_tests::controlplane::ControlPlane;
 use workpool_tests::node::{self, Node, NodeOptions};
 use workpool_worker::testing::RedisServer;
 
-use crate::operator_support::{self, Operator, pools_api};
+use crate::operator_support::{self, Operator, Signal, pools_api};
 
 /// The label this binary's real nodes carry; a test namespace's pods select its node by
 /// it (PodNodeSelector), so tests of one binary never share a node they drain.
@@ -45,17 +45,7 @@ pub const WAIT: Duration = Duration::from_secs(180);
 /// The worker image reference the real node imports (the chart's appVersion; never
 /// `:latest`, which the kubelet would try to pull).
 pub fn worker_image() -> String {
-    let chart = repo_root().join("charts/workpool/Chart.yaml");
-    let version = std::fs::read_to_string(chart)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("appVersion:")
-                    .map(|v| v.trim().trim_matches('"').to_string())
-            })
-        })
-        .unwrap_or_else(|| "0.1.0".into());
-    format!("{}:{version}", node::WORKER_REPOSITORY)
+    operator_support::worker_image()
 }
 
 type NodeSlot = OnceLock<Result<Node, String>>;
@@ -477,34 +467,22 @@ impl RealEnv {
             .collect()
     }
 
-    /// The container id (without the runtime prefix) of the pod's container `container`.
-    pub async fn container_id(&self, pod: &str, container: &str) -> String {
+    /// Sends `signal` to the main process of a pod's container from the host, through the
+    /// node (its PID from containerd's task list): `SIGKILL` ends it as a crash or the OOM
+    /// killer would on a real node.
+    pub async fn signal_container(&self, pod: &str, container: &str, signal: Signal) {
         let p = self.pods().get(pod).await.expect("pod");
-        p.status
+        let id = p
+            .status
             .and_then(|s| s.container_statuses)
             .unwrap_or_default()
             .into_iter()
             .find(|c| c.name == container)
             .and_then(|c| c.container_id)
-            .and_then(|id| id.split("://").nth(1).map(str::to_string))
-            .unwrap_or_else(|| panic!("pod {pod} has no running container {container}"))
-    }
-
-    /// Sends `signal` (e.g. `SIGKILL`) to the main process of a pod's container through the
-    /// node's containerd, as a crash or the OOM killer would end it on a real node.
-    pub async fn signal_container(&self, pod: &str, container: &str, signal: &str) {
-        let id = self.container_id(pod, container).await;
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(self.node.containerd_socket())
-            .args(["-n", "k8s.io", "tasks", "kill", "--signal", signal, &id])
-            .output()
-            .expect("ctr runs");
-        assert!(
-            out.status.success(),
-            "ctr tasks kill --signal {signal} {id} (pod {pod}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|| panic!("pod {pod} has no container {container}"));
+        self.node
+            .signal_container(&id, signal)
+            .unwrap_or_else(|e| panic!("{signal} to {container} of {pod}: {e:#}"));
     }
 
     /// Adds a finalizer of the test's own to a pod (it stays Terminating once deleted);
