@@ -20,30 +20,66 @@ use std::time::{Duration, Instant};
 use audit_support::*;
 use serde_json::json;
 
-/// Submits `durations_ms.len()` tasks one at a time, each once the one before is held by
-/// a worker that held nothing, so that every worker ends up with one task (blocked
-/// readers are served first come, first served). Returns entry id -> holder.
-async fn one_task_per_worker(
+/// Fills every slot of every worker of the pool: `durations_ms.len()` tasks (= pods x
+/// concurrency), then waits until all are held. Each worker can hold at most its
+/// concurrency, so once all are held every worker holds exactly that many, whichever
+/// order Redis served the readers in. Returns pod -> tasks held.
+async fn fill_every_slot(
     env: &RealEnv,
     pool: &str,
+    pods: usize,
     durations_ms: &[u64],
-) -> BTreeMap<String, String> {
+) -> BTreeMap<String, usize> {
     for (i, ms) in durations_ms.iter().enumerate() {
         env.submit(pool, &format!("long{i}"), 1, *ms);
-        env.wait_for(&format!("{} tasks of {pool} held", i + 1), WAIT, || async {
-            let h = env.holders(pool, pool);
-            (h.len() == i + 1).then_some(())
-        })
+    }
+    let per_pod = env
+        .wait_until(
+            &format!("all {} tasks of {pool} held", durations_ms.len()),
+            WAIT,
+            || async {
+                let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+                for pod in env.holders(pool, pool).values() {
+                    *per_pod.entry(pod.clone()).or_default() += 1;
+                }
+                if per_pod.values().sum::<usize>() == durations_ms.len() {
+                    Ok(per_pod)
+                } else {
+                    Err(format!("held: {per_pod:?}"))
+                }
+            },
+        )
+        .await;
+    assert_eq!(
+        per_pod.len(),
+        pods,
+        "{pool}: every worker holds tasks: {per_pod:?}"
+    );
+    per_pod
+}
+
+/// Submits tasks of `ms` one at a time until every one of `pods` holds at least one
+/// (a reader served twice first just holds two). Returns the number of tasks submitted.
+async fn busy_every_pod(env: &RealEnv, pool: &str, pods: &BTreeSet<String>, ms: u64) -> usize {
+    let mut submitted = 0;
+    loop {
+        let busy: BTreeSet<String> = env.holders(pool, pool).values().cloned().collect();
+        if pods.is_subset(&busy) {
+            return submitted;
+        }
+        assert!(
+            submitted < 3 * pods.len(),
+            "{pool}: {submitted} tasks and still idle pods"
+        );
+        env.submit(pool, &format!("busy{submitted}"), 1, ms);
+        submitted += 1;
+        env.wait_for(
+            &format!("{submitted} tasks of {pool} held"),
+            WAIT,
+            || async { (env.holders(pool, pool).len() == submitted).then_some(()) },
+        )
         .await;
     }
-    let holders = env.holders(pool, pool);
-    let distinct: BTreeSet<&String> = holders.values().collect();
-    assert_eq!(
-        distinct.len(),
-        durations_ms.len(),
-        "{pool}: one long task per worker: {holders:?}"
-    );
-    holders
 }
 
 /// Samples, until `until` returns true, the drain hash and then (so a `stopped` seen
@@ -124,7 +160,15 @@ async fn scale_in_with_every_pod_busy_drains_instead_of_killing() {
         (env.ready_pods(pool).await.len() == 3).then_some(())
     })
     .await;
-    let first = one_task_per_worker(&env, pool, &[15_000, 22_000, 30_000]).await;
+    // Both slots of every worker taken: a draining worker gets a free slot only when one
+    // of its tasks ends, and must not fill it.
+    let first = fill_every_slot(
+        &env,
+        pool,
+        3,
+        &[12_000, 15_000, 18_000, 21_000, 24_000, 27_000],
+    )
+    .await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     let sampler = DrainSampler::new();
     env.scale(pool, 1).await;
@@ -161,7 +205,7 @@ async fn scale_in_with_every_pod_busy_drains_instead_of_killing() {
     .await;
     let draining: BTreeSet<String> = env.draining(pool).keys().cloned().collect();
     let keeper: BTreeSet<String> = first
-        .values()
+        .keys()
         .filter(|p| !draining.contains(*p))
         .cloned()
         .collect();
@@ -248,7 +292,7 @@ async fn template_change_with_every_pod_busy_drains_the_old_pods() {
         .await;
     let old_hash = template_hash(&old_pods[0]).expect("template hash");
     let old_names = names(&old_pods);
-    one_task_per_worker(&env, pool, &[18_000, 25_000]).await;
+    fill_every_slot(&env, pool, 2, &[14_000, 18_000, 22_000, 26_000]).await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     let sampler = DrainSampler::new();
     env.patch_pool(
@@ -334,14 +378,15 @@ async fn scale_up_while_pods_drain_reuses_them() {
         return;
     };
     let pool = "reuse";
-    env.apply(&env.pool(pool, 3, 2, json!({}))).await;
+    // Three slots per worker: every worker busy, with free slots left for later.
+    env.apply(&env.pool(pool, 3, 3, json!({}))).await;
     let first = env
         .wait_for("3 ready pods", WAIT, || async {
             let pods = env.ready_pods(pool).await;
             (pods.len() == 3).then(|| names(&pods))
         })
         .await;
-    one_task_per_worker(&env, pool, &[90_000, 90_000, 90_000]).await;
+    let held = busy_every_pod(&env, pool, &first, 120_000).await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     env.scale(pool, 1).await;
     env.wait_for("2 pods draining", Duration::from_secs(60), || async {
@@ -351,38 +396,44 @@ async fn scale_up_while_pods_drain_reuses_them() {
     })
     .await;
     env.scale(pool, 3).await;
-    env.wait_for(
+    env.wait_until(
         "the draining pods back: 3 ready, none draining",
         Duration::from_secs(60),
         || async {
-            let v = env.pool_json(pool).await?;
-            (status_int(&v, "drainingReplicas").unwrap_or(0) == 0
+            let v = env.pool_json(pool).await.ok_or("no pool")?;
+            let ready = names(&env.ready_pods(pool).await);
+            let draining = env.draining(pool);
+            if status_int(&v, "drainingReplicas").unwrap_or(0) == 0
                 && status_int(&v, "replicas") == Some(3)
-                && env.draining(pool).is_empty()
-                && names(&env.ready_pods(pool).await) == first)
-                .then_some(())
+                && draining.is_empty()
+                && ready == first
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ready {ready:?}, drain hash {draining:?}, status {}",
+                    v["status"]
+                ))
+            }
         },
     )
     .await;
-    // They read again: new tasks reach more pods than the one that never drained.
-    let after = env.submit(pool, "after", 6, 3_000);
-    let sampler = DrainSampler::new();
-    env.wait_for("the new tasks done", WAIT, || async {
-        DrainSampler::take(&sampler, &env, pool);
-        let waiting = env.redis_count(&["XLEN", pool]);
-        // The three long tasks are still held; everything else is done.
-        (waiting == 3 && env.holders(pool, pool).len() == 3).then_some(())
+    // They read again: tasks for every free slot left are all taken, which the one pod
+    // that never drained cannot do alone.
+    let free = 3 * 3 - held;
+    env.submit(pool, "after", free, 60_000);
+    env.wait_until("every slot of every pod taken", WAIT, || async {
+        let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+        for pod in env.holders(pool, pool).values() {
+            *per_pod.entry(pod.clone()).or_default() += 1;
+        }
+        if per_pod.len() == 3 && per_pod.values().all(|n| *n == 3) {
+            Ok(())
+        } else {
+            Err(format!("held: {per_pod:?}"))
+        }
     })
     .await;
-    let sampler = DrainSampler::done(sampler);
-    let served: BTreeSet<String> = after
-        .iter()
-        .flat_map(|id| sampler.holders_seen.get(id).cloned().unwrap_or_default())
-        .collect();
-    assert!(
-        served.len() >= 2,
-        "the pods taken back read again: the new tasks were held by {served:?}"
-    );
     let h = recorder.history();
     assert_eq!(
         h.seen.keys().cloned().collect::<BTreeSet<String>>(),
