@@ -20,68 +20,6 @@ use std::time::{Duration, Instant};
 use audit_support::*;
 use serde_json::json;
 
-/// Fills every slot of every worker of the pool: `durations_ms.len()` tasks (= pods x
-/// concurrency), then waits until all are held. Each worker can hold at most its
-/// concurrency, so once all are held every worker holds exactly that many, whichever
-/// order Redis served the readers in. Returns pod -> tasks held.
-async fn fill_every_slot(
-    env: &RealEnv,
-    pool: &str,
-    pods: usize,
-    durations_ms: &[u64],
-) -> BTreeMap<String, usize> {
-    for (i, ms) in durations_ms.iter().enumerate() {
-        env.submit(pool, &format!("long{i}"), 1, *ms);
-    }
-    let per_pod = env
-        .wait_until(
-            &format!("all {} tasks of {pool} held", durations_ms.len()),
-            WAIT,
-            || async {
-                let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
-                for pod in env.holders(pool, pool).values() {
-                    *per_pod.entry(pod.clone()).or_default() += 1;
-                }
-                if per_pod.values().sum::<usize>() == durations_ms.len() {
-                    Ok(per_pod)
-                } else {
-                    Err(format!("held: {per_pod:?}"))
-                }
-            },
-        )
-        .await;
-    assert_eq!(
-        per_pod.len(),
-        pods,
-        "{pool}: every worker holds tasks: {per_pod:?}"
-    );
-    per_pod
-}
-
-/// Submits tasks of `ms` one at a time until every one of `pods` holds at least one
-/// (a reader served twice first just holds two). Returns the number of tasks submitted.
-async fn busy_every_pod(env: &RealEnv, pool: &str, pods: &BTreeSet<String>, ms: u64) -> usize {
-    let mut submitted = 0;
-    loop {
-        let busy: BTreeSet<String> = env.holders(pool, pool).values().cloned().collect();
-        if pods.is_subset(&busy) {
-            return submitted;
-        }
-        assert!(
-            submitted < 3 * pods.len(),
-            "{pool}: {submitted} tasks and still idle pods"
-        );
-        env.submit(pool, &format!("busy{submitted}"), 1, ms);
-        submitted += 1;
-        env.wait_for(
-            &format!("{submitted} tasks of {pool} held"),
-            WAIT,
-            || async { (env.holders(pool, pool).len() == submitted).then_some(()) },
-        )
-        .await;
-    }
-}
-
 /// Samples, until `until` returns true, the drain hash and then (so a `stopped` seen
 /// is older than the holdings read after it) who holds what. Asserts on every sample
 /// that a pod already seen `stopped` holds no task it did not hold when first seen so,
@@ -162,13 +100,9 @@ async fn scale_in_with_every_pod_busy_drains_instead_of_killing() {
     .await;
     // Both slots of every worker taken: a draining worker gets a free slot only when one
     // of its tasks ends, and must not fill it.
-    let first = fill_every_slot(
-        &env,
-        pool,
-        3,
-        &[20_000, 23_000, 26_000, 29_000, 32_000, 35_000],
-    )
-    .await;
+    let first = env
+        .fill_every_slot(pool, 3, &[20_000, 23_000, 26_000, 29_000, 32_000, 35_000])
+        .await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     let sampler = DrainSampler::new();
     env.scale(pool, 1).await;
@@ -298,7 +232,8 @@ async fn template_change_with_every_pod_busy_drains_the_old_pods() {
         .await;
     let old_hash = template_hash(&old_pods[0]).expect("template hash");
     let old_names = names(&old_pods);
-    fill_every_slot(&env, pool, 2, &[14_000, 18_000, 22_000, 26_000]).await;
+    env.fill_every_slot(pool, 2, &[14_000, 18_000, 22_000, 26_000])
+        .await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     let sampler = DrainSampler::new();
     env.patch_pool(
@@ -394,7 +329,7 @@ async fn scale_up_while_pods_drain_reuses_them() {
             (pods.len() == 3).then(|| names(&pods))
         })
         .await;
-    let held = busy_every_pod(&env, pool, &first, 120_000).await;
+    let held = env.busy_every_pod(pool, &first, 120_000).await;
     let recorder = PodRecorder::start(&env, &format!("workpool.dev/pool={pool}"));
     env.scale(pool, 1).await;
     env.wait_for("2 pods draining", Duration::from_secs(60), || async {

@@ -370,6 +370,68 @@ impl RealEnv {
             .collect()
     }
 
+    /// Fills every slot of every worker of the pool: `durations_ms.len()` tasks (= pods x
+    /// concurrency), then waits until all are held. Each worker can hold at most its
+    /// concurrency, so once all are held every worker holds exactly that many, whichever
+    /// order Redis served the readers in. Returns pod -> tasks held.
+    pub async fn fill_every_slot(
+        &self,
+        pool: &str,
+        pods: usize,
+        durations_ms: &[u64],
+    ) -> BTreeMap<String, usize> {
+        for (i, ms) in durations_ms.iter().enumerate() {
+            self.submit(pool, &format!("long{i}"), 1, *ms);
+        }
+        let per_pod = self
+            .wait_until(
+                &format!("all {} tasks of {pool} held", durations_ms.len()),
+                WAIT,
+                || async {
+                    let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+                    for pod in self.holders(pool, pool).values() {
+                        *per_pod.entry(pod.clone()).or_default() += 1;
+                    }
+                    if per_pod.values().sum::<usize>() == durations_ms.len() {
+                        Ok(per_pod)
+                    } else {
+                        Err(format!("held: {per_pod:?}"))
+                    }
+                },
+            )
+            .await;
+        assert_eq!(
+            per_pod.len(),
+            pods,
+            "{pool}: every worker holds tasks: {per_pod:?}"
+        );
+        per_pod
+    }
+
+    /// Submits tasks of `ms` one at a time until every one of `pods` holds at least one
+    /// (a reader served twice first just holds two). Returns the number of tasks submitted.
+    pub async fn busy_every_pod(&self, pool: &str, pods: &BTreeSet<String>, ms: u64) -> usize {
+        let mut submitted = 0;
+        loop {
+            let busy: BTreeSet<String> = self.holders(pool, pool).values().cloned().collect();
+            if pods.is_subset(&busy) {
+                return submitted;
+            }
+            assert!(
+                submitted < 3 * pods.len(),
+                "{pool}: {submitted} tasks and still idle pods"
+            );
+            self.submit(pool, &format!("busy{submitted}"), 1, ms);
+            submitted += 1;
+            self.wait_for(
+                &format!("{submitted} tasks of {pool} held"),
+                WAIT,
+                || async { (self.holders(pool, pool).len() == submitted).then_some(()) },
+            )
+            .await;
+        }
+    }
+
     /// Entry id -> consumer for every task pending in the group (`XPENDING` detail).
     pub fn holders(&self, stream: &str, group: &str) -> BTreeMap<String, String> {
         let out = self.redis_cli(&["XPENDING", stream, group, "-", "+", "10000"]);
