@@ -438,19 +438,31 @@ async fn finding_04_no_blind_scale_in_while_the_queue_cannot_be_read() {
 }
 
 /// Finding 5: the leader SIGSTOPped mid scale-up for longer than its lease; the standby
-/// takes over; the old leader resumes. The pods created in total are exactly the desired
-/// ones (none fails: they wait for a node that does not exist), never more at once, and
-/// nothing is deleted afterwards.
+/// takes over; the old leader resumes. The pods wait for a node that does not exist, so
+/// none fails and every pod created is a create decision. The resumed leader checks its
+/// lease before each write, so at most the one create it had already checked when it was
+/// frozen goes out after the standby took over (no API lets a write be fenced by a lease):
+/// at most one pod per pool above desired, removed again by the new leader; the audit saw
+/// 143 creates for 100 desired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_05_a_leader_that_lost_its_lease_creates_nothing_more() {
-    let Some(env) = RealEnv::start("op-audit-leader-a", &[]).await else {
+    // Short leases: the freeze must outlast one.
+    let lease = [
+        "--lease-duration",
+        "8",
+        "--lease-renew-deadline",
+        "6",
+        "--lease-retry-period",
+        "1",
+    ];
+    let Some(env) = RealEnv::start("op-audit-leader-a", &lease).await else {
         return;
     };
     env.wait_for("operator a leads", Duration::from_secs(60), || async {
         (env.operator().metric("workpool_leader").await? == 1.0).then_some(())
     })
     .await;
-    let env = env.with_operator("op-audit-leader-b", &[]);
+    let env = env.with_operator("op-audit-leader-b", &lease);
     let (a, b) = (&env.operators[0], &env.operators[1]);
     let desired = 60;
     let pools = ["split-a", "split-b"];
@@ -490,35 +502,51 @@ async fn finding_05_a_leader_that_lost_its_lease_creates_nothing_more() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(a_pid, nix::sys::signal::Signal::SIGCONT);
-    env.wait_for(&format!("{desired} pods in each pool"), WAIT, || async {
-        for p in pools {
-            if env.live_pods(p).await.len() < desired as usize {
-                return None;
+    let total = pools.len() * desired as usize;
+    env.wait_until(
+        &format!("exactly {desired} pods in each pool"),
+        WAIT,
+        || async {
+            let mut counts = Vec::new();
+            for p in pools {
+                counts.push(env.live_pods(p).await.len());
             }
-        }
-        Some(())
-    })
+            if counts.iter().all(|n| *n == desired as usize) {
+                Ok(())
+            } else {
+                Err(format!("live pods per pool: {counts:?}"))
+            }
+        },
+    )
     .await;
     // The resumed leader has had time to finish whatever it was doing.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let h = recorder.history();
-    let total = pools.len() * desired as usize;
-    assert_eq!(
-        h.seen.len(),
-        total,
-        "{} pods created for {total} desired ({created_before_stop} before the leader froze)",
+    let extra = h.seen.len().saturating_sub(total);
+    assert!(
+        h.seen.len() >= total && extra <= pools.len(),
+        "{} pods created for {total} desired ({created_before_stop} before the leader froze; \
+         at most one create per pool may have been under way when it froze)",
         h.seen.len()
     );
     assert!(
-        h.max_live <= total,
+        h.max_live <= total + pools.len(),
         "{} pods at once for {total} desired",
         h.max_live
     );
-    assert!(
-        h.deleting.is_empty(),
-        "pods deleted although none failed: {:?}",
+    assert_eq!(
+        h.deleting.len(),
+        extra,
+        "only the extra pods are deleted: {:?}",
         h.deleting.keys().collect::<Vec<_>>()
     );
+    for p in pools {
+        assert_eq!(
+            env.live_pods(p).await.len(),
+            desired as usize,
+            "{p} stays at {desired}"
+        );
+    }
     if a.child.is_some() {
         let leading = a.metric("workpool_leader").await;
         assert_ne!(

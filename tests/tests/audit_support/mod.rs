@@ -88,10 +88,12 @@ pub fn real_node(which: &'static str) -> Option<&'static Node> {
 /// redis-server (reachable from pods at the node's host address, the URL in Secret
 /// `redis`), and its operators.
 pub struct RealEnv {
+    /// First, so they stop (and, on a failure, print their logs) before the cluster's
+    /// directory, which holds their logs, goes.
+    pub operators: Vec<Operator>,
     pub cluster: TestCluster,
     pub redis: RedisServer,
     pub node: &'static Node,
-    pub operators: Vec<Operator>,
     /// Pods given a test finalizer; it is removed on drop so the namespace can go.
     held_pods: Mutex<Vec<String>>,
 }
@@ -629,9 +631,26 @@ impl Drop for RealEnv {
     }
 }
 
+/// Lease timings of the operators of these tests unless a test sets its own: generous,
+/// because a renewal that misses its deadline makes the operator exit (by design: its
+/// Deployment restarts it), and on a loaded 2-core machine the API server can take
+/// seconds to answer. Leader election itself is tested with short leases (finding 5).
+const RELAXED_LEASE: [&str; 6] = [
+    "--lease-duration",
+    "20",
+    "--lease-renew-deadline",
+    "15",
+    "--lease-retry-period",
+    "2",
+];
+
 /// Starts an operator and checks that it is still running a moment later.
 pub fn start_operator(cluster: &TestCluster, name: &str, flags: &[&str]) -> Operator {
-    let mut op = Operator::start(cluster, name, flags);
+    let mut all: Vec<&str> = flags.to_vec();
+    if !flags.iter().any(|f| f.starts_with("--lease-")) {
+        all.extend(RELAXED_LEASE);
+    }
+    let mut op = Operator::start(cluster, name, &all);
     std::thread::sleep(Duration::from_millis(700));
     if let Some(child) = op.child.as_mut()
         && let Ok(Some(status)) = child.try_wait()
