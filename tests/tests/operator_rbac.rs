@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use operator_support::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_works_with_exactly_the_documented_rbac() {
