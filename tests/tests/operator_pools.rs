@@ -416,8 +416,12 @@ async fn nothing_is_written_while_nothing_changes() {
     let t = payloads("quiet", 6);
     env.submit("quiet", &t);
     env.wait_done("quiet", &t, T).await;
-    env.wait_pool("quiet", "an empty queue", T, |v| {
+    // Queue figures alone reach the status at most every 15 s: wait until it shows the
+    // queue as it now stays (empty, with every consumer that registered).
+    let consumers = env.consumers("quiet", "quiet").len();
+    env.wait_pool("quiet", "an empty queue with its consumers", T, |v| {
         v["status"]["queue"]["backlog"] == json!(0)
+            && v["status"]["queue"]["consumers"] == json!(consumers)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
