@@ -273,7 +273,12 @@ async fn a_pool_at_zero_wakes_on_its_first_task_before_the_next_poll() {
         "trigger=\"poll\"",
     )
     .await;
-    submit_to(&env.worker, &other_redis.url(), "other", &payloads("other", 1));
+    submit_to(
+        &env.worker,
+        &other_redis.url(),
+        "other",
+        &payloads("other", 1),
+    );
     eventually("a pod for the other pool's first task", T, || async {
         env.pool_pods("other", true).await.into_iter().next()
     })
@@ -322,7 +327,12 @@ async fn rotating_the_redis_secret_moves_the_pool_to_the_new_redis() {
     let env = Env::start().await;
     let other = env.start_redis();
     // Three tasks wait on the other Redis (no group yet: all of them are backlog).
-    submit_to(&env.worker, &other.url(), "rotated", &payloads("rotated", 3));
+    submit_to(
+        &env.worker,
+        &other.url(),
+        "rotated",
+        &payloads("rotated", 3),
+    );
     let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &env.ns);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "redis-url"},

@@ -474,8 +474,7 @@ async fn the_examples_run_and_drain_their_tasks() {
         .expect("secret");
     let dir = workpool_tests::cluster::repo_root().join("examples");
     for name in ["sleep-pool.yaml", "script-pool.yaml"] {
-        env.apply_pool(&example(&dir.join(name), &env.ns))
-            .await;
+        env.apply_pool(&example(&dir.join(name), &env.ns)).await;
     }
     env.wait_ready("sleepy", 2).await;
     env.wait_ready("shout", 1).await;
@@ -503,4 +502,132 @@ async fn the_examples_run_and_drain_their_tasks() {
         );
         assert!(!env.consumers(stream, group).is_empty());
     }
+}
+
+/// A worker pod made by hand (no operator): the real `workpool-worker` in the worker
+/// image consumes tasks from a real redis-server, is Ready through its `/readyz` probe,
+/// registers as the consumer named by the downward API, and on deletion drains and exits
+/// 0 on SIGTERM well inside its 30 s grace period (not killed at the end of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_pod_consumes_tasks_is_ready_through_readyz_and_drains_on_deletion() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher;
+    let env = Env::start().await;
+    let out = env.done_file_in_pod("solo");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "worker-0", "labels": {"workpool.dev/pool": "solo"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "worker",
+                "image": worker_image(),
+                "args": ["run"],
+                "ports": [{"name": "metrics", "containerPort": 9090}],
+                "env": [
+                    {"name": "WORKPOOL_REDIS_URL", "value": env.redis_url()},
+                    {"name": "WORKPOOL_STREAM", "value": "tasks"},
+                    {"name": "WORKPOOL_GROUP", "value": "demo"},
+                    {"name": "WORKPOOL_CONSUMER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "WORKPOOL_METRICS_ADDR", "value": "0.0.0.0:9090"},
+                    {"name": "WORKPOOL_EXEC", "value": format!("cat >> {out}; echo >> {out}")},
+                    {"name": "WORKPOOL_CONCURRENCY", "value": "1"}
+                ],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 2},
+                "volumeMounts": [{"name": "out", "mountPath": OUT_IN_POD}]
+            }],
+            "volumes": [{"name": "out", "hostPath": {
+                "path": env.out_dir().display().to_string(), "type": "Directory"
+            }}]
+        }
+    }))
+    .expect("pod json");
+    let pods = env.pods();
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("create");
+    let running = eventually("worker-0 Running and Ready", T, || async {
+        pods.get_opt("worker-0")
+            .await
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    })
+    .await;
+    let status = running
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().find(|c| c.name == "worker"))
+        .expect("worker status");
+    assert_eq!(status.restart_count, 0);
+
+    // Tasks produced with the real CLI all run.
+    let tasks: Vec<String> = (0..20).map(|i| format!("{{\"n\":{i}}}")).collect();
+    env.submit("tasks", &tasks);
+    env.wait_done("solo", &tasks, T).await;
+    // The consumer in the group is the pod's name (downward API).
+    assert!(
+        env.consumers("tasks", "demo").contains_key("worker-0"),
+        "{:?}",
+        env.consumers("tasks", "demo")
+    );
+
+    // Deletion: every status the kubelet reports is seen, up to the pod's removal.
+    let pid = env
+        .node
+        .container_pid(status.container_id.as_deref().expect("container id"))
+        .expect("the worker's process");
+    let events = watcher(
+        pods.clone(),
+        watcher::Config::default().fields("metadata.name=worker-0"),
+    );
+    let mut events = Box::pin(events);
+    // The watch is established (its first listing done) before the delete.
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(_) => continue,
+            None => panic!("the watch ended"),
+        }
+    }
+    let started = std::time::Instant::now();
+    pods.delete("worker-0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut exit_codes = Vec::new();
+    tokio::time::timeout(T, async {
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) => exit_codes.extend(
+                    p.status
+                        .and_then(|s| s.container_statuses)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|c| c.state.and_then(|s| s.terminated))
+                        .map(|t| t.exit_code),
+                ),
+                Ok(watcher::Event::Delete(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the pod is removed");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the worker did not exit on SIGTERM: the pod went after {:?}",
+        started.elapsed()
+    );
+    // The kubelet reports the terminated container before it removes the pod.
+    assert!(
+        !exit_codes.is_empty() && exit_codes.iter().all(|c| *c == 0),
+        "the worker exits 0 after draining: {exit_codes:?}"
+    );
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "the worker's process {pid} is gone");
 }

@@ -35,12 +35,9 @@ impl Env {
     async fn start(name: &str) -> Env {
         // The worker image is built from target/debug/workpool-worker: build it first.
         operator_support::binaries();
-        let cluster = TestCluster::start_real(ClusterOptions {
-            own_namespace: true,
-            ..ClusterOptions::default()
-        })
-        .await
-        .expect("cluster");
+        let cluster = TestCluster::start_real(ClusterOptions::default())
+            .await
+            .expect("cluster");
         let node = cluster
             .shared_node()
             .await

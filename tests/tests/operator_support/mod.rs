@@ -56,9 +56,14 @@ pub fn binaries() -> (PathBuf, PathBuf) {
         // rebuilt here and again by the next plain `cargo` command, and so on.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
-            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
-                .iter()
-                .any(|p| key.starts_with(p))
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
                 || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
             {
                 cargo.env_remove(&*key);
@@ -273,12 +278,9 @@ impl Env {
         let (_, worker) = binaries();
         // The operator suites always run on the local real control plane: they need its
         // node (a test crashes workers through it).
-        let cluster = TestCluster::start_real(ClusterOptions {
-            own_namespace: true,
-            ..ClusterOptions::default()
-        })
-        .await
-        .expect("the real control plane");
+        let cluster = TestCluster::start_real(ClusterOptions::default())
+            .await
+            .expect("the real control plane");
         let node = cluster
             .shared_node()
             .await
