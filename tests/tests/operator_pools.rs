@@ -631,3 +631,101 @@ async fn a_worker_pod_consumes_tasks_is_ready_through_readyz_and_drains_on_delet
             .contains(") Z ");
     assert!(!alive, "the worker's process {pid} is gone");
 }
+
+/// How the operator uses the API, against the real API server: status is written through
+/// the status subresource by server-side apply as field manager `workpool-operator`,
+/// owning status and nothing of the user's spec (the user re-applies the spec without
+/// force and without a conflict; status in the user's apply is ignored); the finalizer is
+/// added beside the user's own and, on deletion, only the operator's is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_is_applied_by_workpool_operator_and_the_finalizer_leaves_others_alone() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-api", &[]);
+    let mut pool = env.exec_pool("owned", 1, 0.0, json!({}));
+    pool["metadata"]["finalizers"] = json!(["example.com/keep"]);
+    env.apply_pool(&pool).await;
+    let v = env.wait_ready("owned", 1).await;
+    let finalizers = v["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        json!(["example.com/keep", "workpool.dev/cleanup"]),
+        "the operator's finalizer is added beside the user's"
+    );
+    let managed = v["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let entry = |manager: &str, subresource: Option<&str>| {
+        managed
+            .iter()
+            .find(|m| {
+                m["manager"] == manager
+                    && m["subresource"].as_str() == subresource
+                    && m["operation"] == "Apply"
+            })
+            .cloned()
+    };
+    let status = entry("workpool-operator", Some("status"))
+        .unwrap_or_else(|| panic!("no status apply by workpool-operator: {managed:#?}"));
+    let owned = &status["fieldsV1"];
+    assert!(owned["f:status"]["f:conditions"].is_object(), "{owned}");
+    assert!(owned["f:status"]["f:replicas"].is_object(), "{owned}");
+    assert!(owned.get("f:spec").is_none(), "{owned}");
+    let user = entry("workpool-tests", None).expect("the user's apply");
+    assert!(
+        user["fieldsV1"]["f:spec"]["f:replicas"].is_object(),
+        "{user}"
+    );
+    // No other writer of the main resource under the operator's name owns spec fields.
+    for m in managed
+        .iter()
+        .filter(|m| m["manager"] == "workpool-operator")
+    {
+        assert!(m["fieldsV1"].get("f:spec").is_none(), "{m}");
+    }
+
+    // The user re-applies (no force) with a changed spec and a made-up status: no
+    // conflict with the operator's fields, the spec changes, the status is not theirs.
+    let mut again = pool.clone();
+    again["spec"]["replicas"] = json!(2);
+    again["status"] = json!({"replicas": 7, "readyReplicas": 7});
+    env.pools()
+        .patch(
+            "owned",
+            &PatchParams::apply("workpool-tests"),
+            &Patch::Apply(&again),
+        )
+        .await
+        .expect("the user's apply does not conflict with the operator's");
+    let v = env.wait_ready("owned", 2).await;
+    assert_eq!(v["spec"]["replicas"], 2);
+    assert_eq!(v["status"]["replicas"], 2, "{}", v["status"]);
+
+    // Deletion: the operator cleans up and removes its own finalizer only.
+    env.pools()
+        .delete("owned", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let v = env
+        .wait_pool("owned", "only the user's finalizer left", T, |v| {
+            v["metadata"]["finalizers"] == json!(["example.com/keep"])
+        })
+        .await;
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    eventually("the pool's pods are gone", T, || async {
+        env.pool_pods("owned", true).await.is_empty().then_some(())
+    })
+    .await;
+    env.pools()
+        .patch(
+            "owned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("the user's finalizer removed");
+    eventually("the pool is gone", T, || async {
+        env.pool("owned").await.is_none().then_some(())
+    })
+    .await;
+}
