@@ -729,3 +729,209 @@ async fn status_is_applied_by_workpool_operator_and_the_finalizer_leaves_others_
     })
     .await;
 }
+
+/// A pool as a user deploys one: the built-in `sleep` handler, the Redis URL in a Secret
+/// (`redis`, key `url`), two tasks at a time per worker, the `/readyz` probe.
+fn sleep_pool(env: &Env, pool: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
+        "metadata": {"name": pool, "namespace": env.ns},
+        "spec": {
+            "queue": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}},
+            "replicas": replicas,
+            "delivery": {"visibilityTimeoutSeconds": 10, "maxDeliveries": 5},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "worker",
+                    "image": worker_image(),
+                    "args": ["run", "--builtin", "sleep"],
+                    "env": [
+                        {"name": "WORKPOOL_CONCURRENCY", "value": "2"},
+                        {"name": "WORKPOOL_METRICS_ADDR", "value": "0.0.0.0:9090"}
+                    ],
+                    "ports": [{"name": "metrics", "containerPort": 9090}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
+                                       "periodSeconds": 1}
+                }]
+            }}
+        }
+    })
+}
+
+/// The Secret `redis` with the test's Redis URL, as a user would create it.
+async fn redis_secret(env: &Env) {
+    env.cluster
+        .apply_object(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "redis", "namespace": env.ns},
+            "stringData": {"url": env.redis_url()}
+        }))
+        .await
+        .expect("secret");
+}
+
+/// `n` sleep tasks of `ms` each on the pool's stream (stream = pool name).
+fn submit_sleeps(env: &Env, pool: &str, n: usize, ms: u64) {
+    let tasks: Vec<String> = (0..n)
+        .map(|i| json!({"ms": ms, "n": i}).to_string())
+        .collect();
+    env.submit(pool, &tasks);
+}
+
+/// The pool's pods that are not terminating and are Ready.
+async fn ready_pods(env: &Env, pool: &str) -> std::collections::BTreeSet<String> {
+    env.pool_pods(pool, false)
+        .await
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// Every task of `pool` finished: nothing left in the stream (the worker deletes what it
+/// acknowledges), nothing pending, nothing dead-lettered.
+async fn wait_drained(env: &Env, pool: &str) {
+    eventually(&format!("{pool} drained"), T, || async {
+        (env.redis_cli(&["XLEN", pool]).trim() == "0").then_some(())
+    })
+    .await;
+    let pending = env.redis_cli(&["XPENDING", pool, pool]);
+    assert!(
+        pending.trim().starts_with('0'),
+        "{pool}: nothing pending, got {pending}"
+    );
+    assert_eq!(
+        env.redis_cli(&["XLEN", &format!("{pool}:dead")]).trim(),
+        "0",
+        "{pool}: no dead letters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sleep_pools_drain_their_queues_and_a_deleted_pod_is_replaced() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-real-drain", &[]);
+    redis_secret(&env).await;
+    env.apply_pool(&sleep_pool(&env, "alpha", 3)).await;
+    env.apply_pool(&sleep_pool(&env, "beta", 2)).await;
+    eventually("3 ready alpha pods and 2 ready beta pods", T, || async {
+        (ready_pods(&env, "alpha").await.len() == 3 && ready_pods(&env, "beta").await.len() == 2)
+            .then_some(())
+    })
+    .await;
+    // The pods are what the operator built: restricted securityContext, the URL through
+    // the Secret (never in the spec), the consumer name from the downward API.
+    let pod = &env.pool_pods("alpha", false).await[0];
+    let spec = serde_json::to_value(pod.spec.as_ref().expect("spec")).expect("json");
+    let url_var = spec["containers"][0]["env"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == "WORKPOOL_REDIS_URL"))
+        .cloned()
+        .expect("WORKPOOL_REDIS_URL is injected");
+    assert_eq!(url_var["valueFrom"]["secretKeyRef"]["name"], "redis");
+    assert!(
+        !spec.to_string().contains("redis://"),
+        "the Redis URL is not copied into the pod spec"
+    );
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+
+    // Enough work that a pod is deleted while tasks are in flight: 3 pods x 2 at a time.
+    submit_sleeps(&env, "alpha", 60, 600);
+    submit_sleeps(&env, "beta", 30, 200);
+    eventually("alpha workers hold tasks", T, || async {
+        env.redis_cli(&["XPENDING", "alpha", "alpha"])
+            .lines()
+            .next()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    })
+    .await;
+    let victim = ready_pods(&env, "alpha")
+        .await
+        .into_iter()
+        .next()
+        .expect("a pod");
+    env.pods()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .expect("pod deleted");
+    eventually("a replacement for the deleted alpha pod", T, || async {
+        let now = ready_pods(&env, "alpha").await;
+        (now.len() == 3 && !now.contains(&victim)).then_some(())
+    })
+    .await;
+    wait_drained(&env, "alpha").await;
+    wait_drained(&env, "beta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_scale_and_deleting_a_sleep_pool() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-real-scale", &[]);
+    redis_secret(&env).await;
+    env.apply_pool(&sleep_pool(&env, "gamma", 1)).await;
+    env.apply_pool(&sleep_pool(&env, "delta", 2)).await;
+    eventually("1 ready gamma pod, 2 ready delta pods", T, || async {
+        (ready_pods(&env, "gamma").await.len() == 1 && ready_pods(&env, "delta").await.len() == 2)
+            .then_some(())
+    })
+    .await;
+    // `kubectl scale` goes through the scale subresource.
+    let scale = |replicas: u32| {
+        let out = std::process::Command::new(workpool_tests::cluster::kubectl_path())
+            .arg(format!(
+                "--kubeconfig={}",
+                env.cluster.kubeconfig_path().display()
+            ))
+            .args(["-n", &env.ns, "scale", "workpool/gamma"])
+            .arg(format!("--replicas={replicas}"))
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl scale: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    scale(3);
+    eventually("3 ready gamma pods", T, || async {
+        (ready_pods(&env, "gamma").await.len() == 3).then_some(())
+    })
+    .await;
+    submit_sleeps(&env, "gamma", 20, 100);
+    wait_drained(&env, "gamma").await;
+    scale(1);
+    eventually("gamma down to 1 pod", T, || async {
+        (env.pool_pods("gamma", true).await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Delta works, then is deleted: its pods and its consumers go, its stream stays.
+    submit_sleeps(&env, "delta", 10, 100);
+    wait_drained(&env, "delta").await;
+    assert!(
+        !env.consumers("delta", "delta").is_empty(),
+        "delta's workers are consumers of its group"
+    );
+    env.pools()
+        .delete("delta", &DeleteParams::default())
+        .await
+        .expect("pool deleted");
+    eventually("delta's pods and the pool gone", T, || async {
+        (env.pool_pods("delta", true).await.is_empty() && env.pool("delta").await.is_none())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        env.consumers("delta", "delta").is_empty(),
+        "the finalizer removed the pool's consumers"
+    );
+    assert_eq!(
+        env.redis_cli(&["EXISTS", "delta"]).trim(),
+        "1",
+        "the stream, the user's data, stays"
+    );
+    // The other pool is untouched.
+    assert_eq!(env.pool_pods("gamma", false).await.len(), 1);
+}
