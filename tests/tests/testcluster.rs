@@ -295,3 +295,29 @@ async fn an_abandoned_node_is_torn_down_by_the_next_node() {
         .expect("reaped");
     assert_nothing_left(&r.node_dir, &r.netns, Duration::ZERO).await;
 }
+
+/// Where the real cluster cannot run (here: the Kubernetes binaries are not where it is
+/// told to look), it says what is missing and stops, writing no kubeconfig; nothing is
+/// simulated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_real_cluster_cannot_run_it_says_what_is_missing_and_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let out = Command::new(env!("CARGO_BIN_EXE_workpool-testcluster"))
+        .env_remove(EXTERNAL_KUBECONFIG_ENV)
+        .env("WORKPOOL_K8S_BIN", dir.path().join("no-kubernetes-here"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot run the real cluster here")
+            && err.contains("kube-apiserver")
+            && err.contains("not built"),
+        "{err}"
+    );
+    assert!(!kubeconfig.exists(), "no kubeconfig without a cluster");
+}
