@@ -214,3 +214,47 @@ async fn a_frozen_worker_turns_not_ready_and_recovers_when_thawed() {
     env.submit("icy", &after);
     env.wait_done("icy", &after, T).await;
 }
+
+/// A pool given `Env::on_own_node` runs on the test's own node (and nowhere else); when
+/// that node goes away, its pods go with it and the operator's replacements wait for a
+/// node they may run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_pinned_to_its_own_node_runs_there_and_waits_when_the_node_is_gone() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-own-node", &[]);
+    let node = env.start_own_node().await;
+    let name = node.name().to_string();
+    env.apply_pool(&env.exec_pool("pinned", 2, 0.0, env.on_own_node()))
+        .await;
+    env.wait_ready("pinned", 2).await;
+    for pod in env.pool_pods("pinned", false).await {
+        let on = pod.spec.and_then(|s| s.node_name);
+        assert_eq!(on.as_deref(), Some(name.as_str()));
+    }
+    let t = payloads("pinned", 5);
+    env.submit("pinned", &t);
+    env.wait_done("pinned", &t, T).await;
+
+    let before: Vec<String> = env
+        .pool_pods("pinned", true)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .expect("node stopped");
+    // The pods of a deleted Node are removed (pod GC); the operator creates new ones,
+    // which no node can take.
+    let pending = eventually("two replacements, unscheduled", T, || async {
+        let pods = env.pool_pods("pinned", false).await;
+        let fresh: Vec<_> = pods
+            .iter()
+            .filter(|p| !before.contains(p.metadata.name.as_ref().expect("name")))
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+            .collect();
+        (pods.len() == 2 && fresh.len() == 2).then_some(fresh.len())
+    })
+    .await;
+    assert_eq!(pending, 2);
+}

@@ -429,6 +429,21 @@ impl Node {
         self.slot().host_ip()
     }
 
+    /// Lets this node's pods reach `address`, an address of this machine outside the
+    /// node (e.g. the host address of another node, where a test's server listens): a
+    /// route through the host end of the node's veth.
+    pub fn route_to_host(&self, address: Ipv4Addr) -> Result<()> {
+        self.ns_exec(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{address}/32"),
+            "via",
+            &self.host_ip().to_string(),
+        ])
+        .map(|_| ())
+    }
+
     /// The node's network namespace (`ip netns exec NAME ...` runs a command there).
     pub fn netns(&self) -> String {
         self.slot().netns()
