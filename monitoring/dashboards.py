@@ -331,6 +331,7 @@ def overview() -> dict:
         ("Replicas", "workpool_replicas"),
         ("Ready", "workpool_ready_replicas"),
         ("Busy", "workpool_busy_replicas"),
+        ("Draining", "workpool_draining_replicas"),
         ("Backlog", "workpool_queue_backlog"),
         ("Pending", "workpool_queue_pending"),
         ("Dead letters", "workpool_queue_dead_letters"),
@@ -448,13 +449,15 @@ def pool() -> dict:
     l.add(
         timeseries(
             "Replicas against backlog",
-            "Desired, current, ready and busy workers (left axis) against the queue backlog (bars, right axis). "
-            "Busy close to ready with a growing backlog: the pool is at capacity (maxReplicas?).",
+            "Desired, current, ready, busy and draining workers (left axis) against the queue backlog (bars, right axis). "
+            "Busy close to ready with a growing backlog: the pool is at capacity (maxReplicas?). Draining: pods told to "
+            "stop taking tasks that finish what they hold before they go (scale-in, rollout).",
             [
                 target(f"sum(workpool_desired_replicas{sel()})", "desired"),
                 target(f"sum(workpool_replicas{sel()})", "current"),
                 target(f"sum(workpool_ready_replicas{sel()})", "ready"),
                 target(f"sum(workpool_busy_replicas{sel()})", "busy"),
+                target(f"sum(workpool_draining_replicas{sel()})", "draining"),
                 target(f"sum(workpool_queue_backlog{sel()})", "backlog"),
             ],
             overrides=[right_axis("backlog")],

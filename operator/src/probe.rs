@@ -1,24 +1,22 @@
-//! The queue probe: reads [`QueueStats`] of a pool's stream and group through
-//! `workpool_worker::queue`, with one multiplexed connection per Redis URL shared by every
-//! pool on that Redis, and removes consumers that hold nothing.
-//!
-//! Errors are classified for the `QueueReachable` condition ([`ProbeError::reason`]) and
-//! the metrics ([`ProbeError::metric_label`]); their messages never contain the URL (it
-//! may carry a password).
+//! What reaching a pool's queue needs and how it fails: the pool's Redis URL (from the
+//! spec or a Secret, [`SecretUrls`]) and the classification of errors for the
+//! `QueueReachable` condition ([`ProbeError::reason`]) and the metrics
+//! ([`ProbeError::metric_label`]); their messages never contain the URL (it may carry a
+//! password). The reads themselves happen in [`crate::hub`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use redis::aio::MultiplexedConnection;
-use workpool_worker::queue::{Queue, QueueError, QueueStats, RemoveConsumer};
+use workpool_worker::queue::QueueError;
 
 use crate::crd::WorkPool;
 
-/// How long a Redis URL read from a Secret is reused before the Secret is read again.
-const SECRET_TTL: Duration = Duration::from_secs(30);
+/// How long a Redis URL read from a Secret is reused before the Secret is read again,
+/// by default (`--secret-refresh`).
+pub const SECRET_TTL: Duration = Duration::from_secs(30);
 
 /// Why the queue could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +66,8 @@ impl ProbeError {
         }
     }
 
-    fn from_queue(e: QueueError) -> Self {
+    /// The classification of a queue error.
+    pub fn from_queue(e: QueueError) -> Self {
         match e {
             QueueError::Connection(e) | QueueError::Redis(e) if is_auth(&e) => {
                 ProbeError::Auth(redis_message(&e))
@@ -110,30 +109,29 @@ fn redis_message(e: &redis::RedisError) -> String {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>;
 /// (namespace, Secret name, key) -> (URL, read at).
 type SecretCache = HashMap<(String, String, String), (String, Instant)>;
 
-/// Shared by every reconcile: connections per URL and Secret values.
-pub struct QueueProbe {
-    conns: Mutex<HashMap<String, Slot>>,
+/// The pools' Redis URLs: `spec.queue.redis.url`, or read from the Secret that
+/// `urlSecretRef` names, kept for a while (a Secret read per pool per poll would be most
+/// of the operator's API traffic), forgotten when it stops working or the Secret changes.
+pub struct SecretUrls {
     secrets: Mutex<SecretCache>,
-    timeout: Duration,
+    ttl: Duration,
 }
 
-impl Default for QueueProbe {
+impl Default for SecretUrls {
     fn default() -> Self {
-        Self::new(Duration::from_secs(5))
+        Self::new(SECRET_TTL)
     }
 }
 
-impl QueueProbe {
-    /// A probe whose Redis commands time out after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        QueueProbe {
-            conns: Mutex::new(HashMap::new()),
+impl SecretUrls {
+    /// URLs from Secrets are read again after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        SecretUrls {
             secrets: Mutex::new(HashMap::new()),
-            timeout,
+            ttl,
         }
     }
 
@@ -152,7 +150,7 @@ impl QueueProbe {
         let key = (ns.clone(), r.name.clone(), r.key.clone());
         if let Ok(cache) = self.secrets.lock()
             && let Some((url, at)) = cache.get(&key)
-            && at.elapsed() < SECRET_TTL
+            && at.elapsed() < self.ttl
         {
             return Ok(url.clone());
         }
@@ -210,110 +208,6 @@ impl QueueProbe {
             let ns = wp.metadata.namespace.clone().unwrap_or_default();
             cache.remove(&(ns, r.name.clone(), r.key.clone()));
         }
-    }
-
-    fn slot(&self, url: &str) -> Slot {
-        match self.conns.lock() {
-            Ok(mut m) => m.entry(url.to_string()).or_default().clone(),
-            Err(_) => Slot::default(),
-        }
-    }
-
-    /// Runs `f` on the URL's connection. A connection kept from earlier that turns out
-    /// dropped (Redis restarted, a proxy closed it) is replaced and `f` runs once more on
-    /// a new one: a read after an idle period (a wake from zero) must not fail for it.
-    async fn with_conn<T, F, Fut>(&self, url: &str, f: F) -> Result<T, ProbeError>
-    where
-        F: Fn(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, QueueError>>,
-    {
-        match self.with_conn_once(url, &f).await {
-            (Err(ProbeError::Unreachable(_)), true) => self.with_conn_once(url, &f).await.0,
-            (r, _) => r,
-        }
-    }
-
-    /// One attempt; the bool says whether the connection was reused.
-    async fn with_conn_once<T, F, Fut>(&self, url: &str, f: &F) -> (Result<T, ProbeError>, bool)
-    where
-        F: Fn(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, QueueError>>,
-    {
-        let slot = self.slot(url);
-        let mut reused = false;
-        let conn = {
-            let mut guard = slot.lock().await;
-            match guard.as_ref() {
-                Some(c) => {
-                    reused = true;
-                    c.clone()
-                }
-                None => {
-                    let c = match tokio::time::timeout(
-                        self.timeout,
-                        workpool_worker::queue::connect(url, Some(self.timeout)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => return (Err(ProbeError::from_queue(e)), false),
-                        Err(_) => {
-                            return (
-                                Err(ProbeError::Unreachable("connect timed out".into())),
-                                false,
-                            );
-                        }
-                    };
-                    *guard = Some(c.clone());
-                    c
-                }
-            }
-        };
-        let r = tokio::time::timeout(self.timeout * 2, f(conn))
-            .await
-            .map_err(|_| ProbeError::Unreachable("timed out".into()))
-            .and_then(|r| r.map_err(ProbeError::from_queue));
-        if let Err(ProbeError::Unreachable(_) | ProbeError::Auth(_)) = &r {
-            // Reconnect next time (Redis restarted, password changed, ...).
-            *slot.lock().await = None;
-        }
-        (r, reused)
-    }
-
-    /// Stats of the queue. A missing stream or group is an empty queue.
-    pub async fn stats(&self, url: &str, queue: &Queue) -> Result<QueueStats, ProbeError> {
-        self.with_conn(url, |mut c| {
-            let q = queue.clone();
-            async move { q.stats(&mut c).await }
-        })
-        .await
-    }
-
-    /// Removes each named consumer that holds nothing; returns how many were removed and
-    /// which still hold tasks.
-    pub async fn remove_idle_consumers(
-        &self,
-        url: &str,
-        queue: &Queue,
-        names: &[String],
-    ) -> Result<(usize, Vec<(String, u64)>), ProbeError> {
-        self.with_conn(url, |mut c| {
-            let q = queue.clone();
-            let names = names.to_vec();
-            async move {
-                let mut removed = 0;
-                let mut kept = Vec::new();
-                for n in names {
-                    match q.remove_consumer_if_idle(&mut c, &n).await? {
-                        RemoveConsumer::Removed => removed += 1,
-                        RemoveConsumer::StillPending(p) => kept.push((n, p)),
-                        RemoveConsumer::NotFound | RemoveConsumer::NoGroup => {}
-                    }
-                }
-                Ok((removed, kept))
-            }
-        })
-        .await
     }
 }
 

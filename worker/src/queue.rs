@@ -279,6 +279,34 @@ pub struct ConsumerInfo {
     pub inactive_ms: Option<i64>,
 }
 
+/// Where a consumer stands in the pool's drain hash ([`Queue::drain_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainState {
+    /// The operator asked the consumer to stop taking tasks.
+    Requested,
+    /// The worker has stopped reading (it may still hold tasks it is finishing).
+    Stopped,
+}
+
+impl DrainState {
+    /// The value stored in the drain hash.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainState::Requested => "requested",
+            DrainState::Stopped => "stopped",
+        }
+    }
+
+    fn parse(b: &[u8]) -> Option<DrainState> {
+        match b {
+            b"requested" => Some(DrainState::Requested),
+            b"stopped" => Some(DrainState::Stopped),
+            _ => None,
+        }
+    }
+}
+
 /// A snapshot of the queue, read atomically (one Lua script).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
@@ -325,6 +353,11 @@ pub struct QueueStats {
     pub oldest_pending_age_ms: Option<u64>,
     /// The group's consumers.
     pub consumers: Vec<ConsumerInfo>,
+    /// Consumers told to stop taking tasks ([`Queue::drain_key`]), read in the same
+    /// snapshot as their pending counts: a consumer `Stopped` and holding nothing will
+    /// never take another task until its field is removed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub draining: std::collections::BTreeMap<String, DrainState>,
 }
 
 impl QueueStats {
@@ -449,10 +482,11 @@ return -2
     )
 });
 
-/// Stats snapshot. KEYS: stream, dead-letter stream. ARGV: group, counting limit (chunks
-/// of 1000 entries per side).
+/// Stats snapshot. KEYS: stream, dead-letter stream, drain hash. ARGV: group, counting
+/// limit (chunks of 1000 entries per side).
 /// Returns {sec, usec, dead, exists, len, group_found, pending, lag, computed,
-/// last_delivered, oldest_pending|'', consumers, estimated, pending_present}.
+/// last_delivered, oldest_pending|'', consumers, estimated, pending_present,
+/// drain hash as HGETALL}.
 ///
 /// The lag is counted, never taken from Redis on trust: Redis 7.0 reports a non-nil but
 /// wrong `lag` after `XTRIM`/`XADD MAXLEN` (and nil after `XDEL`). Entries `<=
@@ -467,8 +501,10 @@ static STATS: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local dead = 0
 if redis.call('TYPE', KEYS[2]).ok == 'stream' then dead = redis.call('XLEN', KEYS[2]) end
+local drain = {}
+if redis.call('TYPE', KEYS[3]).ok == 'hash' then drain = redis.call('HGETALL', KEYS[3]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0, drain}
 end
 local len = redis.call('XLEN', KEYS[1])
 local grp = nil
@@ -478,7 +514,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if f['name'] == ARGV[1] then grp = f end
 end
 if grp == nil then
-  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0, drain}
 end
 local ld = grp['last-delivered-id']
 local redis_lag = grp['lag']
@@ -514,7 +550,7 @@ if present < 0 then present = 0 end
 local oldest = summary[2]
 if not oldest then oldest = '' end
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present}
+return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present, drain}
 "#,
     )
 });
@@ -610,6 +646,20 @@ local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
 return redis.call('XDEL', KEYS[1], unpack(ids))
+"#,
+    )
+});
+
+/// The worker's drain acknowledgement: set the consumer's field to ARGV[2] only if the
+/// field exists. KEYS: drain hash. ARGV: consumer, value. Returns 1 when written.
+static ACK_DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
 "#,
     )
 });
@@ -823,6 +873,83 @@ impl Queue {
     /// The dead-letter stream.
     pub fn dead_letter_stream(&self) -> &str {
         &self.dead_letter_stream
+    }
+
+    /// The pool's drain hash, `<stream>:draining`: field = consumer name, value
+    /// `requested` (the operator wants the consumer to stop taking tasks) or `stopped`
+    /// (its worker has stopped reading). Beside the stream, so it shares its hash slot.
+    pub fn drain_key(&self) -> String {
+        format!("{}:draining", self.stream)
+    }
+
+    /// Whether `consumer` is told to stop taking tasks, and whether it said it stopped.
+    pub async fn drain_state<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+    ) -> Result<Option<DrainState>> {
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.drain_key())
+            .arg(consumer)
+            .query_async(conn)
+            .await?;
+        Ok(v.as_deref().and_then(DrainState::parse))
+    }
+
+    /// The worker's answer to a drain request: `stopped`, written only while the request
+    /// stands (an operator that took it back meanwhile is not overruled). Returns whether
+    /// it was written.
+    pub async fn acknowledge_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+    ) -> Result<bool> {
+        let n: i64 = ACK_DRAIN
+            .key(self.drain_key())
+            .arg(consumer)
+            .arg(DrainState::Stopped.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Tells `consumers` to stop taking tasks (a consumer already told keeps its state).
+    pub async fn request_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumers: &[String],
+    ) -> Result<()> {
+        if consumers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for c in consumers {
+            pipe.cmd("HSETNX")
+                .arg(self.drain_key())
+                .arg(c)
+                .arg(DrainState::Requested.as_str())
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    /// Takes drain requests back (the consumers read again); also how the fields of gone
+    /// consumers are removed.
+    pub async fn cancel_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumers: &[String],
+    ) -> Result<()> {
+        if consumers.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("HDEL")
+            .arg(self.drain_key())
+            .arg(consumers)
+            .query_async(conn)
+            .await?;
+        Ok(())
     }
 
     fn map_err(&self, e: redis::RedisError) -> QueueError {
@@ -1438,13 +1565,14 @@ impl Queue {
         let v: Value = STATS
             .key(&self.stream)
             .key(&self.dead_letter_stream)
+            .key(self.drain_key())
             .arg(&self.group)
             .arg(STATS_COUNT_LIMIT_CHUNKS)
             .invoke_async(conn)
             .await
             .map_err(|e| self.map_err(e))?;
         let a = into_array(v).ok_or_else(|| protocol("stats script", "not an array"))?;
-        if a.len() != 14 {
+        if a.len() != 15 {
             return Err(protocol("stats script", format!("{} elements", a.len())));
         }
         let int = |i: usize| -> Result<i64> {
@@ -1470,13 +1598,30 @@ impl Queue {
         st.pending_deleted = st.pending - present;
         st.backlog = st.lag + present;
         st.oldest_pending_age_ms = st.oldest_pending_id.map(|id| now_ms.saturating_sub(id.ms));
+        let mut a = a;
+        st.draining = parse_drain_hash(a.pop().unwrap_or(Value::Nil));
         if st.group_exists {
-            let mut a = a;
             a.truncate(12);
             st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
         }
         Ok(st)
     }
+}
+
+/// `HGETALL` of the drain hash; values other than the two states are left out (a hash
+/// someone else wrote under that name must not stop the pool).
+fn parse_drain_hash(v: Value) -> std::collections::BTreeMap<String, DrainState> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(flat) = into_array(v) else {
+        return out;
+    };
+    let mut it = flat.iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let (Some(name), Some(state)) = (as_string(k), as_bytes(v).and_then(DrainState::parse)) {
+            out.insert(name, state);
+        }
+    }
+    out
 }
 
 fn parse_pending(v: Value) -> Result<Vec<PendingEntry>> {

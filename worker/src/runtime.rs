@@ -739,7 +739,18 @@ struct Reader {
     next_take_back: Instant,
     /// The connection broke since the last successful connect.
     lost_connection: bool,
+    /// When to look at the drain hash again (at most every [`DRAIN_CHECK_INTERVAL`]
+    /// while taking tasks).
+    next_drain_check: Instant,
+    /// The drain hash could not be read as a hash; said once.
+    drain_warned: bool,
 }
+
+/// How often a worker that takes tasks looks at the pool's drain hash (one `HGET`); it
+/// also looks before every read that follows a wait.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a draining worker looks whether the drain was taken back.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 impl Reader {
     /// Starts work on entries; each takes one permit from `permit`.
@@ -1146,6 +1157,68 @@ impl Reader {
         }
     }
 
+    /// Looks at this consumer's field in the pool's drain hash (at most every
+    /// [`DRAIN_CHECK_INTERVAL`] while taking tasks). While it is there the worker takes no
+    /// task (no read, no reclaim) and keeps running and renewing what it holds: it says so
+    /// (`/readyz` 503 "draining", the draining gauge, `stopped` in the hash once), waits
+    /// [`DRAIN_POLL`] and returns true. When the field is gone it takes tasks again.
+    async fn drained(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        let draining = ctx.health.is_draining();
+        if !draining && Instant::now() < self.next_drain_check {
+            return false;
+        }
+        self.next_drain_check = Instant::now() + DRAIN_CHECK_INTERVAL;
+        let state = match self.conn.get().await {
+            Ok(mut c) => ctx.queue().drain_state(&mut c, ctx.consumer()).await,
+            Err(e) => Err(e),
+        };
+        let state = match state {
+            Ok(s) => s,
+            Err(e) if e.is_connection_error() => {
+                self.failed("drain check", e).await;
+                return true;
+            }
+            Err(e) => {
+                // Someone else's key under the drain hash's name must not stop the pool.
+                if !self.drain_warned {
+                    self.drain_warned = true;
+                    warn!(error = %e, key = %ctx.queue().drain_key(), "cannot read the drain hash; taking tasks as usual");
+                }
+                return false;
+            }
+        };
+        let Some(state) = state else {
+            if draining {
+                info!("drain taken back: taking tasks again");
+                ctx.health.set_draining(false);
+            }
+            return false;
+        };
+        if !draining {
+            info!(
+                in_flight = ctx.health.metrics.in_flight.get(),
+                "told to stop taking tasks (drain): finishing the tasks held"
+            );
+            ctx.health.set_draining(true);
+        }
+        if state == crate::queue::DrainState::Requested {
+            let ack = match self.conn.get().await {
+                Ok(mut c) => ctx.queue().acknowledge_drain(&mut c, ctx.consumer()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ack {
+                self.failed("drain acknowledgement", e).await;
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = ctx.shutdown.cancelled() => {}
+        }
+        true
+    }
+
     async fn run(mut self) {
         let ctx = self.ctx.clone();
         let batch = ctx.cfg.batch.max(1);
@@ -1157,10 +1230,16 @@ impl Reader {
             if !self.connected && !self.connect().await {
                 continue;
             }
-            // Wait for at least one free slot, then take up to a batch.
+            if self.drained().await {
+                continue;
+            }
+            // Wait for at least one free slot, then take up to a batch. The wait is cut
+            // now and then to look at the drain hash: a worker whose slots are all busy
+            // must still notice a drain (and say it stopped) before its tasks end.
             let first = tokio::select! {
                 p = ctx.sem.clone().acquire_many_owned(1) => p,
                 _ = ctx.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(DRAIN_POLL) => continue,
             };
             let Ok(mut permit) = first else { break };
             let extra = ctx.sem.available_permits().min(batch - 1);
@@ -1182,6 +1261,10 @@ impl Reader {
                 if permit.num_permits() == 0 {
                     continue;
                 }
+            }
+            // The slot may have taken a while: no reclaim or read once told to drain.
+            if self.drained().await {
+                continue;
             }
             // Reclaim tasks idle past the visibility timeout (dead or stuck workers), but
             // not right after Redis was stalled or unreachable: its idle clocks ran on, and
@@ -1296,6 +1379,8 @@ pub async fn run(
         next_reclaim: Instant::now(),
         next_take_back: Instant::now(),
         lost_connection: false,
+        next_drain_check: Instant::now(),
+        drain_warned: false,
     };
     let reader = tokio::spawn(reader.run());
 

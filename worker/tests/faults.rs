@@ -510,8 +510,10 @@ async fn readiness_follows_a_frozen_redis_and_drops_at_sigterm() {
     })
     .await;
     enqueue(&url, &q, &[r#"{"ms": 4000}"#]).await;
-    wait_until(Duration::from_secs(20), "task in flight", || async {
-        stats(&url, &q).await.pending == 1
+    // Running, not only delivered: a task read just as SIGTERM arrives is handed back
+    // untouched instead (pending == 1 did not tell the two apart).
+    wait_until(Duration::from_secs(20), "task running", || async {
+        w.metric("workpool_worker_in_flight_tasks", "").await == 1.0
     })
     .await;
     w.signal(Signal::SIGTERM);
