@@ -597,50 +597,19 @@ fn requeue(
     next.min(RESYNC)
 }
 
-/// Decides one reconcile of a pool.
-pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decided {
+/// The planner's input for this reconcile.
+fn plan_input<'a>(
+    o: &Observed,
+    pods: &'a [ObservedPod],
+    queue: Option<QueueView<'a>>,
+    desired: i32,
+    freeze: Freeze,
+    cfg: &ControllerConfig,
+) -> PlanInput<'a> {
     let wp = &o.pool;
-    let invalid = invalid(o);
-    let paused = wp.spec.paused;
-    let freeze = if paused {
-        Freeze::Paused
-    } else if invalid.is_some() {
-        Freeze::InvalidSpec
-    } else {
-        Freeze::None
-    };
-    let pods = observed_pods(o, m, cfg.expectation_timeout.as_millis() as u64);
-    let live = pods
-        .iter()
-        .filter(|p| {
-            !p.terminating && matches!(p.phase, planner::Phase::Pending | planner::Phase::Running)
-        })
-        .count() as u32;
-    let ready = pods.iter().filter(|p| p.ready && !p.terminating).count() as u32;
-    let (desired, decision) = desired(o, m, live, ready, freeze != Freeze::None);
-
-    let st = stats(o);
-    let held = st.map(|st| {
-        st.consumers
-            .iter()
-            .map(|c| (c.name.clone(), c.pending))
-            .collect::<BTreeMap<String, u64>>()
-    });
-    let queue = match (st, &held, &o.snapshot) {
-        (Some(st), Some(h), Some(s)) => Some(QueueView {
-            held: h,
-            draining: &st.draining,
-            taken_ms: s.taken_ms,
-        }),
-        _ => None,
-    };
-    let input = PlanInput {
-        desired: if invalid.is_some() {
-            live as i32
-        } else {
-            desired
-        },
-        pods: &pods,
+    PlanInput {
+        desired,
+        pods,
         queue,
         max_pods: wp
             .spec
@@ -657,108 +626,85 @@ pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decid
         freeze,
         now_ms: o.now_ms,
         backoff: cfg.backoff,
-    };
-    let plan = planner::plan(&input, &m.plan);
-    m.plan = plan.state.clone();
+    }
+}
 
-    // Writes.
-    let uid_of = |n: &str| {
-        o.pods
-            .iter()
-            .find(|p| p.pod.name == n)
-            .and_then(|p| p.uid.clone())
-    };
-    let deletes: Vec<Delete> = plan
-        .delete
-        .iter()
-        .map(|d| Delete {
-            name: d.name.clone(),
-            uid: uid_of(&d.name),
-            reason: d.reason,
-        })
-        .collect();
+/// The queue writes of a plan: drains not shown in the snapshot yet, drains taken back,
+/// and this pool's consumers left by pods that are gone.
+fn queue_writes(o: &Observed, plan: &Plan, pods: &[ObservedPod], freeze: Freeze) -> Vec<Command> {
     let mut commands = Vec::new();
-    if freeze != Freeze::Paused {
-        let shown: BTreeSet<&String> = st.map(|s| s.draining.keys().collect()).unwrap_or_default();
-        let add: Vec<String> = plan
-            .drain
-            .iter()
-            .filter(|n| !shown.contains(n))
-            .cloned()
-            .collect();
-        if !add.is_empty() {
-            commands.push(Command::Drain(add));
-        }
-        if !plan.drain_cancelled.is_empty() {
-            commands.push(Command::Undrain(plan.drain_cancelled.clone()));
-        }
-        if let Some(st) = st {
-            let names: BTreeSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-            let stale = stale_consumers(&o.key.1, st, &names);
-            if !stale.is_empty() {
-                commands.push(Command::RemoveConsumers(stale));
-            }
+    if freeze == Freeze::Paused {
+        return commands;
+    }
+    let st = stats(o);
+    let shown: BTreeSet<&String> = st.map(|s| s.draining.keys().collect()).unwrap_or_default();
+    let add: Vec<String> = plan
+        .drain
+        .iter()
+        .filter(|n| !shown.contains(n))
+        .cloned()
+        .collect();
+    if !add.is_empty() {
+        commands.push(Command::Drain(add));
+    }
+    if !plan.drain_cancelled.is_empty() {
+        commands.push(Command::Undrain(plan.drain_cancelled.clone()));
+    }
+    if let Some(st) = st {
+        let names: BTreeSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        let stale = stale_consumers(&o.key.1, st, &names);
+        if !stale.is_empty() {
+            commands.push(Command::RemoveConsumers(stale));
         }
     }
-    let signals = held
-        .as_ref()
-        .map(|h| signal_patches(&o.pods, h))
-        .unwrap_or_default();
+    commands
+}
 
-    // Status parts and the scale decision.
-    let previous_desired = m
-        .published
-        .as_ref()
-        .map(|p| p.0)
-        .unwrap_or_else(|| wp.status.as_ref().map(|s| s.desired_replicas).unwrap_or(0));
-    let mut last_scale_time = m
-        .published
-        .clone()
-        .map(|p| p.1)
-        .unwrap_or_else(|| wp.status.as_ref().and_then(|s| s.last_scale_time.clone()));
-    let mut notes = plan_notes(&plan, desired, held.as_ref());
-    let mut scaled = None;
-    if desired != previous_desired && invalid.is_none() && !paused {
-        scaled = Some(Scaled {
-            direction: if desired > previous_desired {
-                "up"
-            } else {
-                "down"
-            },
+/// A change of the desired count: its metric labels, its Event, and `lastScaleTime`
+/// (told once, also when the pool object a reconcile gets predates the status write).
+fn scale_change(
+    o: &Observed,
+    m: &mut PoolMemory,
+    desired: i32,
+    decision: Option<Decision>,
+    frozen: bool,
+) -> (Option<Scaled>, Option<Note>, Option<String>) {
+    let wp = &o.pool;
+    let (previous, mut last_scale_time) = m.published.clone().unwrap_or_else(|| {
+        let s = wp.status.as_ref();
+        (
+            s.map(|s| s.desired_replicas).unwrap_or(0),
+            s.and_then(|s| s.last_scale_time.clone()),
+        )
+    });
+    let mut out = (None, None);
+    if desired != previous && !frozen {
+        out.0 = Some(Scaled {
+            direction: if desired > previous { "up" } else { "down" },
             reason: decision.map(|d| d.reason.as_str()).unwrap_or("Spec"),
         });
         last_scale_time = Some(rfc3339(o.now_ms));
-        notes.push(note(
+        out.1 = Some(note(
             false,
             "Scaled",
             "Scale",
             decision
                 .map(|d| d.message())
-                .unwrap_or_else(|| format!("desired replicas {previous_desired} -> {desired}")),
+                .unwrap_or_else(|| format!("desired replicas {previous} -> {desired}")),
         ));
     }
     m.published = Some((desired, last_scale_time.clone()));
-    let parts = StatusParts {
-        desired,
-        counts: plan.counts,
-        invalid: invalid.clone(),
-        paused,
-        decision,
-        backing_off: plan.backoff_until_ms.is_some(),
-        rolling_out: plan.rolling_out,
-        trouble: pod_trouble(o, &plan),
-        last_scale_time,
-    };
-    notes.extend(condition_notes(o, &parts));
+    (out.0, out.1, last_scale_time)
+}
 
-    // Wake from zero.
-    let at_zero = invalid.is_none()
-        && !paused
+/// Wake from zero: an autoscaled pool at zero is watched for its first task.
+fn wake_intent(o: &Observed, plan: &Plan, decision: Option<Decision>, frozen: bool) -> WakeIntent {
+    let at_zero = !frozen
         && decision.is_some_and(|d| d.desired_replicas == 0)
         && plan.counts.replicas == 0
         && plan.counts.draining == 0
         && plan.create == 0;
-    let wake = match (&o.url, &o.snapshot, &o.queue) {
+    match (&o.url, &o.snapshot, &o.queue) {
         (Some(Ok(url)), Some(Snapshot { result: Ok(st), .. }), Ok(q)) if at_zero => {
             WakeIntent::Watch(WakeTarget {
                 url: url.clone(),
@@ -768,32 +714,107 @@ pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decid
         }
         (_, Some(Snapshot { result: Err(_), .. }), _) if at_zero => WakeIntent::Keep,
         _ => WakeIntent::Unwatch,
-    };
+    }
+}
 
-    let figures = Figures {
-        desired,
-        replicas: plan.counts.replicas,
-        ready: plan.counts.ready,
-        busy: plan.counts.busy,
-        draining: plan.counts.draining,
+/// Decides one reconcile of a pool.
+pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decided {
+    let invalid = invalid(o);
+    let paused = o.pool.spec.paused;
+    let freeze = match (paused, &invalid) {
+        (true, _) => Freeze::Paused,
+        (false, Some(_)) => Freeze::InvalidSpec,
+        (false, None) => Freeze::None,
     };
-    let requeue = requeue(o, m, &plan, decision, &input, cfg);
+    let frozen = freeze != Freeze::None;
+    let pods = observed_pods(o, m, cfg.expectation_timeout.as_millis() as u64);
+    let live = pods
+        .iter()
+        .filter(|p| {
+            !p.terminating && matches!(p.phase, planner::Phase::Pending | planner::Phase::Running)
+        })
+        .count() as u32;
+    let ready = pods.iter().filter(|p| p.ready && !p.terminating).count() as u32;
+    let (desired, decision) = desired(o, m, live, ready, frozen);
+
+    let st = stats(o);
+    let held = crate::observe::held(o.snapshot.as_ref());
+    let queue = match (st, &held, &o.snapshot) {
+        (Some(st), Some(h), Some(s)) => Some(QueueView {
+            held: h,
+            draining: &st.draining,
+            taken_ms: s.taken_ms,
+        }),
+        _ => None,
+    };
+    let planned = if invalid.is_some() {
+        live as i32
+    } else {
+        desired
+    };
+    let input = plan_input(o, &pods, queue, planned, freeze, cfg);
+    let plan = planner::plan(&input, &m.plan);
+    m.plan = plan.state.clone();
+
+    let uid_of = |n: &str| {
+        o.pods
+            .iter()
+            .find(|p| p.pod.name == n)
+            .and_then(|p| p.uid.clone())
+    };
+    let deletes = plan
+        .delete
+        .iter()
+        .map(|d| Delete {
+            name: d.name.clone(),
+            uid: uid_of(&d.name),
+            reason: d.reason,
+        })
+        .collect();
+    let commands = queue_writes(o, &plan, &pods, freeze);
+    let signals = held
+        .as_ref()
+        .map(|h| signal_patches(&o.pods, h))
+        .unwrap_or_default();
+
+    let mut notes = plan_notes(&plan, desired, held.as_ref());
+    let (scaled, scale_note, last_scale_time) = scale_change(o, m, desired, decision, frozen);
+    notes.extend(scale_note);
+    let parts = StatusParts {
+        desired,
+        counts: plan.counts,
+        invalid,
+        paused,
+        decision,
+        backing_off: plan.backoff_until_ms.is_some(),
+        rolling_out: plan.rolling_out,
+        trouble: pod_trouble(o, &plan),
+        last_scale_time,
+    };
+    notes.extend(condition_notes(o, &parts));
+
     Decided {
         creates: plan.create,
         deletes,
         commands,
         signals,
         notes,
-        status: parts,
-        figures,
+        figures: Figures {
+            desired,
+            replicas: plan.counts.replicas,
+            ready: plan.counts.ready,
+            busy: plan.counts.busy,
+            draining: plan.counts.draining,
+        },
         replacements: plan.replacements.clone(),
         scaled,
-        wake,
-        requeue,
+        wake: wake_intent(o, &plan, decision, frozen),
+        requeue: requeue(o, m, &plan, decision, &input, cfg),
         drains: (
             plan.drain_started.len() as u32,
             plan.drain_cancelled.len() as u32,
         ),
+        status: parts,
     }
 }
 

@@ -571,6 +571,149 @@ fn drain_done(p: &ObservedPod, requested_ms: u64, input: &PlanInput<'_>) -> Opti
     None
 }
 
+/// What a plan changes about which pods serve: drains taken back, pods to drain, pods
+/// to create.
+#[derive(Default)]
+struct Moves {
+    drain_started: Vec<String>,
+    drain_cancelled: Vec<String>,
+    want_create: u32,
+}
+
+/// Scale up (take drains of current pods back first, busiest first, then create), scale
+/// in (drain the excess current pods), roll out (drain older pods as new ones become
+/// ready). `current` and `outdated` are the serving pods; they and `draining` are updated.
+fn move_pods<'a>(
+    input: &PlanInput<'_>,
+    alive: &[&'a ObservedPod],
+    current: &mut Vec<&'a ObservedPod>,
+    outdated: &mut Vec<&'a ObservedPod>,
+    draining: &mut BTreeMap<String, u64>,
+    state: &mut PlanState,
+) -> Moves {
+    let desired = input.desired.max(0) as usize;
+    let (queue, now) = (input.queue, input.now_ms);
+    let mut m = Moves::default();
+    let need = desired.saturating_sub(current.len());
+    if need > 0 {
+        let held = |p: &ObservedPod| queue.map(|q| q.held(&p.name)).unwrap_or(0);
+        let mut back: Vec<&ObservedPod> = alive
+            .iter()
+            .filter(|p| p.current && draining.contains_key(&p.name))
+            .copied()
+            .collect();
+        back.sort_by(|a, b| {
+            held(b)
+                .cmp(&held(a))
+                .then(a.created_ms.cmp(&b.created_ms))
+                .then(a.name.cmp(&b.name))
+        });
+        back.truncate(need);
+        for p in back {
+            draining.remove(&p.name);
+            state.cancelled.insert(p.name.clone(), now);
+            m.drain_cancelled.push(p.name.clone());
+            current.push(p);
+        }
+        m.want_create = (need - m.drain_cancelled.len()) as u32;
+    }
+    let excess = current.len().saturating_sub(desired);
+    let mut leaving: Vec<&ObservedPod> = victims(current, queue, excess);
+    let current_ready = current.iter().filter(|p| p.ready).count();
+    let keep = outdated.len().min(desired.saturating_sub(current_ready));
+    leaving.extend(victims(outdated, queue, outdated.len() - keep));
+    for p in leaving {
+        draining.insert(p.name.clone(), now);
+        state.cancelled.remove(&p.name);
+        m.drain_started.push(p.name.clone());
+    }
+    current.retain(|p| !draining.contains_key(&p.name));
+    outdated.retain(|p| !draining.contains_key(&p.name));
+    swap_busy_drains(input, alive, current, draining, state, &mut m);
+    m
+}
+
+/// A drain chosen on an earlier read can catch a pod that took a task before the drain
+/// request reached it. While a serving pod of the current template holds nothing, such a
+/// busy draining pod is taken back and the idle one drains in its place: never a busy
+/// pod leaving while an idle one stays. Outdated pods all leave, so they are not swapped.
+fn swap_busy_drains<'a>(
+    input: &PlanInput<'_>,
+    alive: &[&'a ObservedPod],
+    current: &mut Vec<&'a ObservedPod>,
+    draining: &mut BTreeMap<String, u64>,
+    state: &mut PlanState,
+    m: &mut Moves,
+) {
+    let Some(q) = input.queue else { return };
+    let mut busy: Vec<&ObservedPod> = alive
+        .iter()
+        .filter(|p| p.current && p.worker_running && draining.contains_key(&p.name))
+        .filter(|p| q.held(&p.name) > 0 && q.draining.get(&p.name) != Some(&DrainState::Stopped))
+        .copied()
+        .collect();
+    if busy.is_empty() {
+        return;
+    }
+    busy.sort_by(|a, b| {
+        q.held(&b.name)
+            .cmp(&q.held(&a.name))
+            .then(a.name.cmp(&b.name))
+    });
+    let idle: Vec<&ObservedPod> = current
+        .iter()
+        .filter(|p| q.held(&p.name) == 0)
+        .copied()
+        .collect();
+    let idle = victims(&idle, input.queue, busy.len());
+    for (keep, go) in busy.into_iter().zip(idle) {
+        draining.remove(&keep.name);
+        state.cancelled.insert(keep.name.clone(), input.now_ms);
+        m.drain_started.retain(|n| n != &keep.name);
+        m.drain_cancelled.push(keep.name.clone());
+        draining.insert(go.name.clone(), input.now_ms);
+        state.cancelled.remove(&go.name);
+        m.drain_started.push(go.name.clone());
+        current.retain(|p| p.name != go.name);
+        current.push(keep);
+    }
+}
+
+/// The bound on pods in force and the pods counted against it: autoscaled pools count
+/// draining and terminating pods (not stuck ones) against maxReplicas; during a rollout
+/// the surge is allowed on top (for a `replicas` pool it is the only bound, over pods not
+/// terminating).
+fn bound(
+    input: &PlanInput<'_>,
+    alive: u32,
+    terminating: u32,
+    rolling_out: bool,
+) -> (Option<u32>, u32) {
+    let desired = input.desired.max(0) as u32;
+    let surge = if rolling_out { input.max_surge } else { 0 };
+    match input.max_pods {
+        Some(max) => (Some(max.saturating_add(surge)), alive + terminating),
+        None if rolling_out => (Some(desired.saturating_add(surge)), alive),
+        None => (None, alive),
+    }
+}
+
+/// The `Degraded` message while failures in a row are remembered.
+fn degraded_message(state: &PlanState, backoff: &BackoffConfig) -> Option<String> {
+    (state.consecutive_failures > 0).then(|| {
+        let (pod, reason) = state
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| (String::from("?"), ReplacementReason::Failed));
+        format!(
+            "{} failure(s) in a row (last: pod {pod} {}); replacements back off for {}s",
+            state.consecutive_failures,
+            reason.describe(),
+            backoff.delay_ms(state.consecutive_failures) / 1000
+        )
+    })
+}
+
 /// Plans one step for one pool.
 pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
     let desired = input.desired.max(0) as u32;
@@ -588,51 +731,18 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
         .iter()
         .filter(|p| !draining.contains_key(&p.name))
         .partition(|p| p.current);
-    let mut drain_started = Vec::new();
-    let mut drain_cancelled = Vec::new();
-    let mut want_create = 0u32;
-    if input.freeze == Freeze::None {
-        // Scale up: take drains of current pods back first (busiest first), then create.
-        let need = (desired as usize).saturating_sub(current.len());
-        if need > 0 {
-            let held = |p: &ObservedPod| queue.map(|q| q.held(&p.name)).unwrap_or(0);
-            let mut back: Vec<&ObservedPod> = alive
-                .iter()
-                .filter(|p| p.current && draining.contains_key(&p.name))
-                .copied()
-                .collect();
-            back.sort_by(|a, b| {
-                held(b)
-                    .cmp(&held(a))
-                    .then(a.created_ms.cmp(&b.created_ms))
-                    .then(a.name.cmp(&b.name))
-            });
-            back.truncate(need);
-            for p in back {
-                draining.remove(&p.name);
-                state.cancelled.insert(p.name.clone(), now);
-                drain_cancelled.push(p.name.clone());
-                current.push(p);
-            }
-            want_create = (need - drain_cancelled.len()) as u32;
-        }
-        // Scale in: the excess current pods drain.
-        let excess = current.len().saturating_sub(desired as usize);
-        let mut leaving: Vec<&ObservedPod> = victims(&current, queue, excess);
-        // An older template: its pods drain as new ones become ready.
-        let current_ready = current.iter().filter(|p| p.ready).count();
-        let keep = outdated
-            .len()
-            .min((desired as usize).saturating_sub(current_ready));
-        leaving.extend(victims(&outdated, queue, outdated.len() - keep));
-        for p in leaving {
-            draining.insert(p.name.clone(), now);
-            state.cancelled.remove(&p.name);
-            drain_started.push(p.name.clone());
-        }
-        current.retain(|p| !draining.contains_key(&p.name));
-        outdated.retain(|p| !draining.contains_key(&p.name));
-    }
+    let moves = if input.freeze == Freeze::None {
+        move_pods(
+            input,
+            &alive,
+            &mut current,
+            &mut outdated,
+            &mut draining,
+            &mut state,
+        )
+    } else {
+        Moves::default()
+    };
 
     // Draining pods go once they hold nothing (paused: they stay).
     if input.freeze != Freeze::Paused {
@@ -648,28 +758,17 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
     let deleted: BTreeSet<String> = delete.iter().map(|d| d.name.clone()).collect();
     draining.retain(|n, _| !deleted.contains(n));
 
-    // The bound: autoscaled pools count draining and terminating pods against maxReplicas;
-    // during a rollout the surge is allowed on top (for a `replicas` pool it is the only
-    // bound, over pods not terminating).
-    let surge = if rolling_out { input.max_surge } else { 0 };
-    let (bound, counted) = match input.max_pods {
-        Some(max) => (
-            Some(max.saturating_add(surge)),
-            alive.len() as u32 + sorted.terminating,
-        ),
-        None if rolling_out => (Some(desired.saturating_add(surge)), alive.len() as u32),
-        None => (None, alive.len() as u32),
-    };
+    let (bound, counted) = bound(input, alive.len() as u32, sorted.terminating, rolling_out);
     let room = bound.map_or(u32::MAX, |b| b.saturating_sub(counted));
     let mut create = 0;
     let mut backoff_until_ms = None;
     let mut held_back_by_bound = 0;
-    if want_create > 0 {
+    if moves.want_create > 0 {
         match retry_at {
             Some(t) => backoff_until_ms = Some(t),
             None => {
-                create = want_create.min(room);
-                held_back_by_bound = want_create - create;
+                create = moves.want_create.min(room);
+                held_back_by_bound = moves.want_create - create;
             }
         }
     }
@@ -705,25 +804,13 @@ pub fn plan(input: &PlanInput<'_>, previous: &PlanState) -> Plan {
         state.replaced_since_failure = true;
     }
 
-    let degraded = (state.consecutive_failures > 0).then(|| {
-        let (pod, reason) = state
-            .last_failure
-            .clone()
-            .unwrap_or_else(|| (String::from("?"), ReplacementReason::Failed));
-        format!(
-            "{} failure(s) in a row (last: pod {pod} {}); replacements back off for {}s",
-            state.consecutive_failures,
-            reason.describe(),
-            input.backoff.delay_ms(state.consecutive_failures) / 1000
-        )
-    });
-
+    let degraded = degraded_message(&state, &input.backoff);
     Plan {
         create,
         delete,
         drain: draining.into_keys().collect(),
-        drain_started,
-        drain_cancelled,
+        drain_started: moves.drain_started,
+        drain_cancelled: moves.drain_cancelled,
         replacements: sorted.replacements,
         counts,
         rolling_out,
@@ -957,14 +1044,56 @@ mod tests {
     fn drains_found_in_the_queue_are_adopted() {
         // Another operator process asked `b` to drain.
         let pods = vec![running("a"), running("b")];
-        let q = Q::at(0).drain("b", DrainState::Requested).held("b", 1);
+        let q = Q::at(0)
+            .drain("b", DrainState::Requested)
+            .held("b", 1)
+            .held("a", 2);
         let p = plan(&input(1, &pods, Some(&q), 10), &PlanState::default());
         assert_eq!(p.drain, BTreeSet::from(["b".to_string()]));
         assert!(p.drain_started.is_empty());
         assert_eq!(
             (p.counts.replicas, p.counts.draining, p.counts.busy),
-            (1, 1, 1)
+            (1, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_pod_that_took_a_task_before_its_drain_arrived_swaps_with_an_idle_one() {
+        // Three of four drained on a read where all were idle; `b` had taken a task.
+        let pods = vec![running("a"), running("b"), running("c"), running("d")];
+        let q = Q::at(0);
+        let p = plan(&input(1, &pods, Some(&q), 10), &PlanState::default());
+        assert_eq!(p.drain.len(), 3);
+        let serving = ["a", "b", "c", "d"]
+            .into_iter()
+            .find(|n| !p.drain.contains(*n))
+            .unwrap();
+        let busy = p.drain.iter().next().unwrap().clone();
+        let mut q = Q::at(20).held(&busy, 1);
+        for n in p.drain.iter().filter(|n| **n != busy) {
+            q = q.drain(n, DrainState::Stopped);
+        }
+        let q = q.drain(&busy, DrainState::Requested);
+        let p2 = plan(&input(1, &pods, Some(&q), 30), &p.state);
+        assert_eq!(p2.drain_cancelled, [busy.clone()]);
+        assert_eq!(p2.drain_started, [serving.to_string()]);
+        assert!(!p2.drain.contains(&busy) && p2.drain.contains(serving));
+        assert_eq!(p2.delete.len(), 2, "the stopped idle ones still go");
+        assert_eq!(p2.counts.replicas, 1);
+        // The same read again changes nothing (no swap back).
+        let p3 = plan(&input(1, &pods, Some(&q), 40), &p2.state);
+        assert!(
+            p3.drain_cancelled.is_empty() && p3.drain_started.is_empty(),
+            "{p3:?}"
+        );
+        assert!(p3.drain.contains(serving) && !p3.drain.contains(&busy));
+        // When every serving pod is busy too, the drain stays.
+        let q = Q::at(20)
+            .held(&busy, 1)
+            .held(serving, 1)
+            .drain(&busy, DrainState::Requested);
+        let p4 = plan(&input(1, &pods, Some(&q), 30), &p.state);
+        assert!(p4.drain_cancelled.is_empty() && p4.drain.contains(&busy));
     }
 
     #[test]
@@ -1371,6 +1500,28 @@ mod tests {
             if !p.rolling_out && let Some(m) = i.max_pods && p.create > 0 {
                 prop_assert!(p.counts.counted as u32 + p.create <= m);
             }
+        }
+
+        /// After a plan, no pod of the current template is draining with tasks in hand
+        /// (and not yet stopped) while a serving pod of the current template holds none.
+        #[test]
+        fn no_busy_pod_drains_while_an_idle_one_serves(
+            pods in arb_pods(), q in arb_queue(), state in arb_state(),
+            desired in 0i32..10, now in 0u64..3000,
+        ) {
+            let Some(q) = q else { return Ok(()) };
+            let p = plan(&input(desired, &pods, Some(&q), now), &state);
+            let held = |n: &str| q.held.get(n).copied().unwrap_or(0);
+            let deleted: BTreeSet<&str> = names(&p.delete).into_iter().collect();
+            let live = |x: &&ObservedPod| x.current && !x.terminating && !deleted.contains(x.name.as_str())
+                && finished_reason(x).is_none();
+            let busy_draining = pods.iter().filter(live).find(|x| x.worker_running
+                && p.drain.contains(&x.name) && held(&x.name) > 0
+                && q.draining.get(&x.name) != Some(&DrainState::Stopped));
+            let idle_serving = pods.iter().filter(live).find(|x| !p.drain.contains(&x.name)
+                && held(&x.name) == 0);
+            prop_assert!(busy_draining.is_none() || idle_serving.is_none(),
+                "{:?} drains busy while {:?} serves idle: {:?}", busy_draining, idle_serving, p);
         }
 
         /// With the queue unreadable, no pod whose worker runs starts draining.
