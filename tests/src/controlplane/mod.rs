@@ -5,7 +5,9 @@
 //!
 //! - The API server serves TLS with a certificate from a CA made at start, authenticates
 //!   client certificates and ServiceAccount tokens, authorizes with `Node,RBAC`, and runs
-//!   the default admission plugins plus `NodeRestriction`.
+//!   the default admission plugins plus `NodeRestriction` and `PodNodeSelector` (the
+//!   latter lets suites with more than one node keep each test namespace's pods on its
+//!   own node, as `operator_drain`'s `audit_support` does with a namespace annotation).
 //! - The controller manager runs every default controller (garbage collector, namespace,
 //!   deployment, replicaset, statefulset, serviceaccount and token, endpoints, node
 //!   lifecycle and IPAM, ...); the scheduler binds pods to nodes.
@@ -351,7 +353,7 @@ impl ControlPlane {
                 &format!("--service-account-signing-key-file={}", pki(&sa.key)),
                 &format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
                 "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
+                "--enable-admission-plugins=NodeRestriction,PodNodeSelector",
                 &format!("--service-cluster-ip-range={}", self.options.service_cidr),
                 "--allow-privileged=true",
                 // Reach kubelets (logs, exec) at their InternalIP: node names do not
