@@ -13,12 +13,8 @@ lint:  ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-CONFORMANCE := --test conformance_kubectl --test conformance_kube_rs \
-	--test conformance_managed_fields --test conformance_apiserver
-
-unit:  ## cargo test over the workspace (real control plane and redis-server), then the conformance suites against the API double
+unit:  ## cargo test over the workspace (real redis-servers, the real control plane and node)
 	cargo test --workspace --no-fail-fast
-	WORKPOOL_TEST_API=double cargo test -p workpool-tests --no-fail-fast $(CONFORMANCE)
 
 chart-test:  ## Helm chart, dashboards, alerts, images, handler examples; starts the real test cluster (control plane + node) and installs the chart into it (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
 	scripts/chart-test.sh
@@ -30,7 +26,7 @@ crds:  ## regenerate crds/workpool.yaml from operator/src/crd.rs and sync the ch
 	cargo run -q -p workpool-operator --bin crdgen -- crds/workpool.yaml
 	scripts/sync-chart-crds.sh
 
-sandbox: deps  ## the main job: local Kubernetes (real control plane, simulated node), Redis, operator, example pools; Ctrl-C stops all
+sandbox: deps  ## the main job: local Kubernetes (real control plane and node, built here), Redis, operator, example pools; Ctrl-C stops all
 	scripts/sandbox.sh
 
 kind:  ## the README's kind quickstart, checked: 2-node kind cluster, our images, Prometheus Operator, chart, example pools (installs/starts docker, kind, helm when missing); leaves the cluster running
@@ -70,6 +66,7 @@ bench-scale: deps  ## the operator at scale: POOLS WorkPools x 10 pods on KWOK n
 	scripts/kwok-bin.sh
 	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools $(POOLS) --pods 10
 
-testcluster: deps  ## run the test cluster (real control plane + process kubelet) for kubectl
-	cargo build -p workpool-worker  # the worker image maps to this binary
-	cargo run -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig
+testcluster: deps  ## run the test cluster (real control plane + real node) for kubectl
+	cargo build -p workpool-worker -p workpool-operator -p workpool-tests --bins  # the node's images
+	mkdir -p .sandbox
+	cargo run -q -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig

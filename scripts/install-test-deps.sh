@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: a Rust toolchain with rustfmt and
-# clippy, redis-server (the tests start their own on a free loopback port), kubectl (the
-# conformance tests drive the API double with the real client), python3, openssl (the
-# test cluster's certificates), and the Kubernetes components of the real test control
-# plane, built from source with Go (scripts/k8s-bin.sh; cached after the first build), and
-# CoreDNS and a Prometheus with Kubernetes discovery for the chart tests (same way).
+# clippy, redis-server (the tests start their own on a free loopback port), kubectl,
+# python3, the real node's packages (containerd, runc, CNI plugins, iptables, util-linux,
+# busybox), and the Kubernetes components of the real test cluster, built from source with
+# Go (scripts/k8s-bin.sh; cached after the first build), and CoreDNS and a Prometheus
+# with Kubernetes discovery for the chart tests (same way). Certificates are made in Rust
+# (rcgen): no openssl.
 set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # The real node of the test cluster: containerd with its CRI plugin, runc, the CNI
 # plugins, iptables for kube-proxy, nsenter/flock, busybox for the worker image's sh.
@@ -36,8 +36,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-# The real control plane. Without Go the tests fall back to the API double (and say so),
-# except in CI, where a missing real control plane is a failure.
+# The real control plane and node. Without Go they cannot be built: the tests and targets
+# that need them fail saying so (in CI this script fails at once).
 here=$(dirname "$0")
 if command -v go >/dev/null 2>&1; then
   "$here/k8s-bin.sh" >/dev/null
@@ -47,7 +47,7 @@ elif [ "${CI:-}" = "true" ]; then
   echo "install-test-deps: CI=true and no Go toolchain: the real control plane cannot be built" >&2
   exit 1
 else
-  echo "install-test-deps: no Go toolchain: tests will use the API double instead of the real control plane"
+  echo "install-test-deps: no Go toolchain: the real control plane cannot be built (install Go 1.26); the tests that need it will fail saying so"
 fi
 
 echo "install-test-deps: redis-server $(redis-server --version | awk '{print $3}'), \

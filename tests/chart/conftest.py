@@ -212,7 +212,7 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 
 # --- the real test cluster ---------------------------------------------------------------
-# scripts/chart-test.sh starts it (workpool-testcluster --api real --node-kind real) and
+# scripts/chart-test.sh starts it (workpool-testcluster: real control plane and node) and
 # exports its kubeconfig as WORKPOOL_CHART_KUBECONFIG; when it could not start, it says why
 # in WORKPOOL_CHART_CLUSTER_ERROR.
 CLUSTER_KUBECONFIG = os.environ.get("WORKPOOL_CHART_KUBECONFIG")

@@ -112,8 +112,8 @@ impl RedisServer {
     }
 
     /// Starts a server that also listens for TLS on another free port, with a fresh CA
-    /// and a server certificate for `localhost` and `127.0.0.1` made by the `openssl`
-    /// command. See [`RedisServer::tls_url`] and [`RedisServer::ca_file`].
+    /// and a server certificate for `localhost` and `127.0.0.1`. See
+    /// [`RedisServer::tls_url`] and [`RedisServer::ca_file`].
     pub fn start_tls() -> io::Result<RedisServer> {
         Self::start_configured(Persistence::None, true, None)
     }
@@ -301,81 +301,39 @@ impl Drop for RedisServer {
     }
 }
 
-/// A CA and a server certificate for localhost/127.0.0.1 in `dir`, by the `openssl`
-/// command (ca.crt, server.crt, server.key).
+/// A CA and a server certificate for localhost/127.0.0.1 in `dir` (ca.crt, server.crt,
+/// server.key: PEM, the key PKCS#8), made in-process with `rcgen`.
 fn make_certificates(dir: &std::path::Path) -> io::Result<()> {
-    let run = |args: &[&str]| -> io::Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run openssl: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec[..],
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=workpool test CA",
-        ][..],
-    ]
-    .concat())?;
-    run(&[
-        &["req"][..],
-        &ec[..],
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ][..],
-    ]
-    .concat())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])
+    let failed = |what: &str, e: rcgen::Error| io::Error::other(format!("{what}: {e}"));
+    let ca_key = KeyPair::generate().map_err(|e| failed("CA key", e))?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "workpool test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(|e| failed("CA", e))?;
+    let key = KeyPair::generate().map_err(|e| failed("server key", e))?;
+    let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(|e| failed("server names", e))?;
+    server.distinguished_name = rcgen::DistinguishedName::new();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server.is_ca = IsCa::ExplicitNoCa;
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.use_authority_key_identifier_extension = true;
+    let cert = server
+        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+        .map_err(|e| failed("server certificate", e))?;
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    std::fs::write(dir.join("server.crt"), cert.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    Ok(())
 }
 
 fn ping(port: u16) -> bool {
