@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
-use workpool_worker::queue::{Queue, QueueStats};
+use workpool_worker::queue::{Pool, QueueStats};
 
 use crate::autoscale::{self, Autoscaler, Backlog, Decision, Observation};
 use crate::crd::AutoscalingSpec;
@@ -255,9 +255,19 @@ pub fn poll_interval(wp: &WorkPool, cfg: &ControllerConfig) -> Duration {
         .unwrap_or(cfg.poll_interval)
 }
 
-/// The queue names of the pool, checked.
-pub fn queue_of(wp: &WorkPool) -> std::result::Result<Queue, String> {
-    let q = Queue::new(wp.stream(), wp.group()).with_dead_letter_stream(wp.dead_letter_stream());
+/// The queue names of the pool (every partition), checked. Whether they are hash-tagged
+/// for Redis Cluster follows the URL's scheme when the URL is in the spec; the probe sets
+/// it from the resolved target either way (a URL from a Secret).
+pub fn queue_of(wp: &WorkPool) -> std::result::Result<Pool, String> {
+    let cluster = wp
+        .spec
+        .queue
+        .redis
+        .url
+        .as_deref()
+        .and_then(workpool_worker::target::mode_of)
+        == Some(workpool_worker::target::Mode::Cluster);
+    let q = wp.queue_pool(cluster);
     q.validate().map_err(|e| e.to_string())?;
     Ok(q)
 }
@@ -412,7 +422,7 @@ async fn probe_queue(
     wp: &WorkPool,
     ctx: &Context,
     key: &(String, String),
-    queue: &Queue,
+    queue: &Pool,
     max_age: Duration,
     trigger: &str,
 ) -> Probed {
@@ -425,8 +435,8 @@ async fn probe_queue(
         .probes
         .with_label_values(&[key.0.as_str(), key.1.as_str(), trigger])
         .inc();
-    let result = match ctx.probe.url(&ctx.client, wp).await {
-        Ok(url) => ctx.probe.stats(&url, queue).await,
+    let result = match ctx.probe.target(&ctx.client, wp).await {
+        Ok(target) => ctx.probe.stats(&target, queue).await,
         Err(e) => Err(e),
     };
     let l = [key.0.as_str(), key.1.as_str()];
@@ -831,9 +841,9 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
             .map(|c| c.name.clone())
             .collect();
         if !stale.is_empty()
-            && let Ok(url) = ctx.probe.url(&ctx.client, wp).await
+            && let Ok(target) = ctx.probe.target(&ctx.client, wp).await
         {
-            match ctx.probe.remove_idle_consumers(&url, q, &stale).await {
+            match ctx.probe.remove_idle_consumers(&target, q, &stale).await {
                 Ok((n, _)) if n > 0 => {
                     info!(
                         namespace = ns,
@@ -1084,15 +1094,10 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
             && counts.replicas == 0
             && created.is_empty();
         match (&queue, probed.as_ref().map(|p| &p.result)) {
-            (Ok(q), Some(Ok(st))) if at_zero => match ctx.probe.url(&ctx.client, wp).await {
-                Ok(url) => ctx.wake.watch(
-                    key,
-                    Some(WakeTarget {
-                        url,
-                        stream: q.stream().to_string(),
-                        after: wake_after(st),
-                    }),
-                ),
+            (Ok(_), Some(Ok(st))) if at_zero => match ctx.probe.target(&ctx.client, wp).await {
+                Ok(target) => ctx
+                    .wake
+                    .watch(key, Some(WakeTarget::from_stats(target, st))),
                 Err(_) => ctx.wake.watch(key, None),
             },
             // Redis cannot be read: keep what is registered (its watcher reconnects).
@@ -1186,11 +1191,11 @@ async fn cleanup(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result
 
     // 2. Consumers leave the group; the stream and group are the user's data and stay.
     if let Ok(q) = queue_of(wp) {
-        let result = match ctx.probe.url(&ctx.client, wp).await {
-            Ok(url) => match ctx.probe.stats(&url, &q).await {
+        let result = match ctx.probe.target(&ctx.client, wp).await {
+            Ok(target) => match ctx.probe.stats(&target, &q).await {
                 Ok(st) => {
                     let names: Vec<String> = st.consumers.iter().map(|c| c.name.clone()).collect();
-                    ctx.probe.remove_idle_consumers(&url, &q, &names).await
+                    ctx.probe.remove_idle_consumers(&target, &q, &names).await
                 }
                 Err(e) => Err(e),
             },
@@ -1305,8 +1310,8 @@ pub fn secret_triggers(
         })
 }
 
-/// The pools of `ns` whose `urlSecretRef` names `secret`, each with its cached URL
-/// dropped and a fresh queue read asked for.
+/// The pools of `ns` that refer to `secret` (URL, CA or client certificate), each with its
+/// cached Secret values dropped and a fresh queue read asked for.
 pub fn secret_changed(
     ctx: &Context,
     pools: &Store<WorkPool>,
@@ -1315,15 +1320,7 @@ pub fn secret_changed(
 ) -> Vec<ObjectRef<WorkPool>> {
     let mut out = Vec::new();
     for wp in pools.state() {
-        if wp.namespace().as_deref() == Some(ns)
-            && wp
-                .spec
-                .queue
-                .redis
-                .url_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == secret)
-        {
+        if wp.namespace().as_deref() == Some(ns) && wp.references_secret(secret) {
             ctx.probe.forget_secret(&wp);
             let key = (ns.to_string(), wp.name_any());
             ctx.with_memory(&key, |m| m.probe_now = Some("secret"));

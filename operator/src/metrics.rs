@@ -27,6 +27,8 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
     "invalid_url",
     "secret",
     "protocol",
+    "tls",
+    "invalid_spec",
 ];
 
 /// Directions of `workpool_scale_events_total`.

@@ -1,6 +1,10 @@
-//! The queue probe: reads [`QueueStats`] of a pool's stream and group through
-//! `workpool_worker::queue`, with one multiplexed connection per Redis URL shared by every
-//! pool on that Redis, and removes consumers that hold nothing.
+//! The queue probe: reads [`QueueStats`] of a pool (every partition, summed) through
+//! `workpool_worker::queue`, with one connection per Redis target (URL + TLS material:
+//! standalone, Sentinel or Cluster, see `workpool_worker::target`) shared by every pool on
+//! that target, and removes consumers that hold nothing.
+//!
+//! The target is built from the pool's URL (`url` or `urlSecretRef`) and its TLS Secrets
+//! (`tls.caSecretRef`, `tls.clientCertSecretRef`): the same material the pool's pods get.
 //!
 //! Errors are classified for the `QueueReachable` condition ([`ProbeError::reason`]) and
 //! the metrics ([`ProbeError::metric_label`]); their messages never contain the URL (it
@@ -12,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use redis::aio::MultiplexedConnection;
-use workpool_worker::queue::{Queue, QueueError, QueueStats, RemoveConsumer};
+use workpool_worker::queue::{Pool, QueueError, QueueStats, RemoveConsumer};
+use workpool_worker::target::{Connection, Target, Tls};
 
 use crate::crd::WorkPool;
 
@@ -41,6 +45,14 @@ pub enum ProbeError {
     /// Redis answered with something unexpected.
     #[error("unexpected answer from Redis: {0}")]
     Protocol(String),
+    /// The TLS handshake failed (a CA that did not sign the server's certificate, a
+    /// client certificate the server refused, ...) or the TLS material is unusable.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The pool's keys do not fit the target (e.g. a stream name with a hash tag on
+    /// Redis Cluster).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ProbeError {
@@ -53,6 +65,8 @@ impl ProbeError {
             ProbeError::Auth(_) => "AuthenticationFailed",
             ProbeError::Refused(_) => "CommandRefused",
             ProbeError::Protocol(_) => "ProtocolError",
+            ProbeError::Tls(_) => "TLSFailed",
+            ProbeError::Invalid(_) => "InvalidSpec",
         }
     }
 
@@ -65,6 +79,8 @@ impl ProbeError {
             ProbeError::Auth(_) => "auth",
             ProbeError::Refused(_) => "refused",
             ProbeError::Protocol(_) => "protocol",
+            ProbeError::Tls(_) => "tls",
+            ProbeError::Invalid(_) => "invalid_spec",
         }
     }
 
@@ -72,6 +88,9 @@ impl ProbeError {
         match e {
             QueueError::Connection(e) | QueueError::Redis(e) if is_auth(&e) => {
                 ProbeError::Auth(redis_message(&e))
+            }
+            QueueError::Connection(e) if workpool_worker::target::is_tls_error(&e) => {
+                ProbeError::Tls(workpool_worker::target::tls_message(&e))
             }
             QueueError::Connection(e) => ProbeError::Unreachable(redis_message(&e)),
             QueueError::Redis(e) => ProbeError::Refused(redis_message(&e)),
@@ -110,13 +129,14 @@ fn redis_message(e: &redis::RedisError) -> String {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>;
-/// (namespace, Secret name, key) -> (URL, read at).
-type SecretCache = HashMap<(String, String, String), (String, Instant)>;
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// (namespace, Secret name, key) -> (value, read at).
+type SecretCache = HashMap<(String, String, String), (Vec<u8>, Instant)>;
 
-/// Shared by every reconcile: connections per URL and Secret values.
+/// Shared by every reconcile: connections and targets per target, and Secret values.
 pub struct QueueProbe {
     conns: Mutex<HashMap<String, Slot>>,
+    targets: Mutex<HashMap<String, Target>>,
     secrets: Mutex<SecretCache>,
     timeout: Duration,
 }
@@ -132,6 +152,7 @@ impl QueueProbe {
     pub fn new(timeout: Duration) -> Self {
         QueueProbe {
             conns: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             secrets: Mutex::new(HashMap::new()),
             timeout,
         }
@@ -148,98 +169,149 @@ impl QueueProbe {
                 "neither url nor urlSecretRef is set".into(),
             ));
         };
+        let v = self.secret_value(client, wp, &r.name, &r.key).await?;
+        Ok(String::from_utf8_lossy(&v).trim().to_string())
+    }
+
+    /// The pool's target: its URL with the TLS material of its Secrets (the same the
+    /// pods get mounted). Built once per distinct URL + material and then reused.
+    pub async fn target(&self, client: &kube::Client, wp: &WorkPool) -> Result<Target, ProbeError> {
+        let url = self.url(client, wp).await?;
+        let mut tls = Tls::none();
+        if let Some(t) = &wp.spec.queue.redis.tls {
+            if let Some(ca) = &t.ca_secret_ref {
+                tls.ca = Some(self.secret_value(client, wp, &ca.name, &ca.key).await?);
+            }
+            if let Some(c) = &t.client_cert_secret_ref {
+                tls.cert = Some(self.secret_value(client, wp, &c.name, &c.cert_key).await?);
+                tls.key = Some(self.secret_value(client, wp, &c.name, &c.key_key).await?);
+            }
+        }
+        let key = workpool_worker::target::target_key(&url, &tls);
+        if let Ok(m) = self.targets.lock()
+            && let Some(t) = m.get(&key)
+        {
+            return Ok(t.clone());
+        }
+        let target = Target::new(&url, &tls).map_err(|e| match e {
+            QueueError::InvalidArgument(m) if m.starts_with("invalid redis URL") => {
+                ProbeError::InvalidUrl
+            }
+            // TLS material that cannot be used (not PEM, a certificate without its key, a
+            // CA with a plain URL): the message names no secret value.
+            QueueError::InvalidArgument(m) => ProbeError::Tls(m),
+            other => ProbeError::from_queue(other),
+        })?;
+        if let Ok(mut m) = self.targets.lock() {
+            // Old targets of changed Secrets or URLs are dropped with their connections.
+            if m.len() > 256 {
+                m.clear();
+            }
+            m.insert(key, target.clone());
+        }
+        Ok(target)
+    }
+
+    /// A key of a Secret in the pool's namespace, cached for [`SECRET_TTL`].
+    async fn secret_value(
+        &self,
+        client: &kube::Client,
+        wp: &WorkPool,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, ProbeError> {
         let ns = wp.metadata.namespace.clone().unwrap_or_default();
-        let key = (ns.clone(), r.name.clone(), r.key.clone());
+        let cache_key = (ns.clone(), name.to_string(), key.to_string());
         if let Ok(cache) = self.secrets.lock()
-            && let Some((url, at)) = cache.get(&key)
+            && let Some((v, at)) = cache.get(&cache_key)
             && at.elapsed() < SECRET_TTL
         {
-            return Ok(url.clone());
+            return Ok(v.clone());
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = match api.get_opt(&r.name).await {
+        let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return Err(ProbeError::Secret(format!(
-                    "Secret {:?} not found in namespace {ns:?}",
-                    r.name
+                    "Secret {name:?} not found in namespace {ns:?}"
                 )));
             }
             Err(kube::Error::Api(s)) if s.code == 403 => {
                 return Err(ProbeError::Secret(format!(
-                    "the operator may not read Secret {:?}: {}",
-                    r.name, s.message
+                    "the operator may not read Secret {name:?}: {}",
+                    s.message
                 )));
             }
             Err(e) => {
-                return Err(ProbeError::Secret(format!(
-                    "reading Secret {:?}: {e}",
-                    r.name
-                )));
+                return Err(ProbeError::Secret(format!("reading Secret {name:?}: {e}")));
             }
         };
         let value = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
             .or_else(|| {
                 secret
                     .string_data
                     .as_ref()
-                    .and_then(|d| d.get(&r.key))
-                    .cloned()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
             });
-        let Some(url) = value else {
+        let Some(value) = value else {
             return Err(ProbeError::Secret(format!(
-                "Secret {:?} has no key {:?}",
-                r.name, r.key
+                "Secret {name:?} has no key {key:?}"
             )));
         };
         if let Ok(mut cache) = self.secrets.lock() {
-            cache.insert(key, (url.clone(), Instant::now()));
+            cache.insert(cache_key, (value.clone(), Instant::now()));
         }
-        Ok(url)
+        Ok(value)
     }
 
-    /// Forgets a cached Secret value (after it stopped working).
+    /// Forgets the cached values of the Secrets the pool refers to (after one changed or
+    /// stopped working).
     pub fn forget_secret(&self, wp: &WorkPool) {
-        if let Some(r) = &wp.spec.queue.redis.url_secret_ref
-            && let Ok(mut cache) = self.secrets.lock()
-        {
-            let ns = wp.metadata.namespace.clone().unwrap_or_default();
-            cache.remove(&(ns, r.name.clone(), r.key.clone()));
+        let ns = wp.metadata.namespace.clone().unwrap_or_default();
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.retain(|(n, name, _), _| !(n == &ns && wp.references_secret(name)));
         }
     }
 
-    fn slot(&self, url: &str) -> Slot {
+    fn slot(&self, target: &Target) -> Slot {
+        // The URL and the TLS material name the connection: a changed CA gets a new one.
         match self.conns.lock() {
-            Ok(mut m) => m.entry(url.to_string()).or_default().clone(),
+            Ok(mut m) => m.entry(target.key().to_string()).or_default().clone(),
             Err(_) => Slot::default(),
         }
     }
 
-    /// Runs `f` on the URL's connection. A connection kept from earlier that turns out
-    /// dropped (Redis restarted, a proxy closed it) is replaced and `f` runs once more on
-    /// a new one: a read after an idle period (a wake from zero) must not fail for it.
-    async fn with_conn<T, F, Fut>(&self, url: &str, f: F) -> Result<T, ProbeError>
+    /// Runs `f` on the target's connection. A connection kept from earlier that turns
+    /// out dropped (Redis restarted, a failover, a proxy closed it) is replaced and `f`
+    /// runs once more on a new one: a read after an idle period (a wake from zero) must
+    /// not fail for it.
+    async fn with_conn<T, F, Fut>(&self, target: &Target, f: F) -> Result<T, ProbeError>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, QueueError>>,
     {
-        match self.with_conn_once(url, &f).await {
-            (Err(ProbeError::Unreachable(_)), true) => self.with_conn_once(url, &f).await.0,
+        match self.with_conn_once(target, &f).await {
+            (Err(ProbeError::Unreachable(_)), true) => self.with_conn_once(target, &f).await.0,
             (r, _) => r,
         }
     }
 
     /// One attempt; the bool says whether the connection was reused.
-    async fn with_conn_once<T, F, Fut>(&self, url: &str, f: &F) -> (Result<T, ProbeError>, bool)
+    async fn with_conn_once<T, F, Fut>(
+        &self,
+        target: &Target,
+        f: &F,
+    ) -> (Result<T, ProbeError>, bool)
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, QueueError>>,
     {
-        let slot = self.slot(url);
+        let slot = self.slot(target);
         let mut reused = false;
         let conn = {
             let mut guard = slot.lock().await;
@@ -249,9 +321,11 @@ impl QueueProbe {
                     c.clone()
                 }
                 None => {
+                    // Sentinel asks the sentinels and then the primary: more than one
+                    // round trip.
                     let c = match tokio::time::timeout(
-                        self.timeout,
-                        workpool_worker::queue::connect(url, Some(self.timeout)),
+                        self.timeout * 2,
+                        target.connect(Some(self.timeout)),
                     )
                     .await
                     {
@@ -273,40 +347,51 @@ impl QueueProbe {
             .await
             .map_err(|_| ProbeError::Unreachable("timed out".into()))
             .and_then(|r| r.map_err(ProbeError::from_queue));
-        if let Err(ProbeError::Unreachable(_) | ProbeError::Auth(_)) = &r {
-            // Reconnect next time (Redis restarted, password changed, ...).
+        if let Err(ProbeError::Unreachable(_) | ProbeError::Auth(_) | ProbeError::Tls(_)) = &r {
+            // Reconnect next time (Redis restarted, a failover, password changed, ...).
             *slot.lock().await = None;
         }
         (r, reused)
     }
 
-    /// Stats of the queue. A missing stream or group is an empty queue.
-    pub async fn stats(&self, url: &str, queue: &Queue) -> Result<QueueStats, ProbeError> {
-        self.with_conn(url, |mut c| {
-            let q = queue.clone();
-            async move { q.stats(&mut c).await }
+    /// The pool's keys on this target (hash-tagged on Cluster), checked.
+    fn keys_on(target: &Target, pool: &Pool) -> Result<Pool, ProbeError> {
+        let pool = pool.clone().with_cluster(target.is_cluster());
+        pool.validate()
+            .map_err(|e| ProbeError::Invalid(e.to_string()))?;
+        Ok(pool)
+    }
+
+    /// Stats of the pool: every partition, summed (each partition under `partitions`).
+    /// A missing stream or group is an empty queue.
+    pub async fn stats(&self, target: &Target, pool: &Pool) -> Result<QueueStats, ProbeError> {
+        let pool = Self::keys_on(target, pool)?;
+        self.with_conn(target, |c| {
+            let p = pool.clone();
+            async move { p.stats(&c).await }
         })
         .await
     }
 
-    /// Removes each named consumer that holds nothing; returns how many were removed and
-    /// which still hold tasks.
+    /// Removes each named consumer that holds nothing in any partition; returns how many
+    /// were removed and which still hold tasks.
     pub async fn remove_idle_consumers(
         &self,
-        url: &str,
-        queue: &Queue,
+        target: &Target,
+        pool: &Pool,
         names: &[String],
     ) -> Result<(usize, Vec<(String, u64)>), ProbeError> {
-        self.with_conn(url, |mut c| {
-            let q = queue.clone();
+        let pool = Self::keys_on(target, pool)?;
+        self.with_conn(target, |c| {
+            let p = pool.clone();
             let names = names.to_vec();
             async move {
                 let mut removed = 0;
                 let mut kept = Vec::new();
                 for n in names {
-                    match q.remove_consumer_if_idle(&mut c, &n).await? {
+                    match p.remove_consumer_if_idle(&c, &n).await? {
                         RemoveConsumer::Removed => removed += 1,
-                        RemoveConsumer::StillPending(p) => kept.push((n, p)),
+                        RemoveConsumer::StillPending(held) => kept.push((n, held)),
                         RemoveConsumer::NotFound | RemoveConsumer::NoGroup => {}
                     }
                 }
@@ -330,6 +415,8 @@ mod tests {
             ProbeError::Auth("x".into()),
             ProbeError::Refused("x".into()),
             ProbeError::Protocol("x".into()),
+            ProbeError::Tls("x".into()),
+            ProbeError::Invalid("x".into()),
         ];
         for e in all {
             assert!(crate::metrics::PROBE_ERROR_REASONS.contains(&e.metric_label()));

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,15 +16,17 @@ use tracing::{debug, error, info, warn};
 
 use crate::handler::{Handler, TaskError};
 use crate::metrics::Health;
-use crate::queue::{Entry, EntryId, Queue, QueueError};
+use crate::queue::{Entry, EntryId, Pool, Queue, QueueError};
+use crate::target::{Connection, Target, Tls};
 
 /// Settings of one worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Redis URL.
+    /// Redis URL: standalone, Sentinel or Cluster (see [`crate::target`]).
     pub redis_url: String,
-    /// Stream, group and dead-letter stream.
-    pub queue: Queue,
+    /// The pool's keys: stream, group, dead-letter stream and partitions (build it with
+    /// `with_cluster` matching the URL).
+    pub pool: Pool,
     /// Consumer name (unique per worker; the pod name in Kubernetes).
     pub consumer: String,
     /// Tasks run at once.
@@ -44,9 +45,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// A run taking longer fails (and is retried); `None`: no limit.
     pub task_timeout: Option<Duration>,
-    /// PEM certificates of the CA to verify a `rediss://` server against, instead of the
-    /// system's trusted roots.
-    pub redis_ca: Option<Vec<u8>>,
+    /// TLS material for `rediss` URLs: a CA to verify the servers against instead of the
+    /// system's trusted roots, and a client certificate + key (mTLS).
+    pub tls: Tls,
 }
 
 impl WorkerConfig {
@@ -104,28 +105,30 @@ pub fn retry_delay(base: Duration, max: Duration, next_delivery: u32) -> Duratio
     d.mul_f64(jitter).min(max)
 }
 
-/// A lazily (re)connected multiplexed connection.
+/// A lazily (re)connected multiplexed connection. Reconnecting goes through the target
+/// again: a Sentinel target asks the sentinels for the primary, a Cluster target reloads
+/// the slot map.
 struct Conn {
-    client: redis::Client,
+    target: Target,
     response_timeout: Option<Duration>,
-    cur: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    cur: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Conn {
-    fn new(client: redis::Client, response_timeout: Option<Duration>) -> Self {
+    fn new(target: Target, response_timeout: Option<Duration>) -> Self {
         Conn {
-            client,
+            target,
             response_timeout,
             cur: tokio::sync::Mutex::new(None),
         }
     }
 
-    async fn get(&self) -> Result<MultiplexedConnection, QueueError> {
+    async fn get(&self) -> Result<Connection, QueueError> {
         let mut g = self.cur.lock().await;
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let c = crate::queue::connect_client(&self.client, self.response_timeout).await?;
+        let c = self.target.connect(self.response_timeout).await?;
         *g = Some(c.clone());
         Ok(c)
     }
@@ -149,11 +152,16 @@ enum Done {
     Flush(oneshot::Sender<()>),
 }
 
+/// One partition's worker state; the partitions of a pool share the concurrency slots,
+/// the handler, the command connection, the task tracker, the shutdown tokens and what is
+/// known about Redis's health and clock.
 struct Ctx {
     cfg: WorkerConfig,
+    /// This partition's stream, group and dead-letter stream.
+    queue: Queue,
     handler: Handler,
     health: Health,
-    cmd: Conn,
+    cmd: Arc<Conn>,
     sem: Arc<Semaphore>,
     inflight: Mutex<HashSet<EntryId>>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -168,17 +176,17 @@ struct Ctx {
     /// a former process's (same consumer name), not lost replies.
     started: Instant,
     /// The last time Redis looked stalled or unreachable.
-    trouble: Mutex<Option<Instant>>,
+    trouble: Arc<Mutex<Option<Instant>>>,
     /// Redis server time minus local wall-clock time, in ms (from the health ping).
-    clock_offset_ms: AtomicI64,
-    clock_known: AtomicBool,
+    clock_offset_ms: Arc<AtomicI64>,
+    clock_known: Arc<AtomicBool>,
     /// In-flight tasks whose lease was lost (reported once, no longer renewed).
     lease_lost: Mutex<HashSet<EntryId>>,
 }
 
 impl Ctx {
     fn queue(&self) -> &Queue {
-        &self.cfg.queue
+        &self.queue
     }
 
     fn consumer(&self) -> &str {
@@ -282,7 +290,7 @@ impl Ctx {
         f: F,
     ) -> Option<Result<T, QueueError>>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: Future<Output = Result<T, QueueError>>,
     {
         let mut attempt = 0u32;
@@ -668,9 +676,9 @@ async fn renewer(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// Pings Redis (`TIME`) with a short timeout: readiness follows it, a slow or failed
 /// ping counts as a Redis outage (reclaims pause), and the answer gives the offset of
 /// Redis's clock for reclaim deadlines.
-async fn pinger(ctx: Arc<Ctx>, client: redis::Client, stop: CancellationToken) {
+async fn pinger(ctx: Arc<Ctx>, target: Target, stop: CancellationToken) {
     let timeout = ctx.cfg.ping_timeout();
-    let conn = Conn::new(client, Some(timeout));
+    let conn = Conn::new(target, Some(timeout));
     let mut failures = 0u32;
     loop {
         let sent = Instant::now();
@@ -739,6 +747,8 @@ struct Reader {
     next_take_back: Instant,
     /// The connection broke since the last successful connect.
     lost_connection: bool,
+    /// One of several partitions: blocking reads hold no concurrency slot.
+    partitioned: bool,
 }
 
 impl Reader {
@@ -925,7 +935,7 @@ impl Reader {
                 self.conn.reset().await;
                 self.attempt += 1;
                 let d = reconnect_backoff(self.attempt);
-                warn!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, url = %redacted(&ctx.cfg.redis_url), "cannot connect to redis");
+                warn!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, url = %redacted(&ctx.cfg.redis_url), stream = ctx.queue().stream(), "cannot connect to redis");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     _ = ctx.shutdown.cancelled() => {}
@@ -1206,6 +1216,49 @@ impl Reader {
                     continue;
                 }
             };
+            if self.partitioned {
+                // Partitions share the slots: a reader holds slots only for a read that
+                // answers at once, never while it blocks, so an empty partition never
+                // keeps the slots from a busy one.
+                match ctx
+                    .queue()
+                    .read_now(&mut c, ctx.consumer(), permit.num_permits())
+                    .await
+                {
+                    Ok(entries) if !entries.is_empty() => {
+                        ctx.health.set_ready(true);
+                        if ctx.shutdown.is_cancelled() {
+                            self.hand_back(entries, 1);
+                            break;
+                        }
+                        self.dispatch(entries, &mut permit);
+                        continue;
+                    }
+                    Ok(_) => ctx.health.set_ready(true),
+                    Err(e) => {
+                        self.failed("read", e).await;
+                        continue;
+                    }
+                }
+                drop(permit);
+                match ctx.queue().read(&mut c, ctx.consumer(), 1, block).await {
+                    Ok(entries) => {
+                        ctx.health.set_ready(true);
+                        if entries.is_empty() {
+                            continue;
+                        }
+                        if ctx.shutdown.is_cancelled() {
+                            self.hand_back(entries, 1);
+                            break;
+                        }
+                        if self.dispatch_when_free(entries).await {
+                            break;
+                        }
+                    }
+                    Err(e) => self.failed("read", e).await,
+                }
+                continue;
+            }
             match ctx
                 .queue()
                 .read(&mut c, ctx.consumer(), permit.num_permits(), block)
@@ -1229,6 +1282,34 @@ impl Reader {
         ctx.health.set_ready(false);
     }
 
+    /// Starts entries read without holding slots (a blocking read of a partitioned pool)
+    /// as slots free up; meanwhile they are tracked, so their leases are renewed. Returns
+    /// true when shutting down (the rest is handed back).
+    async fn dispatch_when_free(&self, entries: Vec<Entry>) -> bool {
+        let ctx = &self.ctx;
+        let mut entries = entries.into_iter();
+        while let Some(e) = entries.next() {
+            if !ctx.track(e.id) {
+                // Running here already (redelivered by a recreated group).
+                ctx.lease_regained(e.id);
+                continue;
+            }
+            let slot = ctx.slots(false).await;
+            // `dispatch` tracks it again (and counts it in flight).
+            if let Ok(mut s) = ctx.inflight.lock() {
+                s.remove(&e.id);
+            }
+            match slot {
+                Some(mut p) => self.dispatch(vec![e], &mut p),
+                None => {
+                    self.hand_back(std::iter::once(e).chain(entries).collect(), 1);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Hands back entries that were delivered but never started (their delivery does not
     /// count: `uncount` is subtracted from their counter).
     fn hand_back(&self, entries: Vec<Entry>, uncount: u32) {
@@ -1242,12 +1323,9 @@ impl Reader {
     }
 }
 
-/// The URL without its password, for logs.
+/// The URL without its passwords, for logs.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    crate::target::redacted(url)
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains: stops reading, lets
@@ -1260,44 +1338,81 @@ pub async fn run(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), QueueError> {
-    cfg.queue.validate()?;
-    let client = crate::queue::client(&cfg.redis_url, cfg.redis_ca.as_deref())?;
+    let target = Target::new(&cfg.redis_url, &cfg.tls)?;
+    if cfg.pool.is_cluster() != target.is_cluster() {
+        return Err(QueueError::InvalidArgument(format!(
+            "the pool's keys are {} but the URL {:?} names a {} target",
+            if cfg.pool.is_cluster() {
+                "hash-tagged for Redis Cluster"
+            } else {
+                "not hash-tagged"
+            },
+            target.redacted(),
+            target.mode()
+        )));
+    }
+    cfg.pool.validate()?;
     let block = cfg.block();
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx {
-        sem: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
-        cmd: Conn::new(client.clone(), Some(Duration::from_secs(30))),
-        cfg,
-        handler,
-        health,
-        inflight: Mutex::new(HashSet::new()),
-        done_tx,
-        tracker: TaskTracker::new(),
-        shutdown: shutdown.clone(),
-        hard_stop: hard_stop.clone(),
-        abandon: CancellationToken::new(),
-        started: Instant::now(),
-        trouble: Mutex::new(None),
-        clock_offset_ms: AtomicI64::new(0),
-        clock_known: AtomicBool::new(false),
-        lease_lost: Mutex::new(HashSet::new()),
-    });
-    let acker = tokio::spawn(acknowledger(ctx.clone(), done_rx));
+    // Shared by the partitions: the concurrency slots, the command connection, the task
+    // tracker and what is known of Redis's health and clock.
+    let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let cmd = Arc::new(Conn::new(target.clone(), Some(Duration::from_secs(30))));
+    let tracker = TaskTracker::new();
+    let abandon = CancellationToken::new();
+    let started = Instant::now();
+    let trouble = Arc::new(Mutex::new(None));
+    let clock_offset_ms = Arc::new(AtomicI64::new(0));
+    let clock_known = Arc::new(AtomicBool::new(false));
     let renew_stop = CancellationToken::new();
-    let renew = tokio::spawn(renewer(ctx.clone(), renew_stop.clone()));
-    let ping = tokio::spawn(pinger(ctx.clone(), client.clone(), renew_stop.clone()));
-    let reader = Reader {
-        ctx: ctx.clone(),
-        conn: Conn::new(client, Some(block + Duration::from_secs(5))),
-        connected: false,
-        ever_connected: false,
-        attempt: 0,
-        cursor: EntryId::ZERO,
-        next_reclaim: Instant::now(),
-        next_take_back: Instant::now(),
-        lost_connection: false,
-    };
-    let reader = tokio::spawn(reader.run());
+    let mut ctxs = Vec::new();
+    let mut ackers = Vec::new();
+    let mut renewers = Vec::new();
+    let mut readers = Vec::new();
+    for (partition, queue) in cfg.pool.queues().into_iter().enumerate() {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Ctx {
+            sem: sem.clone(),
+            cmd: cmd.clone(),
+            cfg: cfg.clone(),
+            queue,
+            handler: handler.clone(),
+            health: health.clone(),
+            inflight: Mutex::new(HashSet::new()),
+            done_tx,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+            abandon: abandon.clone(),
+            started,
+            trouble: trouble.clone(),
+            clock_offset_ms: clock_offset_ms.clone(),
+            clock_known: clock_known.clone(),
+            lease_lost: Mutex::new(HashSet::new()),
+        });
+        ackers.push(tokio::spawn(acknowledger(ctx.clone(), done_rx)));
+        renewers.push(tokio::spawn(renewer(ctx.clone(), renew_stop.clone())));
+        let reader = Reader {
+            ctx: ctx.clone(),
+            conn: Conn::new(target.clone(), Some(block + Duration::from_secs(5))),
+            connected: false,
+            ever_connected: false,
+            attempt: 0,
+            cursor: EntryId::ZERO,
+            next_reclaim: Instant::now(),
+            next_take_back: Instant::now(),
+            lost_connection: false,
+            partitioned: cfg.pool.partitions() > 1,
+        };
+        debug!(
+            partition,
+            stream = ctx.queue().stream(),
+            "reading partition"
+        );
+        readers.push(tokio::spawn(reader.run()));
+        ctxs.push(ctx);
+    }
+    let ctx = ctxs[0].clone();
+    let ping = tokio::spawn(pinger(ctx.clone(), target, renew_stop.clone()));
 
     shutdown.cancelled().await;
     // Not ready from the signal on, not only when the blocking read returns.
@@ -1309,8 +1424,10 @@ pub async fn run(
         "shutting down: stopped reading, finishing in-flight tasks"
     );
     let deadline = tokio::time::Instant::now() + grace;
-    if let Err(e) = reader.await {
-        error!(error = %e, "reader task failed");
+    for reader in readers {
+        if let Err(e) = reader.await {
+            error!(error = %e, "reader task failed");
+        }
     }
     ctx.tracker.close();
     tokio::select! {
@@ -1334,11 +1451,16 @@ pub async fn run(
         );
     }
     renew_stop.cancel();
-    let _ = renew.await;
+    for renew in renewers {
+        let _ = renew.await;
+    }
     let _ = ping.await;
-    let (tx, rx) = oneshot::channel();
-    ctx.send(Done::Flush(tx));
-    if tokio::time::timeout(Duration::from_secs(5), rx)
+    let flushes = ctxs.iter().map(|c| {
+        let (tx, rx) = oneshot::channel();
+        c.send(Done::Flush(tx));
+        rx
+    });
+    if tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(flushes))
         .await
         .is_err()
     {
@@ -1347,7 +1469,9 @@ pub async fn run(
         );
     }
     ctx.abandon.cancel();
-    acker.abort();
+    for acker in ackers {
+        acker.abort();
+    }
     info!(
         succeeded = ctx.health.metrics.succeeded.get(),
         dead_lettered = ctx.health.metrics.dead_lettered.get(),
@@ -1380,7 +1504,7 @@ mod tests {
     fn intervals_sit_inside_the_visibility_timeout() {
         let cfg = WorkerConfig {
             redis_url: String::new(),
-            queue: Queue::new("s", "g"),
+            pool: Pool::new("s", "g"),
             consumer: "c".into(),
             concurrency: 1,
             batch: 1,
@@ -1390,7 +1514,7 @@ mod tests {
             retry_backoff_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             task_timeout: None,
-            redis_ca: None,
+            tls: Tls::none(),
         };
         assert_eq!(cfg.renew_interval(), Duration::from_secs(10));
         assert_eq!(cfg.reclaim_interval(), Duration::from_secs(15));
