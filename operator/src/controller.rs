@@ -454,6 +454,7 @@ async fn probe_queue(
                     .map(|ms| (ms / 1000) as i64)
                     .unwrap_or(0),
             );
+            m.set_partitions(l[0], l[1], st);
         }
         Err(e) => {
             m.queue_up.with_label_values(&l).set(0);
@@ -1056,6 +1057,7 @@ async fn apply(wp: &WorkPool, ctx: &Context, key: &(String, String)) -> Result<A
             dead_letters: st.dead_letters as i64,
             oldest_pending_seconds: st.oldest_pending_age_ms.map(|ms| (ms / 1000) as i64),
             consumers: st.consumers.len() as i32,
+            partitions: crate::crd::PartitionStatus::of(st),
         });
     let status = WorkPoolStatus {
         observed_generation: generation,

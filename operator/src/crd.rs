@@ -458,6 +458,42 @@ pub struct QueueStatus {
     /// Consumers in the group.
     #[serde(default)]
     pub consumers: i32,
+    /// Per partition (pools of more than one partition; the fields above are the sums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of the queue as last read.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    /// The partition's stream (its key in Redis).
+    pub stream: String,
+    /// Tasks waiting or in flight in this partition.
+    pub backlog: i64,
+    /// Tasks delivered and not yet acknowledged in this partition.
+    pub pending: i64,
+    /// Entries in this partition's dead-letter stream.
+    pub dead_letters: i64,
+}
+
+impl PartitionStatus {
+    /// The partitions of a pool's stats (none for a one-partition pool: the queue status
+    /// says it all).
+    pub fn of(st: &workpool_worker::queue::QueueStats) -> Vec<PartitionStatus> {
+        if st.partitions.len() <= 1 {
+            return Vec::new();
+        }
+        st.partitions
+            .iter()
+            .map(|p| PartitionStatus {
+                stream: p.stream.clone(),
+                backlog: p.backlog as i64,
+                pending: p.pending as i64,
+                dead_letters: p.dead_letters as i64,
+            })
+            .collect()
+    }
 }
 
 /// A condition (the shape of metav1.Condition).

@@ -91,10 +91,22 @@ async fn the_probe_and_wake_follow_a_sentinel_failover() {
     wake.watch(&key, Some(WakeTarget::from_stats(target.clone(), &idle_st)));
 
     let old = set.kill_primary().expect("kill the primary");
+    // Probe as the operator does while the sentinels have not promoted anyone yet.
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while set.primary().is_none_or(|p| p == old) {
+        if let Err(e) = probe.stats(&target, &pool).await {
+            errors.push(e);
+        }
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!errors.is_empty(), "the probe noticed the primary was gone");
     let new = set
         .wait_for_failover(old, Duration::from_secs(60))
         .expect("failover");
-    let (after, errors) = probe_until_ok(&probe, &target, &pool).await;
+    let (after, more) = probe_until_ok(&probe, &target, &pool).await;
+    errors.extend(more);
     for e in &errors {
         assert!(
             matches!(e, ProbeError::Unreachable(_)),
