@@ -194,6 +194,13 @@ impl RedisServer {
         self.tls_port.map(|p| format!("rediss://localhost:{p}/"))
     }
 
+    /// `rediss://<address>:<tls port>/` through the address given in
+    /// [`ServerOptions::also_on`] (servers started with TLS and such an address; the CA's
+    /// certificate must name it, see [`TestCa::with_ips`]).
+    pub fn tls_url_on_also(&self) -> Option<String> {
+        Some(format!("rediss://{}:{}/", self.also_on?, self.tls_port?))
+    }
+
     /// The TLS port (servers started with TLS).
     pub fn tls_port(&self) -> Option<u16> {
         self.tls_port
@@ -403,8 +410,14 @@ pub struct TestCa {
 impl TestCa {
     /// A fresh CA with its server and client certificates.
     pub fn new() -> io::Result<TestCa> {
+        Self::with_ips(&[])
+    }
+
+    /// Like [`TestCa::new`], the server certificate valid for these addresses too (e.g.
+    /// the host address pods reach the host at).
+    pub fn with_ips(ips: &[std::net::IpAddr]) -> io::Result<TestCa> {
         let dir = tempfile::Builder::new().prefix("workpool-ca").tempdir()?;
-        make_certificates(dir.path())?;
+        make_certificates(dir.path(), ips)?;
         Ok(TestCa { dir })
     }
 
@@ -459,7 +472,7 @@ impl TestCa {
 
 /// A CA and a server certificate for localhost/127.0.0.1 in `dir`, by the `openssl`
 /// command (ca.crt, server.crt, server.key).
-fn make_certificates(dir: &std::path::Path) -> io::Result<()> {
+fn make_certificates(dir: &std::path::Path, extra_ips: &[std::net::IpAddr]) -> io::Result<()> {
     let run = |args: &[&str]| -> io::Result<()> {
         let out = Command::new("openssl")
             .args(args)
@@ -476,9 +489,15 @@ fn make_certificates(dir: &std::path::Path) -> io::Result<()> {
             )))
         }
     };
+    let mut san = "DNS:localhost,IP:127.0.0.1".to_string();
+    for ip in extra_ips {
+        san += &format!(",IP:{ip}");
+    }
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"
+        ),
     )?;
     std::fs::write(
         dir.join("client.ext"),
@@ -717,6 +736,9 @@ pub struct SentinelOptions {
     pub persistence: Persistence,
     /// `sentinel down-after-milliseconds`.
     pub down_after: Duration,
+    /// Listen on this address too and announce it (replication, sentinels, the URL):
+    /// e.g. the host address a real node's pods reach the host at.
+    pub announce: Option<std::net::IpAddr>,
 }
 
 impl Default for SentinelOptions {
@@ -728,6 +750,7 @@ impl Default for SentinelOptions {
             tls_auth_clients: false,
             persistence: Persistence::None,
             down_after: Duration::from_millis(1000),
+            announce: None,
         }
     }
 }
@@ -741,6 +764,8 @@ pub struct SentinelSet {
     /// The sentinels.
     pub sentinels: Vec<SentinelProcess>,
     tls: bool,
+    /// The address in the URL and in what the sentinels announce.
+    addr: String,
 }
 
 /// The name the sentinels of a [`SentinelSet`] know the primary by.
@@ -752,12 +777,20 @@ impl SentinelSet {
     pub fn start(opts: SentinelOptions) -> io::Result<SentinelSet> {
         let tls = opts.tls.clone();
         let peer = tls.as_ref().map(|c| c.peer_tls_args()).unwrap_or_default();
+        let addr = opts
+            .announce
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let announce: Vec<String> = match opts.announce {
+            Some(a) => vec!["--replica-announce-ip".into(), a.to_string()],
+            None => Vec::new(),
+        };
         let server_opts = |extra: Vec<String>| ServerOptions {
             persistence: opts.persistence,
             tls: tls.clone(),
             tls_auth_clients: opts.tls_auth_clients,
-            also_on: None,
-            extra: [peer.clone(), extra].concat(),
+            also_on: opts.announce,
+            extra: [peer.clone(), announce.clone(), extra].concat(),
         };
         let primary = RedisServer::start_opts(server_opts(Vec::new()))?;
         let primary_port = primary.tls_port.unwrap_or(primary.port);
@@ -765,7 +798,7 @@ impl SentinelSet {
         for _ in 0..opts.replicas {
             servers.push(RedisServer::start_opts(server_opts(vec![
                 "--replicaof".into(),
-                "127.0.0.1".into(),
+                addr.clone(),
                 primary_port.to_string(),
             ]))?);
         }
@@ -783,9 +816,13 @@ impl SentinelSet {
             } else {
                 None
             };
+            let bind = match opts.announce {
+                Some(a) => format!("bind 127.0.0.1 {a}\nsentinel announce-ip {a}"),
+                None => "bind 127.0.0.1".to_string(),
+            };
             let mut conf = format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\n\
-                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} {quorum}\n\
+                "port {port}\n{bind}\nprotected-mode no\n\
+                 sentinel monitor {SENTINEL_MASTER} {addr} {primary_port} {quorum}\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} {}\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
                  sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
@@ -810,6 +847,7 @@ impl SentinelSet {
             servers,
             sentinels,
             tls: tls.is_some(),
+            addr,
         };
         wait_for(
             Duration::from_secs(30),
@@ -846,7 +884,7 @@ impl SentinelSet {
                 self.sentinels.iter().map(|s| s.port).collect(),
             )
         };
-        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let hosts: Vec<String> = ports.iter().map(|p| format!("{}:{p}", self.addr)).collect();
         format!("{scheme}://{}/{SENTINEL_MASTER}", hosts.join(","))
     }
 
@@ -902,6 +940,9 @@ pub struct ClusterOptions {
     pub tls_auth_clients: bool,
     /// `cluster-node-timeout`.
     pub node_timeout: Duration,
+    /// Listen on this address too and announce it (the slot map, the URL): e.g. the host
+    /// address a real node's pods reach the host at.
+    pub announce: Option<std::net::IpAddr>,
 }
 
 impl Default for ClusterOptions {
@@ -912,6 +953,7 @@ impl Default for ClusterOptions {
             tls: None,
             tls_auth_clients: false,
             node_timeout: Duration::from_millis(1000),
+            announce: None,
         }
     }
 }
@@ -922,6 +964,8 @@ pub struct RedisCluster {
     /// The nodes (primaries first, as created; roles change on failover).
     pub nodes: Vec<RedisServer>,
     tls: bool,
+    /// The address in the URL and the slot map.
+    addr: String,
 }
 
 /// The `redis-cli` binary: beside the `redis-server` in use, else from `PATH`.
@@ -955,9 +999,13 @@ impl RedisCluster {
                 extra.extend(ca.peer_tls_args());
                 extra.extend(["--tls-cluster".into(), "yes".into()]);
             }
+            if let Some(a) = opts.announce {
+                extra.extend(["--cluster-announce-ip".into(), a.to_string()]);
+            }
             nodes.push(RedisServer::start_opts(ServerOptions {
                 tls: opts.tls.clone(),
                 tls_auth_clients: opts.tls_auth_clients,
+                also_on: opts.announce,
                 extra,
                 ..ServerOptions::default()
             })?);
@@ -972,6 +1020,10 @@ impl RedisCluster {
                 .arg("--key")
                 .arg(ca.client_key_file());
         }
+        let addr = opts
+            .announce
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
         cli.arg("--cluster").arg("create");
         for n in &nodes {
             let port = if opts.tls.is_some() {
@@ -979,7 +1031,7 @@ impl RedisCluster {
             } else {
                 n.port
             };
-            cli.arg(format!("127.0.0.1:{port}"));
+            cli.arg(format!("{addr}:{port}"));
         }
         let out = cli
             .arg("--cluster-replicas")
@@ -998,6 +1050,7 @@ impl RedisCluster {
         let cluster = RedisCluster {
             nodes,
             tls: opts.tls.is_some(),
+            addr,
         };
         cluster.wait_ok(Duration::from_secs(30))?;
         Ok(cluster)
@@ -1029,7 +1082,7 @@ impl RedisCluster {
                 } else {
                     n.port
                 };
-                format!("127.0.0.1:{p}")
+                format!("{}:{p}", self.addr)
             })
             .collect();
         format!(
@@ -1136,7 +1189,7 @@ impl RedisCluster {
             }
             // All the slot's keys in one MIGRATE: a pool's keys move together.
             let mut m = redis::cmd("MIGRATE");
-            m.arg("127.0.0.1")
+            m.arg(self.addr.as_str())
                 .arg(self.nodes[to].port)
                 .arg("")
                 .arg(0)
