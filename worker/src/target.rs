@@ -432,9 +432,9 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
 
 #[derive(Clone)]
 enum Kind {
-    Standalone(redis::Client),
+    Standalone(Box<redis::Client>),
     Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// A connection target: where the queue lives and how to reach it. Cheap to clone; no
@@ -504,11 +504,11 @@ impl Target {
         }
         let redis_err = |e: redis::RedisError| invalid(url, e);
         let kind = match parsed.mode {
-            Mode::Standalone => Kind::Standalone(if tls.is_empty() {
+            Mode::Standalone => Kind::Standalone(Box::new(if tls.is_empty() {
                 redis::Client::open(url).map_err(redis_err)?
             } else {
                 redis::Client::build_with_tls(url, tls.certificates()).map_err(redis_err)?
-            }),
+            })),
             Mode::Sentinel => {
                 let addrs = parsed.hosts.iter().map(|h| {
                     if parsed.tls {
@@ -588,7 +588,7 @@ impl Target {
                         b = b.certs(tls.certificates());
                     }
                 }
-                Kind::Cluster(b.build().map_err(redis_err)?)
+                Kind::Cluster(Box::new(b.build().map_err(redis_err)?))
             }
         };
         Ok(Target {

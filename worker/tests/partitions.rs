@@ -185,7 +185,13 @@ async fn a_worker_reads_every_partition_without_starving_any() {
     let handler = Recorder::start().await;
     let mut c = conn(&url).await;
     let ids: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
-    let payload = |i: usize| if i % 25 == 0 { "perm 0" } else { "ok 0.01" };
+    let payload = |i: usize| {
+        if i.is_multiple_of(25) {
+            "perm 0"
+        } else {
+            "ok 0.01"
+        }
+    };
     // First only partition 3.
     let q3 = pool.partition(3);
     let tasks: Vec<NewTask<'_>> = (0..50)
@@ -217,13 +223,13 @@ async fn a_worker_reads_every_partition_without_starving_any() {
     )
     .await;
     // Then every partition.
-    for i in 50..200 {
+    for (i, id) in ids.iter().enumerate().skip(50) {
         let q = pool.partition(i % 4);
         q.enqueue(
             &mut c,
             &[NewTask {
                 payload: payload(i).as_bytes(),
-                id: Some(&ids[i]),
+                id: Some(id),
                 attempt: None,
             }],
         )
@@ -257,7 +263,7 @@ async fn a_worker_reads_every_partition_without_starving_any() {
     assert_eq!(pool.partition(2).dead_letter_stream(), "p:2:dead");
     // Tasks 0..50 in partition 3 (0 and 25 perm), then i % 4 (50, 75, ... perm).
     let mut want: HashMap<usize, usize> = HashMap::new();
-    for i in (0..200).filter(|i| i % 25 == 0) {
+    for i in (0..200).filter(|i: &usize| i.is_multiple_of(25)) {
         *want.entry(if i < 50 { 3 } else { i % 4 }).or_default() += 1;
     }
     for p in 0..4 {
