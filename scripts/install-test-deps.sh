@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: a Rust toolchain with rustfmt and
-# clippy, redis-server (the tests start their own on a free loopback port), kubectl (the
+# clippy, redis-server and redis-sentinel (the tests start their own on free loopback
+# ports: single servers, Sentinel sets, Redis Clusters), kubectl (the
 # conformance tests drive the API double with the real client), python3, openssl (the
 # test cluster's certificates), and the Kubernetes components of the real test control
 # plane, built from source with Go (scripts/k8s-bin.sh; cached after the first build), and
@@ -9,6 +10,8 @@ set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Sentinel tests run Debian's redis-sentinel (the same program as redis-server).
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
