@@ -102,15 +102,7 @@ impl From<redis::RedisError> for QueueError {
             let s = e.to_string();
             s.contains("LOADING") || s.contains("READONLY") || s.contains("CLUSTERDOWN")
         };
-        // The sentinels name no primary that says it is one: a failover under way (or a
-        // wrong master name, which stays an outage with a clear message).
-        let no_primary = matches!(
-            e.kind(),
-            redis::ErrorKind::MasterNameNotFoundBySentinel
-                | redis::ErrorKind::NoValidReplicasFoundBySentinel
-        );
         if transient
-            || no_primary
             || e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

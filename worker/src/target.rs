@@ -433,8 +433,180 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
 #[derive(Clone)]
 enum Kind {
     Standalone(Box<redis::Client>),
-    Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
+    Sentinel(Arc<SentinelTarget>),
     Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// A Sentinel target: the sentinels' clients and how to reach the data nodes they name.
+struct SentinelTarget {
+    sentinels: Vec<redis::Client>,
+    master: String,
+    /// `redis` or `rediss`.
+    scheme: &'static str,
+    /// `user:pass@` (percent-encoded) or empty.
+    userinfo: String,
+    db: i64,
+    tls: Tls,
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn userinfo(user: Option<&str>, pass: Option<&str>) -> String {
+    match (user, pass) {
+        (None, None) => String::new(),
+        (u, p) => format!(
+            "{}{}@",
+            percent_encode(u.unwrap_or("")),
+            p.map(|p| format!(":{}", percent_encode(p))).unwrap_or_default()
+        ),
+    }
+}
+
+fn client_for(url: &str, tls: &Tls) -> redis::RedisResult<redis::Client> {
+    if url.starts_with("rediss://") && !tls.is_empty() {
+        redis::Client::build_with_tls(url, tls.certificates())
+    } else {
+        redis::Client::open(url)
+    }
+}
+
+fn conn_error(what: &'static str, detail: String) -> QueueError {
+    QueueError::Connection(redis::RedisError::from((redis::ErrorKind::Io, what, detail)))
+}
+
+/// What one sentinel says of the primary.
+struct SentinelAnswer {
+    host: String,
+    port: u16,
+    epoch: u64,
+}
+
+impl SentinelTarget {
+    /// Asks every sentinel at once (`SENTINEL MASTER`) and takes the primary of the
+    /// highest configuration epoch, the one a failover published last: a sentinel that
+    /// has not heard of the latest failover yet (its epoch is older) must not send the
+    /// client to the former primary, which may be back, empty, still saying it is a
+    /// primary. An answer that marks the primary down is no answer.
+    async fn resolve(&self) -> Result<SentinelAnswer> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let asks = self.sentinels.iter().map(|c| {
+            let cfg = cfg.clone();
+            async move {
+                let mut conn = c.get_multiplexed_async_connection_with_config(&cfg).await?;
+                let m: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+                    .arg("MASTER")
+                    .arg(&self.master)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, redis::RedisError>(m)
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut best: Option<(SentinelAnswer, usize)> = None;
+        let mut votes: std::collections::HashMap<(String, u16, u64), usize> =
+            std::collections::HashMap::new();
+        let mut last_err = None;
+        let mut refused = None;
+        for a in answers {
+            let m = match a {
+                Ok(m) => m,
+                Err(e) => {
+                    if e.code().is_some() {
+                        refused = Some(e);
+                    } else {
+                        last_err = Some(e);
+                    }
+                    continue;
+                }
+            };
+            let flags = m.get("flags").map(String::as_str).unwrap_or("");
+            if ["s_down", "o_down", "disconnected", "failover_in_progress"]
+                .iter()
+                .any(|f| flags.contains(f))
+            {
+                continue;
+            }
+            let (Some(host), Some(port)) = (
+                m.get("ip").cloned(),
+                m.get("port").and_then(|p| p.parse::<u16>().ok()),
+            ) else {
+                continue;
+            };
+            let epoch = m
+                .get("config-epoch")
+                .and_then(|e| e.parse::<u64>().ok())
+                .unwrap_or(0);
+            *votes.entry((host, port, epoch)).or_default() += 1;
+        }
+        for ((host, port, epoch), n) in votes {
+            let better = match &best {
+                None => true,
+                Some((b, bn)) => (epoch, n) > (b.epoch, *bn),
+            };
+            if better {
+                best = Some((SentinelAnswer { host, port, epoch }, n));
+            }
+        }
+        match best {
+            Some((a, _)) => Ok(a),
+            None => Err(match (refused, last_err) {
+                // A sentinel refused (a wrong master name, a wrong sentinel password):
+                // no primary to connect to, with the sentinel's words.
+                (Some(e), _) => QueueError::Connection(e),
+                // No sentinel reachable: its error says why (refused, TLS, ...).
+                (None, Some(e)) => QueueError::Connection(e),
+                (None, None) => conn_error(
+                    "no sentinel names a primary that is up",
+                    format!("for {:?} (a failover under way?)", self.master),
+                ),
+            }),
+        }
+    }
+
+    /// A connection to the primary the sentinels name, after it confirmed its role.
+    async fn connect(&self, cfg: &redis::AsyncConnectionConfig) -> Result<MultiplexedConnection> {
+        let a = self.resolve().await?;
+        let url = format!(
+            "{}://{}{}/{}",
+            self.scheme,
+            self.userinfo,
+            host_port(&a.host, a.port),
+            self.db
+        );
+        let client = client_for(&url, &self.tls).map_err(|e| {
+            conn_error("cannot reach the primary the sentinels name", e.to_string())
+        })?;
+        let mut conn = client.get_multiplexed_async_connection_with_config(cfg).await?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+        match role.first() {
+            Some(Value::BulkString(r)) if r == b"master" => Ok(conn),
+            Some(Value::SimpleString(r)) if r == "master" => Ok(conn),
+            _ => Err(conn_error(
+                "the node the sentinels name is not a primary (yet)",
+                host_port(&a.host, a.port),
+            )),
+        }
+    }
 }
 
 /// A connection target: where the queue lives and how to reach it. Cheap to clone; no
@@ -510,51 +682,30 @@ impl Target {
                 redis::Client::build_with_tls(url, tls.certificates()).map_err(redis_err)?
             })),
             Mode::Sentinel => {
-                let addrs = parsed.hosts.iter().map(|h| {
-                    if parsed.tls {
-                        redis::ConnectionAddr::TcpTls {
-                            host: h.host.clone(),
-                            port: h.port,
-                            insecure: false,
-                            tls_params: None,
-                        }
-                    } else {
-                        redis::ConnectionAddr::Tcp(h.host.clone(), h.port)
-                    }
-                });
-                let master = parsed.master.clone().unwrap_or_default();
-                let mut b = redis::sentinel::SentinelClientBuilder::new(
-                    addrs,
-                    master,
-                    redis::sentinel::SentinelServerType::Master,
-                )
-                .map_err(redis_err)?
-                .set_client_to_redis_db(parsed.db);
-                if let Some(u) = &parsed.username {
-                    b = b.set_client_to_redis_username(u);
-                }
-                if let Some(pw) = &parsed.password {
-                    b = b.set_client_to_redis_password(pw);
-                }
-                if let Some(u) = &parsed.sentinel_username {
-                    b = b.set_client_to_sentinel_username(u);
-                }
-                if let Some(pw) = &parsed.sentinel_password {
-                    b = b.set_client_to_sentinel_password(pw);
-                }
-                if parsed.tls {
-                    b = b
-                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-                    if !tls.is_empty() {
-                        b = b
-                            .set_client_to_redis_certificates(tls.certificates())
-                            .set_client_to_sentinel_certificates(tls.certificates());
-                    }
-                }
-                Kind::Sentinel(Arc::new(tokio::sync::Mutex::new(
-                    b.build().map_err(redis_err)?,
-                )))
+                let scheme = if parsed.tls { "rediss" } else { "redis" };
+                let sentinel_auth = userinfo(
+                    parsed.sentinel_username.as_deref(),
+                    parsed.sentinel_password.as_deref(),
+                );
+                let sentinels = parsed
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        client_for(
+                            &format!("{scheme}://{sentinel_auth}{}", host_port(&h.host, h.port)),
+                            tls,
+                        )
+                    })
+                    .collect::<redis::RedisResult<Vec<_>>>()
+                    .map_err(redis_err)?;
+                Kind::Sentinel(Arc::new(SentinelTarget {
+                    sentinels,
+                    master: parsed.master.clone().unwrap_or_default(),
+                    scheme,
+                    userinfo: userinfo(parsed.username.as_deref(), parsed.password.as_deref()),
+                    db: parsed.db,
+                    tls: tls.clone(),
+                }))
             }
             Mode::Cluster => {
                 let scheme = if parsed.tls { "rediss" } else { "redis" };
@@ -638,17 +789,13 @@ impl Target {
                 c.get_multiplexed_async_connection_with_config(&cfg).await?,
             )),
             Kind::Sentinel(s) => {
-                // Sentinels that do not answer must not hang the caller.
-                let lookup = async {
-                    let mut s = s.lock().await;
-                    s.get_async_connection_with_config(&cfg).await
-                };
-                match tokio::time::timeout(connect_timeout * 3, lookup).await {
+                // Sentinels or a primary that do not answer must not hang the caller.
+                match tokio::time::timeout(connect_timeout * 3, s.connect(&cfg)).await {
                     Ok(r) => Ok(Connection::Node(r?)),
-                    Err(_) => Err(QueueError::Connection(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "no sentinel answered in time",
-                    )))),
+                    Err(_) => Err(conn_error(
+                        "no sentinel or primary answered in time",
+                        String::new(),
+                    )),
                 }
             }
             Kind::Cluster(c) => {

@@ -1053,6 +1053,19 @@ impl RedisCluster {
             addr,
         };
         cluster.wait_ok(Duration::from_secs(30))?;
+        // Replicas in sync: a WAIT right after the start must be answerable.
+        if opts.replicas_per_primary > 0 {
+            wait_for(Duration::from_secs(30), "the replicas to sync", || {
+                for i in cluster.primaries() {
+                    let info: String =
+                        cluster.nodes[i].cmd(redis::cmd("INFO").arg("replication")).ok()?;
+                    if info.matches("state=online").count() < opts.replicas_per_primary {
+                        return None;
+                    }
+                }
+                (cluster.primaries().len() == opts.primaries).then_some(())
+            })?;
+        }
         Ok(cluster)
     }
 

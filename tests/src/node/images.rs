@@ -511,8 +511,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// The `redis` image, as `images/redis.Dockerfile` builds it: Debian's `redis-server`
-/// and `redis-cli` with their libraries, a shell with `cp`, `head` and
-/// `sleep` (the chart's HA mode starts Redis and the sentinels with a script; Debian's
+/// and `redis-cli` with their libraries, a shell with `cp`, `head`, `sleep`, `sort` and
+/// `uniq` (the chart's HA mode starts Redis and the sentinels with a script; Debian's
 /// image has them), user 65532, working directory `/data` (writable by that user),
 /// `/etc/redis`, port 6379, no entrypoint and `CMD ["redis-server", "--dir", "/data",
 /// "--appendonly", "yes", "--protected-mode", "no"]`.
@@ -525,7 +525,7 @@ pub fn redis_image(reference: &str) -> Result<ImageSpec> {
     let busybox = Path::new("/bin/busybox");
     if busybox.is_file() && linked_libraries(busybox).is_ok_and(|l| l.is_empty()) {
         spec.add_program(busybox, "/usr/local/bin/busybox")?;
-        for applet in ["sh", "cat", "cp", "echo", "head", "sleep"] {
+        for applet in ["sh", "cat", "cp", "echo", "head", "sleep", "sort", "uniq"] {
             spec.add_symlink(&format!("/usr/local/bin/{applet}"), "busybox");
         }
         spec.add_symlink("/bin/sh", "/usr/local/bin/busybox");
