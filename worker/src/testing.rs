@@ -749,7 +749,9 @@ impl Default for SentinelOptions {
             tls: None,
             tls_auth_clients: false,
             persistence: Persistence::None,
-            down_after: Duration::from_millis(1000),
+            // Short for tests, yet long enough that a busy machine (a primary slow to
+            // answer a PING) does not fail over a second time on its own.
+            down_after: Duration::from_millis(3000),
             announce: None,
         }
     }
@@ -905,6 +907,24 @@ impl SentinelSet {
         self.servers
             .iter()
             .position(|s| s.is_running() && (s.port == port || s.tls_port == Some(port)))
+    }
+
+    /// The sentinels' configuration epoch of the primary (the highest any running
+    /// sentinel reports): it grows by one with each failover.
+    pub fn config_epoch(&self) -> Option<u64> {
+        self.sentinels
+            .iter()
+            .filter(|s| s.is_running())
+            .filter_map(|s| {
+                s.cmd::<std::collections::HashMap<String, String>>(
+                    redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER),
+                )
+                .ok()?
+                .get("config-epoch")?
+                .parse()
+                .ok()
+            })
+            .max()
     }
 
     /// Kills the current primary (SIGKILL); returns its index.
