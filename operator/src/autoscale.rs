@@ -29,8 +29,8 @@
 //!    bounds) when set, and otherwise keeps its current size.
 //!
 //! Besides the policy, this module holds two helpers the planner needs on scale-in and
-//! scale-out: [`choose_scale_in_victims`] (idle pods first, never more than asked) and
-//! [`pods_to_create`] (pods still terminating count against `maxReplicas`).
+//! scale-out: [`pods_to_create`] (pods still terminating count against `maxReplicas`);
+//! which pods leave on scale-in is the planner's [`victim_order`](crate::planner::victim_order).
 //!
 //! ```
 //! use std::time::Duration;
@@ -372,13 +372,26 @@ impl Decision {
         }
     }
 
-    /// A sentence for the `Scaling` condition's message and the scale Event.
+    /// A sentence for the scale Event: the change, why, and what the backlog alone
+    /// recommends.
     pub fn message(&self) -> String {
         let target = format!(
             "{} -> {} replicas",
             self.previous_replicas, self.desired_replicas
         );
-        let why = match self.reason {
+        let why = self.reason_text();
+        match self.backlog_recommendation {
+            Some(recommendation) => {
+                format!("{target}: {why} (backlog recommends {recommendation})")
+            }
+            None => format!("{target}: {why}"),
+        }
+    }
+
+    /// Why the count is what it is, in words that do not change with the backlog (the
+    /// `Scaling` condition's message: a status must not be rewritten on every poll).
+    pub fn reason_text(&self) -> &'static str {
+        match self.reason {
             ScalingReason::DesiredWithinRange => "the backlog calls for this count",
             ScalingReason::WithinTolerance => {
                 "backlog per ready replica is within the tolerance of the target"
@@ -394,17 +407,15 @@ impl Decision {
             ScalingReason::QueueUnreadable => {
                 "the queue cannot be read and no fallbackReplicas is set; keeping the count"
             }
-            ScalingReason::Activation => "at zero and the backlog is not above activationBacklog",
+            ScalingReason::Activation => {
+                "at zero and the tasks waiting are not above activationBacklog"
+            }
             ScalingReason::ScaleToZeroDelay => {
                 "the backlog is zero but not yet for scaleToZeroDelaySeconds"
             }
-            ScalingReason::ScaledToZero => "the backlog has been zero for scaleToZeroDelaySeconds",
-        };
-        match self.backlog_recommendation {
-            Some(recommendation) => {
-                format!("{target}: {why} (backlog recommends {recommendation})")
+            ScalingReason::ScaledToZero => {
+                "at zero: the backlog has been zero for scaleToZeroDelaySeconds"
             }
-            None => format!("{target}: {why}"),
         }
     }
 }
@@ -518,6 +529,11 @@ impl Autoscaler {
         }
 
         if current == 0 {
+            // At zero with nothing to do the pool is simply scaled to zero; with tasks
+            // waiting that do not reach the activation threshold, activation holds it.
+            if backlog == 0 {
+                return (0, ScalingReason::ScaledToZero);
+            }
             if backlog <= spec.activation_backlog {
                 return (0, ScalingReason::Activation);
             }
@@ -749,60 +765,13 @@ fn ceil_div_to_u32(backlog: u64, target: u64) -> u32 {
     u32::try_from(backlog.div_ceil(target.max(1))).unwrap_or(u32::MAX)
 }
 
-/// A pod as the scale-in choice sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodLoad {
-    /// The pod's name (also its consumer name in the group).
-    pub name: String,
-    /// Whether the pod is scheduled and running (phase `Running`); `false` for
-    /// `Pending` or a pod not yet placed.
-    pub running: bool,
-    /// Whether the pod's Ready condition is true.
-    pub ready: bool,
-    /// Whether the pod already has a deletion timestamp (it is leaving; never chosen).
-    pub terminating: bool,
-    /// Tasks its consumer holds (`pending` from `XINFO CONSUMERS`; 0 when the group has
-    /// no consumer of that name yet).
-    pub pending_tasks: u64,
-    /// Creation time, in any unit that orders pods (e.g. seconds since the epoch).
-    pub created: i64,
-}
-
-/// Chooses up to `count` pods to remove on scale-in, idle-first.
-///
-/// Order: pods not running or not ready first (they hold no capacity), then ready pods
-/// holding no task, then the least busy; newer pods before older ones on equal terms
-/// (as a ReplicaSet does), then by name, so the choice is deterministic. Pods already
-/// terminating are never chosen. A pod holding tasks is chosen only when no idle one
-/// is left. Never returns more than `count` names, nor any name twice.
-pub fn choose_scale_in_victims(pods: &[PodLoad], count: usize) -> Vec<&str> {
-    let mut candidates: Vec<&PodLoad> = pods.iter().filter(|pod| !pod.terminating).collect();
-    candidates.sort_by(|a, b| {
-        let a_unready = !(a.running && a.ready);
-        let b_unready = !(b.running && b.ready);
-        b_unready
-            .cmp(&a_unready)
-            .then(a.pending_tasks.cmp(&b.pending_tasks))
-            .then(b.created.cmp(&a.created))
-            .then(a.name.cmp(&b.name))
-    });
-    let mut chosen: Vec<&str> = Vec::with_capacity(count.min(candidates.len()));
-    for pod in candidates {
-        if chosen.len() >= count {
-            break;
-        }
-        if !chosen.contains(&pod.name.as_str()) {
-            chosen.push(pod.name.as_str());
-        }
-    }
-    chosen
-}
-
 /// The `controller.kubernetes.io/pod-deletion-cost` to give a pod holding
-/// `pending_tasks` tasks: busier pods cost more to delete, so anything that deletes by
-/// that annotation (a ReplicaSet, an eviction) prefers idle ones too.
+/// `pending_tasks` tasks: 0 when idle, else a log2 bucket of the count (1 -> 1, 2-3 -> 2,
+/// 4-7 -> 3, ...), so busier pods cost more to delete (anything that deletes by that
+/// annotation, a ReplicaSet or a person reading it, prefers idle ones) while the value
+/// changes rarely (each change is a write).
 pub fn pod_deletion_cost(pending_tasks: u64) -> i32 {
-    i32::try_from(pending_tasks).unwrap_or(i32::MAX)
+    (u64::BITS - pending_tasks.leading_zeros()) as i32
 }
 
 /// How many pods to create now so that the pool approaches `desired` live pods while
@@ -1193,11 +1162,16 @@ mod tests {
         let mut spec = spec_without_windows(0, 100, 10);
         spec.activation_backlog = 5;
         let mut autoscaler = Autoscaler::new();
-        for backlog in [0, 1, 5] {
+        for backlog in [1, 5] {
             let decision = step(&mut autoscaler, &spec, 0, backlog, 0);
             assert_eq!(decision.desired_replicas, 0);
             assert_eq!(decision.reason, ScalingReason::Activation);
         }
+        let idle = step(&mut autoscaler, &spec, 0, 0, 0);
+        assert_eq!(
+            (idle.desired_replicas, idle.reason),
+            (0, ScalingReason::ScaledToZero)
+        );
         let woken = step(&mut autoscaler, &spec, 1, 6, 0);
         assert_eq!(woken.desired_replicas, 1);
         assert_eq!(woken.direction(), ScaleDirection::Up);
@@ -1262,7 +1236,8 @@ mod tests {
         let idle = step(&mut autoscaler, &spec, 200, 0, 0);
         assert_eq!(
             (idle.desired_replicas, idle.reason),
-            (0, ScalingReason::Activation)
+            (0, ScalingReason::ScaledToZero),
+            "at zero with an empty queue: still scaled to zero"
         );
         // And back up at once when a task arrives.
         assert_eq!(step(&mut autoscaler, &spec, 201, 25, 0).desired_replicas, 3);
@@ -1406,50 +1381,14 @@ mod tests {
         );
     }
 
-    fn pod(name: &str, ready: bool, pending_tasks: u64, created: i64) -> PodLoad {
-        PodLoad {
-            name: name.to_string(),
-            running: true,
-            ready,
-            terminating: false,
-            pending_tasks,
-            created,
-        }
-    }
-
-    #[test]
-    fn victims_are_unready_then_idle_then_least_busy() {
-        let mut starting = pod("starting", false, 0, 50);
-        starting.running = false;
-        let mut leaving = pod("leaving", true, 0, 1);
-        leaving.terminating = true;
-        let pods = vec![
-            pod("busy-3", true, 3, 10),
-            pod("idle-old", true, 0, 5),
-            pod("busy-1", true, 1, 20),
-            starting,
-            leaving,
-            pod("idle-new", true, 0, 30),
-            pod("unready", false, 2, 15),
-        ];
-        assert_eq!(
-            choose_scale_in_victims(&pods, 10),
-            vec![
-                "starting", "unready", "idle-new", "idle-old", "busy-1", "busy-3"
-            ]
-        );
-        assert_eq!(
-            choose_scale_in_victims(&pods, 3),
-            vec!["starting", "unready", "idle-new"]
-        );
-        assert!(choose_scale_in_victims(&pods, 0).is_empty());
-    }
-
     #[test]
     fn deletion_cost_grows_with_pending_tasks() {
-        assert_eq!(pod_deletion_cost(0), 0);
-        assert_eq!(pod_deletion_cost(7), 7);
-        assert_eq!(pod_deletion_cost(u64::MAX), i32::MAX);
+        let costs: Vec<i32> = [0, 1, 2, 3, 4, 7, 8, 1000]
+            .into_iter()
+            .map(pod_deletion_cost)
+            .collect();
+        assert_eq!(costs, [0, 1, 2, 2, 3, 3, 4, 10]);
+        assert_eq!(pod_deletion_cost(u64::MAX), 64);
     }
 
     #[test]
@@ -1717,46 +1656,6 @@ mod tests {
                         prop_assert!(desired <= lowest.max(current), "up to {desired}, window had {lowest}");
                     }
                     current = desired;
-                }
-            }
-
-            #[test]
-            fn victims_are_idle_first_and_never_too_many(
-                pods in prop::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), 0u64..4, 0i64..100), 0..30),
-                count in 0usize..40,
-            ) {
-                let pods: Vec<PodLoad> = pods
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, (running, ready, terminating, pending_tasks, created))| PodLoad {
-                        name: format!("pod-{index}"),
-                        running,
-                        ready,
-                        terminating,
-                        pending_tasks,
-                        created,
-                    })
-                    .collect();
-                let victims = choose_scale_in_victims(&pods, count);
-                prop_assert!(victims.len() <= count);
-                let by_name = |name: &str| pods.iter().find(|pod| pod.name == name);
-                let mut seen = std::collections::HashSet::new();
-                for name in &victims {
-                    prop_assert!(seen.insert(*name), "chosen twice: {name}");
-                    prop_assert!(by_name(name).is_some_and(|pod| !pod.terminating));
-                }
-                let eligible = pods.iter().filter(|pod| !pod.terminating).count();
-                prop_assert_eq!(victims.len(), count.min(eligible));
-                // A busy ready pod is chosen only when every idle or unready pod is.
-                let busy_chosen = victims
-                    .iter()
-                    .filter_map(|name| by_name(name))
-                    .any(|pod| pod.running && pod.ready && pod.pending_tasks > 0);
-                if busy_chosen {
-                    for pod in pods.iter().filter(|pod| !pod.terminating) {
-                        let cheap = !(pod.running && pod.ready) || pod.pending_tasks == 0;
-                        prop_assert!(!cheap || victims.contains(&pod.name.as_str()), "{} left", pod.name);
-                    }
                 }
             }
 

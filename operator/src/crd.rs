@@ -65,6 +65,12 @@ pub const DEFAULT_MAX_DELIVERIES: i32 = 5;
         json_path = ".status.busyReplicas"
     ),
     printcolumn(
+        name = "Draining",
+        type_ = "integer",
+        description = "Pods told to stop taking tasks, finishing what they hold",
+        json_path = ".status.drainingReplicas"
+    ),
+    printcolumn(
         name = "Backlog",
         type_ = "integer",
         description = "Tasks waiting or in flight",
@@ -100,6 +106,19 @@ pub struct WorkPoolSpec {
     /// Scale the pool on queue depth. When absent the pool runs `replicas` pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Freeze the pool: while true the operator creates, deletes and drains no pod (a
+    /// failed or deleted pod is not replaced, a scale is not followed); it keeps reading
+    /// the queue and writing status. Like a Deployment's `spec.paused`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// How pods leave: a pod the operator wants gone (scale-in, an older template, scale
+    /// to zero) while its worker holds tasks is first told to stop taking tasks, and is
+    /// deleted once it holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainSpec>,
+    /// How a template change rolls out: new pods first, old pods drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
     /// The worker pod. The operator adds its labels, an owner reference, a restricted
     /// security context where the template says nothing, and the WORKPOOL_* environment
     /// (queue URL, stream, group, consumer name, delivery settings) to the container named
@@ -115,6 +134,42 @@ pub struct WorkPoolSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Draining pods before deleting them.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// A draining pod still holding tasks after this many seconds is deleted anyway: its
+    /// worker then gets the pod's termination grace period to finish and hands back the
+    /// rest (they run again elsewhere). Absent: no limit, a draining pod waits for its
+    /// tasks however long they take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_seconds: Option<i64>,
+}
+
+/// Rolling out a template change.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Pods a rollout may run above the pool's bound (`autoscaling.maxReplicas`, else the
+    /// desired count) while pods of the older template drain: a number, or a percentage of
+    /// the bound (`"25%"`, rounded up). At least one. Default `25%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_percent_schema")]
+    pub max_surge: Option<serde_json::Value>,
+}
+
+fn int_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A number of pods, or a percentage such as \"25%\".",
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^[0-9]+%$"}
+        ]
+    })
 }
 
 /// The queue backend of a pool. Exactly one backend must be set (today: `redis`).
@@ -415,18 +470,25 @@ pub struct WorkPoolStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Pods of the pool that are not terminating.
+    /// Pods of the pool that are neither terminating nor draining.
     #[serde(default)]
     pub replicas: i32,
     /// Of those, pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
-    /// Of those, pods whose consumer holds at least one task.
+    /// Pods whose consumer holds at least one task (draining ones included).
     #[serde(default)]
     pub busy_replicas: i32,
     /// Pods the operator wants (from `replicas` or the autoscaler).
     #[serde(default)]
     pub desired_replicas: i32,
+    /// Pods told to stop taking tasks and not yet deleted (they finish what they hold).
+    /// Not counted in `replicas` or `readyReplicas`.
+    #[serde(default)]
+    pub draining_replicas: i32,
+    /// Pods of the current template (draining ones excluded).
+    #[serde(default)]
+    pub updated_replicas: i32,
     /// Label selector of the pool's pods (for the scale subresource and `kubectl get pods -l`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -452,9 +514,10 @@ pub struct QueueStatus {
     pub pending: i64,
     /// Entries in the dead-letter stream.
     pub dead_letters: i64,
-    /// Age of the oldest pending task in seconds, since it was enqueued.
+    /// When the oldest task in flight was enqueued (RFC 3339). It changes only when that
+    /// task changes; its age is the metric `workpool_queue_oldest_pending_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oldest_pending_seconds: Option<i64>,
+    pub oldest_pending_time: Option<String>,
     /// Consumers in the group.
     #[serde(default)]
     pub consumers: i32,
@@ -601,6 +664,16 @@ impl WorkPool {
             p = p.with_dead_letter_stream(d.clone());
         }
         p
+    }
+
+    /// Whether the pool reads anything of its Redis target from Secrets (URL, CA, client
+    /// certificate).
+    pub fn reads_secrets(&self) -> bool {
+        let r = &self.spec.queue.redis;
+        r.url_secret_ref.is_some()
+            || r.tls
+                .as_ref()
+                .is_some_and(|t| t.ca_secret_ref.is_some() || t.client_cert_secret_ref.is_some())
     }
 
     /// Whether the pool refers to the Secret `name` (URL, CA or client certificate).

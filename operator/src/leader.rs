@@ -10,6 +10,7 @@
 //! - on shutdown the leader releases the Lease (empty holder, duration 1 s) so that a
 //!   standby takes over at once.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -35,12 +36,56 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// Whether this process may act now. With leader election it is true only while the
+/// Lease was renewed (the renewal *sent*) less than `renew_deadline` ago by this process's
+/// monotonic clock, which runs on while the process is stopped: every write checks it, so
+/// a leader frozen past its Lease writes nothing once it resumes, before its renewal loop
+/// has even noticed that another replica took over.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    valid_until: Option<Arc<Mutex<Option<Instant>>>>,
+}
+
+impl Leadership {
+    /// No election: always leading.
+    pub fn always() -> Leadership {
+        Leadership { valid_until: None }
+    }
+
+    /// A replica that does not lead (a standby, or one that lost its Lease).
+    pub fn lost() -> Leadership {
+        Leadership {
+            valid_until: Some(Arc::new(Mutex::new(None))),
+        }
+    }
+
+    /// Whether this process may write now.
+    pub fn is_leading(&self) -> bool {
+        match &self.valid_until {
+            None => true,
+            Some(v) => v
+                .lock()
+                .map(|g| g.is_some_and(|until| Instant::now() < until))
+                .unwrap_or(false),
+        }
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        if let Some(v) = &self.valid_until
+            && let Ok(mut g) = v.lock()
+        {
+            *g = until;
+        }
+    }
+}
+
 /// A candidate for leadership.
 pub struct LeaderElector {
     api: Api<Lease>,
     cfg: LeaseConfig,
     /// The last record seen and when this process first saw it.
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    leadership: Leadership,
 }
 
 impl LeaderElector {
@@ -50,7 +95,15 @@ impl LeaderElector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             observed: None,
+            leadership: Leadership {
+                valid_until: Some(Arc::new(Mutex::new(None))),
+            },
         }
+    }
+
+    /// The handle every write checks.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
     }
 
     /// The settings.
@@ -79,8 +132,20 @@ impl LeaderElector {
         }
     }
 
-    /// One attempt to acquire or renew. `Ok(true)`: this process holds the Lease now.
+    /// One attempt to acquire or renew. `Ok(true)`: this process holds the Lease now, and
+    /// may act until `renew_deadline` after the attempt started.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let started = Instant::now();
+        let r = self.attempt().await;
+        match &r {
+            Ok(true) => self.leadership.set(Some(started + self.cfg.renew_deadline)),
+            Ok(false) => self.leadership.set(None),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn attempt(&mut self) -> Result<bool, kube::Error> {
         let existing = self.api.get_opt(&self.cfg.name).await?;
         let Some(lease) = existing else {
             let lease = Lease {
@@ -176,6 +241,7 @@ impl LeaderElector {
             }
             if last_renew.elapsed() >= self.cfg.renew_deadline {
                 warn!(deadline = ?self.cfg.renew_deadline, "could not renew the leader lease in time");
+                self.leadership.set(None);
                 return false;
             }
         }
@@ -183,6 +249,7 @@ impl LeaderElector {
 
     /// Gives the Lease up if this process holds it (empty holder, 1 s duration).
     pub async fn release(&mut self) {
+        self.leadership.set(None);
         let Ok(Some(mut lease)) = self.api.get_opt(&self.cfg.name).await else {
             return;
         };

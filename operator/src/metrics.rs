@@ -13,10 +13,13 @@ pub const RECONCILE_ERROR_REASONS: &[&str] = &[
     "api",
     "conflict",
     "forbidden",
+    "quota",
+    "not_found",
     "invalid",
     "invalid_spec",
     "serialization",
     "cleanup",
+    "not_leader",
 ];
 
 /// Reasons of `workpool_queue_probe_errors_total` (see [`crate::probe::ProbeError::metric_label`]).
@@ -35,8 +38,9 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
 pub const DIRECTIONS: &[&str] = &["up", "down"];
 
 /// Triggers of `workpool_queue_probes_total`: the poll interval, a wake from zero, a
-/// fresh read before choosing scale-in victims, or a change of the pool's Redis Secret.
-pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "refresh", "secret"];
+/// write to the queue (drains, consumer removal: read back at once), or a change of the
+/// pool's Redis Secret.
+pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "write", "secret"];
 
 /// Reasons of `workpool_scale_decisions_total`: the autoscaler's reasons
 /// ([`crate::autoscale::ScalingReason::as_str`]) and `Spec` for a change of
@@ -113,7 +117,18 @@ pub struct Metrics {
     /// Partitions reported per pool, to remove their series.
     partitions_seen:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), usize>>>,
+    /// `workpool_draining_replicas`
+    pub draining: IntGaugeVec,
+    /// `workpool_drains_total`
+    pub drains: IntCounterVec,
+    /// `workpool_pod_signal_updates_total`
+    pub signal_updates: IntCounterVec,
 }
+
+/// Outcomes of `workpool_drains_total`: a pod told to stop taking tasks (`started`), the
+/// drain taken back by a scale-up (`cancelled`), the pod deleted holding nothing
+/// (`completed`) or after `drain.maxSeconds` while still holding tasks (`timed_out`).
+pub const DRAIN_OUTCOMES: &[&str] = &["started", "cancelled", "completed", "timed_out"];
 
 const POOL: &[&str] = &["namespace", "workpool"];
 
@@ -217,7 +232,8 @@ impl Metrics {
                 let c = IntCounterVec::new(
                     Opts::new(
                         "workpool_pod_deletion_cost_updates_total",
-                        "Writes of controller.kubernetes.io/pod-deletion-cost on the pool's pods",
+                        "Writes of controller.kubernetes.io/pod-deletion-cost on the pool's pods \
+                         (with the busy/idle annotations)",
                     ),
                     POOL,
                 )?;
@@ -227,6 +243,24 @@ impl Metrics {
             scale_decisions,
             wake_watched_pools,
             wake_errors,
+            draining: gauge(
+                &r,
+                "workpool_draining_replicas",
+                "Pods told to stop taking tasks that finish what they hold before they are deleted",
+            )?,
+            drains: counter(
+                &r,
+                "workpool_drains_total",
+                "Drains of the pool's pods, by outcome (started, cancelled, completed, timed_out)",
+                "outcome",
+            )?,
+            signal_updates: counter(
+                &r,
+                "workpool_pod_signal_updates_total",
+                "Writes of the busy/idle annotations (safe-to-evict, do-not-disrupt, \
+                 pod-deletion-cost) on the pool's pods, by the state written",
+                "state",
+            )?,
             desired: gauge(&r, "workpool_desired_replicas", "Pods the operator wants")?,
             replicas: gauge(
                 &r,
@@ -364,6 +398,7 @@ impl Metrics {
             &self.dead_letters,
             &self.oldest_pending,
             &self.queue_up,
+            &self.draining,
         ] {
             let _ = g.remove_label_values(&l);
         }
@@ -380,6 +415,14 @@ impl Metrics {
         }
         let _ = self.wakes.remove_label_values(&l);
         let _ = self.deletion_cost_updates.remove_label_values(&l);
+        for o in DRAIN_OUTCOMES {
+            let _ = self.drains.remove_label_values(&[namespace, name, o]);
+        }
+        for st in ["busy", "idle"] {
+            let _ = self
+                .signal_updates
+                .remove_label_values(&[namespace, name, st]);
+        }
         for r in ReplacementReason::ALL {
             let _ = self
                 .replacements
@@ -426,6 +469,11 @@ mod tests {
             .inc();
         m.wake_watched_pools.set(2);
         m.wake_errors.with_label_values(&["unreachable"]).inc();
+        m.draining.with_label_values(&["ns", "a"]).set(2);
+        m.drains.with_label_values(&["ns", "a", "started"]).inc();
+        m.signal_updates
+            .with_label_values(&["ns", "a", "busy"])
+            .inc();
         m.reconcile_duration.observe(0.01);
         m.leader.set(1);
         let parts = |n: u64| workpool_worker::queue::QueueStats {
@@ -459,6 +507,9 @@ mod tests {
             "workpool_queue_partition_backlog{namespace=\"ns\",partition=\"2\",workpool=\"a\"} 12",
             "workpool_queue_partition_pending{namespace=\"ns\",partition=\"1\",workpool=\"a\"} 1",
             "workpool_queue_partition_backlog{namespace=\"ns\",partition=\"0\",workpool=\"b\"} 10",
+            "workpool_draining_replicas{namespace=\"ns\",workpool=\"a\"} 2",
+            "workpool_drains_total{namespace=\"ns\",outcome=\"started\",workpool=\"a\"} 1",
+            "workpool_pod_signal_updates_total{namespace=\"ns\",state=\"busy\",workpool=\"a\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

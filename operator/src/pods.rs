@@ -331,20 +331,34 @@ pub fn build_pod(wp: &WorkPool, name: &str) -> Result<Pod, PodError> {
     })
 }
 
-/// A pod name for the pool: `<pool>-<5 random characters>` like a ReplicaSet's, shortened
-/// so the whole fits 63 characters.
+/// The characters of a pod name's random suffix (as a ReplicaSet's).
+const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The part of the pool's pod names before `-<suffix>`: the pool's name, shortened so
+/// that a whole name fits 63 characters.
+pub fn name_prefix(pool: &str) -> String {
+    let prefix: String = pool.chars().take(63 - 6).collect();
+    prefix.trim_end_matches(['-', '.']).to_string()
+}
+
+/// A pod name for the pool: `<prefix>-<5 random characters>` like a ReplicaSet's.
 pub fn pod_name(pool: &str, random: u64) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut suffix = String::with_capacity(5);
     let mut r = random;
     for _ in 0..5 {
         suffix.push(ALPHABET[(r % ALPHABET.len() as u64) as usize] as char);
         r /= ALPHABET.len() as u64;
     }
-    let max_prefix = 63 - 6;
-    let prefix: String = pool.chars().take(max_prefix).collect();
-    let prefix = prefix.trim_end_matches(['-', '.']);
-    format!("{prefix}-{suffix}")
+    format!("{}-{suffix}", name_prefix(pool))
+}
+
+/// Whether `name` is a name [`pod_name`] gives the pool's pods (also for a long pool name,
+/// whose pods carry a shortened prefix; and never for another pool's pods, even one whose
+/// name starts with this pool's).
+pub fn is_pod_of(pool: &str, name: &str) -> bool {
+    name.strip_prefix(name_prefix(pool).as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|s| s.len() == 5 && s.bytes().all(|b| ALPHABET.contains(&b)))
 }
 
 #[cfg(test)]
@@ -588,6 +602,25 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         );
+    }
+
+    #[test]
+    fn a_pools_pods_are_recognised_by_name_and_only_its_own() {
+        for pool in ["thumbs", &"a".repeat(59), &format!("{}-x", "b".repeat(55))] {
+            for r in [0, 7, u64::MAX] {
+                let n = pod_name(pool, r);
+                assert!(is_pod_of(pool, &n), "{pool}: {n}");
+            }
+        }
+        // A pool whose name continues this one's, a hand-made consumer, a different suffix.
+        assert!(!is_pod_of("a", &pod_name("a-b", 3)));
+        assert!(!is_pod_of("a-b", &pod_name("a", 3)));
+        assert!(!is_pod_of("thumbs", "thumbs-worker-1"));
+        assert!(
+            !is_pod_of("thumbs", "thumbs-aaaaa"),
+            "a not in the alphabet"
+        );
+        assert!(!is_pod_of("thumbs", "thumbs"));
     }
 
     #[test]

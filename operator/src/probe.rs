@@ -1,28 +1,25 @@
-//! The queue probe: reads [`QueueStats`] of a pool (every partition, summed) through
-//! `workpool_worker::queue`, with one connection per Redis target (URL + TLS material:
-//! standalone, Sentinel or Cluster, see `workpool_worker::target`) shared by every pool on
-//! that target, and removes consumers that hold nothing.
-//!
-//! The target is built from the pool's URL (`url` or `urlSecretRef`) and its TLS Secrets
-//! (`tls.caSecretRef`, `tls.clientCertSecretRef`): the same material the pool's pods get.
-//!
-//! Errors are classified for the `QueueReachable` condition ([`ProbeError::reason`]) and
-//! the metrics ([`ProbeError::metric_label`]); their messages never contain the URL (it
-//! may carry a password).
+//! What reaching a pool's queue needs and how it fails: the pool's Redis target
+//! ([`QueueTargets`]: its URL from the spec or a Secret, with the TLS material of its
+//! Secrets, the same the pods get; standalone, Sentinel or Cluster, see
+//! `workpool_worker::target`) and the classification of errors for the `QueueReachable`
+//! condition ([`ProbeError::reason`]) and the metrics ([`ProbeError::metric_label`]);
+//! their messages never contain the URL (it may carry a password). The reads themselves
+//! happen in [`crate::hub`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use workpool_worker::queue::{Pool, QueueError, QueueStats, RemoveConsumer};
-use workpool_worker::target::{Connection, Target, Tls};
+use workpool_worker::queue::QueueError;
+use workpool_worker::target::{Target, Tls};
 
 use crate::crd::WorkPool;
 
-/// How long a Redis URL read from a Secret is reused before the Secret is read again.
-const SECRET_TTL: Duration = Duration::from_secs(30);
+/// How long a value read from a Secret (the Redis URL, a CA, a client certificate) is
+/// reused before the Secret is read again, by default (`--secret-refresh`).
+pub const SECRET_TTL: Duration = Duration::from_secs(30);
 
 /// Why the queue could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +81,8 @@ impl ProbeError {
         }
     }
 
-    fn from_queue(e: QueueError) -> Self {
+    /// The classification of a queue error.
+    pub fn from_queue(e: QueueError) -> Self {
         match e {
             QueueError::Connection(e) | QueueError::Redis(e) if is_auth(&e) => {
                 ProbeError::Auth(redis_message(&e))
@@ -129,32 +127,37 @@ fn redis_message(e: &redis::RedisError) -> String {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 /// (namespace, Secret name, key) -> (value, read at).
 type SecretCache = HashMap<(String, String, String), (Vec<u8>, Instant)>;
 
-/// Shared by every reconcile: connections and targets per target, and Secret values.
-pub struct QueueProbe {
-    conns: Mutex<HashMap<String, Slot>>,
-    targets: Mutex<HashMap<String, Target>>,
+/// The most targets kept built; past it they are all dropped (old targets of changed
+/// Secrets or URLs go with them) and built again as pools ask.
+const MAX_TARGETS: usize = 256;
+
+/// The pools' Redis targets: the URL (`spec.queue.redis.url`, or the Secret that
+/// `urlSecretRef` names) with the TLS material of `tls.caSecretRef` and
+/// `tls.clientCertSecretRef`. Secret values are kept for a while (a Secret read per pool
+/// per poll would be most of the operator's API traffic) and forgotten when they stop
+/// working or the Secret changes; a target is built once per distinct URL + material.
+pub struct QueueTargets {
     secrets: Mutex<SecretCache>,
-    timeout: Duration,
+    targets: Mutex<HashMap<String, Target>>,
+    ttl: Duration,
 }
 
-impl Default for QueueProbe {
+impl Default for QueueTargets {
     fn default() -> Self {
-        Self::new(Duration::from_secs(5))
+        Self::new(SECRET_TTL)
     }
 }
 
-impl QueueProbe {
-    /// A probe whose Redis commands time out after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        QueueProbe {
-            conns: Mutex::new(HashMap::new()),
-            targets: Mutex::new(HashMap::new()),
+impl QueueTargets {
+    /// Secrets are read again after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        QueueTargets {
             secrets: Mutex::new(HashMap::new()),
-            timeout,
+            targets: Mutex::new(HashMap::new()),
+            ttl,
         }
     }
 
@@ -203,8 +206,7 @@ impl QueueProbe {
             other => ProbeError::from_queue(other),
         })?;
         if let Ok(mut m) = self.targets.lock() {
-            // Old targets of changed Secrets or URLs are dropped with their connections.
-            if m.len() > 256 {
+            if m.len() >= MAX_TARGETS {
                 m.clear();
             }
             m.insert(key, target.clone());
@@ -212,7 +214,7 @@ impl QueueProbe {
         Ok(target)
     }
 
-    /// A key of a Secret in the pool's namespace, cached for [`SECRET_TTL`].
+    /// A key of a Secret in the pool's namespace, cached for the refresh period.
     async fn secret_value(
         &self,
         client: &kube::Client,
@@ -224,7 +226,7 @@ impl QueueProbe {
         let cache_key = (ns.clone(), name.to_string(), key.to_string());
         if let Ok(cache) = self.secrets.lock()
             && let Some((v, at)) = cache.get(&cache_key)
-            && at.elapsed() < SECRET_TTL
+            && at.elapsed() < self.ttl
         {
             return Ok(v.clone());
         }
@@ -256,7 +258,7 @@ impl QueueProbe {
                     .string_data
                     .as_ref()
                     .and_then(|d| d.get(key))
-                    .map(|s| s.clone().into_bytes())
+                    .map(|s| s.as_bytes().to_vec())
             });
         let Some(value) = value else {
             return Err(ProbeError::Secret(format!(
@@ -276,129 +278,6 @@ impl QueueProbe {
         if let Ok(mut cache) = self.secrets.lock() {
             cache.retain(|(n, name, _), _| !(n == &ns && wp.references_secret(name)));
         }
-    }
-
-    fn slot(&self, target: &Target) -> Slot {
-        // The URL and the TLS material name the connection: a changed CA gets a new one.
-        match self.conns.lock() {
-            Ok(mut m) => m.entry(target.key().to_string()).or_default().clone(),
-            Err(_) => Slot::default(),
-        }
-    }
-
-    /// Runs `f` on the target's connection. A connection kept from earlier that turns
-    /// out dropped (Redis restarted, a failover, a proxy closed it) is replaced and `f`
-    /// runs once more on a new one: a read after an idle period (a wake from zero) must
-    /// not fail for it.
-    async fn with_conn<T, F, Fut>(&self, target: &Target, f: F) -> Result<T, ProbeError>
-    where
-        F: Fn(Connection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, QueueError>>,
-    {
-        match self.with_conn_once(target, &f).await {
-            (Err(ProbeError::Unreachable(_)), true) => self.with_conn_once(target, &f).await.0,
-            (r, _) => r,
-        }
-    }
-
-    /// One attempt; the bool says whether the connection was reused.
-    async fn with_conn_once<T, F, Fut>(
-        &self,
-        target: &Target,
-        f: &F,
-    ) -> (Result<T, ProbeError>, bool)
-    where
-        F: Fn(Connection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, QueueError>>,
-    {
-        let slot = self.slot(target);
-        let mut reused = false;
-        let conn = {
-            let mut guard = slot.lock().await;
-            match guard.as_ref() {
-                Some(c) => {
-                    reused = true;
-                    c.clone()
-                }
-                None => {
-                    // Sentinel asks the sentinels and then the primary: more than one
-                    // round trip.
-                    let c = match tokio::time::timeout(
-                        self.timeout * 2,
-                        target.connect(Some(self.timeout)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => return (Err(ProbeError::from_queue(e)), false),
-                        Err(_) => {
-                            return (
-                                Err(ProbeError::Unreachable("connect timed out".into())),
-                                false,
-                            );
-                        }
-                    };
-                    *guard = Some(c.clone());
-                    c
-                }
-            }
-        };
-        let r = tokio::time::timeout(self.timeout * 2, f(conn))
-            .await
-            .map_err(|_| ProbeError::Unreachable("timed out".into()))
-            .and_then(|r| r.map_err(ProbeError::from_queue));
-        if let Err(ProbeError::Unreachable(_) | ProbeError::Auth(_) | ProbeError::Tls(_)) = &r {
-            // Reconnect next time (Redis restarted, a failover, password changed, ...).
-            *slot.lock().await = None;
-        }
-        (r, reused)
-    }
-
-    /// The pool's keys on this target (hash-tagged on Cluster), checked.
-    fn keys_on(target: &Target, pool: &Pool) -> Result<Pool, ProbeError> {
-        let pool = pool.clone().with_cluster(target.is_cluster());
-        pool.validate()
-            .map_err(|e| ProbeError::Invalid(e.to_string()))?;
-        Ok(pool)
-    }
-
-    /// Stats of the pool: every partition, summed (each partition under `partitions`).
-    /// A missing stream or group is an empty queue.
-    pub async fn stats(&self, target: &Target, pool: &Pool) -> Result<QueueStats, ProbeError> {
-        let pool = Self::keys_on(target, pool)?;
-        self.with_conn(target, |c| {
-            let p = pool.clone();
-            async move { p.stats(&c).await }
-        })
-        .await
-    }
-
-    /// Removes each named consumer that holds nothing in any partition; returns how many
-    /// were removed and which still hold tasks.
-    pub async fn remove_idle_consumers(
-        &self,
-        target: &Target,
-        pool: &Pool,
-        names: &[String],
-    ) -> Result<(usize, Vec<(String, u64)>), ProbeError> {
-        let pool = Self::keys_on(target, pool)?;
-        self.with_conn(target, |c| {
-            let p = pool.clone();
-            let names = names.to_vec();
-            async move {
-                let mut removed = 0;
-                let mut kept = Vec::new();
-                for n in names {
-                    match p.remove_consumer_if_idle(&c, &n).await? {
-                        RemoveConsumer::Removed => removed += 1,
-                        RemoveConsumer::StillPending(held) => kept.push((n, held)),
-                        RemoveConsumer::NotFound | RemoveConsumer::NoGroup => {}
-                    }
-                }
-                Ok((removed, kept))
-            }
-        })
-        .await
     }
 }
 

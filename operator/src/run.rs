@@ -19,7 +19,8 @@ use tracing::{error, info, warn};
 use crate::controller::{self, Context, ControllerConfig};
 use crate::crd::WorkPool;
 use crate::health::{self, Health, Readiness};
-use crate::leader::{LeaderElector, LeaseConfig};
+use crate::hub::QueueHub;
+use crate::leader::{LeaderElector, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::planner::BackoffConfig;
 use crate::pods::POOL_LABEL;
@@ -95,6 +96,16 @@ pub struct Args {
         default_value_t = 120
     )]
     pub replacement_backoff_reset: u64,
+    /// Seconds a deleted pool waits for its pods to go and for Redis to remove its
+    /// consumers before it gives up on them (its deletion then completes, with a Warning
+    /// Event).
+    #[arg(long, env = "WORKPOOL_CLEANUP_TIMEOUT", default_value_t = 300)]
+    pub cleanup_timeout: u64,
+    /// Seconds a Redis URL read from a Secret is used before the Secret is read again,
+    /// when the operator may not watch Secrets (RBAC `get` only; with `list` and `watch` a
+    /// change is followed at once).
+    #[arg(long, env = "WORKPOOL_SECRET_REFRESH", default_value_t = 30)]
+    pub secret_refresh: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -228,6 +239,18 @@ async fn may_watch_secrets(client: &kube::Client, namespace: Option<&str>) -> bo
     true
 }
 
+/// What of a pool triggers its reconcile: its generation (spec and scale), its
+/// finalizers, and whether it is being deleted.
+fn spec_finalizers_deletion(wp: &WorkPool) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    wp.metadata.generation.hash(&mut h);
+    wp.metadata.finalizers.hash(&mut h);
+    wp.metadata.deletion_timestamp.is_some().hash(&mut h);
+    wp.metadata.uid.hash(&mut h);
+    Some(h.finish())
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -276,7 +299,8 @@ pub async fn run(args: Args) -> Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let mut elector = None;
+    let mut elector: Option<LeaderElector> = None;
+    let mut leadership = Leadership::always();
     if args.leader_elect {
         let cfg = LeaseConfig {
             name: args.lease_name.clone(),
@@ -289,9 +313,11 @@ pub async fn run(args: Args) -> Result<()> {
             ),
             retry_period: Duration::from_secs(args.lease_retry_period.max(1)),
         };
-        let mut el = LeaderElector::new(client.clone(), cfg);
+        let el = LeaderElector::new(client.clone(), cfg);
         health.set(Readiness::Standby);
         info!(lease = %format!("{lease_ns}/{}", args.lease_name), "waiting for the leader lease");
+        let mut el = el;
+        leadership = el.leadership();
         if !el.acquire(Box::pin(stopped(stop_rx.clone()))).await {
             health.set(Readiness::Stopping);
             return Ok(());
@@ -347,18 +373,35 @@ pub async fn run(args: Args) -> Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    // Secrets named by pools are watched (metadata only) when RBAC allows list and watch
+    // (asked with a SelfSubjectAccessReview, not by trying: no forbidden request);
+    // otherwise a pool's Secret is read again every --secret-refresh seconds.
+    let secrets_watched = may_watch_secrets(&client, args.namespace.as_deref()).await;
     let config = ControllerConfig {
         poll_interval: Duration::from_secs(args.queue_poll_interval.max(1)),
+        secret_refresh: Duration::from_secs(args.secret_refresh.max(1)),
+        secrets_watched,
         backoff: BackoffConfig {
             base_ms: args.replacement_backoff_ms.max(1),
             max_ms: args.replacement_backoff_max.saturating_mul(1000).max(1),
             reset_after_ms: args.replacement_backoff_reset.saturating_mul(1000),
         },
+        cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
         ..ControllerConfig::default()
     };
     let (wake, wakes) = Wake::new(Some(metrics.clone()), args.wake);
+    let (hub, reads) = QueueHub::new(Some(metrics.clone()), Duration::from_secs(5));
     let ctx = Arc::new(
-        Context::new(client.clone(), recorder, metrics.clone(), pod_store, config).with_wake(wake),
+        Context::new(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            pod_store,
+            hub,
+            config,
+        )
+        .with_wake(wake)
+        .with_leadership(leadership),
     );
     // The WorkPool cache, with readiness set on its first complete list. Not by awaiting
     // the controller's `Store::wait_until_ready` in a task of its own: that wakes only
@@ -366,27 +409,37 @@ pub async fn run(args: Args) -> Result<()> {
     // (/readyz stayed 503 on the real node).
     let (pool_store, pool_writer) = reflector::store();
     let mut on_first_list = Some(health.clone());
+    let forgetting = ctx.clone();
+    let listed = pool_store.clone();
     let pools = watcher(pools_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(pool_writer)
-        .inspect(move |event| {
-            if let Ok(watcher::Event::InitDone) = event
-                && let Some(health) = on_first_list.take()
-                && health.get() != Readiness::Stopping
-            {
-                health.set(Readiness::Ready);
-                info!("caches synced; ready");
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => {
+                if let Some(health) = on_first_list.take()
+                    && health.get() != Readiness::Stopping
+                {
+                    health.set(Readiness::Ready);
+                    info!("caches synced; ready");
+                }
+                // A pool deleted while the watch was down left no Delete event.
+                forgetting.forget_missing(&listed);
             }
+            // A pool gone without its cleanup (its finalizer removed by hand) leaves no
+            // memory, queue reader, wake registration or metric series behind.
+            Ok(watcher::Event::Delete(wp)) => forgetting.forget(&crate::decide::key_of(wp)),
+            _ => {}
         })
-        .applied_objects();
+        .applied_objects()
+        // Only what the pool's owner changes triggers a reconcile: the spec (generation),
+        // the finalizers and the deletion. The operator's own status writes do not (a
+        // status that changed with every failed attempt made the controller loop hot).
+        .predicate_filter(spec_finalizers_deletion, Default::default());
     let secrets_api: Api<kube::core::PartialObjectMeta<Secret>> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // Secrets named by pools are watched (metadata only) when RBAC allows list and watch
-    // (asked with a SelfSubjectAccessReview, not by trying: no forbidden request);
-    // otherwise a Secret is read again at most every 30 s, as before.
-    let secret_watch = if may_watch_secrets(&client, args.namespace.as_deref()).await {
+    let secret_watch = if secrets_watched {
         Some(controller::secret_triggers(
             secrets_api,
             pool_store.clone(),
@@ -394,14 +447,16 @@ pub async fn run(args: Args) -> Result<()> {
         ))
     } else {
         info!(
+            refresh_secs = args.secret_refresh,
             "RBAC grants no list and watch on secrets: a pool's Redis Secret is read again \
-             every 30 s (grant them to follow a rotation at once)"
+             every --secret-refresh seconds (grant them to follow a rotation at once)"
         );
         None
     };
     let mut ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
         .owns_stream(rx.map(Ok))
-        .reconcile_on(wakes);
+        .reconcile_on(wakes)
+        .reconcile_on(reads);
     if let Some(s) = secret_watch {
         ctrl = ctrl.reconcile_on(s);
     }

@@ -83,7 +83,7 @@ impl WakeTarget {
             target,
             streams: parts
                 .into_iter()
-                .map(|p| (p.stream.clone(), crate::controller::wake_after(p)))
+                .map(|p| (p.stream.clone(), crate::decide::wake_after(p)))
                 .collect(),
         }
     }

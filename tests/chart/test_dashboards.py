@@ -20,7 +20,7 @@ GAUGES = {
     "workpool_desired_replicas", "workpool_replicas", "workpool_ready_replicas", "workpool_busy_replicas",
     "workpool_queue_backlog", "workpool_queue_pending", "workpool_queue_dead_letters",
     "workpool_queue_oldest_pending_seconds", "workpool_queue_up", "workpool_leader",
-    "workpool_worker_in_flight_tasks", "workpool_worker_ready",
+    "workpool_worker_in_flight_tasks", "workpool_worker_ready", "workpool_draining_replicas",
     "workpool_queue_partition_backlog", "workpool_queue_partition_pending",
 }
 COUNTERS = {

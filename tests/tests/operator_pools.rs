@@ -206,8 +206,12 @@ async fn scale_subresource_scales_up_and_down_removing_idle_pods_first() {
         .await
         .expect("scale down");
     env.wait_ready("scaled", 1).await;
-    let left = env.pool_pods("scaled", false).await;
-    assert_eq!(left.len(), 1);
+    // The idle pods drain (they hold nothing, so they go as soon as they said so).
+    let left = eventually("the idle pods gone", T, || async {
+        let pods = env.pool_pods("scaled", false).await;
+        (pods.len() == 1).then_some(pods)
+    })
+    .await;
     assert_eq!(
         left[0].metadata.name.as_deref(),
         Some(busy.as_str()),
@@ -246,10 +250,15 @@ async fn scale_subresource_scales_up_and_down_removing_idle_pods_first() {
         cond(&v, "Ready").map(|c| c["reason"].clone()),
         Some(json!("ScaledToZero"))
     );
+    // The busy pod drains: it finishes its long task before it goes, nothing is cut.
     eventually("the pods are gone", T, || async {
         env.pool_pods("scaled", true).await.is_empty().then_some(())
     })
     .await;
+    assert!(
+        env.done_lines("scaled").iter().any(|l| l.contains("long")),
+        "the long task finished on its draining pod"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

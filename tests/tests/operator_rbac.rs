@@ -11,40 +11,6 @@ use std::time::{Duration, Instant};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use operator_support::*;
 use serde_json::{Value, json};
-use workpool_tests::cluster::repo_root;
-
-/// `operator/rbac.yaml` with the ServiceAccount, Lease namespace and cluster-scoped names
-/// of this test's namespace.
-fn rbac_objects(ns: &str, sa: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))
-        .expect("operator/rbac.yaml");
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let mut v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
-        if v.is_null() {
-            continue;
-        }
-        let kind = v["kind"].as_str().unwrap_or("").to_string();
-        if kind.starts_with("Cluster") {
-            let name = format!("{}-{ns}", v["metadata"]["name"].as_str().unwrap_or(""));
-            v["metadata"]["name"] = json!(name);
-        } else {
-            v["metadata"]["namespace"] = json!(ns);
-        }
-        if kind == "ClusterRoleBinding" {
-            let role = format!("{}-{ns}", v["roleRef"]["name"].as_str().unwrap_or(""));
-            v["roleRef"]["name"] = json!(role);
-        }
-        if let Some(subjects) = v.get_mut("subjects").and_then(|s| s.as_array_mut()) {
-            for s in subjects {
-                s["namespace"] = json!(ns);
-                s["name"] = json!(sa);
-            }
-        }
-        out.push(v);
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_works_with_exactly_the_documented_rbac() {
@@ -89,26 +55,7 @@ async fn the_operator_works_with_exactly_the_documented_rbac() {
         .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "workpool-operator", "namespace": ns}}))
         .await
         .expect("sa");
-    for obj in rbac_objects(&ns, "workpool-operator") {
-        let kind = obj["kind"].as_str().unwrap_or("");
-        if kind.starts_with("Cluster") {
-            let plural = if kind == "ClusterRole" {
-                "clusterroles"
-            } else {
-                "clusterrolebindings"
-            };
-            env.cluster.delete_on_drop(&format!(
-                "/apis/rbac.authorization.k8s.io/v1/{plural}/{}",
-                obj["metadata"]["name"].as_str().unwrap_or("")
-            ));
-        }
-        env.cluster.apply_object(&obj).await.expect("rbac object");
-    }
-    let kc = env
-        .cluster
-        .service_account_kubeconfig(&ns, "workpool-operator")
-        .await
-        .expect("token");
+    let kc = documented_rbac(&env, "workpool-operator").await;
     let op = Operator::start_with_kubeconfig(&env.cluster, &kc, "op-rbac", &[]);
 
     // Everything the operator does: pods, status, finalizer, Secret, Events, cleanup.

@@ -30,6 +30,8 @@ pub mod names {
     pub const REDIS_ERRORS_TOTAL: &str = "workpool_worker_redis_errors_total";
     /// Gauge: 1 while connected to Redis and reading.
     pub const READY: &str = "workpool_worker_ready";
+    /// Gauge: 1 while the operator has told this worker to stop taking tasks (drain).
+    pub const DRAINING: &str = "workpool_worker_draining";
 }
 
 /// All metrics of one worker process.
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Readiness.
     pub ready_gauge: IntGauge,
+    /// Draining.
+    pub draining_gauge: IntGauge,
 }
 
 impl Metrics {
@@ -89,12 +93,17 @@ impl Metrics {
         )?;
         let redis_errors = IntCounter::new(names::REDIS_ERRORS_TOTAL, "Redis errors")?;
         let ready_gauge = IntGauge::new(names::READY, "1 while connected to Redis and reading")?;
+        let draining_gauge = IntGauge::new(
+            names::DRAINING,
+            "1 while told to stop taking tasks (the operator drains this worker)",
+        )?;
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reclaimed.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(ready_gauge.clone()))?;
+        registry.register(Box::new(draining_gauge.clone()))?;
         Ok(Metrics {
             succeeded: tasks.with_label_values(&["succeeded"]),
             failed: tasks.with_label_values(&["failed"]),
@@ -108,6 +117,7 @@ impl Metrics {
             reclaimed,
             redis_errors,
             ready_gauge,
+            draining_gauge,
         })
     }
 
@@ -134,6 +144,8 @@ pub struct Health {
     redis_ok: Arc<AtomicBool>,
     /// True from shutdown on.
     stopping: Arc<AtomicBool>,
+    /// True while told to stop taking tasks.
+    draining: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -144,7 +156,20 @@ impl Health {
             ready: Arc::new(AtomicBool::new(false)),
             redis_ok: Arc::new(AtomicBool::new(true)),
             stopping: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sets whether the worker is told to stop taking tasks (not ready while it is).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+        self.metrics.draining_gauge.set(i64::from(draining));
+        self.update_gauge();
+    }
+
+    /// Whether the worker is told to stop taking tasks.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Sets the reader's state.
@@ -170,6 +195,7 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
             && self.redis_ok.load(Ordering::Relaxed)
             && !self.stopping.load(Ordering::Relaxed)
+            && !self.is_draining()
     }
 
     fn update_gauge(&self) {
@@ -194,6 +220,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
     if h.is_ready() {
         (StatusCode::OK, "ready\n")
+    } else if h.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }

@@ -298,6 +298,34 @@ pub struct ConsumerInfo {
     pub inactive_ms: Option<i64>,
 }
 
+/// Where a consumer stands in the pool's drain hash ([`Queue::drain_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainState {
+    /// The operator asked the consumer to stop taking tasks.
+    Requested,
+    /// The worker has stopped reading (it may still hold tasks it is finishing).
+    Stopped,
+}
+
+impl DrainState {
+    /// The value stored in the drain hash.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainState::Requested => "requested",
+            DrainState::Stopped => "stopped",
+        }
+    }
+
+    fn parse(b: &[u8]) -> Option<DrainState> {
+        match b {
+            b"requested" => Some(DrainState::Requested),
+            b"stopped" => Some(DrainState::Stopped),
+            _ => None,
+        }
+    }
+}
+
 /// A snapshot of the queue, read atomically (one Lua script).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
@@ -348,6 +376,11 @@ pub struct QueueStats {
     /// ([`Pool::stats`]); the fields above are then the sums. Empty for one [`Queue`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<QueueStats>,
+    /// Consumers told to stop taking tasks ([`Queue::drain_key`]), read in the same
+    /// snapshot as their pending counts: a consumer `Stopped` and holding nothing will
+    /// never take another task until its field is removed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub draining: std::collections::BTreeMap<String, DrainState>,
 }
 
 impl QueueStats {
@@ -376,6 +409,9 @@ pub struct Queue {
     stream: String,
     group: String,
     dead_letter_stream: String,
+    /// The pool's drain hash when it is not this queue's own `<stream>:draining`: a
+    /// partition i >= 1 of a [`Pool`] shares partition 0's ([`Queue::with_drain_key`]).
+    pool_drain_key: Option<String>,
 }
 
 /// Lease renewal: re-claim (JUSTID, so the delivery counter is untouched) those ids that
@@ -472,10 +508,11 @@ return -2
     )
 });
 
-/// Stats snapshot. KEYS: stream, dead-letter stream. ARGV: group, counting limit (chunks
-/// of 1000 entries per side).
+/// Stats snapshot. KEYS: stream, dead-letter stream, drain hash. ARGV: group, counting
+/// limit (chunks of 1000 entries per side).
 /// Returns {sec, usec, dead, exists, len, group_found, pending, lag, computed,
-/// last_delivered, oldest_pending|'', consumers, estimated, pending_present}.
+/// last_delivered, oldest_pending|'', consumers, estimated, pending_present,
+/// drain hash as HGETALL}.
 ///
 /// The lag is counted, never taken from Redis on trust: Redis 7.0 reports a non-nil but
 /// wrong `lag` after `XTRIM`/`XADD MAXLEN` (and nil after `XDEL`). Entries `<=
@@ -490,8 +527,10 @@ static STATS: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local dead = 0
 if redis.call('TYPE', KEYS[2]).ok == 'stream' then dead = redis.call('XLEN', KEYS[2]) end
+local drain = {}
+if redis.call('TYPE', KEYS[3]).ok == 'hash' then drain = redis.call('HGETALL', KEYS[3]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0, drain}
 end
 local len = redis.call('XLEN', KEYS[1])
 local grp = nil
@@ -501,7 +540,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if f['name'] == ARGV[1] then grp = f end
 end
 if grp == nil then
-  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0, drain}
 end
 local ld = grp['last-delivered-id']
 local redis_lag = grp['lag']
@@ -537,7 +576,7 @@ if present < 0 then present = 0 end
 local oldest = summary[2]
 if not oldest then oldest = '' end
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present}
+return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present, drain}
 "#,
     )
 });
@@ -633,6 +672,20 @@ local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
 return redis.call('XDEL', KEYS[1], unpack(ids))
+"#,
+    )
+});
+
+/// The worker's drain acknowledgement: set the consumer's field to ARGV[2] only if the
+/// field exists. KEYS: drain hash. ARGV: consumer, value. Returns 1 when written.
+static ACK_DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
 "#,
     )
 });
@@ -798,7 +851,18 @@ impl Queue {
             stream,
             group: group.into(),
             dead_letter_stream,
+            pool_drain_key: None,
         }
+    }
+
+    /// Uses `key` as the drain hash instead of `<stream>:draining`: the partitions
+    /// i >= 1 of a pool share the pool's one hash beside partition 0 ([`Pool::draining_key`]).
+    /// Such a queue's [`Queue::stats`] leaves the drain hash out (on Cluster it lives in
+    /// another hash slot); the pool reads it with partition 0's snapshot.
+    pub fn with_drain_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.pool_drain_key = (key != format!("{}:draining", self.stream)).then_some(key);
+        self
     }
 
     /// Sets the dead-letter stream.
@@ -841,6 +905,87 @@ impl Queue {
     /// The dead-letter stream.
     pub fn dead_letter_stream(&self) -> &str {
         &self.dead_letter_stream
+    }
+
+    /// The pool's drain hash, `<stream>:draining` (for a pool: `<P_0>:draining`, see
+    /// [`Queue::with_drain_key`]): field = consumer name, value `requested` (the operator
+    /// wants the consumer to stop taking tasks) or `stopped` (its worker has stopped
+    /// reading). Beside partition 0's stream, so it shares its hash slot.
+    pub fn drain_key(&self) -> String {
+        match &self.pool_drain_key {
+            Some(k) => k.clone(),
+            None => format!("{}:draining", self.stream),
+        }
+    }
+
+    /// Whether `consumer` is told to stop taking tasks, and whether it said it stopped.
+    pub async fn drain_state<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+    ) -> Result<Option<DrainState>> {
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.drain_key())
+            .arg(consumer)
+            .query_async(conn)
+            .await?;
+        Ok(v.as_deref().and_then(DrainState::parse))
+    }
+
+    /// The worker's answer to a drain request: `stopped`, written only while the request
+    /// stands (an operator that took it back meanwhile is not overruled). Returns whether
+    /// it was written.
+    pub async fn acknowledge_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+    ) -> Result<bool> {
+        let n: i64 = ACK_DRAIN
+            .key(self.drain_key())
+            .arg(consumer)
+            .arg(DrainState::Stopped.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Tells `consumers` to stop taking tasks (a consumer already told keeps its state).
+    pub async fn request_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumers: &[String],
+    ) -> Result<()> {
+        if consumers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for c in consumers {
+            pipe.cmd("HSETNX")
+                .arg(self.drain_key())
+                .arg(c)
+                .arg(DrainState::Requested.as_str())
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    /// Takes drain requests back (the consumers read again); also how the fields of gone
+    /// consumers are removed.
+    pub async fn cancel_drain<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumers: &[String],
+    ) -> Result<()> {
+        if consumers.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("HDEL")
+            .arg(self.drain_key())
+            .arg(consumers)
+            .query_async(conn)
+            .await?;
+        Ok(())
     }
 
     fn map_err(&self, e: redis::RedisError) -> QueueError {
@@ -1526,16 +1671,24 @@ impl Queue {
     /// (entries after the group's last delivered id), not taken from Redis, which reports
     /// it as nil after `XDEL` and wrongly after `XTRIM` (7.0); see [`QueueStats`].
     pub async fn stats<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<QueueStats> {
+        // A partition i >= 1 passes its own stream as the third key: the script reads
+        // the drain hash only when that key is a hash, and every key stays in the
+        // stream's hash slot (the pool's hash is read with partition 0).
+        let drain_key = match &self.pool_drain_key {
+            Some(_) => self.stream.clone(),
+            None => self.drain_key(),
+        };
         let v: Value = STATS
             .key(&self.stream)
             .key(&self.dead_letter_stream)
+            .key(drain_key)
             .arg(&self.group)
             .arg(STATS_COUNT_LIMIT_CHUNKS)
             .invoke_async(conn)
             .await
             .map_err(|e| self.map_err(e))?;
         let a = into_array(v).ok_or_else(|| protocol("stats script", "not an array"))?;
-        if a.len() != 14 {
+        if a.len() != 15 {
             return Err(protocol("stats script", format!("{} elements", a.len())));
         }
         let int = |i: usize| -> Result<i64> {
@@ -1561,8 +1714,9 @@ impl Queue {
         st.pending_deleted = st.pending - present;
         st.backlog = st.lag + present;
         st.oldest_pending_age_ms = st.oldest_pending_id.map(|id| now_ms.saturating_sub(id.ms));
+        let mut a = a;
+        st.draining = parse_drain_hash(a.pop().unwrap_or(Value::Nil));
         if st.group_exists {
-            let mut a = a;
             a.truncate(12);
             st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
         }
@@ -1685,7 +1839,7 @@ impl Pool {
     /// Partition i's queue (stream, group, dead-letter stream).
     pub fn partition(&self, i: usize) -> Queue {
         let stream = self.partition_stream(i);
-        let q = Queue::new(stream.clone(), self.group.clone());
+        let q = Queue::new(stream.clone(), self.group.clone()).with_drain_key(self.draining_key());
         match &self.dead_letter {
             None => q,
             Some(d) if self.partitions == 1 && !self.cluster => {
@@ -1700,7 +1854,8 @@ impl Pool {
         (0..self.partitions()).map(|i| self.partition(i)).collect()
     }
 
-    /// The pool-level drain set (consumers told to stop reading): P_0 + ":draining".
+    /// The pool's drain hash (consumers told to stop taking tasks, see
+    /// [`Queue::drain_key`]): P_0 + ":draining", one for every partition.
     pub fn draining_key(&self) -> String {
         format!("{}:draining", self.partition_stream(0))
     }
@@ -1749,21 +1904,37 @@ impl Pool {
         Ok(())
     }
 
-    /// Stats of every partition (read concurrently; on Cluster each from its node) and
-    /// their sums: the top-level fields add up the partitions (`oldest_pending_*` is the
-    /// oldest of all; consumers are merged by name, pending summed, idle the least), and
+    /// Stats of every partition and their sums: the top-level fields add up the
+    /// partitions (`oldest_pending_*` is the oldest of all; consumers are merged by name,
+    /// pending summed, idle the least), `draining` is the pool's drain hash and
     /// `partitions` holds each partition's own stats.
+    ///
+    /// Partition 0 (with the drain hash, in one script) is read first, the others after
+    /// it, concurrently (on Cluster each from its node). A consumer that said `stopped`
+    /// takes no task in any partition until its field goes, so a snapshot showing it
+    /// `stopped` and holding nothing anywhere means it holds nothing from then on, even
+    /// though the partitions are not read in one atomic step.
     pub async fn stats<C: ConnectionLike + Send + Clone>(&self, conn: &C) -> Result<QueueStats> {
-        let parts = futures::future::try_join_all(self.queues().into_iter().map(|q| {
+        let queues = self.queues();
+        let Some(first) = queues.first() else {
+            return Err(QueueError::InvalidArgument(
+                "a pool has at least one partition".into(),
+            ));
+        };
+        let first = first.stats(&mut conn.clone()).await?;
+        let rest = futures::future::try_join_all(queues[1..].iter().map(|q| {
             let mut c = conn.clone();
             async move { q.stats(&mut c).await }
         }))
         .await?;
+        let mut parts = Vec::with_capacity(queues.len());
+        parts.push(first);
+        parts.extend(rest);
         Ok(self.sum(parts))
     }
 
     /// The pool's stats from its partitions' (see [`Pool::stats`]).
-    pub fn sum(&self, parts: Vec<QueueStats>) -> QueueStats {
+    pub fn sum(&self, mut parts: Vec<QueueStats>) -> QueueStats {
         let mut st = QueueStats {
             stream: self.stream.clone(),
             group: self.group.clone(),
@@ -1807,6 +1978,10 @@ impl Pool {
             st.stream = parts[0].stream.clone();
         }
         st.consumers = consumers;
+        // The pool's drain hash is read with partition 0 only (the others leave it out).
+        if let Some(first) = parts.first_mut() {
+            st.draining = std::mem::take(&mut first.draining);
+        }
         st.partitions = parts;
         st
     }
@@ -1848,6 +2023,22 @@ impl Pool {
             RemoveConsumer::NotFound
         })
     }
+}
+
+/// `HGETALL` of the drain hash; values other than the two states are left out (a hash
+/// someone else wrote under that name must not stop the pool).
+fn parse_drain_hash(v: Value) -> std::collections::BTreeMap<String, DrainState> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(flat) = into_array(v) else {
+        return out;
+    };
+    let mut it = flat.iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let (Some(name), Some(state)) = (as_string(k), as_bytes(v).and_then(DrainState::parse)) {
+            out.insert(name, state);
+        }
+    }
+    out
 }
 
 fn parse_pending(v: Value) -> Result<Vec<PendingEntry>> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -182,6 +182,30 @@ struct Ctx {
     clock_known: Arc<AtomicBool>,
     /// In-flight tasks whose lease was lost (reported once, no longer renewed).
     lease_lost: Mutex<HashSet<EntryId>>,
+    /// Shared by the partitions' readers: `stopped` is said only once every one of them
+    /// stopped reading.
+    drain_gate: Arc<DrainGate>,
+}
+
+/// The partitions' readers of one worker and how many of them saw the pool's drain
+/// request and stopped reading. The worker answers `stopped` only when all have: a reader
+/// still in a blocking read of its partition may yet take a task.
+struct DrainGate {
+    readers: usize,
+    parked: AtomicUsize,
+}
+
+impl DrainGate {
+    fn new(readers: usize) -> DrainGate {
+        DrainGate {
+            readers,
+            parked: AtomicUsize::new(0),
+        }
+    }
+
+    fn all_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst) >= self.readers
+    }
 }
 
 impl Ctx {
@@ -749,7 +773,21 @@ struct Reader {
     lost_connection: bool,
     /// One of several partitions: blocking reads hold no concurrency slot.
     partitioned: bool,
+    /// When to look at the drain hash again (at most every [`DRAIN_CHECK_INTERVAL`]
+    /// while taking tasks).
+    next_drain_check: Instant,
+    /// The drain hash could not be read as a hash; said once.
+    drain_warned: bool,
+    /// This reader saw the drain request and reads no more until it is taken back
+    /// (counted in [`DrainGate`]).
+    parked: bool,
 }
+
+/// How often a worker that takes tasks looks at the pool's drain hash (one `HGET`); it
+/// also looks before every read that follows a wait.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a draining worker looks whether the drain was taken back.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 impl Reader {
     /// Starts work on entries; each takes one permit from `permit`.
@@ -1156,6 +1194,80 @@ impl Reader {
         }
     }
 
+    /// Looks at this consumer's field in the pool's drain hash (at most every
+    /// [`DRAIN_CHECK_INTERVAL`] while taking tasks). While it is there the worker takes no
+    /// task (no read, no reclaim) and keeps running and renewing what it holds: it says so
+    /// (`/readyz` 503 "draining", the draining gauge, `stopped` in the hash once), waits
+    /// [`DRAIN_POLL`] and returns true. When the field is gone it takes tasks again.
+    async fn drained(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        // A parked reader looks every time: another reader may have seen the drain
+        // taken back first (and said so), and this one must not wait to read again.
+        let draining = ctx.health.is_draining() || self.parked;
+        if !draining && Instant::now() < self.next_drain_check {
+            return false;
+        }
+        self.next_drain_check = Instant::now() + DRAIN_CHECK_INTERVAL;
+        let state = match self.conn.get().await {
+            Ok(mut c) => ctx.queue().drain_state(&mut c, ctx.consumer()).await,
+            Err(e) => Err(e),
+        };
+        let state = match state {
+            Ok(s) => s,
+            Err(e) if e.is_connection_error() => {
+                self.failed("drain check", e).await;
+                return true;
+            }
+            Err(e) => {
+                // Someone else's key under the drain hash's name must not stop the pool.
+                if !self.drain_warned {
+                    self.drain_warned = true;
+                    warn!(error = %e, key = %ctx.queue().drain_key(), "cannot read the drain hash; taking tasks as usual");
+                }
+                return false;
+            }
+        };
+        let Some(state) = state else {
+            if self.parked {
+                self.parked = false;
+                ctx.drain_gate.parked.fetch_sub(1, Ordering::SeqCst);
+            }
+            if ctx.health.is_draining() {
+                info!("drain taken back: taking tasks again");
+                ctx.health.set_draining(false);
+            }
+            return false;
+        };
+        if !self.parked {
+            self.parked = true;
+            ctx.drain_gate.parked.fetch_add(1, Ordering::SeqCst);
+        }
+        if !draining {
+            info!(
+                in_flight = ctx.health.metrics.in_flight.get(),
+                "told to stop taking tasks (drain): finishing the tasks held"
+            );
+            ctx.health.set_draining(true);
+        }
+        // Every partition's reader must have stopped before the worker says `stopped`:
+        // the operator deletes a pod it sees stopped and holding nothing.
+        if state == crate::queue::DrainState::Requested && ctx.drain_gate.all_parked() {
+            let ack = match self.conn.get().await {
+                Ok(mut c) => ctx.queue().acknowledge_drain(&mut c, ctx.consumer()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ack {
+                self.failed("drain acknowledgement", e).await;
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = ctx.shutdown.cancelled() => {}
+        }
+        true
+    }
+
     async fn run(mut self) {
         let ctx = self.ctx.clone();
         let batch = ctx.cfg.batch.max(1);
@@ -1167,10 +1279,16 @@ impl Reader {
             if !self.connected && !self.connect().await {
                 continue;
             }
-            // Wait for at least one free slot, then take up to a batch.
+            if self.drained().await {
+                continue;
+            }
+            // Wait for at least one free slot, then take up to a batch. The wait is cut
+            // now and then to look at the drain hash: a worker whose slots are all busy
+            // must still notice a drain (and say it stopped) before its tasks end.
             let first = tokio::select! {
                 p = ctx.sem.clone().acquire_many_owned(1) => p,
                 _ = ctx.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(DRAIN_POLL) => continue,
             };
             let Ok(mut permit) = first else { break };
             let extra = ctx.sem.available_permits().min(batch - 1);
@@ -1192,6 +1310,10 @@ impl Reader {
                 if permit.num_permits() == 0 {
                     continue;
                 }
+            }
+            // The slot may have taken a while: no reclaim or read once told to drain.
+            if self.drained().await {
+                continue;
             }
             // Reclaim tasks idle past the visibility timeout (dead or stuck workers), but
             // not right after Redis was stalled or unreachable: its idle clocks ran on, and
@@ -1364,6 +1486,7 @@ pub async fn run(
     let clock_offset_ms = Arc::new(AtomicI64::new(0));
     let clock_known = Arc::new(AtomicBool::new(false));
     let renew_stop = CancellationToken::new();
+    let drain_gate = Arc::new(DrainGate::new(cfg.pool.partitions()));
     let mut ctxs = Vec::new();
     let mut ackers = Vec::new();
     let mut renewers = Vec::new();
@@ -1388,6 +1511,7 @@ pub async fn run(
             clock_offset_ms: clock_offset_ms.clone(),
             clock_known: clock_known.clone(),
             lease_lost: Mutex::new(HashSet::new()),
+            drain_gate: drain_gate.clone(),
         });
         ackers.push(tokio::spawn(acknowledger(ctx.clone(), done_rx)));
         renewers.push(tokio::spawn(renewer(ctx.clone(), renew_stop.clone())));
@@ -1402,6 +1526,9 @@ pub async fn run(
             next_take_back: Instant::now(),
             lost_connection: false,
             partitioned: cfg.pool.partitions() > 1,
+            next_drain_check: Instant::now(),
+            drain_warned: false,
+            parked: false,
         };
         debug!(
             partition,

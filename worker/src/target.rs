@@ -475,7 +475,8 @@ fn userinfo(user: Option<&str>, pass: Option<&str>) -> String {
         (u, p) => format!(
             "{}{}@",
             percent_encode(u.unwrap_or("")),
-            p.map(|p| format!(":{}", percent_encode(p))).unwrap_or_default()
+            p.map(|p| format!(":{}", percent_encode(p)))
+                .unwrap_or_default()
         ),
     }
 }
@@ -489,7 +490,11 @@ fn client_for(url: &str, tls: &Tls) -> redis::RedisResult<redis::Client> {
 }
 
 fn conn_error(what: &'static str, detail: String) -> QueueError {
-    QueueError::Connection(redis::RedisError::from((redis::ErrorKind::Io, what, detail)))
+    QueueError::Connection(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        what,
+        detail,
+    )))
 }
 
 /// What one sentinel says of the primary.
@@ -596,7 +601,9 @@ impl SentinelTarget {
         let client = client_for(&url, &self.tls).map_err(|e| {
             conn_error("cannot reach the primary the sentinels name", e.to_string())
         })?;
-        let mut conn = client.get_multiplexed_async_connection_with_config(cfg).await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(cfg)
+            .await?;
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
         match role.first() {
             Some(Value::BulkString(r)) if r == b"master" => Ok(conn),

@@ -1077,8 +1077,9 @@ impl RedisCluster {
         if opts.replicas_per_primary > 0 {
             wait_for(Duration::from_secs(30), "the replicas to sync", || {
                 for i in cluster.primaries() {
-                    let info: String =
-                        cluster.nodes[i].cmd(redis::cmd("INFO").arg("replication")).ok()?;
+                    let info: String = cluster.nodes[i]
+                        .cmd(redis::cmd("INFO").arg("replication"))
+                        .ok()?;
                     if info.matches("state=online").count() < opts.replicas_per_primary {
                         return None;
                     }

@@ -40,7 +40,6 @@ async fn chaos_with_sentinel_failovers_loses_nothing() {
         .unwrap_or(11);
     let mut cfg = ChaosConfig::small(env!("CARGO_BIN_EXE_workpool-worker").into(), seed);
     cfg.topology = Topology::Sentinel;
-    cfg.deadline = std::time::Duration::from_secs(150);
     let report = chaos::run(cfg).await.expect("the chaos run completes");
     eprint!("{}", report.render());
     assert!(report.violations.is_empty(), "{}", report.render());
@@ -58,7 +57,6 @@ async fn chaos_with_cluster_slot_migrations_loses_nothing() {
         .unwrap_or(13);
     let mut cfg = ChaosConfig::small(env!("CARGO_BIN_EXE_workpool-worker").into(), seed);
     cfg.topology = Topology::Cluster { partitions: 4 };
-    cfg.deadline = std::time::Duration::from_secs(120);
     let report = chaos::run(cfg).await.expect("the chaos run completes");
     eprint!("{}", report.render());
     assert!(report.violations.is_empty(), "{}", report.render());

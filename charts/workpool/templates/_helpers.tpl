@@ -150,10 +150,16 @@ redis-url
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
-# spec.queue.redis.urlSecretRef: read the one Secret a WorkPool names, never list.
+# spec.queue.redis.urlSecretRef: read the Secret a WorkPool names. secretAccess=watch adds
+# list and watch, so that a rotated Secret is followed at once; RBAC cannot limit them to
+# metadata, so they let the operator read every Secret in its scope (docs/operations.md).
 - apiGroups: [""]
   resources: [secrets]
+  {{- if eq .Values.operator.secretAccess "watch" }}
+  verbs: [get, list, watch]
+  {{- else }}
   verbs: [get]
+  {{- end }}
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -104,7 +104,8 @@ pub fn run(
                 return true;
             };
             let idle = pod.in_flight() == 0;
-            let grace_over = now >= deleted + pool.grace_period_ms;
+            // A draining pod is never cut short (no drain limit, the operator's default).
+            let grace_over = !contender.drains() && now >= deleted + pool.grace_period_ms;
             if !idle && !grace_over {
                 return true;
             }
@@ -140,7 +141,23 @@ pub fn run(
 
         // The pods' owner (our planner, or a ReplicaSet) reconciles toward the target.
         if target > live_pods {
-            let wanted = target - live_pods;
+            let mut wanted = target - live_pods;
+            let mut live_pods = live_pods;
+            let mut terminating = terminating;
+            if contender.drains() {
+                // Take draining pods back first, busiest first.
+                let mut draining: Vec<&mut Pod> = pods
+                    .iter_mut()
+                    .filter(|pod| pod.deleted_ms.is_some())
+                    .collect();
+                draining.sort_by_key(|pod| (std::cmp::Reverse(pod.in_flight()), pod.created_ms));
+                for pod in draining.into_iter().take(wanted as usize) {
+                    pod.deleted_ms = None;
+                    wanted -= 1;
+                    live_pods += 1;
+                    terminating -= 1;
+                }
+            }
             let create = if contender.terminating_pods_count_against_max() {
                 crate::autoscale::pods_to_create(target, live_pods, terminating, pool.max_replicas)
             } else {

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use crate::autoscale::{
-    AutoscaleSpec, Autoscaler, Backlog, Observation, PodLoad, choose_scale_in_victims,
-};
+use crate::autoscale::{AutoscaleSpec, Autoscaler, Backlog, Observation};
+use crate::planner::{VictimKey, choose_victims};
 
 use super::PoolSettings;
 
@@ -44,8 +43,9 @@ pub struct PodSnapshot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ContenderKind {
     /// workpool: backlog = lag + pending, polled every 5 s, woken from zero by the
-    /// first task, idle-first victims, terminating pods count against the maximum,
-    /// a worker that cannot finish within its grace period hands its task back.
+    /// first task, the operator's victim order (idle first), victims drain (finish
+    /// their tasks, take no new one) and count against the maximum until they leave, a
+    /// scale-up takes draining pods back first.
     Workpool,
     /// KEDA (lag only) + HPA: 30 s polling, 15 s HPA sync, ReplicaSet victim choice,
     /// a killed worker's task returns after the visibility timeout.
@@ -113,6 +113,10 @@ pub trait Contender {
     /// Whether a worker cut off at the end of its grace period hands its task back at
     /// once (true) or leaves it to be reclaimed after the visibility timeout (false).
     fn hands_back_on_shutdown(&self) -> bool;
+    /// Whether victims drain (stop taking tasks, leave once idle, never cut short) and a
+    /// scale-up takes draining pods back before it creates any (workpool's operator), or
+    /// are deleted with a grace period (a ReplicaSet).
+    fn drains(&self) -> bool;
     /// How many times the replica target changed.
     fn scale_events(&self) -> u64;
 }
@@ -212,18 +216,20 @@ impl Contender for WorkpoolScaler {
     }
 
     fn choose_victims(&self, pods: &[PodSnapshot], now_ms: u64, count: usize) -> Vec<u64> {
-        let loads: Vec<PodLoad> = pods
+        // The operator's own order (crate::planner::victim_order).
+        let names: Vec<String> = pods.iter().map(|pod| pod.id.to_string()).collect();
+        let keys: Vec<VictimKey<'_>> = pods
             .iter()
-            .map(|pod| PodLoad {
-                name: pod.id.to_string(),
-                running: pod.ready_ms <= now_ms,
+            .zip(&names)
+            .map(|(pod, name)| VictimKey {
+                name,
+                started: pod.ready_ms <= now_ms,
+                held: u64::from(pod.in_flight),
                 ready: pod.ready_ms <= now_ms,
-                terminating: false,
-                pending_tasks: u64::from(pod.in_flight),
-                created: i64::try_from(pod.created_ms).unwrap_or(i64::MAX),
+                created: pod.created_ms,
             })
             .collect();
-        choose_scale_in_victims(&loads, count)
+        choose_victims(&keys, count)
             .into_iter()
             .filter_map(|name| name.parse().ok())
             .collect()
@@ -234,6 +240,10 @@ impl Contender for WorkpoolScaler {
     }
 
     fn hands_back_on_shutdown(&self) -> bool {
+        true
+    }
+
+    fn drains(&self) -> bool {
         true
     }
 
@@ -382,6 +392,10 @@ impl Contender for KedaHpa {
     }
 
     fn hands_back_on_shutdown(&self) -> bool {
+        false
+    }
+
+    fn drains(&self) -> bool {
         false
     }
 

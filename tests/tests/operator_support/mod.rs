@@ -574,3 +574,66 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `operator/rbac.yaml` with the ServiceAccount, Lease namespace and cluster-scoped names
+/// of this test's namespace.
+pub fn rbac_objects(ns: &str, sa: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))
+        .expect("operator/rbac.yaml");
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or("").to_string();
+        if kind.starts_with("Cluster") {
+            let name = format!("{}-{ns}", v["metadata"]["name"].as_str().unwrap_or(""));
+            v["metadata"]["name"] = json!(name);
+        } else {
+            v["metadata"]["namespace"] = json!(ns);
+        }
+        if kind == "ClusterRoleBinding" {
+            let role = format!("{}-{ns}", v["roleRef"]["name"].as_str().unwrap_or(""));
+            v["roleRef"]["name"] = json!(role);
+        }
+        if let Some(subjects) = v.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+            for s in subjects {
+                s["namespace"] = json!(ns);
+                s["name"] = json!(sa);
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// A ServiceAccount `sa` in the test's namespace with exactly `operator/rbac.yaml`'s
+/// rights (cluster-scoped objects renamed per namespace, deleted when the test ends);
+/// returns a kubeconfig with its token.
+pub async fn documented_rbac(env: &Env, sa: &str) -> std::path::PathBuf {
+    let ns = env.ns.clone();
+    env.cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}))
+        .await
+        .expect("sa");
+    for obj in rbac_objects(&ns, sa) {
+        let kind = obj["kind"].as_str().unwrap_or("");
+        if kind.starts_with("Cluster") {
+            let plural = if kind == "ClusterRole" {
+                "clusterroles"
+            } else {
+                "clusterrolebindings"
+            };
+            env.cluster.delete_on_drop(&format!(
+                "/apis/rbac.authorization.k8s.io/v1/{plural}/{}",
+                obj["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+        env.cluster.apply_object(&obj).await.expect("rbac object");
+    }
+    env.cluster
+        .service_account_kubeconfig(&ns, sa)
+        .await
+        .expect("token")
+}

@@ -60,13 +60,24 @@ impl Drop for Workers {
     }
 }
 
-fn spawn_workers(bin: &PathBuf, url: &str, partitions: usize, n: usize, handler: &[&str]) -> anyhow::Result<Workers> {
+fn spawn_workers(
+    bin: &PathBuf,
+    url: &str,
+    partitions: usize,
+    n: usize,
+    handler: &[&str],
+) -> anyhow::Result<Workers> {
     let mut v = Vec::new();
     for i in 0..n {
         v.push(
             Command::new(bin)
                 .args(["run", "--redis-url", url, "--stream", "b", "--group", "g"])
-                .args(["--consumer", &format!("w{i}"), "--partitions", &partitions.to_string()])
+                .args([
+                    "--consumer",
+                    &format!("w{i}"),
+                    "--partitions",
+                    &partitions.to_string(),
+                ])
                 .args(["--metrics-addr", "127.0.0.1:0", "--concurrency", "1000"])
                 .args(handler)
                 .env("RUST_LOG", "warn")
@@ -154,7 +165,10 @@ async fn drain_round(
             .await?;
     }
     enqueue(&c, pool, tasks).await?;
-    let before: Vec<f64> = nodes.iter().map(|n| cpu(n)).collect::<anyhow::Result<_>>()?;
+    let before: Vec<f64> = nodes
+        .iter()
+        .map(|n| cpu(n))
+        .collect::<anyhow::Result<_>>()?;
     let t0 = Instant::now();
     let _w = spawn_workers(bin, url, pool.partitions(), workers, &["--builtin", "noop"])?;
     loop {
@@ -167,7 +181,10 @@ async fn drain_round(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let after: Vec<f64> = nodes.iter().map(|n| cpu(n)).collect::<anyhow::Result<_>>()?;
+    let after: Vec<f64> = nodes
+        .iter()
+        .map(|n| cpu(n))
+        .collect::<anyhow::Result<_>>()?;
     Ok(DrainResult {
         rate: tasks as f64 / secs,
         cpu_per_mtask: before
@@ -189,7 +206,12 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
     let primaries = cluster.primaries();
     let cluster_nodes: Vec<&RedisServer> = primaries.iter().map(|&i| &cluster.nodes[i]).collect();
     let configs: Vec<(&str, String, Vec<&RedisServer>, Pool)> = vec![
-        ("one Redis, 1 partition", single.url(), vec![&single], Pool::new("b", "g")),
+        (
+            "one Redis, 1 partition",
+            single.url(),
+            vec![&single],
+            Pool::new("b", "g"),
+        ),
         (
             "3-node Cluster, 3 partitions",
             cluster.url(),
@@ -205,7 +227,11 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
     ];
     let mut results: HashMap<usize, Vec<DrainResult>> = HashMap::new();
     for round in 0..a.rounds {
-        let order: Vec<usize> = if round % 2 == 0 { vec![0, 1, 2] } else { vec![2, 1, 0] };
+        let order: Vec<usize> = if round % 2 == 0 {
+            vec![0, 1, 2]
+        } else {
+            vec![2, 1, 0]
+        };
         for i in order {
             let (name, url, nodes, pool) = &configs[i];
             let r = drain_round(bin, url, nodes, pool, a.tasks, a.workers).await?;
@@ -213,14 +239,19 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
                 "round {}: {name}: {:.0} tasks/s, CPU s per million tasks per node {:?}",
                 round + 1,
                 r.rate,
-                r.cpu_per_mtask.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>()
+                r.cpu_per_mtask
+                    .iter()
+                    .map(|c| format!("{c:.2}"))
+                    .collect::<Vec<_>>()
             );
             results.entry(i).or_default().push(r);
         }
     }
     let single_rate = median(results[&0].iter().map(|r| r.rate).collect());
     let single_cpu = median(results[&0].iter().map(|r| r.cpu_per_mtask[0]).collect());
-    println!("\n| pool | drain, tasks/s (median) | vs one Redis | Redis CPU s per million tasks, each node (median) | busiest node vs one Redis |");
+    println!(
+        "\n| pool | drain, tasks/s (median) | vs one Redis | Redis CPU s per million tasks, each node (median) | busiest node vs one Redis |"
+    );
     println!("|---|---:|---:|---|---:|");
     for (i, (name, ..)) in configs.iter().enumerate() {
         let rs = &results[&i];
@@ -232,7 +263,11 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
         println!(
             "| {name} | {rate:.0} | {:.2}x | {} | {:.2}x |",
             rate / single_rate,
-            per_node.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / "),
+            per_node
+                .iter()
+                .map(|c| format!("{c:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             busiest / single_cpu
         );
     }
@@ -243,7 +278,11 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
                 "- round {}, {name}: {:.0} tasks/s; CPU s per million tasks per node: {}",
                 k + 1,
                 r.rate,
-                r.cpu_per_mtask.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / ")
+                r.cpu_per_mtask
+                    .iter()
+                    .map(|c| format!("{c:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             );
         }
     }
@@ -253,8 +292,16 @@ async fn bench_drain(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
 fn submit_secs(bin: &PathBuf, url: &str, tasks: usize, durable: bool) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let mut cmd = Command::new(bin);
-    cmd.args(["submit", "--redis-url", url, "--stream", "s", "--payload", "{}"])
-        .args(["--count", &tasks.to_string()]);
+    cmd.args([
+        "submit",
+        "--redis-url",
+        url,
+        "--stream",
+        "s",
+        "--payload",
+        "{}",
+    ])
+    .args(["--count", &tasks.to_string()]);
     if durable {
         cmd.args(["--min-replicas", "1"]);
     }
@@ -276,24 +323,52 @@ async fn bench_submit(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
     for round in 0..a.rounds {
         let first_durable = round % 2 == 1;
         for d in [first_durable, !first_durable] {
-            let _: () = set.servers[set.primary().context("primary")?].cmd(redis::cmd("DEL").arg("s"))?;
+            let _: () =
+                set.servers[set.primary().context("primary")?].cmd(redis::cmd("DEL").arg("s"))?;
             let secs = submit_secs(bin, &url, a.tasks, d)?;
             let rate = a.tasks as f64 / secs;
-            eprintln!("round {}: submit {}: {rate:.0} tasks/s", round + 1, if d { "--min-replicas 1" } else { "plain" });
-            if d { durable.push(rate) } else { plain.push(rate) }
+            eprintln!(
+                "round {}: submit {}: {rate:.0} tasks/s",
+                round + 1,
+                if d { "--min-replicas 1" } else { "plain" }
+            );
+            if d {
+                durable.push(rate)
+            } else {
+                plain.push(rate)
+            }
         }
     }
     let (p, d) = (median(plain.clone()), median(durable.clone()));
     println!("\n| submit through Sentinel (primary + 1 replica) | tasks/s (median) | rounds |");
     println!("|---|---:|---|");
-    println!("| `submit --count {}` | {p:.0} | {} |", a.tasks, plain.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "));
-    println!("| `submit --count {} --min-replicas 1` | {d:.0} ({:.2}x) | {} |", a.tasks, d / p, durable.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "| `submit --count {}` | {p:.0} | {} |",
+        a.tasks,
+        plain
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| `submit --count {} --min-replicas 1` | {d:.0} ({:.2}x) | {} |",
+        a.tasks,
+        d / p,
+        durable
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 
 async fn bench_failover(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
     use axum::http::HeaderMap;
-    println!("\n| round | down-after | kill to first task delivered after it, s | tasks re-run | tasks |");
+    println!(
+        "\n| round | down-after | kill to first task delivered after it, s | tasks re-run | tasks |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for round in 0..a.rounds {
         let mut set = SentinelSet::start(SentinelOptions::default())?;
@@ -331,9 +406,14 @@ async fn bench_failover(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             for chunk in ids.chunks(1000) {
                 let tasks: Vec<NewTask<'_>> = chunk
                     .iter()
-                    .map(|id| NewTask { payload: b"{}", id: Some(id), attempt: None })
+                    .map(|id| NewTask {
+                        payload: b"{}",
+                        id: Some(id),
+                        attempt: None,
+                    })
                     .collect();
-                q.enqueue_wait(&mut c, &tasks, 1, Duration::from_secs(5)).await?;
+                q.enqueue_wait(&mut c, &tasks, 1, Duration::from_secs(5))
+                    .await?;
             }
         }
         let _w = Workers(
@@ -341,8 +421,20 @@ async fn bench_failover(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
                 .map(|i| {
                     Command::new(bin)
                         .args(["run", "--redis-url", &url, "--stream", "b", "--group", "g"])
-                        .args(["--consumer", &format!("w{i}"), "--metrics-addr", "127.0.0.1:0"])
-                        .args(["--concurrency", "16", "--visibility-timeout", "3", "--http", &handler])
+                        .args([
+                            "--consumer",
+                            &format!("w{i}"),
+                            "--metrics-addr",
+                            "127.0.0.1:0",
+                        ])
+                        .args([
+                            "--concurrency",
+                            "16",
+                            "--visibility-timeout",
+                            "3",
+                            "--http",
+                            &handler,
+                        ])
                         .env("RUST_LOG", "warn")
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
@@ -365,10 +457,11 @@ async fn bench_failover(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
         // one after the kill (less the ones delivered just before it) was delivered by the
         // new primary.
         let first_after = loop {
-            let found = seen
-                .lock()
-                .ok()
-                .and_then(|v| v.iter().find(|(_, t)| *t > killed + Duration::from_millis(50)).map(|(_, t)| *t));
+            let found = seen.lock().ok().and_then(|v| {
+                v.iter()
+                    .find(|(_, t)| *t > killed + Duration::from_millis(50))
+                    .map(|(_, t)| *t)
+            });
             if let Some(t) = found {
                 break t;
             }
@@ -398,7 +491,9 @@ async fn bench_failover(a: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             *runs.entry(id).or_default() += 1;
         }
         let rerun: usize = runs.values().map(|c| c.saturating_sub(1)).sum();
-        let missing = (0..n).filter(|i| !runs.contains_key(&format!("t{i}"))).count();
+        let missing = (0..n)
+            .filter(|i| !runs.contains_key(&format!("t{i}")))
+            .count();
         if missing > 0 {
             bail!("{missing} confirmed tasks never ran");
         }
@@ -415,9 +510,14 @@ fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("workpool-worker"),
     };
     if !bin.exists() {
-        bail!("{} not found: cargo build --release -p workpool-worker", bin.display());
+        bail!(
+            "{} not found: cargo build --release -p workpool-worker",
+            bin.display()
+        );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let only = a.only.as_deref();
         println!(

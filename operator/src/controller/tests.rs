@@ -1,0 +1,361 @@
+//! The reconcile against a mocked API server: given a pool, its pods and its queue, the
+//! controller sends exactly these requests, in this order.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{Value, json};
+use workpool_worker::queue::DrainState;
+
+use super::*;
+use crate::fixtures::{self, running_pod, set_queue, stats, status_error};
+use crate::hub::Command;
+
+const NS: &str = "ns";
+
+fn pods_path() -> String {
+    format!("/api/v1/namespaces/{NS}/pods")
+}
+
+fn pool_path(name: &str) -> String {
+    format!("/apis/workpool.dev/v1alpha1/namespaces/{NS}/workpools/{name}")
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+/// Answers a status patch with the pool carrying that status; returns the status.
+fn answer_status(s: fixtures::Sent, wp: &WorkPool) -> Value {
+    let status = s.body["status"].clone();
+    let mut obj = serde_json::to_value(wp).expect("json");
+    obj["status"] = status.clone();
+    s.answer(200, obj);
+    status
+}
+
+#[tokio::test]
+async fn a_new_pool_gets_its_finalizer_and_nothing_else() {
+    let mut wp = (*fixtures::pool(NS, "p", json!({}))).clone();
+    wp.metadata.finalizers = None;
+    let wp = Arc::new(wp);
+    let (ctx, mut api) = fixtures::context(vec![]);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let s = api.expect(Method::PATCH, &pool_path("p")).await;
+    assert!(
+        s.body.to_string().contains(FINALIZER),
+        "a JSON patch adding the finalizer: {}",
+        s.body
+    );
+    let mut with = serde_json::to_value(&*wp).expect("json");
+    with["metadata"]["finalizers"] = json!([FINALIZER]);
+    s.answer(200, with);
+    assert!(task.await.expect("join").is_ok());
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn missing_pods_are_created_then_the_status_written_then_events_told() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 2}));
+    let (ctx, mut api) = fixtures::context(vec![]);
+    set_queue(&ctx, &wp, stats(&[], &[]), 1);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    for _ in 0..2 {
+        let s = api.expect(Method::POST, &pods_path()).await;
+        assert_eq!(s.body["metadata"]["labels"]["workpool.dev/pool"], "p");
+        assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], "uid-p");
+        s.echo();
+    }
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    assert!(s.query.contains("fieldManager=workpool-operator") && s.query.contains("force=true"));
+    assert_eq!(s.body["apiVersion"], "workpool.dev/v1alpha1");
+    let status = answer_status(s, &wp);
+    assert_eq!(status["desiredReplicas"], 2);
+    assert_eq!(condition(&status, "Scaling")["reason"], "ScalingUp");
+    api.event(NS, "Scaled").await;
+    api.event(NS, "PodsCreated").await;
+    let action = task.await.expect("join").expect("reconciled");
+    assert!(action != Action::await_change());
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn nothing_is_written_while_nothing_changes() {
+    let wp0 = fixtures::pool(NS, "p", json!({"replicas": 2}));
+    let pods = vec![running_pod(&wp0, "p-bbbbb"), running_pod(&wp0, "p-ccccc")];
+    let (ctx, mut api) = fixtures::context(pods.clone());
+    set_queue(&ctx, &wp0, stats(&[("p-bbbbb", 0)], &[]), 1);
+    let task = tokio::spawn(reconcile(wp0.clone(), ctx.clone()));
+    // First look: both pods are idle, so they are marked safe to evict.
+    let mut annotated = Vec::new();
+    for _ in 0..2 {
+        let s = api.next().await;
+        assert_eq!(s.method, Method::PATCH);
+        assert_eq!(
+            s.body["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+            "true"
+        );
+        let name = s.path.rsplit('/').next().unwrap_or_default().to_string();
+        s.answer(200, fixtures::pod_json(&name));
+        annotated.push(name);
+    }
+    annotated.sort();
+    assert_eq!(annotated, ["p-bbbbb", "p-ccccc"]);
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    let status = answer_status(s, &wp0);
+    api.event(NS, "Scaled").await;
+    task.await.expect("join").expect("reconciled");
+    api.nothing_more().await;
+
+    // The same world again, as the API now has it: not one request.
+    let mut wp = (*wp0).clone();
+    wp.status = Some(serde_json::from_value(status).expect("status"));
+    let pods: Vec<Pod> = pods
+        .into_iter()
+        .map(|mut p| {
+            p.metadata.annotations.get_or_insert_default().insert(
+                "cluster-autoscaler.kubernetes.io/safe-to-evict".into(),
+                "true".into(),
+            );
+            p
+        })
+        .collect();
+    let (ctx, mut api) = fixtures::context(pods);
+    set_queue(&ctx, &wp, stats(&[("p-bbbbb", 0)], &[]), 1);
+    reconcile(Arc::new(wp), ctx).await.expect("reconciled");
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_scale_in_drains_the_idle_pod_and_deletes_it_only_once_it_stopped_holding_nothing() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 1}));
+    let mut pods = vec![running_pod(&wp, "p-bbbbb"), running_pod(&wp, "p-ccccc")];
+    // Their annotations already say what they are.
+    for (p, busy) in pods.iter_mut().zip([false, true]) {
+        let a = p.metadata.annotations.get_or_insert_default();
+        a.insert(
+            "cluster-autoscaler.kubernetes.io/safe-to-evict".into(),
+            (if busy { "false" } else { "true" }).into(),
+        );
+        if busy {
+            a.insert("karpenter.sh/do-not-disrupt".into(), "true".into());
+            a.insert(
+                "controller.kubernetes.io/pod-deletion-cost".into(),
+                "2".into(),
+            );
+        }
+    }
+    let (ctx, mut api) = fixtures::context(pods);
+    set_queue(&ctx, &wp, stats(&[("p-bbbbb", 0), ("p-ccccc", 3)], &[]), 1);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    let status = answer_status(s, &wp);
+    assert_eq!(
+        (
+            status["replicas"].clone(),
+            status["drainingReplicas"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    let ev = api.event(NS, "Draining").await;
+    assert!(
+        ev["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("p-bbbbb (0 tasks)"),
+        "{ev}"
+    );
+    api.event(NS, "Scaled").await;
+    task.await.expect("join").expect("reconciled");
+    api.nothing_more().await;
+    assert_eq!(
+        ctx.hub.take_commands(),
+        vec![(
+            ("ns".into(), "p".into()),
+            Command::Drain(vec!["p-bbbbb".into()])
+        )],
+        "the drain goes to Redis, no pod is deleted yet"
+    );
+
+    // A snapshot older than the request changes nothing; one taken after it, showing the
+    // worker stopped and holding nothing, deletes the pod (conditional on its uid).
+    let mut wp2 = (*wp).clone();
+    wp2.status = Some(serde_json::from_value(status).expect("status"));
+    let wp2 = Arc::new(wp2);
+    let later = crate::observe::now_ms() + 60_000;
+    set_queue(
+        &ctx,
+        &wp2,
+        stats(
+            &[("p-bbbbb", 0), ("p-ccccc", 3)],
+            &[("p-bbbbb", DrainState::Stopped)],
+        ),
+        later,
+    );
+    let task = tokio::spawn(reconcile(wp2.clone(), ctx.clone()));
+    let s = api
+        .expect(Method::DELETE, &format!("{}/p-bbbbb", pods_path()))
+        .await;
+    assert_eq!(s.body["preconditions"]["uid"], "uid-p-bbbbb");
+    s.answer(200, fixtures::pod_json("p-bbbbb"));
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    let status = answer_status(s, &wp2);
+    assert_eq!(status["drainingReplicas"], 0);
+    api.event(NS, "PodsDeleted").await;
+    task.await.expect("join").expect("reconciled");
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_refused_create_is_told_with_a_stable_message_and_the_pool_backs_off() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 3}));
+    let (ctx, mut api) = fixtures::context(vec![]);
+    set_queue(&ctx, &wp, stats(&[], &[]), 1);
+    let refuse = |s: fixtures::Sent| {
+        let name = s.body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let msg = format!(
+            "pods \"{name}\" is forbidden: exceeded quota: q, requested: pods=1, used: pods=1, limited: pods=1"
+        );
+        s.answer(403, status_error(403, "Forbidden", &msg));
+    };
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    refuse(api.expect(Method::POST, &pods_path()).await);
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    let status = answer_status(s, &wp);
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "PodCreateFailed");
+    let msg = degraded["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains("pods \"p-*\" is forbidden: exceeded quota"),
+        "{msg}"
+    );
+    api.event(NS, "Scaled").await;
+    api.event(NS, "PodCreateFailed").await;
+    let err = task
+        .await
+        .expect("join")
+        .expect_err("the refusal is an error");
+    assert_eq!(err.metric_label(), "quota");
+    assert!(err.to_string().starts_with("create pod ns/p: "), "{err}");
+    let first = error_policy(wp.clone(), &err, ctx.clone());
+    let second = error_policy(wp.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(2)), "backs off");
+
+    // Again, with the status the API now has: another random pod name is refused, the
+    // status is the same, so it is not written.
+    let mut wp2 = (*wp).clone();
+    wp2.status = Some(serde_json::from_value(status).expect("status"));
+    let task = tokio::spawn(reconcile(Arc::new(wp2), ctx.clone()));
+    refuse(api.expect(Method::POST, &pods_path()).await);
+    let s = api.next().await;
+    assert!(
+        s.path
+            .starts_with(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")),
+        "only the Event: {} {}",
+        s.method,
+        s.path
+    );
+    s.echo();
+    assert!(task.await.expect("join").is_err());
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_lead_sends_nothing() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 3}));
+    let (ctx, mut api) = fixtures::context_with(vec![], ControllerConfig::default(), |c| {
+        c.with_leadership(crate::leader::Leadership::lost())
+    });
+    set_queue(&ctx, &wp, stats(&[], &[]), 1);
+    let err = reconcile(wp.clone(), ctx.clone())
+        .await
+        .expect_err("not leading");
+    assert!(matches!(err, Error::NotLeader));
+    assert_eq!(error_policy(wp, &err, ctx.clone()), Action::await_change());
+    api.nothing_more().await;
+    assert!(ctx.hub.take_commands().is_empty());
+}
+
+#[tokio::test]
+async fn a_paused_pool_creates_nothing_and_says_so() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 3, "paused": true}));
+    let (ctx, mut api) = fixtures::context(vec![]);
+    set_queue(&ctx, &wp, stats(&[], &[]), 1);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let s = api
+        .expect(Method::PATCH, &format!("{}/status", pool_path("p")))
+        .await;
+    let status = answer_status(s, &wp);
+    assert_eq!(condition(&status, "Scaling")["reason"], "Paused");
+    task.await.expect("join").expect("reconciled");
+    api.nothing_more().await;
+}
+
+#[tokio::test]
+async fn deletion_removes_the_pods_first_and_releases_the_finalizer_once_they_are_gone() {
+    let mut wp = (*fixtures::pool(NS, "p", json!({}))).clone();
+    wp.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let wp = Arc::new(wp);
+    let pod = running_pod(&wp, "p-bbbbb");
+    let (ctx, mut api) = fixtures::context(vec![pod]);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let s = api
+        .expect(Method::DELETE, &format!("{}/p-bbbbb", pods_path()))
+        .await;
+    s.answer(200, fixtures::pod_json("p-bbbbb"));
+    let err = task.await.expect("join").expect_err("waits for the pods");
+    assert!(matches!(err, Error::CleanupWaits { .. }), "{err}");
+    assert_eq!(
+        error_policy(wp.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5)),
+        "looked at again soon, no back-off"
+    );
+
+    // Pods gone, Redis unreachable, the cleanup timeout over: the finalizer goes anyway,
+    // with a Warning, and the pool is forgotten.
+    let config = ControllerConfig {
+        cleanup_timeout: Duration::ZERO,
+        ..ControllerConfig::default()
+    };
+    let (ctx, mut api) = fixtures::context_with(vec![], config, |c| c);
+    let task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let ev = api.event(NS, "CleanupSkipped").await;
+    assert!(
+        ev["note"].as_str().unwrap_or_default().contains("gave up"),
+        "{ev}"
+    );
+    let s = api.expect(Method::PATCH, &pool_path("p")).await;
+    assert!(
+        s.body.to_string().contains("remove"),
+        "a JSON patch removing the finalizer: {}",
+        s.body
+    );
+    let mut gone = serde_json::to_value(&*wp).expect("json");
+    gone["metadata"]["finalizers"] = json!([]);
+    s.answer(200, gone);
+    assert_eq!(
+        task.await.expect("join").expect("released"),
+        Action::await_change()
+    );
+    assert!(!ctx.remembers(&("ns".into(), "p".into())));
+    api.nothing_more().await;
+}
