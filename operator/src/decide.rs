@@ -106,8 +106,9 @@ pub struct Delete {
 pub enum WakeIntent {
     /// Not at zero (or not autoscaled): not watched.
     Unwatch,
-    /// At zero: watch for an entry after `after`.
-    Watch(WakeTarget),
+    /// At zero: watch every partition for an entry after the ids in the target (boxed: a
+    /// target is large beside the other variants).
+    Watch(Box<WakeTarget>),
     /// At zero, queue unreadable: keep what is registered (its watcher reconnects).
     Keep,
 }
@@ -707,7 +708,7 @@ fn wake_intent(o: &Observed, plan: &Plan, decision: Option<Decision>, frozen: bo
     match (&o.target, &o.snapshot, &o.queue) {
         (Some(Ok(target)), Some(Snapshot { result: Ok(st), .. }), Ok(_)) if at_zero => {
             // Every partition's stream, as the read found it.
-            WakeIntent::Watch(WakeTarget::from_stats(target.clone(), st))
+            WakeIntent::Watch(Box::new(WakeTarget::from_stats(target.clone(), st)))
         }
         (_, Some(Snapshot { result: Err(_), .. }), _) if at_zero => WakeIntent::Keep,
         _ => WakeIntent::Unwatch,
