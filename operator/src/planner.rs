@@ -1075,7 +1075,7 @@ mod tests {
         }
         let q = q.drain(&busy, DrainState::Requested);
         let p2 = plan(&input(1, &pods, Some(&q), 30), &p.state);
-        assert_eq!(p2.drain_cancelled, [busy.clone()]);
+        assert_eq!(p2.drain_cancelled, std::slice::from_ref(&busy));
         assert_eq!(p2.drain_started, [serving.to_string()]);
         assert!(!p2.drain.contains(&busy) && p2.drain.contains(serving));
         assert_eq!(p2.delete.len(), 2, "the stopped idle ones still go");
