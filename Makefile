@@ -48,6 +48,11 @@ demo: deps  ## local demo: a real redis-server, two workers, tasks submitted and
 bench:  ## benchmark one workpool-worker against BullMQ; writes BENCHMARKS.md
 	python3 bench/run.py
 
+.PHONY: bench-targets
+bench-targets:  ## one pool on one Redis vs a 3-node Cluster with 3 and 6 partitions (drain, Redis CPU per task), durable submit, Sentinel failover; prints the tables for BENCHMARKS.md
+	cargo build --release -p workpool-worker --features test-support --bins
+	target/release/workpool-bench-targets
+
 .PHONY: bench-wake
 bench-wake: deps  ## wake from zero: first task -> pod create, with wake and with --wake=false (real control plane, operator, redis); prints the table for BENCHMARKS.md
 	cargo test -p workpool-tests --test bench_wake

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: a Rust toolchain with rustfmt and
-# clippy, redis-server (the tests start their own on a free loopback port), kubectl,
-# python3, the real node's packages (containerd, runc, CNI plugins, iptables, util-linux,
-# busybox), and the Kubernetes components of the real test cluster, built from source with
-# Go (scripts/k8s-bin.sh; cached after the first build), and CoreDNS and a Prometheus
-# with Kubernetes discovery for the chart tests (same way). Certificates are made in Rust
+# clippy, redis-server and redis-sentinel (the tests start their own on free loopback
+# ports: single servers, Sentinel sets, Redis Clusters), kubectl, python3, the real
+# node's packages (containerd, runc, CNI plugins, iptables, util-linux, busybox), and the
+# Kubernetes components of the real test cluster, built from source with Go
+# (scripts/k8s-bin.sh; cached after the first build), and CoreDNS and a Prometheus with
+# Kubernetes discovery for the chart tests (same way). Certificates are made in Rust
 # (rcgen): no openssl.
 set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Sentinel tests run Debian's redis-sentinel (the same program as redis-server).
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # The real node of the test cluster: containerd with its CRI plugin, runc, the CNI

@@ -153,6 +153,10 @@ MATRIX: dict[str, dict[str, Any]] = {
             "persistence": {"storageClass": "fast", "size": "20Gi", "retainOnUninstall": True},
         }
     },
+    "redis-ha": {"redis": {"ha": {"enabled": True}}},
+    "redis-ha-five-hard": {"redis": {"ha": {"enabled": True, "replicas": 5, "antiAffinity": "hard",
+                                            "sentinel": {"replicas": 5, "quorum": 3}},
+                                     "networkPolicy": {"enabled": True}}},
     "watch-one-namespace": {"operator": {"watchNamespace": "jobs"}, "tests": {"enabled": False}},
     "crds-off": {"crds": {"install": False}},
     "crds-not-kept": {"crds": {"keep": False}},

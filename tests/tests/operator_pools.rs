@@ -116,10 +116,15 @@ async fn workers_of_several_pools_drain_their_tasks() {
         "WORKPOOL_CONSUMER",
         "WORKPOOL_VISIBILITY_TIMEOUT",
         "WORKPOOL_MAX_DELIVERIES",
-        "WORKPOOL_DEAD_LETTER_STREAM",
     ] {
         assert!(env_names.contains(&n), "{n} missing in {env_names:?}");
     }
+    // No deadLetterStream in the spec: the worker derives each partition's dead-letter
+    // stream itself (`<stream>:dead`, hash-tagged on Cluster), so none is passed.
+    assert!(
+        !env_names.contains(&"WORKPOOL_DEAD_LETTER_STREAM"),
+        "{env_names:?}"
+    );
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"],

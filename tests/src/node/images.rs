@@ -595,16 +595,26 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// The `redis` image, as `images/redis.Dockerfile` builds it: Debian's `redis-server` and
-/// `redis-cli` with their libraries, user 65532, working directory `/data` (writable by
-/// that user), `/etc/redis`, port 6379, no entrypoint and `CMD ["redis-server", "--dir",
-/// "/data", "--appendonly", "yes", "--protected-mode", "no"]`.
+/// The `redis` image, as `images/redis.Dockerfile` builds it: Debian's `redis-server`
+/// and `redis-cli` with their libraries, a shell with `cp`, `head`, `sleep`, `sort` and
+/// `uniq` (the chart's HA mode starts Redis and the sentinels with a script; Debian's
+/// image has them), user 65532, working directory `/data` (writable by that user),
+/// `/etc/redis`, port 6379, no entrypoint and `CMD ["redis-server", "--dir", "/data",
+/// "--appendonly", "yes", "--protected-mode", "no"]`.
 pub fn redis_image(reference: &str) -> Result<ImageSpec> {
     let server = which("redis-server").ok_or_else(|| anyhow!("redis-server is not installed"))?;
     let cli = which("redis-cli").ok_or_else(|| anyhow!("redis-cli is not installed"))?;
     let mut spec = ImageSpec::new(reference);
     spec.add_program(&server, "/usr/bin/redis-server")?;
     spec.add_program(&cli, "/usr/bin/redis-cli")?;
+    let busybox = Path::new("/bin/busybox");
+    if busybox.is_file() && linked_libraries(busybox).is_ok_and(|l| l.is_empty()) {
+        spec.add_program(busybox, "/usr/local/bin/busybox")?;
+        for applet in ["sh", "cat", "cp", "echo", "head", "sleep", "sort", "uniq"] {
+            spec.add_symlink(&format!("/usr/local/bin/{applet}"), "busybox");
+        }
+        spec.add_symlink("/bin/sh", "/usr/local/bin/busybox");
+    }
     spec.add_dir("/data", 0o755, NONROOT_UID);
     spec.add_dir("/etc/redis", 0o755, 0);
     Ok(spec
