@@ -12,16 +12,14 @@
 mod operator_support;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use operator_support::{Operator, cond, pools_api};
 use serde_json::{Value, json};
 use workpool_tests::cluster::{ClusterOptions, TestCluster};
-use workpool_tests::controlplane::ControlPlane;
-use workpool_tests::node::{self, Node, NodeOptions};
 use workpool_worker::queue::{NewTask, Pool};
 use workpool_worker::target::{Target, Tls};
 use workpool_worker::testing::{
@@ -32,32 +30,6 @@ use workpool_worker::testing::{
 const WORKER_IMAGE: &str = "ghcr.io/workpool-dev/workpool-worker:0.1.0";
 const WAIT: Duration = Duration::from_secs(240);
 
-/// The real node of this test binary, started by the first test; `None` (the reason
-/// printed) where it cannot run outside CI.
-fn real_node() -> Option<&'static Node> {
-    static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let started = NODE.get_or_init(|| {
-        if let Some(reason) =
-            node::unavailable_reason().or_else(workpool_tests::controlplane::unavailable_reason)
-        {
-            return Err(reason);
-        }
-        operator_support::binaries();
-        let cp = ControlPlane::shared().map_err(|e| format!("control plane: {e:#}"))?;
-        Node::start(&cp, NodeOptions::new()).map_err(|e| format!("node: {e:#}"))
-    });
-    match started {
-        Ok(node) => Some(node),
-        Err(reason) if node::required() => panic!("CI=true needs the real node: {reason}"),
-        Err(reason) => {
-            eprintln!("real node not available, test skipped: {reason}");
-            None
-        }
-    }
-}
-
 /// A test's namespace (its pods on the real node) and operator.
 struct Env {
     cluster: TestCluster,
@@ -65,28 +37,20 @@ struct Env {
 }
 
 impl Env {
-    async fn start(name: &str) -> Option<(Env, IpAddr)> {
-        let node = tokio::task::spawn_blocking(real_node).await.ok()??;
-        let cluster = TestCluster::start_real(ClusterOptions {
-            own_namespace: true,
-            ..ClusterOptions::default()
-        })
-        .await
-        .expect("cluster");
-        // The namespace pins its pods to process-kubelet nodes of its own; these go to
-        // the real node, the only node of this binary's control plane.
-        Api::<Namespace>::all(cluster.client())
-            .patch(
-                cluster.namespace(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    "scheduler.alpha.kubernetes.io/node-selector": ""
-                }}})),
-            )
+    /// A namespace of the test's own on the real control plane, whose pods run on the
+    /// binary's shared real node (fails saying what is missing where it cannot run), and
+    /// the host address those pods reach the test's Redis servers at.
+    async fn start(name: &str) -> (Env, IpAddr) {
+        operator_support::binaries();
+        let cluster = TestCluster::start_real(ClusterOptions::default())
             .await
-            .expect("namespace node selector cleared");
+            .expect("the real control plane");
+        let node = cluster
+            .shared_node()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let operator = Operator::start(&cluster, name, &[]);
-        Some((Env { cluster, operator }, IpAddr::V4(node.host_ip())))
+        (Env { cluster, operator }, IpAddr::V4(node.host_ip()))
     }
 
     async fn secret(&self, name: &str, data: Value) {
@@ -210,9 +174,7 @@ async fn submit(target: &Target, pool: &Pool, n: usize, ms: u64, min_replicas: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_on_sentinel_drains_through_a_failover_of_its_primary() {
-    let Some((env, host)) = Env::start("op-targets-sentinel").await else {
-        return;
-    };
+    let (env, host) = Env::start("op-targets-sentinel").await;
     let mut set = SentinelSet::start(SentinelOptions {
         announce: Some(host),
         ..SentinelOptions::default()
@@ -248,9 +210,7 @@ async fn a_pool_on_sentinel_drains_through_a_failover_of_its_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_six_partitions_on_a_redis_cluster_drains() {
-    let Some((env, host)) = Env::start("op-targets-cluster").await else {
-        return;
-    };
+    let (env, host) = Env::start("op-targets-cluster").await;
     let cluster = RedisCluster::start(RedisClusterOptions {
         announce: Some(host),
         ..RedisClusterOptions::default()
@@ -283,9 +243,7 @@ async fn a_pool_of_six_partitions_on_a_redis_cluster_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_on_a_private_ca_with_client_certificates_from_secrets() {
-    let Some((env, host)) = Env::start("op-targets-mtls").await else {
-        return;
-    };
+    let (env, host) = Env::start("op-targets-mtls").await;
     let ca = Arc::new(TestCa::with_ips(&[host]).expect("ca"));
     let redis = RedisServer::start_opts(ServerOptions {
         tls: Some(ca.clone()),
