@@ -375,6 +375,13 @@ pub fn error_policy(wp: Arc<WorkPool>, err: &Error, ctx: Arc<Context>) -> Action
     if matches!(err, Error::NotLeader) {
         return Action::await_change();
     }
+    // The pool went while it was being reconciled (its finalizer or status write found
+    // nothing): its Delete event forgets it; counting the error here would bring back the
+    // series and the memory that forgetting removed.
+    if err.metric_label() == "not_found" {
+        debug!(namespace = %key.0, workpool = %key.1, error = %err, "pool gone mid-reconcile");
+        return Action::await_change();
+    }
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[&key.0, &key.1, err.metric_label()])
