@@ -313,7 +313,10 @@ async fn a_pool_gone_mid_reconcile_leaves_no_series_and_no_memory() {
     ctx.forget(&key_of(&wp));
     let gone = kube::core::Status::failure("workpools \"p\" not found", "NotFound").with_code(404);
     let err = Error::api("apply status", "ns/p", kube::Error::Api(gone.boxed()));
-    assert_eq!(error_policy(wp.clone(), &err, ctx.clone()), Action::await_change());
+    assert_eq!(
+        error_policy(wp.clone(), &err, ctx.clone()),
+        Action::await_change()
+    );
     assert!(!ctx.remembers(&key_of(&wp)), "memory came back");
     let body = ctx.metrics.render();
     assert!(!body.contains("workpool=\"p\""), "{body}");
