@@ -780,6 +780,14 @@ fn as_int(v: &Value) -> Option<i64> {
     }
 }
 
+/// The entry ids of a pipeline of `XADD` replies.
+fn entry_ids(replies: &[Value]) -> Result<Vec<EntryId>> {
+    replies
+        .iter()
+        .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
+        .collect()
+}
+
 fn as_id(v: &Value) -> Option<EntryId> {
     as_bytes(v).and_then(EntryId::parse)
 }
@@ -1034,6 +1042,13 @@ impl Queue {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let pipe = self.xadd_pipeline(tasks);
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        entry_ids(&replies)
+    }
+
+    /// One `XADD` per task, in order, in a pipeline.
+    fn xadd_pipeline(&self, tasks: &[NewTask<'_>]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for t in tasks {
             let c = pipe
@@ -1049,11 +1064,7 @@ impl Queue {
                 c.arg("attempt").arg(a);
             }
         }
-        let replies: Vec<Value> = pipe.query_async(conn).await?;
-        replies
-            .iter()
-            .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
-            .collect()
+        pipe
     }
 
     /// Enqueues tasks durably: the `XADD`s and then `WAIT min_replicas timeout` in one
@@ -1074,21 +1085,7 @@ impl Queue {
         if tasks.is_empty() {
             return Ok((Vec::new(), u64::from(min_replicas)));
         }
-        let mut pipe = redis::pipe();
-        for t in tasks {
-            let c = pipe
-                .cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg(PAYLOAD_FIELD)
-                .arg(t.payload);
-            if let Some(id) = t.id {
-                c.arg("id").arg(id);
-            }
-            if let Some(a) = t.attempt {
-                c.arg("attempt").arg(a);
-            }
-        }
+        let mut pipe = self.xadd_pipeline(tasks);
         // WAIT 0 would block forever: at least 1 ms.
         pipe.cmd("WAIT")
             .arg(min_replicas)
@@ -1099,11 +1096,7 @@ impl Queue {
             .as_ref()
             .and_then(as_int)
             .ok_or_else(|| protocol("WAIT", "reply is not an integer"))?;
-        let ids = replies
-            .iter()
-            .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((ids, acked.max(0) as u64))
+        Ok((entry_ids(&replies)?, acked.max(0) as u64))
     }
 
     /// Reads up to `count` new entries for `consumer`, blocking up to `block`
