@@ -158,8 +158,9 @@ class Pool:
                                       f"{len(out)} tasks: {e}", out) from e
         return out  # type: ignore[return-value]
 
-    def _pipeline_for(self, part: int, durable: bool) -> Any:
+    async def _pipeline_for(self, part: int, durable: bool) -> Any:
         if durable and isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # the slot map (idempotent)
             # WAIT counts the writes of its own connection: the XADDs and the WAIT go to
             # the partition's node on one connection (a plain client of that node).
             node = self.redis.get_node_from_key(self.layout.keys[part].stream)
@@ -175,7 +176,7 @@ class Pool:
 
     async def _submit_chunk(self, part: int, planned: Sequence[Planned], positions: List[int],
                             out: List[Optional[Submitted]], min_replicas: int, wait_timeout: float) -> None:
-        pipe = self._pipeline_for(part, min_replicas > 0)
+        pipe = await self._pipeline_for(part, min_replicas > 0)
         for p in planned:
             if p.script:
                 pipe.execute_command("EVAL", _scripts.SOURCES[p.script], len(p.keys), *p.keys, *p.args)
