@@ -370,7 +370,11 @@ func TestRetryAllLeavesDeadLettersWrittenMeanwhile(t *testing.T) {
 				return
 			default:
 			}
-			addDeadLetters(t, w, "q:dead", 1, fmt.Sprintf("late%d-", len(late)), "failed")
+			// Not addDeadLetters: t.Fatal must not be called from this goroutine.
+			if err := w.XAdd(ctx, &redis.XAddArgs{Stream: "q:dead", Values: []any{"payload", fmt.Sprintf("late%d-0", len(late)), "error", "failed"}}).Err(); err != nil {
+				t.Error(err)
+				return
+			}
 			late = append(late, fmt.Sprintf("late%d-0", len(late)))
 		}
 	}()

@@ -47,6 +47,12 @@ async function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+// Every server this process started dies with it, whatever ends the tests.
+const live = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const p of live) p.kill("SIGKILL");
+});
+
 export class Server {
   port = 0;
   dir = "";
@@ -65,6 +71,7 @@ export class Server {
         ...extra,
       ];
       s.proc = spawn("redis-server", args, { stdio: "ignore" });
+      live.add(s.proc);
       if (await s.ready()) return s;
       s.stop();
       const log = join(s.dir, "redis.log");
@@ -101,7 +108,10 @@ export class Server {
   }
 
   stop(): void {
-    if (this.proc && this.proc.exitCode === null) this.proc.kill("SIGTERM");
+    // SIGKILL: a test server keeps nothing, and one shutting down on SIGTERM could refuse to
+    // exit (a cluster node that cannot write its config) and keep the test process alive.
+    if (this.proc && this.proc.exitCode === null) this.proc.kill("SIGKILL");
+    if (this.proc) live.delete(this.proc);
     if (this.dir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
