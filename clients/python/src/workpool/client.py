@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Union
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from . import _scripts
+from ._base import PoolBase, by_partition, collect, connect_kwargs, failed_part_way, queue_commands, retry_outcomes
 from ._protocol import (
     DEFAULT_DEDUP_WINDOW, LIST_PAGE, PIPELINE_CHUNK, RETRY_CHUNK, STATS_COUNT_LIMIT_CHUNKS, WAIT_SLICE,
-    ConfigError, DeadLetter, DeadLetterFilter, DeadLetterRef, Layout, PartitionKeys, Payload, Planned, RefLike,
-    Result, RetryOutcome, RoundRobin, Stats, SubmitError, Submitted, Target, Task, TaskLike, TaskStatus,
+    ConfigError, DeadLetter, DeadLetterFilter, DeadLetterRef, PartitionKeys, Payload, Planned, RefLike,
+    Result, RetryOutcome, Stats, SubmitError, Submitted, Target, Task, TaskLike, TaskStatus,
     WaitTimeout, _text, after, aggregate_stats, chunks, parse_dead_letter, parse_result, parse_stats, parse_url,
     plan, sort_key, to_ref, upper_bound, to_task, to_task_ref, trim_threshold,
 )
@@ -27,25 +28,12 @@ def connect(target: Union[str, Target], *, ssl_ca_certs: Optional[str] = None, s
     """A redis-py client for a workpool URL (docs/protocol.md section 2): `redis.Redis`,
     `redis.cluster.RedisCluster`, or the primary of a `redis.sentinel.Sentinel`."""
     t = parse_url(target) if isinstance(target, str) else target
-    kw: Dict[str, Any] = dict(redis_kwargs)
-    kw.setdefault("decode_responses", False)
-    if t.username is not None:
-        kw["username"] = t.username
-    if t.password is not None:
-        kw["password"] = t.password
-    tls: Dict[str, Any] = {}
-    if t.tls:
-        tls = {"ssl": True, "ssl_ca_certs": ssl_ca_certs, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    kw, tls, skw = connect_kwargs(t, ssl_ca_certs, ssl_certfile, ssl_keyfile, redis_kwargs)
     if t.mode == "cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.hosts], **kw, **tls)
     if t.mode == "sentinel":
         from redis.sentinel import Sentinel
 
-        skw: Dict[str, Any] = dict(tls)
-        if t.sentinel_username is not None:
-            skw["username"] = t.sentinel_username
-        if t.sentinel_password is not None:
-            skw["password"] = t.sentinel_password
         s = Sentinel(list(t.hosts), sentinel_kwargs=skw, **kw, **tls)
         return s.master_for(t.master, db=t.db)
     if t.path is not None:
@@ -61,7 +49,7 @@ def _uses_decoded_responses(client: Any) -> bool:
         return False
 
 
-class Pool:
+class Pool(PoolBase):
     """A workpool queue, seen from a producer: submit tasks, read stats, inspect and retry
     dead letters, wait for results.
 
@@ -75,15 +63,9 @@ class Pool:
     def __init__(self, redis: Any, stream: str, group: Optional[str] = None, *, partitions: int = 1,
                  dead_letter_stream: Optional[str] = None, mode: Optional[str] = None,
                  round_robin_start: Optional[int] = None):
-        if mode is None:
-            mode = "cluster" if isinstance(redis, RedisCluster) else "standalone"
-        self.layout = Layout(stream, stream if group is None else group, partitions, mode, dead_letter_stream)
-        if _uses_decoded_responses(redis):
-            raise ConfigError("the redis client must be created with decode_responses=False (payloads are bytes)")
-        self.redis = redis
-        self._rr = RoundRobin(partitions, round_robin_start)
+        self._setup(redis, isinstance(redis, RedisCluster), _uses_decoded_responses(redis), stream, group,
+                    partitions, dead_letter_stream, mode, round_robin_start)
         self._scripts = {n: redis.register_script(src) for n, src in _scripts.SOURCES.items()}
-        self._owned = False
 
     @classmethod
     def from_url(cls, url: str, stream: str, group: Optional[str] = None, *, partitions: int = 1,
@@ -137,10 +119,7 @@ class Pool:
             raise ConfigError("min_replicas must be >= 0")
         planned = [plan(self.layout, to_task(t), self._rr) for t in tasks]
         out: List[Optional[Submitted]] = [None] * len(planned)
-        by_partition: Dict[int, List[int]] = {}
-        for i, p in enumerate(planned):
-            by_partition.setdefault(p.partition, []).append(i)
-        for part, idxs in by_partition.items():
+        for part, idxs in by_partition(planned).items():
             for chunk in chunks(idxs, PIPELINE_CHUNK):
                 try:
                     self._submit_chunk(part, [planned[i] for i in chunk], list(chunk), out, min_replicas,
@@ -148,8 +127,7 @@ class Pool:
                 except SubmitError:
                     raise
                 except Exception as e:
-                    raise SubmitError(f"submit failed after {sum(s is not None for s in out)} of "
-                                      f"{len(out)} tasks: {e}", out) from e
+                    raise failed_part_way(e, out) from e
         return out  # type: ignore[return-value]
 
     def _pipeline_for(self, part: int, durable: bool) -> Any:
@@ -163,31 +141,8 @@ class Pool:
     def _submit_chunk(self, part: int, planned: Sequence[Planned], positions: List[int],
                       out: List[Optional[Submitted]], min_replicas: int, wait_timeout: float) -> None:
         pipe = self._pipeline_for(part, min_replicas > 0)
-        for p in planned:
-            if p.script:
-                pipe.execute_command("EVAL", _scripts.SOURCES[p.script], len(p.keys), *p.keys, *p.args)
-            else:
-                pipe.execute_command("XADD", p.keys[0], "*", *p.args)
-        if min_replicas > 0:
-            pipe.execute_command("WAIT", min_replicas, int(wait_timeout * 1000))
-        replies = pipe.execute(raise_on_error=False)
-        confirmed: Optional[bool] = None
-        if min_replicas > 0:
-            w = replies[-1]
-            confirmed = not isinstance(w, Exception) and int(w) >= min_replicas
-        first_error: Optional[Exception] = None
-        for p, pos, r in zip(planned, positions, replies):
-            if isinstance(r, Exception):
-                first_error = first_error or r
-                continue
-            if p.script:
-                added, eid = int(r[0]), _text(r[1]) or ""
-                out[pos] = Submitted(p.partition, eid, p.task_id or eid, duplicate=added == 0, confirmed=confirmed)
-            else:
-                eid = _text(r) or ""
-                out[pos] = Submitted(p.partition, eid, p.task_id or eid, confirmed=confirmed)
-        if first_error is not None:
-            raise SubmitError(f"submit failed for some tasks: {first_error}", out) from first_error
+        queue_commands(pipe, planned, min_replicas, wait_timeout, _scripts.SOURCES)
+        collect(planned, positions, pipe.execute(raise_on_error=False), min_replicas, out)
 
     # ------------------------------------------------------------------ stats
 
@@ -203,17 +158,6 @@ class Pool:
         return aggregate_stats(self.layout.stream, self.layout.group, parts)
 
     # ------------------------------------------------------------------ dead letters
-
-    def _filter(self, flt: Optional[DeadLetterFilter], kw: Dict[str, Any]) -> DeadLetterFilter:
-        if flt is not None and kw:
-            raise ConfigError("give a DeadLetterFilter or keyword filters, not both")
-        f = flt or DeadLetterFilter(**kw)
-        if f.partition is not None:
-            self.layout.partition(f.partition)
-        return f
-
-    def _partitions(self, f: DeadLetterFilter) -> List[PartitionKeys]:
-        return [self.layout.keys[f.partition]] if f.partition is not None else list(self.layout.keys)
 
     def _iter_partition(self, k: PartitionKeys, f: DeadLetterFilter, newest_first: bool,
                         last_id: Optional[str] = None) -> Iterator[DeadLetter]:
@@ -262,14 +206,6 @@ class Pool:
         rows = self.redis.xrange(k.dead, min=r.id, max=r.id, count=1)
         return parse_dead_letter(r.partition, rows[0][0], rows[0][1]) if rows else None
 
-    def _group_refs(self, refs: Iterable[RefLike]) -> Tuple[List[DeadLetterRef], Dict[int, List[int]]]:
-        rs = [to_ref(r) for r in refs]
-        groups: Dict[int, List[int]] = {}
-        for i, r in enumerate(rs):
-            self.layout.partition(r.partition)
-            groups.setdefault(r.partition, []).append(i)
-        return rs, groups
-
     def retry_dead_letters(self, refs: Iterable[RefLike]) -> List[RetryOutcome]:
         """Puts dead letters back into their partition's task stream, each atomically
         (docs/protocol.md section 6); returns the new entry ids in input order (None for
@@ -280,8 +216,7 @@ class Pool:
             k = self.layout.keys[part]
             for chunk in chunks(idxs, RETRY_CHUNK):
                 reply = self._scripts["retry"](keys=[k.stream, k.dead], args=[k.stream, *[rs[i].id for i in chunk]])
-                for i, row in zip(chunk, reply):
-                    out[i] = RetryOutcome(rs[i], _text(row[1]) if len(row) > 1 and row[1] is not None else None)
+                retry_outcomes(chunk, rs, reply, out)
         return out  # type: ignore[return-value]
 
     def _newest_id(self, k: PartitionKeys) -> Optional[str]:
