@@ -34,8 +34,8 @@ type Mode string
 
 // The modes of docs/protocol.md section 1.
 const (
-	Standalone Mode = "standalone"
-	Sentinel   Mode = "sentinel"
+	Standalone  Mode = "standalone"
+	Sentinel    Mode = "sentinel"
 	ClusterMode Mode = "cluster"
 )
 

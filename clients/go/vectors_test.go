@@ -521,13 +521,13 @@ type dlVectors struct {
 		Expect    map[string]any `json:"expect"`
 	} `json:"parse"`
 	Retry []struct {
-		Name          string  `json:"name"`
-		Pool          vpool   `json:"pool"`
-		Partition     int     `json:"partition"`
-		Fields        [][]any `json:"fields"`
-		WithResult    bool    `json:"with_result"`
-		ExpectEntry   [][]any `json:"expect_entry"`
-		ExpectTaskID  string  `json:"expect_task_id"`
+		Name         string  `json:"name"`
+		Pool         vpool   `json:"pool"`
+		Partition    int     `json:"partition"`
+		Fields       [][]any `json:"fields"`
+		WithResult   bool    `json:"with_result"`
+		ExpectEntry  [][]any `json:"expect_entry"`
+		ExpectTaskID string  `json:"expect_task_id"`
 	} `json:"retry"`
 	Filters struct {
 		Pool    vpool `json:"pool"`
