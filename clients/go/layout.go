@@ -27,6 +27,8 @@ const (
 	retryChunk            = 100
 	listPage              = 500
 	statsCountLimitChunks = 50
+	// MaxPartitions is the largest partition count a pool may have.
+	MaxPartitions = 1024
 )
 
 // Mode says how the pool's Redis runs; it decides the key names.
@@ -90,8 +92,8 @@ func NewLayout(stream, group string, partitions int, mode Mode, deadLetterStream
 	if group == "" {
 		group = stream
 	}
-	if partitions < 1 {
-		return nil, configErr("partitions must be >= 1, not %d", partitions)
+	if partitions < 1 || partitions > MaxPartitions {
+		return nil, configErr("partitions must be from 1 to %d, not %d", MaxPartitions, partitions)
 	}
 	cluster := mode == ClusterMode
 	if cluster && strings.ContainsAny(stream, "{}") {

@@ -161,13 +161,13 @@ func parseStats(reply any, stream, group string) (Stats, error) {
 
 // aggregateStats is the pool's stats from its partitions' (docs/protocol.md section 7).
 func aggregateStats(stream, group string, parts []Stats) Stats {
-	st := Stats{Stream: stream, Group: group, Partitions: parts, Consumers: []ConsumerStats{}}
+	st := Stats{Stream: stream, Group: group, Partitions: parts, Consumers: []ConsumerStats{}, GroupExists: len(parts) > 0}
 	index := map[string]int{}
 	var oldest *Stats
 	for i := range parts {
 		p := &parts[i]
 		st.StreamExists = st.StreamExists || p.StreamExists
-		st.GroupExists = st.GroupExists || p.GroupExists
+		st.GroupExists = st.GroupExists && p.GroupExists
 		st.LagComputed = st.LagComputed || p.LagComputed
 		st.LagEstimated = st.LagEstimated || p.LagEstimated
 		st.StreamLength += p.StreamLength
@@ -199,8 +199,9 @@ func aggregateStats(stream, group string, parts []Stats) Stats {
 		st.OldestPendingID = oldest.OldestPendingID
 		st.OldestPendingAgeMs = oldest.OldestPendingAgeMs
 	}
-	if len(parts) == 1 {
+	if len(parts) == 1 { // as the worker: one partition's own names (P_0) and id
 		st.LastDeliveredID = parts[0].LastDeliveredID
+		st.Stream = parts[0].Stream
 	}
 	return st
 }

@@ -489,7 +489,12 @@ func TestVectorsStats(t *testing.T) {
 	ctx := context.Background()
 	for _, c := range v.Cases {
 		t.Run(c.Name, func(t *testing.T) {
-			r := flushed(t)
+			var r redis.UniversalClient
+			if c.Pool.Mode == ClusterMode {
+				r = clusterClient(t)
+			} else {
+				r = flushed(t)
+			}
 			p := c.Pool.pool(t, r, 0)
 			for _, cmd := range c.Setup {
 				args := make([]any, len(cmd))

@@ -8,6 +8,7 @@ export const PIPELINE_CHUNK = 1000;
 export const RETRY_CHUNK = 100;
 export const LIST_PAGE = 500;
 export const STATS_COUNT_LIMIT_CHUNKS = 50;
+export const MAX_PARTITIONS = 1024;
 /** The longest single BLMOVE of waitFor (a safety net, not a poll). */
 export const WAIT_SLICE_MS = 5000;
 
@@ -110,7 +111,7 @@ export class Layout {
     const group = o.group ?? o.stream;
     if (typeof group !== "string" || group === "") throw new ConfigError("the group name must not be empty");
     const n = o.partitions ?? 1;
-    if (!Number.isInteger(n) || n < 1) throw new ConfigError(`partitions must be an integer >= 1, not ${n}`);
+    if (!Number.isInteger(n) || n < 1 || n > MAX_PARTITIONS) throw new ConfigError(`partitions must be an integer from 1 to ${MAX_PARTITIONS}, not ${n}`);
     const cluster = mode === "cluster";
     if (cluster && /[{}]/.test(o.stream)) {
       throw new ConfigError(
@@ -416,13 +417,14 @@ export function parseStats(reply: unknown, stream: string, group: string): Stats
 
 /** The pool's stats from its partitions' (docs/protocol.md section 7). */
 export function aggregateStats(stream: string, group: string, parts: Stats[]): Stats {
-  const st = new Stats(stream, group);
+  // As the worker: one partition's own names (P_0, tagged on Cluster) and id.
+  const st = new Stats(parts.length === 1 ? parts[0].stream : stream, group);
   st.partitions = parts;
+  st.groupExists = parts.length > 0 && parts.every((p) => p.groupExists);
   const merged = new Map<string, ConsumerStats>();
   let oldest: Stats | undefined;
   for (const p of parts) {
     st.streamExists ||= p.streamExists;
-    st.groupExists ||= p.groupExists;
     st.lagComputed ||= p.lagComputed;
     st.lagEstimated ||= p.lagEstimated;
     st.streamLength += p.streamLength;

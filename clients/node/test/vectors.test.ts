@@ -262,8 +262,9 @@ describe("against real redis-servers", { skip }, () => {
 
   for (const c of vectors("stats.json").cases) {
     it(`stats: ${c.name}`, async () => {
-      const pool = poolOn(r, c.pool);
-      for (const cmd of c.setup) await r.call(cmd[0], ...cmd.slice(1).map((a: string) => expand(a, pool.layout)));
+      const client = c.pool.mode === "cluster" ? rc : r;
+      const pool = poolOn(client, c.pool);
+      for (const cmd of c.setup) await client.call(cmd[0], ...cmd.slice(1).map((a: string) => expand(a, pool.layout)));
       checkStats(JSON.parse(JSON.stringify(await pool.stats())), c.expect);
     });
   }

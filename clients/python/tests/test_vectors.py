@@ -244,7 +244,8 @@ def check_stats(got: dict, want: dict) -> None:
 
 
 @pytest.mark.parametrize("case", STATS["cases"], ids=lambda c: c["name"])
-def test_stats(r: Any, case: dict) -> None:
+def test_stats(request: Any, case: dict) -> None:
+    r = request.getfixturevalue("rc" if case["pool"].get("mode") == "cluster" else "r")
     pool = pool_on(r, case["pool"])
     for cmd in case["setup"]:
         r.execute_command(*[expand(a, pool.layout) for a in cmd])

@@ -58,6 +58,10 @@ def same_stats(cli: dict, ours: dict) -> None:
                 assert abs(v - ours[k]) < 5000
         elif k == "consumers":
             assert [(c["name"], c["pending"]) for c in v] == [(c["name"], c["pending"]) for c in ours[k]]
+        elif k == "partitions":
+            assert len(v) == len(ours[k])
+            for theirs, mine in zip(v, ours[k]):
+                same_stats(theirs, mine)
         else:
             assert ours[k] == v, (k, ours[k], v)
 

@@ -23,6 +23,7 @@ STATS_COUNT_LIMIT_CHUNKS = 50
 WAIT_SLICE = 5.0  # seconds: the longest single BLMOVE of wait_for (a safety net, not a poll)
 
 MODES = ("standalone", "sentinel", "cluster")
+MAX_PARTITIONS = 1024
 
 Payload = Union[bytes, bytearray, memoryview, str, Any]
 Fields = List[Tuple[str, bytes]]
@@ -138,8 +139,9 @@ class Layout:
             raise ConfigError("the stream name must not be empty")
         if not isinstance(self.group, str) or not self.group:
             raise ConfigError("the group name must not be empty")
-        if isinstance(self.partitions, bool) or not isinstance(self.partitions, int) or self.partitions < 1:
-            raise ConfigError(f"partitions must be an integer >= 1, not {self.partitions!r}")
+        if (isinstance(self.partitions, bool) or not isinstance(self.partitions, int)
+                or not 1 <= self.partitions <= MAX_PARTITIONS):
+            raise ConfigError(f"partitions must be an integer from 1 to {MAX_PARTITIONS}, not {self.partitions!r}")
         cluster = self.mode == "cluster"
         if cluster and ("{" in self.stream or "}" in self.stream):
             raise ConfigError(
@@ -432,11 +434,11 @@ def parse_stats(reply: Sequence[Any], stream: str, group: str) -> Stats:
 def aggregate_stats(stream: str, group: str, parts: List[Stats]) -> Stats:
     """The pool's stats from its partitions' (docs/protocol.md section 7)."""
     st = Stats(stream=stream, group=group, partitions=parts)
+    st.group_exists = bool(parts) and all(p.group_exists for p in parts)
     merged: Dict[str, ConsumerStats] = {}
     oldest: Optional[Stats] = None
     for p in parts:
         st.stream_exists |= p.stream_exists
-        st.group_exists |= p.group_exists
         st.lag_computed |= p.lag_computed
         st.lag_estimated |= p.lag_estimated
         st.stream_length += p.stream_length
@@ -460,8 +462,9 @@ def aggregate_stats(stream: str, group: str, parts: List[Stats]) -> Stats:
     if oldest is not None:
         st.oldest_pending_id = oldest.oldest_pending_id
         st.oldest_pending_age_ms = oldest.oldest_pending_age_ms
-    if len(parts) == 1:
+    if len(parts) == 1:  # as the worker: one partition's own names and id
         st.last_delivered_id = parts[0].last_delivered_id
+        st.stream = parts[0].stream
     st.consumers = list(merged.values())
     return st
 
