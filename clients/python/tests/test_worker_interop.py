@@ -156,3 +156,59 @@ def test_a_permanent_failure_is_dead_lettered_with_its_reason(r: Any, server: Se
     assert d.task_id == "bad-input" and d.deliveries == 1 and d.payload == b"x"
     assert d.error is not None and d.error.startswith("permanent failure:") and "no such image" in d.error
     assert pool.status(s).state == "unknown"  # this worker version writes no results yet
+
+
+def partitioned_worker() -> str:
+    """The worker binary, when it has partitions (#15); a skip that says so before."""
+    b = worker_binary()
+    help_text = subprocess.run([b, "run", "--help"], capture_output=True, text=True, timeout=30).stdout
+    if "--partitions" not in help_text:
+        pytest.skip(f"{b} has no --partitions yet (issue #15); the partitioned interop test runs once it has")
+    return b
+
+
+@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+def test_a_partitioned_pool_with_the_real_worker(request: Any, mode: str) -> None:
+    """Client and worker agree on every partition's keys (hash-tagged on Cluster): the
+    worker drains what the client spreads, the client lists and retries the worker's dead
+    letters in every partition, and the stats equal `stats --json --partitions 3`."""
+    binary = partitioned_worker()
+    if mode == "cluster":
+        cluster = request.getfixturevalue("cluster")
+        client, url = request.getfixturevalue("rc"), cluster.url
+    else:
+        server = request.getfixturevalue("server")
+        client, url = request.getfixturevalue("r"), server.url
+    pool = workpool.Pool(client, "parts", partitions=3, round_robin_start=0)
+    subs = pool.submit_many([{"n": i} for i in range(60)] + [workpool.Task({"k": i}, key="user:7") for i in range(9)])
+    assert {s.partition for s in subs} == {0, 1, 2}
+
+    def run(*handler: str) -> subprocess.Popen:
+        return subprocess.Popen([binary, "run", "--redis-url", url, "--stream", "parts", "--group", "parts", "--partitions",
+                                 "3", "--consumer", "w1", "--metrics-addr", "127.0.0.1:0", "--max-deliveries", "1",
+                                 "--retry-backoff", "0", *handler], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(p: subprocess.Popen) -> None:
+        p.send_signal(signal.SIGTERM)
+        p.wait(20)
+        assert p.returncode == 0, p.stderr.read().decode() if p.stderr else ""
+
+    w = run("--builtin", "fail")
+    try:
+        until(lambda: pool.stats().dead_letters == 69)
+    finally:
+        stop(w)
+    st = pool.stats()
+    assert [p.dead_letters for p in st.partitions] == [sum(s.partition == i for s in subs) for i in range(3)]
+    out = subprocess.run([binary, "stats", "--redis-url", url, "--stream", "parts", "--group", "parts", "--partitions", "3",
+                          "--json"], capture_output=True, text=True, timeout=30, check=True)
+    same_stats(json.loads(out.stdout), pool.stats().to_dict())
+    assert {d.task_id for d in pool.dead_letters(limit=None)} == {s.task_id for s in subs}
+    assert len(pool.retry_all_dead_letters()) == 69
+    w = run("--builtin", "noop")
+    try:
+        until(lambda: pool.stats().backlog == 0)
+    finally:
+        stop(w)
+    st = pool.stats()
+    assert st.dead_letters == 0 and st.backlog == 0 and all(p.group_exists for p in st.partitions)
