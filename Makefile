@@ -4,7 +4,7 @@
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-test: deps lint unit chart-test  ## the whole test suite (installs what it needs when missing)
+test: deps lint unit chart-test clients-test  ## the whole test suite (installs what it needs when missing)
 
 deps:  ## install what the tests need, when missing (builds Kubernetes from source once)
 	scripts/install-test-deps.sh
@@ -18,6 +18,13 @@ unit:  ## cargo test over the workspace (real redis-servers, the real control pl
 
 chart-test:  ## Helm chart, dashboards, alerts, images, handler examples; starts the real test cluster (control plane + node) and installs the chart into it (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
 	scripts/chart-test.sh
+
+.PHONY: clients-test
+clients-test:  ## the producer libraries (clients/: Python, Node, Go) against real redis-servers, the shared vectors and the real workpool-worker
+	cargo build -q -p workpool-worker
+	cd clients/python && $$([ -x ../../.sandbox/clients-venv/bin/python ] && echo ../../.sandbox/clients-venv/bin/python || echo python3) -m pytest -q
+	cd clients/node && npm test
+	cd clients/go && go test -count=1 ./...
 
 k8s:  ## build the pinned Kubernetes components from source (cached)
 	scripts/k8s-bin.sh

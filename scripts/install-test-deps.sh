@@ -23,6 +23,8 @@ command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# The client libraries' tests (clients/node) need node and npm.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # Debian's kubectl package is old (1.20) but real; images that ship a newer one keep it.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
@@ -51,6 +53,26 @@ elif [ "${CI:-}" = "true" ]; then
   exit 1
 else
   echo "install-test-deps: no Go toolchain: the real control plane cannot be built (install Go 1.26); the tests that need it will fail saying so"
+fi
+
+# The client libraries (clients/): redis-py and pytest for Python (a private venv under
+# .sandbox/ where the system pip refuses, which `make clients-test` then uses), the Node
+# package's locked modules (npm ci), the Go module's dependencies.
+clients=$(cd "$here/../clients" && pwd)
+if ! python3 -c 'import redis, pytest' 2>/dev/null; then
+  echo "install-test-deps: installing redis-py and pytest for clients/python"
+  if ! python3 -m pip install --quiet --disable-pip-version-check "redis==8.1.0" "pytest>=8" 2>/tmp/clients-pip.log; then
+    echo "install-test-deps: system pip refused ($(tail -n 1 /tmp/clients-pip.log)); using .sandbox/clients-venv"
+    python3 -m venv "$clients/../.sandbox/clients-venv"
+    "$clients/../.sandbox/clients-venv/bin/python" -m pip install --quiet --disable-pip-version-check "redis==8.1.0" "pytest>=8"
+  fi
+fi
+if [ ! -f "$clients/node/node_modules/.package-lock.json" ] || [ "$clients/node/package-lock.json" -nt "$clients/node/node_modules/.package-lock.json" ]; then
+  echo "install-test-deps: npm ci in clients/node"
+  (cd "$clients/node" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if command -v go >/dev/null 2>&1; then
+  (cd "$clients/go" && go mod download)
 fi
 
 echo "install-test-deps: redis-server $(redis-server --version | awk '{print $3}'), \
