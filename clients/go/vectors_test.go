@@ -81,13 +81,17 @@ func TestScriptsAreTheCanonicalOnes(t *testing.T) {
 			t.Errorf("scripts/%s.lua differs from clients/vectors/scripts/%s.lua", n, n)
 		}
 	}
-	src, err := os.ReadFile(filepath.Join(repoDir, "worker", "src", "queue.rs"))
+	// The worker and the operator run the Rust client's STATS script (client/src/stats.rs).
+	src, err := os.ReadFile(filepath.Join(repoDir, "client", "src", "stats.rs"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?s)static STATS: LazyLock<Script> = LazyLock::new\(\|\| \{\s*Script::new\(\s*r#"\n(.*?)"#`).FindSubmatch(src)
-	if m == nil || string(m[1]) != ScriptSource("stats") {
-		t.Error("stats.lua is not the worker's STATS script in worker/src/queue.rs")
+	if !regexp.MustCompile(`static STATS: LazyLock<Script> =\s*LazyLock::new\(\|\| Script::new\(include_str!\("\.\./scripts/stats\.lua"\)\)\);`).Match(src) {
+		t.Error("the STATS script is no longer loaded from client/scripts/stats.lua in client/src/stats.rs")
+	}
+	rust, err := os.ReadFile(filepath.Join(repoDir, "client", "scripts", "stats.lua"))
+	if err != nil || string(rust) != ScriptSource("stats") {
+		t.Errorf("stats.lua is not the Rust client's (the worker's) client/scripts/stats.lua: %v", err)
 	}
 }
 

@@ -1,7 +1,8 @@
 //! The workpool queue protocol on Redis Streams and the worker runtime.
 //!
 //! - [`queue`]: the protocol (used by the operator for stats and consumer cleanup);
-//! - [`target`]: where the queue lives (standalone, Sentinel, Cluster; TLS) and connections;
+//! - [`target`]: where the queue lives (standalone, Sentinel, Cluster; TLS) and connections
+//!   (from `workpool-client`, as are the key names, the stats snapshot and `XADD`);
 //! - [`runtime`], [`handler`], [`metrics`]: the `workpool-worker` binary's runtime;
 //! - `testing` (feature `test-support`): a real `redis-server` for tests;
 //! - `chaos` (feature `test-support`): the chaos suite (`tests/chaos.rs`, `workpool-chaos`).
@@ -11,7 +12,8 @@ pub mod handler;
 pub mod metrics;
 pub mod queue;
 pub mod runtime;
-pub mod target;
+/// Where the queue lives and connections (in the client crate, shared).
+pub use workpool_client::target;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use workpool_client::submit::{Durable, Submitted, Task};
+use workpool_client::{Layout, Pool as ClientPool};
 use workpool_worker::handler::{Builtin, Handler};
 use workpool_worker::metrics::{Health, Metrics};
-use workpool_worker::queue::{EntryId, NewTask, Pool, QueueStats};
+use workpool_worker::queue::{Pool, QueueStats};
 use workpool_worker::runtime::{self, WorkerConfig};
-use workpool_worker::target::{Connection, Target, Tls};
+use workpool_worker::target::{Target, Tls};
 
 const ENV_HELP: &str = "\
 Every flag can also be set from the environment (the flag wins):
@@ -386,27 +387,26 @@ fn check_url(r: &RedisArgs) -> anyhow::Result<(Target, Tls)> {
 }
 
 /// The pool's key names for this target.
-fn pool_of(
+fn layout_of(
     r: &RedisArgs,
     target: &Target,
     group: &str,
     dead_letter: Option<String>,
-) -> anyhow::Result<Pool> {
-    let mut pool = Pool::new(r.stream.clone(), group.to_string())
+) -> anyhow::Result<Layout> {
+    let mut layout = Layout::new(r.stream.clone(), group.to_string())
         .with_partitions(r.partitions)
         .with_cluster(target.is_cluster());
     if let Some(dl) = dead_letter {
-        pool = pool.with_dead_letter_stream(dl);
+        layout = layout.with_dead_letter_stream(dl);
     }
-    pool.validate()?;
-    Ok(pool)
+    layout.validate()?;
+    Ok(layout)
 }
 
-/// A connection for the one-shot commands (submit, stats), with an error naming the
-/// (password-redacted) URL.
-async fn connect_cli(target: &Target) -> anyhow::Result<Connection> {
-    target
-        .connect(Some(Duration::from_secs(30)))
+/// The client of the one-shot commands (submit, stats, dead-letters), with an error
+/// naming the (password-redacted) URL.
+async fn connect_pool(target: &Target, layout: Layout) -> anyhow::Result<ClientPool> {
+    ClientPool::connect(target, layout)
         .await
         .with_context(|| format!("cannot connect to redis at {}", target.redacted()))
 }
@@ -470,7 +470,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .batch
         .map(|b| b as usize)
         .unwrap_or_else(|| concurrency.min(250));
-    let pool = pool_of(&a.redis, &target, &a.group, a.dead_letter_stream)?;
+    let pool = Pool::from_layout(layout_of(
+        &a.redis,
+        &target,
+        &a.group,
+        a.dead_letter_stream,
+    )?);
     let cfg = WorkerConfig {
         redis_url: a.redis.redis_url,
         pool,
@@ -572,34 +577,14 @@ fn key_of_line(line: &[u8], field: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Task indexes grouped into pipelines of at most `per` tasks of one partition, in input
-/// order within each partition.
-fn batches(
-    total: u64,
-    partitions: usize,
-    per: usize,
-    partition_of: impl Fn(u64) -> usize,
-) -> impl Iterator<Item = (usize, Vec<u64>)> {
-    let mut buckets: Vec<Vec<u64>> = vec![Vec::new(); partitions.max(1)];
-    let mut j = 0u64;
-    std::iter::from_fn(move || {
-        while j < total {
-            let p = partition_of(j);
-            j += 1;
-            buckets[p].push(j - 1);
-            if buckets[p].len() >= per {
-                return Some((p, std::mem::take(&mut buckets[p])));
-            }
-        }
-        let p = buckets.iter().position(|b| !b.is_empty())?;
-        Some((p, std::mem::take(&mut buckets[p])))
-    })
-}
+/// Tasks submitted per `submit_many` call: bounds the memory of `--count` with large
+/// counts (the client keeps its round robin across calls).
+const SUBMIT_GROUP: usize = 50_000;
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, None)?;
     let (target, _) = check_url(&a.redis)?;
-    let pool = pool_of(&a.redis, &target, "unused", None)?;
+    let layout = layout_of(&a.redis, &target, &a.redis.stream, None)?;
     // Validate everything first: bad input enqueues nothing.
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let payloads: Vec<Vec<u8>> = if let Some(p) = &a.payload {
@@ -634,80 +619,62 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     } else {
         payloads.len() as u64
     };
-    let conn = connect_cli(&target).await?;
-    let queues = pool.queues();
-    let n = pool.partitions();
-    // Round robin from a random partition: many short-lived producers still spread.
-    let first = rand::random_range(0..n);
-    let fixed_partition = a.key.as_ref().map(|k| pool.partition_for_key(k.as_bytes()));
-    let partition_of = |j: u64| -> usize {
-        if let Some(p) = fixed_partition {
-            p
-        } else if let Some(k) = keys.get(j as usize) {
-            pool.partition_for_key(k)
+    let pool = connect_pool(&target, layout)
+        .await?
+        .with_pipeline(a.pipeline as usize);
+    let durable = a.min_replicas.map(|m| Durable {
+        min_replicas: m,
+        timeout: a.wait_timeout,
+    });
+    let task = |j: u64| {
+        let payload = if a.payload.is_some() {
+            &payloads[0]
         } else {
-            (first + (j % n as u64) as usize) % n
+            &payloads[j as usize]
+        };
+        let mut t = Task::new(payload.clone());
+        if let Some(k) = &a.key {
+            t = t.with_key(k.as_bytes().to_vec());
+        } else if let Some(k) = keys.get(j as usize) {
+            t = t.with_key(k.clone());
         }
+        t
     };
-    let payloads = &payloads;
-    let queues = &queues;
-    let fixed = a.payload.is_some();
-    let min_replicas = a.min_replicas;
-    let wait_timeout = a.wait_timeout;
-    let mut results = futures::stream::iter(batches(total, n, a.pipeline as usize, partition_of))
-        .map(|(p, idx)| {
-            let mut c = conn.clone();
-            async move {
-                let tasks: Vec<NewTask<'_>> = idx
-                    .iter()
-                    .map(|&j| {
-                        NewTask::new(if fixed {
-                            &payloads[0]
-                        } else {
-                            &payloads[j as usize]
-                        })
-                    })
-                    .collect();
-                let q = &queues[p];
-                let r = match min_replicas {
-                    None => q.enqueue(&mut c, &tasks).await.map(|ids| (ids, None)),
-                    Some(m) => q
-                        .enqueue_wait(&mut c, &tasks, m, wait_timeout)
-                        .await
-                        .map(|(ids, acked)| (ids, Some(acked))),
-                };
-                r.map(|(ids, acked)| (p, idx, ids, acked))
-            }
-        })
-        .buffered(8);
     let mut done = 0u64;
-    let mut unconfirmed: Vec<(usize, u64, EntryId)> = Vec::new();
-    while let Some(r) = results.next().await {
-        match r {
-            Ok((p, idx, ids, acked)) => {
-                done += ids.len() as u64;
-                if let (Some(m), Some(acked)) = (min_replicas, acked)
-                    && acked < u64::from(m)
-                {
-                    unconfirmed.extend(idx.into_iter().zip(ids).map(|(j, id)| (p, j, id)));
+    let mut unconfirmed: Vec<(u64, Submitted)> = Vec::new();
+    let mut start = 0u64;
+    while start < total {
+        let end = (start + SUBMIT_GROUP as u64).min(total);
+        let tasks: Vec<Task> = (start..end).map(task).collect();
+        match pool.submit_many(tasks, durable).await {
+            Ok(subs) => {
+                done += subs.len() as u64;
+                for (j, s) in (start..end).zip(subs) {
+                    if s.confirmed == Some(false) {
+                        unconfirmed.push((j, s));
+                    }
                 }
             }
-            Err(e) => bail!("enqueue failed after {done} tasks: {e}"),
+            Err(e) => {
+                let n = done + e.submitted.iter().filter(|s| s.is_some()).count() as u64;
+                bail!("enqueue failed after {n} tasks: {}", e.source);
+            }
         }
+        start = end;
     }
     let mut out = format!("enqueued {done}\n");
-    if let Some(m) = min_replicas {
+    if let Some(m) = a.min_replicas {
         out += &format!(
             "confirmed by at least {m} replica{}: {}\n",
             if m == 1 { "" } else { "s" },
             done - unconfirmed.len() as u64
         );
-        unconfirmed.sort_by_key(|(_, j, _)| *j);
-        for (p, j, id) in &unconfirmed {
+        for (j, s) in &unconfirmed {
             out += &format!(
-                "not confirmed: task {} (stream {}, entry {id})\n",
+                "not confirmed: task {} (stream {}, entry {})\n",
                 j + 1,
-                queues[*p].stream()
+                pool.layout().partition_stream(s.partition),
+                s.entry_id
             );
         }
     }
@@ -717,8 +684,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
             std::io::stderr(),
             "error: {} of {done} tasks were not confirmed by {} replica(s) within {:.3}s: they are in the queue, but a failover could lose them",
             unconfirmed.len(),
-            min_replicas.unwrap_or(0),
-            wait_timeout.as_secs_f64()
+            a.min_replicas.unwrap_or(0),
+            a.wait_timeout.as_secs_f64()
         );
         return Err(Exit(EXIT_UNCONFIRMED).into());
     }
@@ -728,9 +695,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
 async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, Some(&a.group))?;
     let (target, _) = check_url(&a.redis)?;
-    let pool = pool_of(&a.redis, &target, &a.group, a.dead_letter_stream)?;
-    let conn = connect_cli(&target).await?;
-    let st = pool.stats(&conn).await?;
+    let layout = layout_of(&a.redis, &target, &a.group, a.dead_letter_stream)?;
+    let st = connect_pool(&target, layout).await?.stats().await?;
     if a.json {
         emit(&format!("{}\n", serde_json::to_string_pretty(&st)?))
     } else {

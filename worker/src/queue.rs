@@ -14,206 +14,26 @@
 //! - the operator reads [`Queue::stats`] and removes consumers with
 //!   [`Queue::remove_consumer_if_idle`].
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
+/// The protocol's errors (`workpool_client::Error`).
+pub use workpool_client::Error as QueueError;
+use workpool_client::Layout;
+pub use workpool_client::Result;
+use workpool_client::reply::{as_id, as_int, as_string, into_array, into_bytes};
 /// The field that carries a task's payload in a stream entry.
-pub const PAYLOAD_FIELD: &str = "payload";
-
-/// Errors of the queue protocol.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// Redis could not be reached or the connection broke.
-    #[error("redis connection error: {0}")]
-    Connection(#[source] redis::RedisError),
-    /// Redis answered with an error.
-    #[error("redis error: {0}")]
-    Redis(#[source] redis::RedisError),
-    /// The consumer group does not exist (e.g. Redis restarted without persistence).
-    #[error("consumer group {group:?} does not exist on stream {stream:?}")]
-    NoGroup {
-        /// The stream.
-        stream: String,
-        /// The group.
-        group: String,
-    },
-    /// Redis answered with something this protocol does not expect.
-    #[error("unexpected reply from redis to {command}: {detail}")]
-    Protocol {
-        /// The command that got the reply.
-        command: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-    /// An argument was invalid (e.g. an empty stream name or a bad URL).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-}
-
-impl QueueError {
-    /// True when the error means the connection is unusable and should be re-established.
-    pub fn is_connection_error(&self) -> bool {
-        matches!(self, QueueError::Connection(_))
-    }
-
-    /// True when Redis refused the command because a key holds another type of value
-    /// (`WRONGTYPE`), e.g. the stream name is taken by a string or a hash.
-    pub fn is_wrong_type(&self) -> bool {
-        match self {
-            QueueError::Redis(e) => {
-                e.code() == Some("WRONGTYPE")
-                    || e.to_string().contains("WRONGTYPE")
-                    || e.detail().is_some_and(|d| d.contains("WRONGTYPE"))
-            }
-            _ => false,
-        }
-    }
-}
-
-impl From<redis::RedisError> for QueueError {
-    fn from(e: redis::RedisError) -> Self {
-        // LOADING (restarting from its AOF), BUSY (a slow script), TRYAGAIN, MASTERDOWN:
-        // Redis is not serving yet; treated like an outage, i.e. retried.
-        //
-        // READONLY (a Sentinel-demoted primary now a replica), UNBLOCKED (a blocked read
-        // ended by that demotion), CLUSTERDOWN, MOVED and ASK left over after the cluster
-        // client's own retries: the node we talk to is no longer the right one; as
-        // connection errors they make the caller reconnect, which asks the sentinels again
-        // or reloads the cluster's slot map.
-        let transient = matches!(
-            e.code(),
-            Some(
-                "LOADING"
-                    | "BUSY"
-                    | "TRYAGAIN"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "UNBLOCKED"
-                    | "CLUSTERDOWN"
-                    | "MOVED"
-                    | "ASK"
-            )
-        ) || {
-            let s = e.to_string();
-            s.contains("LOADING") || s.contains("READONLY") || s.contains("CLUSTERDOWN")
-        };
-        if transient
-            || e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-            || e.is_unrecoverable_error()
-        {
-            QueueError::Connection(e)
-        } else {
-            QueueError::Redis(e)
-        }
-    }
-}
+pub use workpool_client::submit::PAYLOAD_FIELD;
+pub use workpool_client::{
+    ConsumerInfo, DrainState, EntryId, NewTask, QueueStats, STATS_COUNT_LIMIT_CHUNKS,
+};
 
 fn protocol(command: &'static str, detail: impl Into<String>) -> QueueError {
-    QueueError::Protocol {
-        command,
-        detail: detail.into(),
-    }
+    QueueError::unexpected(command, detail)
 }
-
-/// Result type of this module.
-pub type Result<T, E = QueueError> = std::result::Result<T, E>;
-
-/// A stream entry id `<ms>-<seq>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct EntryId {
-    /// Milliseconds part (the enqueue time for auto-generated ids).
-    pub ms: u64,
-    /// Sequence part.
-    pub seq: u64,
-}
-
-impl EntryId {
-    /// `0-0`, the smallest id.
-    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
-
-    /// Parses `<ms>-<seq>` (or `<ms>`) from bytes.
-    pub fn parse(b: &[u8]) -> Option<EntryId> {
-        fn num(b: &[u8]) -> Option<u64> {
-            if b.is_empty() || b.len() > 20 {
-                return None;
-            }
-            let mut n: u64 = 0;
-            for &c in b {
-                if !c.is_ascii_digit() {
-                    return None;
-                }
-                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-            }
-            Some(n)
-        }
-        match b.iter().position(|&c| c == b'-') {
-            Some(i) => Some(EntryId {
-                ms: num(&b[..i])?,
-                seq: num(&b[i + 1..])?,
-            }),
-            None => Some(EntryId {
-                ms: num(b)?,
-                seq: 0,
-            }),
-        }
-    }
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl FromStr for EntryId {
-    type Err = QueueError;
-    fn from_str(s: &str) -> Result<Self> {
-        EntryId::parse(s.as_bytes())
-            .ok_or_else(|| QueueError::InvalidArgument(format!("invalid stream entry id {s:?}")))
-    }
-}
-
-impl serde::Serialize for EntryId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for EntryId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        EntryId::parse(s.as_bytes())
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid stream entry id {s:?}")))
-    }
-}
-
-impl redis::ToRedisArgs for EntryId {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        let mut buf = [0u8; 48];
-        let n = {
-            use std::io::Write;
-            let mut cur = std::io::Cursor::new(&mut buf[..]);
-            // 20 + 1 + 20 digits always fit into 48 bytes.
-            let _ = write!(cur, "{}-{}", self.ms, self.seq);
-            cur.position() as usize
-        };
-        out.write_arg(&buf[..n]);
-    }
-}
-
-impl redis::ToSingleRedisArg for EntryId {}
-
 /// A task read from the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -235,28 +55,6 @@ impl Entry {
             .iter()
             .find(|(k, _)| k == name.as_bytes())
             .map(|(_, v)| v.as_slice())
-    }
-}
-
-/// A task to enqueue.
-#[derive(Debug, Clone, Copy)]
-pub struct NewTask<'a> {
-    /// The payload (usually JSON).
-    pub payload: &'a [u8],
-    /// An optional application task id, stored in the `id` field.
-    pub id: Option<&'a str>,
-    /// An optional attempt number, stored in the `attempt` field.
-    pub attempt: Option<u32>,
-}
-
-impl<'a> NewTask<'a> {
-    /// A task with just a payload.
-    pub fn new(payload: &'a [u8]) -> Self {
-        NewTask {
-            payload,
-            id: None,
-            attempt: None,
-        }
     }
 }
 
@@ -283,111 +81,6 @@ pub struct PendingEntry {
     pub idle_ms: u64,
     /// Delivery count.
     pub deliveries: u32,
-}
-
-/// One consumer of the group (`XINFO CONSUMERS`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConsumerInfo {
-    /// Consumer name (the worker's `--consumer`, the pod name in Kubernetes).
-    pub name: String,
-    /// Entries it holds (delivered, not yet acknowledged).
-    pub pending: u64,
-    /// Milliseconds since its last interaction with the group (read, claim, ack).
-    pub idle_ms: u64,
-    /// Milliseconds since its last successful read or claim (Redis >= 7.2 only).
-    pub inactive_ms: Option<i64>,
-}
-
-/// Where a consumer stands in the pool's drain hash ([`Queue::drain_key`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrainState {
-    /// The operator asked the consumer to stop taking tasks.
-    Requested,
-    /// The worker has stopped reading (it may still hold tasks it is finishing).
-    Stopped,
-}
-
-impl DrainState {
-    /// The value stored in the drain hash.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainState::Requested => "requested",
-            DrainState::Stopped => "stopped",
-        }
-    }
-
-    fn parse(b: &[u8]) -> Option<DrainState> {
-        match b {
-            b"requested" => Some(DrainState::Requested),
-            b"stopped" => Some(DrainState::Stopped),
-            _ => None,
-        }
-    }
-}
-
-/// A snapshot of the queue, read atomically (one Lua script).
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct QueueStats {
-    /// Stream name.
-    pub stream: String,
-    /// Group name.
-    pub group: String,
-    /// Whether the stream exists.
-    pub stream_exists: bool,
-    /// Whether the consumer group exists.
-    pub group_exists: bool,
-    /// `XLEN` of the stream.
-    pub stream_length: u64,
-    /// Entries not yet delivered to the group (counted: the entries after the group's
-    /// last delivered id). When the group does not exist yet this is the whole stream (the
-    /// group is created at id 0 and will deliver all of it).
-    pub lag: u64,
-    /// True when Redis reported no `lag` or a wrong one (after `XDEL`, `XTRIM` or
-    /// `XADD MAXLEN`; Redis 7.0) and the counted number differs from or replaces it.
-    pub lag_computed: bool,
-    /// True when the stream was too long on both sides of the last delivered id to count
-    /// (more than [`STATS_COUNT_LIMIT_CHUNKS`] thousand entries each): `lag` is then
-    /// Redis's own number, or an upper bound when Redis has none.
-    #[serde(default)]
-    pub lag_estimated: bool,
-    /// Entries delivered and not yet acknowledged (the group's pending list, as Redis
-    /// counts it).
-    pub pending: u64,
-    /// Pending entries whose stream entries no longer exist (trimmed or deleted): nothing
-    /// to run, so not part of the backlog. Workers drop them when they reclaim them.
-    #[serde(default)]
-    pub pending_deleted: u64,
-    /// `lag + pending - pending_deleted`: the work waiting or in flight; what the
-    /// autoscaler scales on.
-    pub backlog: u64,
-    /// `XLEN` of the dead-letter stream.
-    pub dead_letters: u64,
-    /// The group's last delivered id.
-    pub last_delivered_id: Option<EntryId>,
-    /// The oldest pending entry.
-    pub oldest_pending_id: Option<EntryId>,
-    /// Age in milliseconds of the oldest pending entry (Redis server time minus the
-    /// millisecond part of its id, i.e. since it was enqueued).
-    pub oldest_pending_age_ms: Option<u64>,
-    /// The group's consumers.
-    pub consumers: Vec<ConsumerInfo>,
-    /// Per partition, the stats of each (index = partition), for a pool's stats
-    /// ([`Pool::stats`]); the fields above are then the sums. Empty for one [`Queue`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub partitions: Vec<QueueStats>,
-    /// Consumers told to stop taking tasks ([`Queue::drain_key`]), read in the same
-    /// snapshot as their pending counts: a consumer `Stopped` and holding nothing will
-    /// never take another task until its field is removed.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub draining: std::collections::BTreeMap<String, DrainState>,
-}
-
-impl QueueStats {
-    /// [`QueueStats::oldest_pending_age_ms`] as a `Duration`.
-    pub fn oldest_pending_age(&self) -> Option<Duration> {
-        self.oldest_pending_age_ms.map(Duration::from_millis)
-    }
 }
 
 /// Outcome of [`Queue::remove_consumer_if_idle`].
@@ -508,79 +201,6 @@ return -2
     )
 });
 
-/// Stats snapshot. KEYS: stream, dead-letter stream, drain hash. ARGV: group, counting
-/// limit (chunks of 1000 entries per side).
-/// Returns {sec, usec, dead, exists, len, group_found, pending, lag, computed,
-/// last_delivered, oldest_pending|'', consumers, estimated, pending_present,
-/// drain hash as HGETALL}.
-///
-/// The lag is counted, never taken from Redis on trust: Redis 7.0 reports a non-nil but
-/// wrong `lag` after `XTRIM`/`XADD MAXLEN` (and nil after `XDEL`). Entries `<=
-/// last-delivered-id` and entries after it are counted alternately in chunks of 1000 and
-/// the first side to end gives both numbers, so the cost is bounded by the smaller side
-/// (in this protocol the entries up to the last delivered id are the pending ones, which
-/// are few). Only when both sides exceed the limit is Redis's own number (or the upper
-/// bound `len - counted`) used, and the result marked estimated.
-static STATS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local dead = 0
-if redis.call('TYPE', KEYS[2]).ok == 'stream' then dead = redis.call('XLEN', KEYS[2]) end
-local drain = {}
-if redis.call('TYPE', KEYS[3]).ok == 'hash' then drain = redis.call('HGETALL', KEYS[3]) end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0, drain}
-end
-local len = redis.call('XLEN', KEYS[1])
-local grp = nil
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[1] then grp = f end
-end
-if grp == nil then
-  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0, drain}
-end
-local ld = grp['last-delivered-id']
-local redis_lag = grp['lag']
-local limit = tonumber(ARGV[2])
-local le, gt = 0, 0
-local le_from, gt_from = '-', '(' .. ld
-local lag = nil
-local estimated = 0
-local chunks = 0
-while true do
-  local r = redis.call('XRANGE', KEYS[1], le_from, ld, 'COUNT', 1000)
-  le = le + #r
-  if #r < 1000 then lag = len - le break end
-  le_from = '(' .. r[#r][1]
-  local r2 = redis.call('XRANGE', KEYS[1], gt_from, '+', 'COUNT', 1000)
-  gt = gt + #r2
-  if #r2 < 1000 then lag = gt break end
-  gt_from = '(' .. r2[#r2][1]
-  chunks = chunks + 1
-  if chunks >= limit then
-    estimated = 1
-    if redis_lag then lag = redis_lag else lag = len - le end
-    break
-  end
-end
-local computed = 0
-if estimated == 0 and (not redis_lag or redis_lag ~= lag) then computed = 1 end
-local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
-local pending = summary[1]
-local present = len - lag
-if present > pending then present = pending end
-if present < 0 then present = 0 end
-local oldest = summary[2]
-if not oldest then oldest = '' end
-local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present, drain}
-"#,
-    )
-});
-
 /// Dead letter, atomically and at most once: only if `consumer` still holds the entry,
 /// `XADD` the dead-letter entry first (a failing `XADD`, e.g. a dead-letter key of another
 /// type, aborts the script before anything is written), then `XACK` + `XDEL`. Run again
@@ -690,10 +310,6 @@ return 0
     )
 });
 
-/// Chunks of 1000 entries counted on each side of the last delivered id before `stats`
-/// gives up counting and reports an estimate.
-pub const STATS_COUNT_LIMIT_CHUNKS: u32 = 50;
-
 /// A Redis client for `url`: `redis://` (plain TCP) or `rediss://` (TLS, verified against
 /// the system's trusted roots, or against `ca_pem`, PEM certificates of the CA that signed
 /// the server's certificate, e.g. a self-signed one).
@@ -750,59 +366,6 @@ pub async fn connect_client(
     Ok(client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await?)
-}
-
-fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-fn into_bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        _ => None,
-    }
-}
-
-fn as_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        Value::Double(d) => Some(*d as i64),
-        _ => None,
-    }
-}
-
-/// The entry ids of a pipeline of `XADD` replies.
-fn entry_ids(replies: &[Value]) -> Result<Vec<EntryId>> {
-    replies
-        .iter()
-        .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
-        .collect()
-}
-
-fn as_id(v: &Value) -> Option<EntryId> {
-    as_bytes(v).and_then(EntryId::parse)
-}
-
-fn as_string(v: &Value) -> Option<String> {
-    as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
-}
-
-fn into_array(v: Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Some(a),
-        Value::Nil => Some(Vec::new()),
-        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        _ => None,
-    }
 }
 
 /// Parses one `[id, [f1, v1, ...]]` entry. `Ok(Err(id))` for an entry whose fields are
@@ -1033,48 +596,19 @@ impl Queue {
         }
     }
 
-    /// Enqueues tasks in one pipeline; returns their entry ids in order.
+    /// Enqueues tasks in one pipeline; returns their entry ids in order
+    /// ([`workpool_client::submit::enqueue`]).
     pub async fn enqueue<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         tasks: &[NewTask<'_>],
     ) -> Result<Vec<EntryId>> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pipe = self.xadd_pipeline(tasks);
-        let replies: Vec<Value> = pipe.query_async(conn).await?;
-        entry_ids(&replies)
+        workpool_client::submit::enqueue(conn, &self.stream, tasks).await
     }
 
-    /// One `XADD` per task, in order, in a pipeline.
-    fn xadd_pipeline(&self, tasks: &[NewTask<'_>]) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        for t in tasks {
-            let c = pipe
-                .cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg(PAYLOAD_FIELD)
-                .arg(t.payload);
-            if let Some(id) = t.id {
-                c.arg("id").arg(id);
-            }
-            if let Some(a) = t.attempt {
-                c.arg("attempt").arg(a);
-            }
-        }
-        pipe
-    }
-
-    /// Enqueues tasks durably: the `XADD`s and then `WAIT min_replicas timeout` in one
-    /// pipeline on one connection (on Cluster: to the node of this queue's slot), so the
-    /// `WAIT` counts exactly the replicas that have these writes. Returns the entry ids
-    /// and how many replicas acknowledged them (within `timeout`); the tasks are confirmed
-    /// when that is at least `min_replicas`. A failover can lose unconfirmed tasks (the
-    /// primary acknowledged them before any replica had them); a confirmed task is on at
-    /// least `min_replicas` replicas, and Sentinel or Cluster promote the most up-to-date
-    /// replica.
+    /// Enqueues tasks durably (`XADD`s then `WAIT` in one pipeline); returns the entry
+    /// ids and how many replicas acknowledged them
+    /// ([`workpool_client::submit::enqueue_wait`]).
     pub async fn enqueue_wait<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -1082,21 +616,8 @@ impl Queue {
         min_replicas: u32,
         timeout: Duration,
     ) -> Result<(Vec<EntryId>, u64)> {
-        if tasks.is_empty() {
-            return Ok((Vec::new(), u64::from(min_replicas)));
-        }
-        let mut pipe = self.xadd_pipeline(tasks);
-        // WAIT 0 would block forever: at least 1 ms.
-        pipe.cmd("WAIT")
-            .arg(min_replicas)
-            .arg(timeout.as_millis().max(1) as u64);
-        let mut replies: Vec<Value> = pipe.query_async(conn).await?;
-        let acked = replies
-            .pop()
-            .as_ref()
-            .and_then(as_int)
-            .ok_or_else(|| protocol("WAIT", "reply is not an integer"))?;
-        Ok((entry_ids(&replies)?, acked.max(0) as u64))
+        workpool_client::submit::enqueue_wait(conn, &self.stream, tasks, min_replicas, timeout)
+            .await
     }
 
     /// Reads up to `count` new entries for `consumer`, blocking up to `block`
@@ -1633,7 +1154,7 @@ impl Queue {
                     self.map_err(e)
                 }
             })?;
-        parse_consumers(v)
+        workpool_client::stats::parse_consumers(v)
     }
 
     /// Deletes `consumer` from the group only if it holds no pending entry; checked and
@@ -1671,93 +1192,28 @@ impl Queue {
             Some(_) => self.stream.clone(),
             None => self.drain_key(),
         };
-        let v: Value = STATS
-            .key(&self.stream)
-            .key(&self.dead_letter_stream)
-            .key(drain_key)
-            .arg(&self.group)
-            .arg(STATS_COUNT_LIMIT_CHUNKS)
-            .invoke_async(conn)
-            .await
-            .map_err(|e| self.map_err(e))?;
-        let a = into_array(v).ok_or_else(|| protocol("stats script", "not an array"))?;
-        if a.len() != 15 {
-            return Err(protocol("stats script", format!("{} elements", a.len())));
-        }
-        let int = |i: usize| -> Result<i64> {
-            as_int(&a[i]).ok_or_else(|| protocol("stats script", format!("element {i}")))
-        };
-        let now_ms = (int(0)? as u64) * 1000 + (int(1)? as u64) / 1000;
-        let mut st = QueueStats {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            dead_letters: int(2)?.max(0) as u64,
-            stream_exists: int(3)? == 1,
-            stream_length: int(4)?.max(0) as u64,
-            group_exists: int(5)? == 1,
-            pending: int(6)?.max(0) as u64,
-            lag: int(7)?.max(0) as u64,
-            lag_computed: int(8)? == 1,
-            last_delivered_id: as_id(&a[9]),
-            oldest_pending_id: as_id(&a[10]),
-            lag_estimated: int(12)? == 1,
-            ..Default::default()
-        };
-        let present = (int(13)?.max(0) as u64).min(st.pending);
-        st.pending_deleted = st.pending - present;
-        st.backlog = st.lag + present;
-        st.oldest_pending_age_ms = st.oldest_pending_id.map(|id| now_ms.saturating_sub(id.ms));
-        let mut a = a;
-        st.draining = parse_drain_hash(a.pop().unwrap_or(Value::Nil));
-        if st.group_exists {
-            a.truncate(12);
-            st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
-        }
-        Ok(st)
+        workpool_client::stats::read_partition(
+            conn,
+            &self.stream,
+            &self.dead_letter_stream,
+            &drain_key,
+            &self.group,
+        )
+        .await
+        .map_err(|e| match e {
+            QueueError::Redis(e) => self.map_err(e),
+            e => e,
+        })
     }
 }
 
-/// The most partitions a pool may have.
-pub const MAX_PARTITIONS: u32 = 1024;
-
-/// CRC16-XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes
-/// keys to slots with; [`Pool::partition_for_key`] uses it so every language picks the
-/// same partition for a key (Python: `binascii.crc_hqx(key, 0)`).
-pub fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The hash slot of a Redis Cluster key (its hash tag's when it has one).
-pub fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&c| c == b'{').and_then(|open| {
-        let close = key[open + 1..].iter().position(|&c| c == b'}')?;
-        (close > 0).then(|| &key[open + 1..open + 1 + close])
-    });
-    crc16_xmodem(tagged.unwrap_or(key)) % 16384
-}
-
-/// The key names of one pool (see `docs/partitions-and-keys.md`): its stream S, group G,
-/// N partitions and whether it lives on a Redis Cluster (then every key of partition i
-/// shares the hash tag of partition i's stream, so scripts and pipelines stay in one
-/// slot). Partition i is a [`Queue`] of its own ([`Pool::partition`]).
+pub use workpool_client::{MAX_PARTITIONS, crc16_xmodem, key_slot};
+/// The key names of one pool (a [`Layout`], see `docs/partitions-and-keys.md`) with the
+/// worker's and operator's operations: partition i is a [`Queue`] of its own
+/// ([`Pool::partition`]); the stats are the client crate's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
-    stream: String,
-    group: String,
-    partitions: u32,
-    cluster: bool,
-    dead_letter: Option<String>,
+    layout: Layout,
 }
 
 impl Pool {
@@ -1765,81 +1221,66 @@ impl Pool {
     /// `Queue::new(stream, group)`.
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Pool {
         Pool {
-            stream: stream.into(),
-            group: group.into(),
-            partitions: 1,
-            cluster: false,
-            dead_letter: None,
+            layout: Layout::new(stream, group),
         }
     }
 
+    /// The pool of these key names.
+    pub fn from_layout(layout: Layout) -> Pool {
+        Pool { layout }
+    }
+
+    /// The key names.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// `n` partitions (see [`Pool::validate`] for the bounds).
-    pub fn with_partitions(mut self, n: u32) -> Pool {
-        self.partitions = n;
-        self
+    pub fn with_partitions(self, n: u32) -> Pool {
+        Pool::from_layout(self.layout.with_partitions(n))
     }
 
     /// Whether the keys live on a Redis Cluster (hash-tagged names).
-    pub fn with_cluster(mut self, cluster: bool) -> Pool {
-        self.cluster = cluster;
-        self
+    pub fn with_cluster(self, cluster: bool) -> Pool {
+        Pool::from_layout(self.layout.with_cluster(cluster))
     }
 
     /// A custom dead-letter stream name D: used as is with one partition off Cluster;
     /// otherwise partition i's dead letters go to `P_i + ":" + D`.
-    pub fn with_dead_letter_stream(mut self, name: impl Into<String>) -> Pool {
-        self.dead_letter = Some(name.into());
-        self
+    pub fn with_dead_letter_stream(self, name: impl Into<String>) -> Pool {
+        Pool::from_layout(self.layout.with_dead_letter_stream(name))
     }
 
     /// The stream name S as configured (partition streams derive from it).
     pub fn stream(&self) -> &str {
-        &self.stream
+        self.layout.stream()
     }
 
     /// The consumer group (the same in every partition).
     pub fn group(&self) -> &str {
-        &self.group
+        self.layout.group()
     }
 
     /// The number of partitions.
     pub fn partitions(&self) -> usize {
-        self.partitions as usize
+        self.layout.partitions()
     }
 
     /// Whether the keys are hash-tagged for Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.cluster
-    }
-
-    fn tagged(&self, name: &str) -> String {
-        if self.cluster {
-            format!("{{{name}}}")
-        } else {
-            name.to_string()
-        }
+        self.layout.is_cluster()
     }
 
     /// Partition i's stream P_i: W(S) for i = 0, W(S + ":" + i) after.
     pub fn partition_stream(&self, i: usize) -> String {
-        if i == 0 {
-            self.tagged(&self.stream)
-        } else {
-            self.tagged(&format!("{}:{i}", self.stream))
-        }
+        self.layout.partition_stream(i)
     }
 
     /// Partition i's queue (stream, group, dead-letter stream).
     pub fn partition(&self, i: usize) -> Queue {
-        let stream = self.partition_stream(i);
-        let q = Queue::new(stream.clone(), self.group.clone()).with_drain_key(self.draining_key());
-        match &self.dead_letter {
-            None => q,
-            Some(d) if self.partitions == 1 && !self.cluster => {
-                q.with_dead_letter_stream(d.clone())
-            }
-            Some(d) => q.with_dead_letter_stream(format!("{stream}:{d}")),
-        }
+        Queue::new(self.layout.partition_stream(i), self.layout.group())
+            .with_drain_key(self.draining_key())
+            .with_dead_letter_stream(self.layout.dead_letter_stream(i))
     }
 
     /// Every partition's queue, in partition order.
@@ -1850,135 +1291,28 @@ impl Pool {
     /// The pool's drain hash (consumers told to stop taking tasks, see
     /// [`Queue::drain_key`]): P_0 + ":draining", one for every partition.
     pub fn draining_key(&self) -> String {
-        format!("{}:draining", self.partition_stream(0))
+        self.layout.draining_key()
     }
 
     /// The partition a task with this key goes to: CRC16-XMODEM(key) mod N.
     pub fn partition_for_key(&self, key: &[u8]) -> usize {
-        usize::from(crc16_xmodem(key)) % self.partitions().max(1)
+        self.layout.partition_for_key(key)
     }
 
     /// Checks the names and the partition count: clear errors, never a panic later.
     pub fn validate(&self) -> Result<()> {
-        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return Err(QueueError::InvalidArgument(format!(
-                "partitions must be from 1 to {MAX_PARTITIONS}, not {}",
-                self.partitions
-            )));
-        }
-        if self.cluster && self.stream.contains(['{', '}']) {
-            return Err(QueueError::InvalidArgument(format!(
-                "on Redis Cluster the stream name must not contain {{ or }} (workpool adds the hash tag itself): {:?}",
-                self.stream
-            )));
-        }
-        if let Some(d) = &self.dead_letter
-            && d.is_empty()
-        {
-            return Err(QueueError::InvalidArgument(
-                "dead-letter stream name is empty".into(),
-            ));
-        }
-        for q in self.queues() {
-            q.validate()?;
-        }
-        if self.cluster {
-            for (i, q) in self.queues().iter().enumerate() {
-                let slot = key_slot(q.stream().as_bytes());
-                if key_slot(q.dead_letter_stream().as_bytes()) != slot {
-                    return Err(QueueError::InvalidArgument(format!(
-                        "partition {i}: the dead-letter stream {:?} is not in the hash slot of {:?}",
-                        q.dead_letter_stream(),
-                        q.stream()
-                    )));
-                }
-            }
-        }
-        Ok(())
+        self.layout.validate()
     }
 
-    /// Stats of every partition and their sums: the top-level fields add up the
-    /// partitions (`oldest_pending_*` is the oldest of all; consumers are merged by name,
-    /// pending summed, idle the least), `draining` is the pool's drain hash and
-    /// `partitions` holds each partition's own stats.
-    ///
-    /// Partition 0 (with the drain hash, in one script) is read first, the others after
-    /// it, concurrently (on Cluster each from its node). A consumer that said `stopped`
-    /// takes no task in any partition until its field goes, so a snapshot showing it
-    /// `stopped` and holding nothing anywhere means it holds nothing from then on, even
-    /// though the partitions are not read in one atomic step.
+    /// Stats of every partition and their sums ([`workpool_client::stats::read_pool`]).
     pub async fn stats<C: ConnectionLike + Send + Clone>(&self, conn: &C) -> Result<QueueStats> {
-        let queues = self.queues();
-        let Some(first) = queues.first() else {
-            return Err(QueueError::InvalidArgument(
-                "a pool has at least one partition".into(),
-            ));
-        };
-        let first = first.stats(&mut conn.clone()).await?;
-        let rest = futures::future::try_join_all(queues[1..].iter().map(|q| {
-            let mut c = conn.clone();
-            async move { q.stats(&mut c).await }
-        }))
-        .await?;
-        let mut parts = Vec::with_capacity(queues.len());
-        parts.push(first);
-        parts.extend(rest);
-        Ok(self.sum(parts))
+        workpool_client::stats::read_pool(conn, &self.layout).await
     }
 
-    /// The pool's stats from its partitions' (see [`Pool::stats`]).
-    pub fn sum(&self, mut parts: Vec<QueueStats>) -> QueueStats {
-        let mut st = QueueStats {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            stream_exists: parts.iter().any(|p| p.stream_exists),
-            group_exists: !parts.is_empty() && parts.iter().all(|p| p.group_exists),
-            ..Default::default()
-        };
-        let mut consumers: Vec<ConsumerInfo> = Vec::new();
-        for p in &parts {
-            st.stream_length += p.stream_length;
-            st.lag += p.lag;
-            st.lag_computed |= p.lag_computed;
-            st.lag_estimated |= p.lag_estimated;
-            st.pending += p.pending;
-            st.pending_deleted += p.pending_deleted;
-            st.backlog += p.backlog;
-            st.dead_letters += p.dead_letters;
-            if let Some(age) = p.oldest_pending_age_ms
-                && st.oldest_pending_age_ms.is_none_or(|a| age > a)
-            {
-                st.oldest_pending_age_ms = Some(age);
-                st.oldest_pending_id = p.oldest_pending_id;
-            }
-            for c in &p.consumers {
-                match consumers.iter_mut().find(|x| x.name == c.name) {
-                    Some(x) => {
-                        x.pending += c.pending;
-                        x.idle_ms = x.idle_ms.min(c.idle_ms);
-                        x.inactive_ms = match (x.inactive_ms, c.inactive_ms) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                    }
-                    None => consumers.push(c.clone()),
-                }
-            }
-        }
-        // One partition: its own id (what wake from zero of a one-partition pool reads).
-        if parts.len() == 1 {
-            st.last_delivered_id = parts[0].last_delivered_id;
-            st.stream = parts[0].stream.clone();
-        }
-        st.consumers = consumers;
-        // The pool's drain hash is read with partition 0 only (the others leave it out).
-        if let Some(first) = parts.first_mut() {
-            st.draining = std::mem::take(&mut first.draining);
-        }
-        st.partitions = parts;
-        st
+    /// The pool's stats from its partitions' ([`workpool_client::stats::sum`]).
+    pub fn sum(&self, parts: Vec<QueueStats>) -> QueueStats {
+        workpool_client::stats::sum(&self.layout, parts)
     }
-
     /// Removes `consumer` from every partition's group where it holds nothing (atomically
     /// per partition, see [`Queue::remove_consumer_if_idle`]). The result: `Removed` when
     /// it is gone from every partition, `StillPending(n)` with the entries it still holds
@@ -2018,22 +1352,6 @@ impl Pool {
     }
 }
 
-/// `HGETALL` of the drain hash; values other than the two states are left out (a hash
-/// someone else wrote under that name must not stop the pool).
-fn parse_drain_hash(v: Value) -> std::collections::BTreeMap<String, DrainState> {
-    let mut out = std::collections::BTreeMap::new();
-    let Some(flat) = into_array(v) else {
-        return out;
-    };
-    let mut it = flat.iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        if let (Some(name), Some(state)) = (as_string(k), as_bytes(v).and_then(DrainState::parse)) {
-            out.insert(name, state);
-        }
-    }
-    out
-}
-
 fn parse_pending(v: Value) -> Result<Vec<PendingEntry>> {
     let rows = into_array(v).ok_or_else(|| protocol("XPENDING", "not an array"))?;
     let mut out = Vec::with_capacity(rows.len());
@@ -2052,70 +1370,9 @@ fn parse_pending(v: Value) -> Result<Vec<PendingEntry>> {
     Ok(out)
 }
 
-fn parse_consumers(v: Value) -> Result<Vec<ConsumerInfo>> {
-    let rows = into_array(v).ok_or_else(|| protocol("XINFO CONSUMERS", "not an array"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let flat = into_array(r).ok_or_else(|| protocol("XINFO CONSUMERS", "bad row"))?;
-        let mut c = ConsumerInfo {
-            name: String::new(),
-            pending: 0,
-            idle_ms: 0,
-            inactive_ms: None,
-        };
-        let mut it = flat.iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            match as_bytes(k) {
-                Some(b"name") => c.name = as_string(v).unwrap_or_default(),
-                Some(b"pending") => c.pending = as_int(v).unwrap_or(0).max(0) as u64,
-                Some(b"idle") => c.idle_ms = as_int(v).unwrap_or(0).max(0) as u64,
-                Some(b"inactive") => c.inactive_ms = as_int(v),
-                _ => {}
-            }
-        }
-        out.push(c);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_id_parse_and_display() {
-        let id = EntryId::parse(b"1700000000000-42").expect("valid id");
-        assert_eq!(
-            id,
-            EntryId {
-                ms: 1_700_000_000_000,
-                seq: 42
-            }
-        );
-        assert_eq!(id.to_string(), "1700000000000-42");
-        assert_eq!(EntryId::parse(b"5"), Some(EntryId { ms: 5, seq: 0 }));
-        assert_eq!(EntryId::parse(b""), None);
-        assert_eq!(EntryId::parse(b"1-"), None);
-        assert_eq!(EntryId::parse(b"-1"), None);
-        assert_eq!(EntryId::parse(b"1-2-3"), None);
-        assert_eq!(EntryId::parse(b"abc"), None);
-        assert_eq!(EntryId::parse(b"99999999999999999999999-0"), None);
-        assert!("x".parse::<EntryId>().is_err());
-        assert!(EntryId::parse(b"1-2") < EntryId::parse(b"1-10"));
-        assert!(EntryId::parse(b"2-0") > EntryId::parse(b"1-10"));
-    }
-
-    #[test]
-    fn entry_id_as_redis_arg() {
-        let args = redis::ToRedisArgs::to_redis_args(&EntryId {
-            ms: u64::MAX,
-            seq: u64::MAX,
-        });
-        assert_eq!(
-            args,
-            vec![format!("{}-{}", u64::MAX, u64::MAX).into_bytes()]
-        );
-    }
 
     #[test]
     fn parse_entry_splits_payload_and_fields() {
@@ -2138,19 +1395,6 @@ mod tests {
             Err(EntryId { ms: 1, seq: 2 })
         );
         assert!(parse_entry(Value::Int(3)).is_err());
-    }
-
-    #[test]
-    fn crc16_and_slots_match_redis_cluster() {
-        // The CRC16-XMODEM check value and Redis Cluster's own examples (CLUSTER KEYSLOT).
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(
-            key_slot(b"{user1000}.following"),
-            key_slot(b"{user1000}.followers")
-        );
-        assert_eq!(key_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
-        assert_eq!(key_slot(b"{thumbs}:dead"), key_slot(b"thumbs"));
     }
 
     #[test]
@@ -2299,27 +1543,5 @@ mod tests {
         let one = Pool::new("s", "g").sum(vec![a.clone()]);
         assert_eq!(one.backlog, a.backlog);
         assert_eq!(one.partitions, vec![a]);
-    }
-
-    #[test]
-    fn parse_consumers_reads_fields() {
-        let v = Value::Array(vec![Value::Array(vec![
-            Value::BulkString(b"name".to_vec()),
-            Value::BulkString(b"w1".to_vec()),
-            Value::BulkString(b"pending".to_vec()),
-            Value::Int(3),
-            Value::BulkString(b"idle".to_vec()),
-            Value::Int(1500),
-        ])]);
-        let c = parse_consumers(v).expect("parses");
-        assert_eq!(
-            c,
-            vec![ConsumerInfo {
-                name: "w1".into(),
-                pending: 3,
-                idle_ms: 1500,
-                inactive_ms: None
-            }]
-        );
     }
 }

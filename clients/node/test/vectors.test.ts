@@ -75,10 +75,10 @@ describe("scripts", () => {
     });
   }
   it("stats.lua is the worker's STATS script", () => {
-    const src = readFileSync(join(REPO, "worker", "src", "queue.rs"), "utf8");
-    const m = /static STATS: LazyLock<Script> = LazyLock::new\(\|\| \{\s*Script::new\(\s*r#"\n([\s\S]*?)"#/.exec(src);
-    assert.ok(m, "the STATS script is no longer where this test looks for it");
-    assert.equal(m[1], SCRIPTS.stats.source);
+    // The worker and the operator run the Rust client's (client/src/stats.rs).
+    const src = readFileSync(join(REPO, "client", "src", "stats.rs"), "utf8");
+    assert.match(src, /static STATS: LazyLock<Script> =\s*LazyLock::new\(\|\| Script::new\(include_str!\("\.\.\/scripts\/stats\.lua"\)\)\);/);
+    assert.equal(readFileSync(join(REPO, "client", "scripts", "stats.lua"), "utf8"), SCRIPTS.stats.source);
   });
 });
 

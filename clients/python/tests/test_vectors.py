@@ -71,10 +71,12 @@ def test_packaged_scripts_are_the_canonical_ones(name: str) -> None:
 
 
 def test_stats_script_is_the_workers() -> None:
-    src = (REPO / "worker" / "src" / "queue.rs").read_text(encoding="utf-8")
-    m = re.search(r'static STATS: LazyLock<Script> = LazyLock::new\(\|\| \{\s*Script::new\(\s*r#"\n(.*?)"#', src, re.S)
-    assert m, "the STATS script is no longer where this test looks for it in worker/src/queue.rs"
-    assert m.group(1) == _scripts.SOURCES["stats"]
+    """The worker and the operator run the Rust client's STATS script (client/src/stats.rs),
+    which is client/scripts/stats.lua."""
+    src = (REPO / "client" / "src" / "stats.rs").read_text(encoding="utf-8")
+    assert re.search(r'static STATS: LazyLock<Script> =\s*LazyLock::new\(\|\| Script::new\(include_str!\("\.\./scripts/stats\.lua"\)\)\);',
+                     src), "the STATS script is no longer where this test looks for it in client/src/stats.rs"
+    assert (REPO / "client" / "scripts" / "stats.lua").read_text(encoding="utf-8") == _scripts.SOURCES["stats"]
 
 
 # ----------------------------------------------------------------------------- keys

@@ -8,13 +8,13 @@
 //! - `redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/db][?sentinel_password=...]`,
 //!   `rediss+sentinel://...`: the primary the sentinels name `MASTER`; every (re)connect asks
 //!   them again, so a failover is followed (connection loss, `READONLY` and `UNBLOCKED` are
-//!   connection errors, see [`crate::queue::QueueError`]);
+//!   connection errors, see [`crate::Error`]);
 //! - `redis+cluster://[user:pass@]h1:7000,h2:7001`, `rediss+cluster://...`: a Redis Cluster
 //!   from its seed nodes; the client follows `MOVED`/`ASK` and refreshes its slot map.
 //!
 //! Everything that talks to Redis (the worker, `submit`, `stats`, the operator's probe and
 //! wake) connects through a [`Target`] and gets a [`Connection`], which the queue protocol
-//! ([`crate::queue`]) takes like any other connection.
+//! ([`crate::Pool`], the worker's queue) takes like any other connection.
 
 use std::fmt;
 use std::path::Path;
@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use crate::queue::{QueueError, Result};
+use crate::{Error as QueueError, Result};
 
 /// Default port of sentinels.
 pub const SENTINEL_PORT: u16 = 26379;
