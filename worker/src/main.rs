@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use workpool_client::submit::{Durable, Submitted, Task};
-use workpool_client::{Layout, Pool as ClientPool};
+use workpool_client::{DeadLetter, DeadLetterFilter, DeadLetterRef, Layout, Pool as ClientPool};
 use workpool_worker::handler::{Builtin, Handler};
 use workpool_worker::metrics::{Health, Metrics};
 use workpool_worker::queue::{Pool, QueueStats};
@@ -68,6 +68,125 @@ enum Command {
     /// Print queue statistics (backlog, pending, dead letters, consumers).
     #[command(after_help = ENV_HELP)]
     Stats(StatsArgs),
+    /// Inspect, retry and purge dead letters (list | show | retry | purge).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// List dead letters, oldest first (partitions merged), with filters.
+    #[command(after_help = ENV_HELP)]
+    List(DlListArgs),
+    /// Print one dead letter as JSON: REF is [<partition>/]<ms>-<seq>, as `list` shows it.
+    #[command(after_help = ENV_HELP)]
+    Show(DlShowArgs),
+    /// Put dead letters back into their task stream (each one atomically: added to the
+    /// stream and removed from the dead letters in one step; never twice): by REF, or
+    /// --all (those matching the filters that exist when the command starts).
+    #[command(after_help = ENV_HELP)]
+    Retry(DlChangeArgs),
+    /// Delete dead letters: by REF, or --all (with the filters).
+    #[command(after_help = ENV_HELP)]
+    Purge(DlChangeArgs),
+}
+
+#[derive(Args, Debug)]
+struct DlTargetArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Dead-letter stream, when not the default <stream>:dead (with partitions or on
+    /// Cluster: the name after each partition's stream, as the worker's flag).
+    #[arg(long, env = "WORKPOOL_DEAD_LETTER_STREAM")]
+    dead_letter_stream: Option<String>,
+}
+
+#[derive(Args, Debug, Default)]
+struct DlFilterArgs {
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<usize>,
+    /// Dead-lettered at or after this time: milliseconds since the epoch, or an age like
+    /// 90s, 15m, 2h, 7d (that long ago).
+    #[arg(long, value_parser = parse_time_ms)]
+    since: Option<u64>,
+    /// Dead-lettered at or before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time_ms)]
+    until: Option<u64>,
+    /// Whose error contains this text.
+    #[arg(long)]
+    error: Option<String>,
+    /// Of this task id.
+    #[arg(long)]
+    task_id: Option<String>,
+    /// Written by this consumer (worker).
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Delivered at least this many times.
+    #[arg(long)]
+    min_deliveries: Option<u64>,
+}
+
+impl DlFilterArgs {
+    fn filter(&self) -> DeadLetterFilter {
+        DeadLetterFilter {
+            partition: self.partition,
+            since_ms: self.since,
+            until_ms: self.until,
+            error_contains: self.error.clone(),
+            task_id: self.task_id.clone(),
+            consumer: self.consumer.clone(),
+            min_deliveries: self.min_deliveries,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.partition.is_none() && self.filter().is_all()
+    }
+}
+
+#[derive(Args, Debug)]
+struct DlListArgs {
+    #[command(flatten)]
+    target: DlTargetArgs,
+    #[command(flatten)]
+    filter: DlFilterArgs,
+    /// At most this many (0: all).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Newest first.
+    #[arg(long)]
+    newest_first: bool,
+    /// Print one JSON array of dead letters.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DlShowArgs {
+    #[command(flatten)]
+    target: DlTargetArgs,
+    /// The dead letter: [<partition>/]<ms>-<seq>.
+    #[arg(value_name = "REF")]
+    reference: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("which").required(true).multiple(false).args(["all", "refs"])))]
+struct DlChangeArgs {
+    #[command(flatten)]
+    target: DlTargetArgs,
+    /// Every dead letter (matching the filters) that exists when the command starts.
+    #[arg(long)]
+    all: bool,
+    /// Dead letters by reference ([<partition>/]<ms>-<seq>, as `list` shows them).
+    #[arg(value_name = "REF")]
+    refs: Vec<String>,
+    #[command(flatten)]
+    filter: DlFilterArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -315,6 +434,7 @@ fn main() -> ExitCode {
             Command::Run(a) => run(*a).await,
             Command::Submit(a) => submit(a).await,
             Command::Stats(a) => stats(a).await,
+            Command::DeadLetters(c) => dead_letters(c).await,
         }
     });
     match r {
@@ -704,6 +824,195 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `--since` / `--until`: ms since the epoch, or an age (`90s`, `15m`, `2h`, `7d`) back
+/// from now.
+fn parse_time_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is neither milliseconds since the epoch nor an age like 15m")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit of an age is s, m, h or d")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_millis() as u64;
+    Ok(now.saturating_sub(secs.saturating_mul(1000)))
+}
+
+/// The client pool of a dead-letter command (no group: none is needed).
+async fn dead_letter_pool(t: &DlTargetArgs) -> anyhow::Result<ClientPool> {
+    check_names(&t.redis.stream, None)?;
+    let (target, _) = check_url(&t.redis)?;
+    let layout = layout_of(
+        &t.redis,
+        &target,
+        &t.redis.stream,
+        t.dead_letter_stream.clone(),
+    )?;
+    connect_pool(&target, layout).await
+}
+
+fn parse_refs(refs: &[String]) -> anyhow::Result<Vec<DeadLetterRef>> {
+    refs.iter()
+        .map(|r| r.parse::<DeadLetterRef>().map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        flat.chars().take(max.saturating_sub(3)).collect::<String>() + "..."
+    }
+}
+
+async fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeadLetterCommand::List(a) => {
+            let pool = dead_letter_pool(&a.target).await?;
+            let limit = (a.limit > 0).then_some(a.limit);
+            let list = pool
+                .dead_letters(&a.filter.filter(), limit, a.newest_first)
+                .await?;
+            if a.json {
+                let arr: Vec<serde_json::Value> = list.iter().map(DeadLetter::to_json).collect();
+                return emit(&format!("{}\n", serde_json::to_string_pretty(&arr)?));
+            }
+            let mut out = format!(
+                "{:<26} {:<24} {:>10} {:<20} {}\n",
+                "REF", "TASK ID", "DELIVERIES", "CONSUMER", "ERROR"
+            );
+            for d in &list {
+                out += &format!(
+                    "{:<26} {:<24} {:>10} {:<20} {}\n",
+                    d.reference.to_string(),
+                    one_line(d.task_id.as_deref().unwrap_or("-"), 24),
+                    d.deliveries.map_or("-".into(), |n| n.to_string()),
+                    one_line(d.consumer.as_deref().unwrap_or("-"), 20),
+                    one_line(d.error.as_deref().unwrap_or("-"), 120),
+                );
+            }
+            out += &format!(
+                "{} dead letter{}{}\n",
+                list.len(),
+                if list.len() == 1 { "" } else { "s" },
+                if limit.is_some_and(|l| list.len() >= l) {
+                    " (--limit reached; --limit 0 lists all)"
+                } else {
+                    ""
+                }
+            );
+            emit(&out)
+        }
+        DeadLetterCommand::Show(a) => {
+            let r: DeadLetterRef = a.reference.parse()?;
+            let pool = dead_letter_pool(&a.target).await?;
+            match pool.dead_letter(r).await? {
+                Some(d) => emit(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&d.to_json())?
+                )),
+                None => bail!(
+                    "no dead letter {r} in {}",
+                    pool.layout().dead_letter_stream(r.partition)
+                ),
+            }
+        }
+        DeadLetterCommand::Retry(a) => {
+            let refs = check_change(&a)?;
+            let pool = dead_letter_pool(&a.target).await?;
+            let outcomes = if a.all {
+                pool.retry_all_dead_letters(&a.filter.filter()).await?
+            } else {
+                pool.retry_dead_letters(&refs).await?
+            };
+            let missing: Vec<String> = outcomes
+                .iter()
+                .filter(|o| o.entry_id.is_none())
+                .map(|o| o.reference.to_string())
+                .collect();
+            if a.json {
+                emit(&format!("{}\n", serde_json::to_string_pretty(&outcomes)?))?;
+            } else {
+                let mut out = String::new();
+                for o in &outcomes {
+                    match o.entry_id {
+                        Some(id) => {
+                            out += &format!(
+                                "retried {} -> {} {id}\n",
+                                o.reference,
+                                pool.layout().partition_stream(o.reference.partition)
+                            )
+                        }
+                        None => {
+                            out +=
+                                &format!("not there: {} (already retried or purged)\n", o.reference)
+                        }
+                    }
+                }
+                out += &format!("retried {}\n", outcomes.len() - missing.len());
+                emit(&out)?;
+            }
+            if !missing.is_empty() && !a.all {
+                bail!(
+                    "{} of {} dead letters were not there (already retried or purged): {}",
+                    missing.len(),
+                    outcomes.len(),
+                    missing.join(" ")
+                );
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Purge(a) => {
+            let refs = check_change(&a)?;
+            let pool = dead_letter_pool(&a.target).await?;
+            let n = if a.all {
+                pool.purge_all_dead_letters(&a.filter.filter()).await?
+            } else {
+                pool.purge_dead_letters(&refs).await?
+            };
+            if a.json {
+                emit(&format!("{}\n", serde_json::json!({ "purged": n })))?;
+            } else {
+                emit(&format!("purged {n}\n"))?;
+            }
+            if !a.all && (n as usize) < refs.len() {
+                bail!(
+                    "{} of {} dead letters were not there (already retried or purged)",
+                    refs.len() - n as usize,
+                    refs.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The references of `retry` / `purge`, checked before anything is changed: filters go
+/// with --all only (with references they would be ignored).
+fn check_change(a: &DlChangeArgs) -> anyhow::Result<Vec<DeadLetterRef>> {
+    if !a.all && !a.filter.is_empty() {
+        bail!(
+            "the filters (--partition, --since, --until, --error, --task-id, --consumer, --min-deliveries) go with --all, not with references"
+        );
+    }
+    parse_refs(&a.refs)
+}
+
 fn format_stats(st: &QueueStats) -> String {
     let lag_note = if st.lag_estimated {
         " (estimated: too many entries to count)"
@@ -751,6 +1060,12 @@ fn format_stats(st: &QueueStats) -> String {
             c.pending,
             c.idle_ms as f64 / 1000.0
         );
+    }
+    if !st.draining.is_empty() {
+        out += &format!("draining:      {}\n", st.draining.len());
+        for (name, state) in &st.draining {
+            out += &format!("  {name:<30} {}\n", state.as_str());
+        }
     }
     if st.partitions.len() > 1 {
         out += &format!("partitions:    {}\n", st.partitions.len());
