@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dead_letters;
+pub mod display;
 mod error;
 mod id;
 mod keys;
