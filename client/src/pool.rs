@@ -385,6 +385,20 @@ impl Pool {
         Ok(parse_range(v)?.first().map(|(id, _)| *id))
     }
 
+    /// The references of partition `p`'s dead letters matching `filter`, up to the
+    /// newest one now (those written meanwhile are left out).
+    async fn existing(&self, p: usize, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRef>> {
+        let Some(last) = self.newest_id(p).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .partition_dead_letters(p, filter, false, Some(last), None)
+            .await?
+            .into_iter()
+            .map(|d| d.reference)
+            .collect())
+    }
+
     /// Retries every dead letter matching `filter` that exists when the call starts (in
     /// batches of 100; dead letters written meanwhile are left for the next call).
     pub async fn retry_all_dead_letters(
@@ -393,15 +407,7 @@ impl Pool {
     ) -> Result<Vec<RetryOutcome>> {
         let mut out = Vec::new();
         for p in self.partitions_of(filter)? {
-            let Some(last) = self.newest_id(p).await? else {
-                continue;
-            };
-            let refs: Vec<DeadLetterRef> = self
-                .partition_dead_letters(p, filter, false, Some(last), None)
-                .await?
-                .into_iter()
-                .map(|d| d.reference)
-                .collect();
+            let refs = self.existing(p, filter).await?;
             for chunk in refs.chunks(RETRY_CHUNK) {
                 out.extend(self.retry_dead_letters(chunk).await?);
             }
@@ -439,10 +445,10 @@ impl Pool {
     pub async fn purge_all_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
         let mut n = 0;
         for p in self.partitions_of(filter)? {
-            let Some(last) = self.newest_id(p).await? else {
-                continue;
-            };
             if filter.is_all() {
+                let Some(last) = self.newest_id(p).await? else {
+                    continue;
+                };
                 let mut c = self.conn.clone();
                 let v: Value = redis::cmd("XTRIM")
                     .arg(self.layout.dead_letter_stream(p))
@@ -453,12 +459,7 @@ impl Pool {
                 n += as_int(&v).unwrap_or(0).max(0) as u64;
                 continue;
             }
-            let refs: Vec<DeadLetterRef> = self
-                .partition_dead_letters(p, filter, false, Some(last), None)
-                .await?
-                .into_iter()
-                .map(|d| d.reference)
-                .collect();
+            let refs = self.existing(p, filter).await?;
             n += self.purge_dead_letters(&refs).await?;
         }
         Ok(n)

@@ -998,14 +998,8 @@ impl Queue {
         consumer: &str,
         error: &str,
     ) -> Result<Option<EntryId>> {
-        const OURS: [&str; 6] = [
-            "original_id",
-            "error",
-            "deliveries",
-            "stream",
-            "group",
-            "consumer",
-        ];
+        // The dead letter's own fields (docs/protocol.md 6), shared with the clients.
+        const OURS: [&str; 6] = workpool_client::dead_letters::RESERVED_FIELDS;
         let mut inv = DEAD_LETTER.key(&self.stream);
         inv.key(&self.dead_letter_stream)
             .arg(&self.group)
