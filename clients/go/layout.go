@@ -20,6 +20,9 @@ import (
 // ProtocolVersion is the version of docs/protocol.md this package implements.
 const ProtocolVersion = 1
 
+// ProtocolRevision is the revision of that version (docs/protocol.md section 9).
+const ProtocolRevision = 2
+
 const (
 	maxTaskIDBytes        = 512
 	defaultDedupWindowMs  = 86_400_000
@@ -131,8 +134,19 @@ func NewLayout(stream, group string, partitions int, mode Mode, deadLetterStream
 	return l, nil
 }
 
-// Draining is the pool's drain set (written by the operator).
+// Draining is the pool's drain hash (docs/protocol.md 5.1), beside partition 0: written
+// by the operator and the workers, read by stats.
 func (l *Layout) Draining() string { return l.Keys[0].Stream + ":draining" }
+
+// statsDrainKey is the stats script's third key for partition i: the drain hash for
+// partition 0, the partition's own stream (not a hash: nothing read) for the others, so
+// that every key of one call stays in the partition's hash slot.
+func (l *Layout) statsDrainKey(i int) string {
+	if i == 0 {
+		return l.Draining()
+	}
+	return l.Keys[i].Stream
+}
 
 // Partition returns partition i's keys, or an error when it does not exist.
 func (l *Layout) Partition(i int) (PartitionKeys, error) {

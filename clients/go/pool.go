@@ -285,7 +285,7 @@ func (p *Pool) PartitionStats(ctx context.Context, partition int) (Stats, error)
 	if err != nil {
 		return Stats{}, err
 	}
-	v, err := RunScript(ctx, p.rdb, "stats", []string{k.Stream, k.Dead}, p.Layout.Group, statsCountLimitChunks).Result()
+	v, err := RunScript(ctx, p.rdb, "stats", []string{k.Stream, k.Dead, p.Layout.statsDrainKey(partition)}, p.Layout.Group, statsCountLimitChunks).Result()
 	if err != nil {
 		return Stats{}, err
 	}

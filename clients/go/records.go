@@ -15,6 +15,16 @@ func InPartition(i int) *int { return &i }
 
 // ------------------------------------------------------------------------ stats
 
+// DrainState is a consumer's state in the pool's drain hash (docs/protocol.md 5.1).
+type DrainState string
+
+const (
+	// DrainRequested: the operator asked the consumer to stop taking tasks.
+	DrainRequested DrainState = "requested"
+	// DrainStopped: its worker has stopped taking tasks (it may finish what it holds).
+	DrainStopped DrainState = "stopped"
+)
+
 // ConsumerStats is one consumer of the group.
 type ConsumerStats struct {
 	Name       string `json:"name"`
@@ -44,6 +54,9 @@ type Stats struct {
 	OldestPendingAgeMs *int64          `json:"oldest_pending_age_ms"`
 	Consumers          []ConsumerStats `json:"consumers"`
 	Partitions         []Stats         `json:"partitions,omitempty"`
+	// Draining is the pool's drain hash: consumer -> state. On the pool's stats; the
+	// elements of Partitions have none.
+	Draining map[string]DrainState `json:"draining,omitempty"`
 }
 
 func asString(v any) (string, bool) {
@@ -93,10 +106,10 @@ func pairs(v any) map[string]any {
 	return m
 }
 
-// parseStats reads the stats script's 14 elements (as Queue::stats in queue.rs does).
+// parseStats reads the stats script's 15 elements (as Queue::stats in queue.rs does).
 func parseStats(reply any, stream, group string) (Stats, error) {
 	a, ok := reply.([]any)
-	if !ok || len(a) != 14 {
+	if !ok || len(a) != 15 {
 		return Stats{}, fmt.Errorf("unexpected reply from the stats script: %v", reply)
 	}
 	var bad error
@@ -156,6 +169,16 @@ func parseStats(reply any, stream, group string) (Stats, error) {
 			st.Consumers = append(st.Consumers, c)
 		}
 	}
+	// Values other than the two states are left out (a hash someone else wrote under
+	// that name is no drain).
+	for name, v := range pairs(a[14]) {
+		if s, _ := asString(v); s == string(DrainRequested) || s == string(DrainStopped) {
+			if st.Draining == nil {
+				st.Draining = map[string]DrainState{}
+			}
+			st.Draining[name] = DrainState(s)
+		}
+	}
 	return st, nil
 }
 
@@ -202,6 +225,9 @@ func aggregateStats(stream, group string, parts []Stats) Stats {
 	if len(parts) == 1 { // as the worker: one partition's own names (P_0) and id
 		st.LastDeliveredID = parts[0].LastDeliveredID
 		st.Stream = parts[0].Stream
+	}
+	if len(parts) > 0 { // the pool's drain hash is read with partition 0
+		st.Draining, parts[0].Draining = parts[0].Draining, nil
 	}
 	return st
 }

@@ -1,8 +1,10 @@
 local t = redis.call('TIME')
 local dead = 0
 if redis.call('TYPE', KEYS[2]).ok == 'stream' then dead = redis.call('XLEN', KEYS[2]) end
+local drain = {}
+if redis.call('TYPE', KEYS[3]).ok == 'hash' then drain = redis.call('HGETALL', KEYS[3]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 0, 0, 0, 0, 0, 0, '', '', {}, 0, 0, drain}
 end
 local len = redis.call('XLEN', KEYS[1])
 local grp = nil
@@ -12,7 +14,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if f['name'] == ARGV[1] then grp = f end
 end
 if grp == nil then
-  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0}
+  return {t[1], t[2], dead, 1, len, 0, 0, len, 0, '', '', {}, 0, 0, drain}
 end
 local ld = grp['last-delivered-id']
 local redis_lag = grp['lag']
@@ -48,4 +50,4 @@ if present < 0 then present = 0 end
 local oldest = summary[2]
 if not oldest then oldest = '' end
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present}
+return {t[1], t[2], dead, 1, len, 1, pending, lag, computed, ld, oldest, consumers, estimated, present, drain}

@@ -215,7 +215,7 @@ export class Pool {
   /** One partition's stats, read atomically. */
   async partitionStats(partition: number): Promise<Stats> {
     const k = this.layout.partition(partition);
-    const reply = await runScript(this.redis, "stats", [k.stream, k.dead], [this.layout.group, STATS_COUNT_LIMIT_CHUNKS]);
+    const reply = await runScript(this.redis, "stats", [k.stream, k.dead, this.layout.statsDrainKey(partition)], [this.layout.group, STATS_COUNT_LIMIT_CHUNKS]);
     return parseStats(reply, k.stream, this.layout.group);
   }
 

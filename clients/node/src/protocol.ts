@@ -2,6 +2,8 @@
 // payload encoding, task validation, parsing of Redis replies. No I/O here.
 
 export const PROTOCOL_VERSION = 1;
+/** The revision of that version (docs/protocol.md section 9). */
+export const PROTOCOL_REVISION = 2;
 export const MAX_TASK_ID_BYTES = 512;
 export const DEFAULT_DEDUP_WINDOW_MS = 86_400_000;
 export const PIPELINE_CHUNK = 1000;
@@ -136,8 +138,16 @@ export class Layout {
     this.keys = keys;
   }
 
+  /** The pool's drain hash (docs/protocol.md 5.1), beside partition 0. */
   get draining(): string {
     return `${this.keys[0].stream}:draining`;
+  }
+
+  /** The stats script's third key for partition i: the drain hash for partition 0, the
+   * partition's own stream (not a hash: nothing read) for the others, so that every key
+   * of one call stays in the partition's hash slot. */
+  statsDrainKey(i: number): string {
+    return i === 0 ? this.draining : this.partition(i).stream;
   }
 
   partition(i: number): PartitionKeys {
@@ -300,6 +310,10 @@ export interface Submitted extends TaskRef {
 
 // ------------------------------------------------------------------------ stats
 
+/** A consumer's state in the pool's drain hash: asked by the operator to stop taking
+ * tasks, or its worker has stopped (docs/protocol.md 5.1). */
+export type DrainState = "requested" | "stopped";
+
 export interface ConsumerStats {
   name: string;
   pending: number;
@@ -326,6 +340,9 @@ export class Stats {
   consumers: ConsumerStats[] = [];
   /** For the pool: each partition's stats (empty for a partition's own). */
   partitions: Stats[] = [];
+  /** The pool's drain hash (docs/protocol.md 5.1): consumer -> state. On the pool's
+   * stats; the elements of `partitions` have none. */
+  draining: Record<string, DrainState> = {};
 
   constructor(
     readonly stream: string,
@@ -352,6 +369,7 @@ export class Stats {
       consumers: this.consumers.map((c) => ({ name: c.name, pending: c.pending, idle_ms: c.idleMs, inactive_ms: c.inactiveMs })),
     };
     if (this.partitions.length > 0) out.partitions = this.partitions.map((p) => p.toJSON());
+    if (Object.keys(this.draining).length > 0) out.draining = { ...this.draining };
     return out;
   }
 }
@@ -375,9 +393,9 @@ function pairs(row: unknown): Map<string, unknown> {
   return m;
 }
 
-/** The stats script's 14 elements (same reading as `Queue::stats` in queue.rs). */
+/** The stats script's 15 elements (same reading as `Queue::stats` in queue.rs). */
 export function parseStats(reply: unknown, stream: string, group: string): Stats {
-  if (!Array.isArray(reply) || reply.length !== 14) throw new WorkpoolError(`unexpected reply from the stats script: ${String(reply)}`);
+  if (!Array.isArray(reply) || reply.length !== 15) throw new WorkpoolError(`unexpected reply from the stats script: ${String(reply)}`);
   const n = (i: number): number => {
     const v = num(reply[i]);
     if (v === null) throw new WorkpoolError(`unexpected element ${i} from the stats script`);
@@ -411,6 +429,12 @@ export function parseStats(reply: unknown, stream: string, group: string): Stats
         inactiveMs: num(f.get("inactive")),
       });
     }
+  }
+  // Values other than the two states are left out (a hash someone else wrote under that
+  // name is no drain).
+  for (const [name, state] of pairs(reply[14] ?? [])) {
+    const s = str(state);
+    if (s === "requested" || s === "stopped") st.draining[name] = s;
   }
   return st;
 }
@@ -450,6 +474,11 @@ export function aggregateStats(stream: string, group: string, parts: Stats[]): S
   }
   if (parts.length === 1) st.lastDeliveredId = parts[0].lastDeliveredId;
   st.consumers = [...merged.values()];
+  // The pool's drain hash is read with partition 0.
+  if (parts.length > 0) {
+    st.draining = parts[0].draining;
+    parts[0].draining = {};
+  }
   return st;
 }
 

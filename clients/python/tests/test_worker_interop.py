@@ -86,6 +86,9 @@ def test_stats_are_the_workers(r: Any, server: Server) -> None:
     compare("a pending entry deleted, a dead letter")
     r.execute_command("XTRIM", "interop", "MAXLEN", "2")
     compare("trimmed")
+    r.hset("interop:draining", mapping={"w1": "requested", "w2": "stopped", "w3": "not-a-state"})
+    compare("the drain hash")
+    assert pool.stats().draining == {"w1": "requested", "w2": "stopped"}
 
 
 def test_the_worker_runs_what_the_client_submits(r: Any, server: Server, tmp_path: Path) -> None:
@@ -211,3 +214,38 @@ def test_a_partitioned_pool_with_the_real_worker(request: Any, mode: str) -> Non
         stop(w)
     st = pool.stats()
     assert st.dead_letters == 0 and st.backlog == 0 and all(p.group_exists for p in st.partitions)
+
+
+def test_a_worker_told_to_drain_says_stopped_and_takes_nothing(r: Any, server: Server) -> None:
+    """The drain conversation of docs/protocol.md 5.1 with the real worker (two
+    partitions): asked as the operator asks, it answers `stopped` in the pool's one drain
+    hash; the client's stats show it as `stats --json` does; a stopped worker takes no
+    task until its field goes, then runs them."""
+    binary = partitioned_worker()
+    pool = workpool.Pool(r, "drn", partitions=2, round_robin_start=0)
+    w = subprocess.Popen([binary, "run", "--redis-url", server.url, "--stream", "drn", "--group", "drn", "--partitions",
+                          "2", "--consumer", "w1", "--metrics-addr", "127.0.0.1:0", "--builtin", "noop"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        pool.submit_many([{"n": i} for i in range(6)])
+        until(lambda: pool.stats().backlog == 0 and pool.stats().group_exists)
+        assert pool.layout.draining == "drn:draining"
+        r.hsetnx(pool.layout.draining, "w1", "requested")  # what the operator writes
+        until(lambda: pool.stats().draining == {"w1": "stopped"})
+        subs = pool.submit_many([{"m": i} for i in range(4)])
+        assert {s.partition for s in subs} == {0, 1}
+        out = subprocess.run([binary, "stats", "--redis-url", server.url, "--stream", "drn", "--group", "drn",
+                              "--partitions", "2", "--json"], capture_output=True, text=True, timeout=30, check=True)
+        cli = json.loads(out.stdout)
+        assert cli["draining"] == {"w1": "stopped"}
+        st = pool.stats()
+        same_stats(cli, st.to_dict())
+        # stopped is a promise: nothing taken in any partition while the field stands.
+        assert st.lag == 4 and st.pending == 0 and all("draining" not in p for p in st.to_dict()["partitions"])
+        r.hdel(pool.layout.draining, "w1")  # the operator takes the request back
+        until(lambda: pool.stats().backlog == 0 and r.xlen("drn") == 0)
+        assert pool.stats().draining == {}
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait(20)
+    assert w.returncode == 0, w.stderr.read().decode() if w.stderr else ""

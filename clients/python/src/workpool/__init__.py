@@ -10,7 +10,7 @@ and retry dead letters, wait for results. The protocol: docs/protocol.md.
 """
 
 from ._protocol import (
-    PROTOCOL_VERSION, ConfigError, ConsumerStats, DeadLetter, DeadLetterFilter, DeadLetterRef, Layout,
+    PROTOCOL_REVISION, PROTOCOL_VERSION, ConfigError, ConsumerStats, DeadLetter, DeadLetterFilter, DeadLetterRef, Layout,
     PartitionKeys, Result, RetryOutcome, Stats, SubmitError, Submitted, Target, Task, TaskRef, TaskStatus,
     WaitTimeout, WorkpoolError, crc16, partition_for_key, parse_url,
 )
@@ -19,7 +19,7 @@ from .client import Pool, connect
 __version__ = "0.1.0"
 
 __all__ = [
-    "PROTOCOL_VERSION", "ConfigError", "ConsumerStats", "DeadLetter", "DeadLetterFilter", "DeadLetterRef", "Layout",
+    "PROTOCOL_REVISION", "PROTOCOL_VERSION", "ConfigError", "ConsumerStats", "DeadLetter", "DeadLetterFilter", "DeadLetterRef", "Layout",
     "PartitionKeys", "Pool", "Result", "RetryOutcome", "Stats", "SubmitError", "Submitted", "Target", "Task",
     "TaskRef", "TaskStatus", "WaitTimeout", "WorkpoolError", "connect", "crc16", "partition_for_key", "parse_url",
 ]

@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, unquote
 
 PROTOCOL_VERSION = 1
+#: The revision of that version (docs/protocol.md section 9).
+PROTOCOL_REVISION = 2
 MAX_TASK_ID_BYTES = 512
 DEFAULT_DEDUP_WINDOW = 86_400.0  # seconds
 PIPELINE_CHUNK = 1000
@@ -168,7 +170,14 @@ class Layout:
 
     @property
     def draining(self) -> str:
+        """The pool's drain hash (docs/protocol.md 5.1), beside partition 0."""
         return f"{self.keys[0].stream}:draining"
+
+    def stats_drain_key(self, i: int) -> str:
+        """The stats script's third key for partition i: the drain hash for partition 0,
+        the partition's own stream (not a hash: nothing read) for the others, so that
+        every key of one call stays in the partition's hash slot."""
+        return self.draining if i == 0 else self.partition(i).stream
 
     def partition(self, i: int) -> PartitionKeys:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.partitions:
@@ -371,6 +380,9 @@ class Stats:
     oldest_pending_age_ms: Optional[int] = None
     consumers: List[ConsumerStats] = field(default_factory=list)
     partitions: List["Stats"] = field(default_factory=list)
+    #: The pool's drain hash (docs/protocol.md 5.1): consumer -> "requested" | "stopped".
+    #: On the pool's stats; the elements of `partitions` have none.
+    draining: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON object `workpool-worker stats --json` prints."""
@@ -385,6 +397,8 @@ class Stats:
         }
         if self.partitions:
             d["partitions"] = [p.to_dict() for p in self.partitions]
+        if self.draining:
+            d["draining"] = dict(self.draining)
         return d
 
 
@@ -394,9 +408,12 @@ def _flat_pairs(row: Any) -> Dict[str, Any]:
     return {_text(row[i]) or "": row[i + 1] for i in range(0, len(row) - 1, 2)}
 
 
+DRAIN_STATES = ("requested", "stopped")
+
+
 def parse_stats(reply: Sequence[Any], stream: str, group: str) -> Stats:
-    """The stats script's 14 elements (same reading as `Queue::stats` in queue.rs)."""
-    if not isinstance(reply, (list, tuple)) or len(reply) != 14:
+    """The stats script's 15 elements (same reading as `Queue::stats` in queue.rs)."""
+    if not isinstance(reply, (list, tuple)) or len(reply) != 15:
         raise WorkpoolError(f"unexpected reply from the stats script: {reply!r}")
 
     def num(i: int) -> int:
@@ -428,6 +445,11 @@ def parse_stats(reply: Sequence[Any], stream: str, group: str) -> Stats:
             st.consumers.append(ConsumerStats(
                 name=_text(f.get("name")) or "", pending=max(_int(f.get("pending")) or 0, 0),
                 idle_ms=max(_int(f.get("idle")) or 0, 0), inactive_ms=_int(f.get("inactive"))))
+    # Values other than the two states are left out (a hash someone else wrote under
+    # that name is no drain).
+    for name, state in _flat_pairs(reply[14] or []).items():
+        if _text(state) in DRAIN_STATES:
+            st.draining[name] = _text(state) or ""
     return st
 
 
@@ -466,6 +488,8 @@ def aggregate_stats(stream: str, group: str, parts: List[Stats]) -> Stats:
         st.last_delivered_id = parts[0].last_delivered_id
         st.stream = parts[0].stream
     st.consumers = list(merged.values())
+    if parts:  # the pool's drain hash is read with partition 0
+        st.draining, parts[0].draining = parts[0].draining, {}
     return st
 
 

@@ -162,7 +162,7 @@ class Pool(PoolBase):
 
     async def partition_stats(self, partition: int) -> Stats:
         k = self.layout.partition(partition)
-        reply = await self._scripts["stats"](keys=[k.stream, k.dead],
+        reply = await self._scripts["stats"](keys=[k.stream, k.dead, self.layout.stats_drain_key(partition)],
                                              args=[self.layout.group, STATS_COUNT_LIMIT_CHUNKS])
         return parse_stats(reply, k.stream, self.layout.group)
 

@@ -149,7 +149,8 @@ class Pool(PoolBase):
     def partition_stats(self, partition: int) -> Stats:
         """One partition's stats, read atomically."""
         k = self.layout.partition(partition)
-        reply = self._scripts["stats"](keys=[k.stream, k.dead], args=[self.layout.group, STATS_COUNT_LIMIT_CHUNKS])
+        reply = self._scripts["stats"](keys=[k.stream, k.dead, self.layout.stats_drain_key(partition)],
+                                       args=[self.layout.group, STATS_COUNT_LIMIT_CHUNKS])
         return parse_stats(reply, k.stream, self.layout.group)
 
     def stats(self) -> Stats:
