@@ -18,6 +18,9 @@
 #                                      with nonroot 65532, CA certificates, tzdata,
 #                                      /etc/services, /tmp, /home/nonroot), user 65532
 #
+# With KIND_IMAGES_FROM=host (images from binaries built on this machine, as CI's kind step
+# builds them) the rust image is left out: only the Dockerfiles' source stage uses it.
+#
 # Images made here carry the label dev.workpool.kind.local-base (what they stand in for);
 # one pulled from its registry is never replaced.
 #
@@ -32,16 +35,21 @@ label=dev.workpool.kind.local-base
 # invalidate every build cache on top of it, so nothing else goes in).
 recipe_key=$({ cat "$0"; echo "$DEBIAN_SUITE"; } | sha256sum | cut -c1-12)
 
-# The FROM images of a Dockerfile, with ARG defaults substituted (stage names skipped).
+# The FROM images of Dockerfiles, with ARG defaults substituted; the names of earlier
+# stages (FROM ... AS name) are skipped.
 from_images() {
-  awk '
-    /^ARG [A-Za-z_]+=/ { split(substr($0, 5), kv, "="); args[kv[1]] = kv[2] }
-    /^FROM / {
-      ref = $2
-      if (ref ~ /^--platform/) ref = $3
-      for (a in args) { gsub("\\$\\{" a "\\}", args[a], ref); gsub("\\$" a, args[a], ref) }
-      print ref
-    }' "$@" | sort -u
+  local f
+  for f in "$@"; do
+    awk '
+      /^ARG [A-Za-z_]+=/ { split(substr($0, 5), kv, "="); args[kv[1]] = kv[2] }
+      /^FROM / {
+        ref = $2
+        if (ref ~ /^--platform/) ref = $3
+        for (a in args) { gsub("\\$\\{" a "\\}", args[a], ref); gsub("\\$" a, args[a], ref) }
+        if (!(ref in stages)) print ref
+        if (toupper($(NF - 1)) == "AS") stages[$NF] = 1
+      }' "$f"
+  done | sort -u
 }
 
 tmp=$(mktemp -d)
@@ -140,7 +148,10 @@ make_distroless_static() {
 }
 
 for ref in $(from_images "$KIND_ROOT"/images/*.Dockerfile); do
-  case $ref in *[A-Z]* | scratch) continue ;; esac # a stage name, or no image at all
+  [ "$ref" = scratch ] && continue # no image at all
+  # Binaries built on this machine (KIND_IMAGES_FROM=host, CI): the Rust build stage is
+  # not run, so its image is not needed.
+  if [ "${KIND_IMAGES_FROM:-source}" = host ]; then case $ref in *rust:*) continue ;; esac; fi
   if recipe=$(docker image inspect -f "{{index .Config.Labels \"$label-recipe\"}}" "$ref" 2>/dev/null); then
     # Present: pulled (no label) or made here by this recipe; else made by an older one.
     case $recipe in "" | "<no value>" | "$recipe_key") continue ;; esac

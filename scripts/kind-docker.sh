@@ -73,6 +73,20 @@ install_engine() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 }
 
+# What a dockerd that died without stopping (a killed process, a restarted VM that kept
+# its mounts) left mounted: its data root, container root filesystems, network namespaces
+# of its containers. Left there, they keep the old containers' veths and bridges alive and
+# a new dockerd trips over them. Called only when no private dockerd runs; deepest first.
+release_stale_mounts() {
+  local m n=0
+  while read -r m; do
+    umount -l "$m" 2>/dev/null && n=$((n + 1))
+  done < <(awk -v data="$KIND_CACHE/docker" -v run="$KIND_RUN" \
+    '$2 == data || index($2, data "/") == 1 || index($2, run "/") == 1 {print $2}' /proc/self/mounts | sort -r)
+  [ "$n" = 0 ] || kind_log "released $n mounts a stopped dockerd left under $KIND_CACHE/docker and $KIND_RUN"
+  rm -f "$sock"
+}
+
 start_private() {
   [ "$(uname -s)" = Linux ] || kind_die "no Docker engine answers (docker info failed): start Docker Desktop or your engine"
   [ "$(id -u)" = 0 ] || kind_die "no Docker engine answers (docker info failed), and starting one here needs root: start your engine, or run as root"
@@ -83,6 +97,7 @@ start_private() {
   netns_up
   # A stale pid file of a dockerd that is gone would stop the new one from starting.
   if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
+  [ -f "$pidfile" ] || release_stale_mounts
   kind_log "starting dockerd in network namespace $KIND_NETNS (data in $KIND_CACHE/docker, log $log)"
   # setsid: the engine outlives this script and the terminal that ran it.
   WORKPOOL_KIND_REAL_RUNC=$(command -v runc) setsid nsenter --net="/run/netns/$KIND_NETNS" \

@@ -27,15 +27,22 @@ if helm status workpool -n workpool-system >/dev/null 2>&1; then
   kubectl delete secret workpool-redis --ignore-not-found
   helm uninstall workpool -n workpool-system --wait --timeout 5m
   # What is left of the release: objects with its instance label, anywhere (but those of
-  # the Prometheus named workpool, which its operator labels the same way).
+  # the Prometheus named workpool, which its operator labels the same way). Some go after
+  # `helm uninstall` returns: the garbage collector deletes the Redis PVC once its
+  # StatefulSet is gone (persistentVolumeClaimRetentionPolicy), so wait for them a while.
   kinds=$(kubectl api-resources --verbs=list -o name | grep -v -e '^events' -e '^componentstatuses' | paste -sd, -)
-  left=$(kubectl get "$kinds" -A -l app.kubernetes.io/instance=workpool,app.kubernetes.io/managed-by!=prometheus-operator --ignore-not-found -o \
-    jsonpath='{range .items[*]}{.kind}/{.metadata.name}{"\n"}{end}' 2>/dev/null | sort -u)
   expected="CustomResourceDefinition/workpools.workpool.dev"
-  unexpected=$(comm -23 <(echo "$left" | grep -v '^$' || true) <(echo "$expected"))
+  deadline=$((SECONDS + 120))
+  while :; do
+    left=$(kubectl get "$kinds" -A -l app.kubernetes.io/instance=workpool,app.kubernetes.io/managed-by!=prometheus-operator --ignore-not-found -o \
+      jsonpath='{range .items[*]}{.kind}/{.metadata.name}{"\n"}{end}' 2>/dev/null | sort -u)
+    unexpected=$(comm -23 <(echo "$left" | grep -v '^$' || true) <(echo "$expected"))
+    [ -n "$unexpected" ] && [ "$SECONDS" -lt "$deadline" ] || break
+    sleep 2
+  done
   kind_log "left by helm uninstall: ${left//$'\n'/, }"
   if [ -n "$unexpected" ]; then
-    kind_log "helm uninstall left what the chart does not promise to keep: ${unexpected//$'\n'/, }"
+    kind_log "helm uninstall left what the chart does not promise to keep (after 120 s): ${unexpected//$'\n'/, }"
     leftovers_ok=0
   fi
   kubectl get crd workpools.workpool.dev -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}' |

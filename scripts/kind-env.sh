@@ -23,9 +23,27 @@ KIND_LOG_TAG=kind-env
 
 "$KIND_ROOT/scripts/kind-docker.sh" up
 kind_use_env
-"$KIND_ROOT/scripts/kind-tools.sh" kind helm kubectl
-node_image=${NODE_IMAGE:-$("$KIND_ROOT/scripts/kind-node-image.sh" | tail -1)}
+
+# The Go tools compile (CPU) in the background while the Debian trees of the base and node
+# images download (network); the node image's script waits for the tools it needs (each
+# tool is built once, under a lock). What is built already is only linked.
+tools=(kind helm kubectl)
+[ -n "${NODE_IMAGE:-}" ] || tools=(kind kubeadm crictl coredns local-path-provisioner "${tools[@]:1}")
+[ -n "${KIND_SKIP_MONITORING:-}" ] || tools+=(prometheus-operator prometheus-config-reloader)
+tools_log="$KIND_CACHE/tools.log"
+mkdir -p "$KIND_CACHE"
+{
+  "$KIND_ROOT/scripts/kind-tools.sh" "${tools[@]}" &&
+    # step 7a's `go run` of tests/kind/dashboard-schema (Grafana's dashboard types)
+    (cd "$KIND_ROOT/tests/kind/dashboard-schema" && nice -n 10 go build -o /dev/null .)
+} >"$tools_log" 2>&1 &
+tools_pid=$!
+trap 'kill "$tools_pid" 2>/dev/null || true' EXIT
 "$KIND_ROOT/scripts/kind-base-images.sh"
+node_image=${NODE_IMAGE:-$("$KIND_ROOT/scripts/kind-node-image.sh" | tail -1)}
+wait "$tools_pid" || { tail -30 "$tools_log" >&2; kind_die "building the kind tools failed (log: $tools_log)"; }
+trap - EXIT
+grep -h "built " "$tools_log" >&2 || true
 
 mkdir -p "$KIND_ROOT/.kind"
 # kind's defaults (127.0.0.1, a free port); with the private engine the API server is

@@ -116,4 +116,11 @@ build() {
 }
 
 [ $# -gt 0 ] || set -- kind helm kubectl
-for tool in "$@"; do build "$tool"; done
+# One build of a tool at a time: scripts/kind-env.sh builds them in the background while
+# the node image's scripts ask for some of them (they wait here, then find them built).
+for tool in "$@"; do
+  (
+    flock 9
+    build "$tool"
+  ) 9>"$tools_dir/.$tool.lock"
+done

@@ -28,7 +28,7 @@ WORKER_IMAGE = "ghcr.io/workpool-dev/workpool-worker:0.1.0"
 REDIS_IMAGE = "ghcr.io/workpool-dev/workpool-redis:0.1.0"
 POOL_NS, REDIS_NS, POOL = "wp-dashboards", "wp-dashboards-redis", "thumbs"
 PROM = "/api/v1/namespaces/monitoring/services/prometheus-operated:web/proxy"
-# Grafana's $__rate_interval for a 30 s scrape interval (the monitors' default): 4 x 30 s.
+# Grafana's $__rate_interval: 4 x the monitors' scrape interval (--scrape-interval).
 RATE_INTERVAL = "2m"
 
 
@@ -212,7 +212,7 @@ def check_dashboards(k: Kube) -> None:
         def empty_panels():
             return [f"{d}: {t}: {q}" for d, t, q in queries if not query(k, q)]
 
-        # rates over 2 minutes need two scrapes of each series: give them a little time
+        # rates need two scrapes of each series within their window: give them a little time
         deadline = time.monotonic() + 120
         while (empty := empty_panels()) and time.monotonic() < deadline:
             time.sleep(10)
@@ -229,7 +229,11 @@ def main() -> int:
     ap.add_argument("--namespace", default="workpool-system", help="the release's namespace")
     ap.add_argument("--release", default="workpool")
     ap.add_argument("--pools", default="sleepy,shout", help="example pools whose workers must be scraped")
+    ap.add_argument("--scrape-interval", type=int, default=30, metavar="SECONDS",
+                    help="the interval of the chart's ServiceMonitor and PodMonitor (metrics.*.interval)")
     a = ap.parse_args()
+    global RATE_INTERVAL
+    RATE_INTERVAL = f"{4 * a.scrape_interval}s"
     k = Kube(a.kubeconfig)
     try:
         check_targets(k, a.namespace, a.pools.split(","))

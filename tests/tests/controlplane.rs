@@ -291,3 +291,122 @@ async fn service_accounts_get_tokens_and_namespaces_their_default_account() {
         .expect_err("default account has no grants");
     assert_eq!(status_code(&err), Some(403), "{err}");
 }
+
+/// etcd compacts its history (every 5 minutes on a real cluster): a watch resuming from a
+/// version older than the compaction gets 410 Gone, the answer on which kube-rs' watcher
+/// (and so the operator) lists again instead of missing changes. On a control plane of
+/// the test's own (compacting the shared one would expire other tests' watches), with
+/// ConfigMaps' watch cache off: the cache serves any version it still holds, whatever etcd
+/// has compacted, so only watches served from etcd see the compaction at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_compacted_version_gets_410_gone() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+    let options = ControlPlaneOptions {
+        apiserver_args: vec!["--watch-cache-sizes=configmaps#0".into()],
+        ..ControlPlaneOptions::default()
+    };
+    let cp = tokio::task::spawn_blocking(|| ControlPlane::start(options))
+        .await
+        .expect("join")
+        .map(std::sync::Arc::new)
+        .expect("a control plane of this test's own starts");
+    let client = client_for(cp.admin_kubeconfig()).await.expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let history: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "history"}, "data": {"v": "0"}}))
+            .expect("configmap");
+    let created = api
+        .create(&PostParams::default(), &history)
+        .await
+        .expect("create");
+    let before = created.metadata.resource_version.expect("resourceVersion");
+    let mut latest = before.clone();
+    for v in 1..=3 {
+        let patched = api
+            .patch(
+                "history",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"v": v.to_string()}})),
+            )
+            .await
+            .expect("patch");
+        latest = patched.metadata.resource_version.expect("resourceVersion");
+    }
+    // Before the compaction the history is there: a watch from the creation sees the
+    // three changes.
+    let kinds = |events: Vec<WatchEvent<ConfigMap>>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                WatchEvent::Error(e) => format!("ERROR {}", e.code),
+                WatchEvent::Added(_) => "ADDED".into(),
+                WatchEvent::Modified(_) => "MODIFIED".into(),
+                WatchEvent::Deleted(_) => "DELETED".into(),
+                WatchEvent::Bookmark(_) => "BOOKMARK".into(),
+            })
+            .collect()
+    };
+    let watch_from = |rv: String| {
+        let api = api.clone();
+        async move {
+            let stream = api
+                .watch(&WatchParams::default().timeout(3), &rv)
+                .await
+                .expect("watch request");
+            let events: Vec<WatchEvent<ConfigMap>> =
+                stream.boxed().take(3).try_collect().await.expect("events");
+            events
+        }
+    };
+    assert_eq!(
+        kinds(watch_from(before.clone()).await),
+        ["MODIFIED", "MODIFIED", "MODIFIED"]
+    );
+
+    let compact = cp.clone();
+    let revision = tokio::task::spawn_blocking(move || compact.compact_etcd())
+        .await
+        .expect("join")
+        .expect("etcd compacts");
+    assert!(
+        revision >= latest.parse::<i64>().expect("numeric resourceVersion"),
+        "compacted to {revision}, the last change was {latest}"
+    );
+    let expired = watch_from(before.clone()).await;
+    assert_eq!(
+        kinds(expired),
+        ["ERROR 410"],
+        "watch from {before} after compaction to {revision}"
+    );
+    // From the compacted revision on, watches are served: a new change arrives.
+    let watch = api
+        .watch(&WatchParams::default().timeout(10), &revision.to_string())
+        .await
+        .expect("watch from the compaction");
+    api.patch(
+        "history",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "after"}})),
+    )
+    .await
+    .expect("patch");
+    let next: Vec<WatchEvent<ConfigMap>> =
+        watch.boxed().take(1).try_collect().await.expect("events");
+    match next.as_slice() {
+        [WatchEvent::Modified(cm)] => assert_eq!(
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get("v"))
+                .map(String::as_str),
+            Some("after")
+        ),
+        other => panic!(
+            "expected the change after the compaction, got {:?}",
+            kinds(other.to_vec())
+        ),
+    }
+    tokio::task::spawn_blocking(move || drop(cp))
+        .await
+        .expect("drop");
+}

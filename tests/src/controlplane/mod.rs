@@ -51,6 +51,9 @@ pub struct ControlPlaneOptions {
     pub service_cidr: String,
     /// Pod range, split into one /24 per node by the controller manager.
     pub cluster_cidr: String,
+    /// Further kube-apiserver flags (after the defaults, so they win), e.g.
+    /// `--watch-cache-sizes=configmaps#0` to serve a resource's watches from etcd.
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -60,6 +63,7 @@ impl Default for ControlPlaneOptions {
             advertise_address: None,
             service_cidr: "10.96.0.0/16".into(),
             cluster_cidr: "10.244.0.0/16".into(),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct ControlPlane {
     watchdog_stdin: Mutex<Option<ChildStdin>>,
     watchdog: Mutex<Option<Child>>,
     users: Mutex<u32>,
+    /// etcd's client port, known once etcd has started.
+    etcd_port: Mutex<Option<u16>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -297,6 +303,7 @@ impl ControlPlane {
             watchdog_stdin: Mutex::new(Some(watchdog_stdin)),
             watchdog: Mutex::new(Some(watchdog)),
             users: Mutex::new(0),
+            etcd_port: Mutex::new(None),
             dir,
         };
         cp.start_components(api_port, &serving, &sa)
@@ -335,36 +342,37 @@ impl ControlPlane {
         self.wait("etcd", deadline, || {
             plain_http_get(etcd_port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
         })?;
+        *self.etcd_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(etcd_port);
 
         let pki = |p: &Path| p.display().to_string();
         let admin = self.dir.path().join("pki/admin");
         let (admin_crt, admin_key) = (admin.with_extension("crt"), admin.with_extension("key"));
-        self.spawn(
-            "kube-apiserver",
-            &[
-                &format!("--etcd-servers={etcd_url}"),
-                "--bind-address=0.0.0.0",
-                &format!("--secure-port={api_port}"),
-                &format!("--advertise-address={}", self.advertise_address),
-                &format!("--tls-cert-file={}", pki(&serving.cert)),
-                &format!("--tls-private-key-file={}", pki(&serving.key)),
-                &format!("--client-ca-file={}", pki(&self.ca.pair.cert)),
-                &format!("--service-account-key-file={}", pki(&sa.cert)),
-                &format!("--service-account-signing-key-file={}", pki(&sa.key)),
-                &format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-                "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction,PodNodeSelector",
-                &format!("--service-cluster-ip-range={}", self.options.service_cidr),
-                "--allow-privileged=true",
-                // Reach kubelets (logs, exec) at their InternalIP: node names do not
-                // resolve through the machine's DNS.
-                "--kubelet-preferred-address-types=InternalIP",
-                &format!("--kubelet-client-certificate={}", pki(&admin_crt)),
-                &format!("--kubelet-client-key={}", pki(&admin_key)),
-                "--profiling=false",
-                "--v=1",
-            ],
-        )?;
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=0.0.0.0".to_string(),
+            format!("--secure-port={api_port}"),
+            format!("--advertise-address={}", self.advertise_address),
+            format!("--tls-cert-file={}", pki(&serving.cert)),
+            format!("--tls-private-key-file={}", pki(&serving.key)),
+            format!("--client-ca-file={}", pki(&self.ca.pair.cert)),
+            format!("--service-account-key-file={}", pki(&sa.cert)),
+            format!("--service-account-signing-key-file={}", pki(&sa.key)),
+            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+            "--authorization-mode=Node,RBAC".to_string(),
+            "--enable-admission-plugins=NodeRestriction,PodNodeSelector".to_string(),
+            format!("--service-cluster-ip-range={}", self.options.service_cidr),
+            "--allow-privileged=true".to_string(),
+            // Reach kubelets (logs, exec) at their InternalIP: node names do not
+            // resolve through the machine's DNS.
+            "--kubelet-preferred-address-types=InternalIP".to_string(),
+            format!("--kubelet-client-certificate={}", pki(&admin_crt)),
+            format!("--kubelet-client-key={}", pki(&admin_key)),
+            "--profiling=false".to_string(),
+            "--v=1".to_string(),
+        ];
+        apiserver_args.extend(self.options.apiserver_args.iter().cloned());
+        let apiserver_args: Vec<&str> = apiserver_args.iter().map(String::as_str).collect();
+        self.spawn("kube-apiserver", &apiserver_args)?;
         let kubectl = self.bin_dir.join("kubectl");
         let kubeconfig = self.admin_kubeconfig.clone();
         self.wait("kube-apiserver /readyz", deadline, || {
@@ -555,6 +563,30 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Compacts etcd's history up to its current revision (etcd's JSON gateway,
+    /// `/v3/kv/compaction`, physical): what etcd otherwise does every 5 minutes, so that a
+    /// test can read from a resource version that no longer exists. Returns the revision.
+    /// Compact only a control plane of the test's own: the other tests' watches resuming
+    /// from older versions would get 410 Gone. Blocking.
+    pub fn compact_etcd(&self) -> Result<i64> {
+        let port = self
+            .etcd_port
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| anyhow!("etcd has not started"))?;
+        let status = plain_http_post(port, "/v3/maintenance/status", "{}")?;
+        let revision: i64 = serde_json::from_str::<serde_json::Value>(http_body(&status))
+            .ok()
+            .and_then(|v| v["header"]["revision"].as_str()?.parse().ok())
+            .ok_or_else(|| anyhow!("etcd status without a revision: {status}"))?;
+        let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
+        let reply = plain_http_post(port, "/v3/kv/compaction", &body.to_string())?;
+        if !reply.starts_with("HTTP/1.0 200") && !reply.starts_with("HTTP/1.1 200") {
+            bail!("etcd refused the compaction to {revision}: {reply}");
+        }
+        Ok(revision)
+    }
+
     /// Stops every component (SIGTERM, then SIGKILL after a few seconds).
     pub fn stop(&self) {
         let mut components = self.components.lock().unwrap_or_else(|p| p.into_inner());
@@ -670,6 +702,25 @@ fn plain_http_get(port: u16, path: &str) -> Result<String> {
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)
+}
+
+fn plain_http_post(port: u16, path: &str, body: &str) -> Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// The body of a raw HTTP reply.
+fn http_body(reply: &str) -> &str {
+    reply.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 /// Writes a kubeconfig that authenticates with a client certificate.
