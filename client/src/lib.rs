@@ -1,6 +1,7 @@
 //! The producer side of workpool queues (Redis Streams), following docs/protocol.md:
 //! submit tasks (one or pipelined batches; producer task ids and deduplication;
-//! partitions; durable `WAIT`), read a pool's stats, list, retry and purge dead letters.
+//! partitions; durable `WAIT`), read a pool's stats, list, retry and purge dead letters,
+//! read a task's result and status and wait for it (once the worker records results).
 //!
 //! ```no_run
 //! # async fn demo() -> workpool_client::Result<()> {
@@ -25,6 +26,7 @@ mod id;
 mod keys;
 mod pool;
 pub mod reply;
+pub mod results;
 pub mod stats;
 pub mod submit;
 pub mod target;
@@ -33,7 +35,8 @@ pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterRef, RetryOutcome
 pub use error::{Error, Result};
 pub use id::EntryId;
 pub use keys::{Layout, MAX_PARTITIONS, crc16_xmodem, key_slot};
-pub use pool::{Pool, RESPONSE_TIMEOUT};
+pub use pool::{Pool, RESPONSE_TIMEOUT, WaitError};
+pub use results::{TaskResult, TaskStatus, WaitTimeout};
 pub use stats::{ConsumerInfo, DrainState, QueueStats, STATS_COUNT_LIMIT_CHUNKS};
 pub use submit::{DEFAULT_DEDUP_WINDOW, Durable, NewTask, SubmitError, Submitted, Task};
 

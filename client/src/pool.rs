@@ -1,6 +1,6 @@
 //! [`Pool`]: a pool's queue seen from a producer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -9,6 +9,10 @@ use crate::dead_letters::{
     parse_range, trim_threshold,
 };
 use crate::reply::{as_bytes, as_int, into_array};
+use crate::results::{
+    TaskResult, TaskStatus, WAIT_SLICE, WaitTimeout, exact, next_block, notify_key, pending_row,
+    result_key,
+};
 use crate::submit::{
     Durable, PIPELINE_CHUNK, Planned, RoundRobin, SubmitError, Submitted, Task, plan, send_chunk,
 };
@@ -21,6 +25,8 @@ use crate::{EntryId, Error, Layout, QueueStats, Result};
 pub struct Pool {
     layout: Layout,
     conn: Connection,
+    /// Where `conn` goes, for the connections of blocking waits (none for [`Pool::new`]).
+    target: Option<Target>,
     rr: std::sync::Arc<RoundRobin>,
     pipeline: usize,
 }
@@ -43,7 +49,9 @@ impl Pool {
         let layout = layout.with_cluster(target.is_cluster());
         layout.validate()?;
         let conn = target.connect(Some(RESPONSE_TIMEOUT)).await?;
-        Pool::new(conn, layout)
+        let mut pool = Pool::new(conn, layout)?;
+        pool.target = Some(target.clone());
+        Ok(pool)
     }
 
     /// Like [`Pool::connect`] from a URL and TLS material.
@@ -58,6 +66,7 @@ impl Pool {
         Ok(Pool {
             layout,
             conn,
+            target: None,
             rr: std::sync::Arc::new(rr),
             pipeline: PIPELINE_CHUNK,
         })
@@ -464,4 +473,124 @@ impl Pool {
         }
         Ok(n)
     }
+
+    // ------------------------------------------------------------------ results
+
+    /// The task's result record in `partition` (with results on), or `None`: not
+    /// finished, results off, or expired.
+    pub async fn result(&self, partition: usize, task_id: &str) -> Result<Option<TaskResult>> {
+        self.check_partition(partition)?;
+        let mut c = self.conn.clone();
+        let key = result_key(&self.layout.partition_stream(partition), task_id);
+        let v: Value = redis::cmd("HGETALL").arg(key).query_async(&mut c).await?;
+        TaskResult::parse(v)
+    }
+
+    /// Blocks until the task's result exists and returns it (the pool needs results
+    /// on); a [`WaitTimeout`] after `timeout`. It does not poll: between looks it blocks
+    /// on the task's notification list (`BLMOVE` of the list onto itself, so every waiter
+    /// wakes and the list keeps its TTL) on a connection of its own, at most
+    /// [`WAIT_SLICE`] at a time. Needs a pool made by [`Pool::connect`].
+    pub async fn wait_for(
+        &self,
+        partition: usize,
+        task_id: &str,
+        timeout: Duration,
+    ) -> std::result::Result<TaskResult, WaitError> {
+        self.check_partition(partition)?;
+        let Some(target) = &self.target else {
+            return Err(Error::InvalidArgument(
+                "wait_for blocks on a connection of its own: make the pool with Pool::connect"
+                    .into(),
+            )
+            .into());
+        };
+        let deadline = Instant::now() + timeout;
+        let stream = self.layout.partition_stream(partition);
+        let notify = notify_key(&stream, task_id);
+        let mut blocking: Option<Connection> = None;
+        loop {
+            if let Some(r) = self.result(partition, task_id).await? {
+                return Ok(r);
+            }
+            let Some(block) = next_block(deadline) else {
+                return Err(WaitError::Timeout(WaitTimeout {
+                    task_id: task_id.to_string(),
+                    timeout,
+                }));
+            };
+            if blocking.is_none() {
+                blocking = Some(target.connect(Some(WAIT_SLICE + RESPONSE_TIMEOUT)).await?);
+            }
+            if let Some(c) = blocking.as_mut() {
+                let _: Value = redis::cmd("BLMOVE")
+                    .arg(&notify)
+                    .arg(&notify)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .arg(block.as_secs_f64())
+                    .query_async(c)
+                    .await
+                    .map_err(Error::from)?;
+            }
+        }
+    }
+
+    /// Where the task is (docs/protocol.md 8): finished (with results on), else by its
+    /// entry id when given (what `submit` returned): running, queued, or unknown.
+    pub async fn status(
+        &self,
+        partition: usize,
+        task_id: &str,
+        entry_id: Option<EntryId>,
+    ) -> Result<TaskStatus> {
+        if let Some(r) = self.result(partition, task_id).await? {
+            return Ok(TaskStatus::Finished(Box::new(r)));
+        }
+        let Some(id) = entry_id else {
+            return Ok(TaskStatus::Unknown);
+        };
+        let stream = self.layout.partition_stream(partition);
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(exact(id))
+            .arg(exact(id))
+            .query_async(&mut c)
+            .await?;
+        if parse_range(v)?.is_empty() {
+            return Ok(TaskStatus::Unknown);
+        }
+        let pending: redis::RedisResult<Value> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(self.layout.group())
+            .arg(exact(id))
+            .arg(exact(id))
+            .arg(1)
+            .query_async(&mut c)
+            .await;
+        match pending {
+            Ok(v) => Ok(match pending_row(v) {
+                Some((consumer, deliveries)) => TaskStatus::Running {
+                    consumer,
+                    deliveries,
+                },
+                None => TaskStatus::Queued,
+            }),
+            // No group yet: nothing was delivered.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(TaskStatus::Queued),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Why [`Pool::wait_for`] returned without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// No result within the timeout.
+    #[error(transparent)]
+    Timeout(#[from] WaitTimeout),
+    /// Redis or the arguments.
+    #[error(transparent)]
+    Queue(#[from] Error),
 }

@@ -351,3 +351,126 @@ async fn an_unreachable_redis_is_a_clear_connection_error() {
         .expect_err("bad URL");
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
 }
+
+/// What a worker with results on writes (the canonical result.lua).
+async fn write_result(pool: &Pool, partition: usize, task_id: &str, output: &str) {
+    let stream = pool.layout().partition_stream(partition);
+    let src = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/result.lua"),
+    )
+    .unwrap();
+    let mut c = pool.connection();
+    let _: i64 = redis::cmd("EVAL")
+        .arg(src)
+        .arg(2)
+        .arg(format!("{stream}:result:{task_id}"))
+        .arg(format!("{stream}:notify:{task_id}"))
+        .arg(60_000)
+        .arg("done")
+        .arg("v")
+        .arg(1)
+        .arg("task_id")
+        .arg(task_id)
+        .arg("output")
+        .arg(output)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_get_the_result_whenever_it_is_written_and_status_follows_the_task() {
+    use workpool_client::{TaskStatus, WaitError};
+    let server = RedisServer::start().expect("redis-server");
+    let pool = pool(&server, Layout::new("res", "res").with_partitions(2)).await;
+    let task = pool
+        .submit(Task::new("{}").with_id("order-1").in_partition(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.status(1, "order-1", Some(task.entry_id))
+            .await
+            .unwrap(),
+        TaskStatus::Queued
+    );
+    let mut c = pool.connection();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("res:1")
+        .arg("res")
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("res")
+        .arg("pod-a")
+        .arg("STREAMS")
+        .arg("res:1")
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.status(1, "order-1", Some(task.entry_id))
+            .await
+            .unwrap(),
+        TaskStatus::Running {
+            consumer: "pod-a".into(),
+            deliveries: 1
+        }
+    );
+    // Three waiters, started before or after the write: each gets the one record.
+    let waiter =
+        |pool: Pool| async move { pool.wait_for(1, "order-1", Duration::from_secs(60)).await };
+    let early = tokio::spawn(waiter(pool.clone()));
+    let early2 = tokio::spawn(waiter(pool.clone()));
+    // Both block on the notification list before the result is written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = server.cmd(redis::cmd("INFO").arg("clients")).unwrap();
+        if info.contains("blocked_clients:2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiters never blocked: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write_result(&pool, 1, "order-1", "thumb.png").await;
+    let late = waiter(pool.clone()).await.unwrap();
+    for r in [
+        early.await.unwrap().unwrap(),
+        early2.await.unwrap().unwrap(),
+        late,
+    ] {
+        assert!(r.ok());
+        assert_eq!(r.output.as_deref(), Some(&b"thumb.png"[..]));
+    }
+    // Waking rotates the list onto itself: the one notification stays for later waiters.
+    let notes: Vec<String> = redis::cmd("LRANGE")
+        .arg("res:1:notify:order-1")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(notes, ["done"]);
+    // No result: a timeout, and a task never submitted is unknown.
+    match pool.wait_for(0, "never", Duration::from_millis(300)).await {
+        Err(WaitError::Timeout(t)) => assert_eq!(t.task_id, "never"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        pool.status(0, "never", None).await.unwrap(),
+        TaskStatus::Unknown
+    );
+    assert_eq!(
+        pool.status(0, "never", Some(EntryId { ms: 1, seq: 0 }))
+            .await
+            .unwrap(),
+        TaskStatus::Unknown
+    );
+}

@@ -744,3 +744,60 @@ async fn cluster_cases() {
     }
     assert!(ran >= 6, "the vectors have cluster cases: {ran}");
 }
+
+fn result_json(r: &workpool_client::TaskResult) -> J {
+    let output = r.output.as_ref().map(|o| match std::str::from_utf8(o) {
+        Ok(t) => json!({ "text": t }),
+        Err(_) => json!({ "base64": workpool_client::dead_letters::base64(o) }),
+    });
+    json!({
+        "state": r.state, "version": r.version, "task_id": r.task_id, "entry_id": r.entry_id,
+        "deliveries": r.deliveries, "consumer": r.consumer, "started_ms": r.started_ms,
+        "finished_ms": r.finished_ms, "output": output, "output_truncated": r.output_truncated,
+        "error": r.error, "dead_letter_id": r.dead_letter_id,
+        "extra": r.extra.iter().map(|(k, v)| json!([k, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
+    })
+}
+
+#[tokio::test]
+async fn results() {
+    use workpool_client::TaskStatus;
+    let server = RedisServer::start().expect("redis-server");
+    let pool = Pool::connect_url(&server.url(), &Tls::none(), Layout::new("q", "q"))
+        .await
+        .unwrap();
+    let conn = pool.connection();
+    let src = std::fs::read_to_string(vectors_dir().join("scripts/result.lua")).unwrap();
+    for c in vectors("results.json")["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let fields = c["fields"].as_array().unwrap();
+        let tid = fields.iter().find(|kv| kv[0] == "task_id").unwrap()[1]
+            .as_str()
+            .unwrap();
+        let (rk, nk) = (format!("q:result:{tid}"), format!("q:notify:{tid}"));
+        let mut args: Vec<Vec<u8>> = vec![
+            b"EVAL".to_vec(),
+            src.clone().into_bytes(),
+            b"2".to_vec(),
+            rk.clone().into_bytes(),
+            nk.clone().into_bytes(),
+            b"60000".to_vec(),
+            c["state"].as_str().unwrap().as_bytes().to_vec(),
+        ];
+        args.extend(fields_args(&c["fields"]));
+        run(&conn, &args).await;
+        let got = pool.result(0, tid).await.unwrap().expect(name);
+        assert_eq!(result_json(&got), c["expect"], "{name}");
+        let waited = pool
+            .wait_for(0, tid, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(result_json(&waited), c["expect"], "{name}");
+        let st = pool
+            .status(0, tid, Some(EntryId { ms: 1, seq: 0 }))
+            .await
+            .unwrap();
+        assert_eq!(st, TaskStatus::Finished(Box::new(got)), "{name}");
+        flush(&conn, None).await;
+    }
+}
