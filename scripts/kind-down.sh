@@ -2,8 +2,8 @@
 # `make kind-down`: undoes `make kind`. The example pools are deleted first (while the
 # operator runs to remove their consumers: their finalizer), then the release is
 # uninstalled, and what `helm uninstall` left is checked against what the chart promises
-# to leave (docs/operations.md: the CRD, kept on purpose; the Redis PVC only with
-# redis.persistence.retainOnUninstall). Then the cluster is deleted and, when it was
+# to leave (docs/operations.md: the CRD, kept on purpose; the Redis PVCs with
+# redis.persistence.retainOnUninstall, the chart's default). Then the cluster is deleted and, when it was
 # started here and no kind cluster is left on it, the private Docker engine stopped.
 # Exits non-zero when the uninstall left something it should not have (after deleting the
 # cluster all the same).
@@ -25,13 +25,21 @@ leftovers_ok=1
 if helm status workpool -n workpool-system >/dev/null 2>&1; then
   kubectl delete -f examples/sleep-pool.yaml -f examples/script-pool.yaml --ignore-not-found --timeout=120s
   kubectl delete secret workpool-redis --ignore-not-found
+  # The chart keeps the Redis PVCs on uninstall when redis.persistence.retainOnUninstall
+  # (its default: the queued tasks are the user's data); they are then expected to stay.
+  kept_pvcs=""
+  if helm get values workpool -n workpool-system --all -o json |
+    python3 -c 'import json, sys; p = json.load(sys.stdin)["redis"]["persistence"]; sys.exit(0 if p["enabled"] and p["retainOnUninstall"] else 1)'; then
+    kept_pvcs=$(kubectl get pvc -A -l app.kubernetes.io/instance=workpool -o \
+      jsonpath='{range .items[*]}PersistentVolumeClaim/{.metadata.name}{"\n"}{end}')
+  fi
   helm uninstall workpool -n workpool-system --wait --timeout 5m
   # What is left of the release: objects with its instance label, anywhere (but those of
   # the Prometheus named workpool, which its operator labels the same way). Some go after
-  # `helm uninstall` returns: the garbage collector deletes the Redis PVC once its
-  # StatefulSet is gone (persistentVolumeClaimRetentionPolicy), so wait for them a while.
+  # `helm uninstall` returns (the garbage collector deletes the Redis PVCs once their
+  # StatefulSet is gone, with retainOnUninstall false), so wait for them a while.
   kinds=$(kubectl api-resources --verbs=list -o name | grep -v -e '^events' -e '^componentstatuses' | paste -sd, -)
-  expected="CustomResourceDefinition/workpools.workpool.dev"
+  expected=$(printf '%s\n' "CustomResourceDefinition/workpools.workpool.dev" $kept_pvcs | sort -u)
   deadline=$((SECONDS + 120))
   while :; do
     left=$(kubectl get "$kinds" -A -l app.kubernetes.io/instance=workpool,app.kubernetes.io/managed-by!=prometheus-operator --ignore-not-found -o \
