@@ -4,7 +4,8 @@
 # uninstalled, and what `helm uninstall` left is checked against what the chart promises
 # to leave (docs/operations.md: the CRD, kept on purpose; the Redis PVCs with
 # redis.persistence.retainOnUninstall, the chart's default). Then the cluster is deleted and, when it was
-# started here and no kind cluster is left on it, the private Docker engine stopped.
+# started here and no kind cluster is left on it, the private Docker engine pruned of
+# dangling images and stopped.
 # Exits non-zero when the uninstall left something it should not have (after deleting the
 # cluster all the same).
 set -euo pipefail
@@ -60,6 +61,12 @@ fi
 kind delete cluster --name "$KIND_CLUSTER"
 rm -f "$KIND_KUBECONFIG"
 if kind_private_engine && [ -z "$(kind get clusters 2>/dev/null)" ]; then
+  # The private engine's storage stays in the cache between runs: each `make kind`
+  # rebuilds our images under the same tags, leaving the last ones dangling (and their
+  # build cache, bounded to its newest 5 GB: the cargo cache of an in-docker build).
+  # The node and base images stay tagged, so they are kept.
+  docker image prune -f >/dev/null || true
+  docker builder prune -f --keep-storage 5GB >/dev/null 2>&1 || true
   "$KIND_ROOT/scripts/kind-docker.sh" down
 fi
 [ "$leftovers_ok" = 1 ]
