@@ -602,3 +602,125 @@ fn results_flags_are_checked() {
         assert!(err.contains("--results-ttl"), "{err}");
     }
 }
+
+/// The inline `noop` handler records `done` without output; a task the worker
+/// dead-letters without running it (delivered more than maxDeliveries times by workers
+/// that died) records `dead` without `started_ms`; an `id` field a client would refuse
+/// (the form of an entry id, or longer than 512 bytes) does not name the record: the
+/// entry id does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_without_a_run_and_task_ids_a_client_would_refuse() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let pool = Pool::connect_url(&url, &Tls::none(), Layout::new(STREAM, GROUP))
+        .await
+        .expect("pool");
+    let mut c = pool.connection();
+    let xadd = |id: Option<String>| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(STREAM).arg("*").arg("payload").arg("{}");
+        if let Some(id) = id {
+            cmd.arg("id").arg(id);
+        }
+        cmd
+    };
+    // A task that "died" with 5 workers: held by a ghost consumer, idle, 5 deliveries.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let poison: String = xadd(Some("poison-1".into()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("ghost")
+        .arg(0)
+        .arg(&poison)
+        .arg("IDLE")
+        .arg(100_000)
+        .arg("RETRYCOUNT")
+        .arg(5)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let entry_form: String = xadd(Some("12-34".into())).query_async(&mut c).await.unwrap();
+    let too_long: String = xadd(Some("x".repeat(513))).query_async(&mut c).await.unwrap();
+    let good: String = xadd(Some("fine-1".into())).query_async(&mut c).await.unwrap();
+    let plain: String = xadd(None).query_async(&mut c).await.unwrap();
+    let _workers: Vec<Worker> = ["w1", "w2"]
+        .iter()
+        .map(|name| {
+            Worker::spawn(
+                &url,
+                STREAM,
+                GROUP,
+                name,
+                &worker_args("1", &["--visibility-timeout", "1", "--builtin", "noop"]),
+            )
+        })
+        .collect();
+    let wait = |id: String| {
+        let pool = pool.clone();
+        async move {
+            pool.wait_for(0, &id, Duration::from_secs(30))
+                .await
+                .expect("a result")
+        }
+    };
+    let dead = wait("poison-1".into()).await;
+    assert_eq!(dead.state, "dead", "{dead:?}");
+    assert_eq!(dead.entry_id.as_deref(), Some(poison.as_str()));
+    assert_eq!(dead.deliveries, Some(6), "{dead:?}");
+    assert_eq!(dead.started_ms, None, "it did not run: {dead:?}");
+    assert!(dead.finished_ms.is_some());
+    let e = dead.error.as_deref().expect("error");
+    assert!(e.starts_with("delivered 6 times without completing"), "{e}");
+    assert!(dead.dead_letter_id.is_some());
+    for (entry, task_id) in [
+        (&entry_form, entry_form.clone()),
+        (&too_long, too_long.clone()),
+        (&good, "fine-1".to_string()),
+        (&plain, plain.clone()),
+    ] {
+        let r = wait(task_id.clone()).await;
+        assert_eq!(r.state, "done", "{r:?}");
+        assert_eq!(r.task_id.as_deref(), Some(task_id.as_str()));
+        assert_eq!(r.entry_id.as_deref(), Some(entry.as_str()));
+        assert_eq!((r.output, r.output_truncated), (None, false));
+        assert!(r.started_ms.is_some() && r.deliveries == Some(1));
+    }
+    // Nothing was keyed by the refused ids.
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jobs:result:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut want: Vec<String> = [&poison, &entry_form, &too_long, &plain]
+        .iter()
+        .map(|e| format!("jobs:result:{e}"))
+        .collect();
+    want.retain(|k| *k != format!("jobs:result:{poison}"));
+    want.push("jobs:result:poison-1".into());
+    want.push("jobs:result:fine-1".into());
+    want.sort();
+    assert_eq!(keys, want);
+}
