@@ -661,9 +661,18 @@ async fn records_without_a_run_and_task_ids_a_client_would_refuse() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let entry_form: String = xadd(Some("12-34".into())).query_async(&mut c).await.unwrap();
-    let too_long: String = xadd(Some("x".repeat(513))).query_async(&mut c).await.unwrap();
-    let good: String = xadd(Some("fine-1".into())).query_async(&mut c).await.unwrap();
+    let entry_form: String = xadd(Some("12-34".into()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let too_long: String = xadd(Some("x".repeat(513)))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let good: String = xadd(Some("fine-1".into()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let plain: String = xadd(None).query_async(&mut c).await.unwrap();
     let _workers: Vec<Worker> = ["w1", "w2"]
         .iter()
