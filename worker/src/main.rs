@@ -271,10 +271,11 @@ struct RunArgs {
     #[arg(long, env = "WORKPOOL_RESULTS_TTL", value_parser = parse_secs)]
     results_ttl: Option<Duration>,
     /// With --results-ttl: the most bytes of a handler's output (--exec stdout, --http
-    /// response body) a result keeps; more is cut and marked truncated.
+    /// response body) a result keeps (0 to 16 MiB); more is cut and marked truncated.
     #[arg(long, env = "WORKPOOL_RESULTS_MAX_OUTPUT", default_value_t = workpool_worker::runtime::DEFAULT_RESULT_MAX_OUTPUT,
-        value_parser = clap::value_parser!(usize), requires = "results_ttl")]
-    results_max_output: usize,
+        value_parser = clap::value_parser!(u64).range(0..=workpool_worker::runtime::MAX_RESULT_MAX_OUTPUT),
+        requires = "results_ttl")]
+    results_max_output: u64,
     /// Built-in handler: noop, sleep (payload {"ms": N}) or fail (always fails).
     #[arg(long, env = "WORKPOOL_BUILTIN", value_enum)]
     builtin: Option<Builtin>,
@@ -622,7 +623,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         tls,
         results: a.results_ttl.map(|ttl| ResultsConfig {
             ttl,
-            max_output: a.results_max_output,
+            // At most MAX_RESULT_MAX_OUTPUT (16 MiB): fits a usize everywhere.
+            max_output: usize::try_from(a.results_max_output).unwrap_or(usize::MAX),
         }),
     };
 

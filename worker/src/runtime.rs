@@ -63,7 +63,9 @@ pub struct ResultsConfig {
 }
 
 /// The default output limit of a result record: 64 KiB.
-pub const DEFAULT_RESULT_MAX_OUTPUT: usize = 64 * 1024;
+pub const DEFAULT_RESULT_MAX_OUTPUT: u64 = 64 * 1024;
+/// The largest output limit a worker accepts: 16 MiB (records live in Redis's memory).
+pub const MAX_RESULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 
 /// Now, in ms since the epoch (result records' timings).
 fn now_ms() -> u64 {
@@ -445,12 +447,13 @@ impl Ctx {
 
     /// The fields every result record has (docs/protocol.md 8), finished now.
     fn record(&self, entry: &Entry, started_ms: Option<u64>) -> ResultRecord {
+        let task_id = task_id_of(entry);
         let mut fields: Vec<(&'static str, Vec<u8>)> = vec![
             (
                 "v",
                 workpool_client::PROTOCOL_VERSION.to_string().into_bytes(),
             ),
-            ("task_id", task_id_of(entry).into_bytes()),
+            ("task_id", task_id.clone().into_bytes()),
             ("entry_id", entry.id.to_string().into_bytes()),
             ("deliveries", entry.deliveries.to_string().into_bytes()),
             ("consumer", self.consumer().as_bytes().to_vec()),
@@ -459,10 +462,7 @@ impl Ctx {
             fields.push(("started_ms", s.to_string().into_bytes()));
         }
         fields.push(("finished_ms", now_ms().to_string().into_bytes()));
-        ResultRecord {
-            task_id: task_id_of(entry),
-            fields,
-        }
+        ResultRecord { task_id, fields }
     }
 
     /// A `done` record: the common fields and the output.

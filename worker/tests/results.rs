@@ -601,6 +601,32 @@ fn results_flags_are_checked() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--results-ttl"), "{err}");
     }
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "run",
+            "--redis-url",
+            "redis://127.0.0.1:1/",
+            "--stream",
+            "s",
+            "--group",
+            "g",
+            "--consumer",
+            "c",
+            "--results-ttl",
+            "10",
+            "--results-max-output",
+            "16777217",
+            "--builtin",
+            "noop",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "an output limit over 16 MiB accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--results-max-output"), "{err}");
 }
 
 /// The inline `noop` handler records `done` without output; a task the worker
