@@ -1,7 +1,8 @@
 //! The producer side of workpool queues (Redis Streams), following docs/protocol.md:
 //! submit tasks (one or pipelined batches; producer task ids and deduplication;
 //! partitions; durable `WAIT`), read a pool's stats, list, retry and purge dead letters,
-//! read a task's result and status and wait for it (once the worker records results).
+//! read a task's result and status and wait for it (the worker records results with
+//! `--results-ttl`).
 //!
 //! ```no_run
 //! # async fn demo() -> workpool_client::Result<()> {
@@ -43,4 +44,4 @@ pub use submit::{DEFAULT_DEDUP_WINDOW, Durable, NewTask, SubmitError, Submitted,
 /// The version of docs/protocol.md this crate implements, and its revision.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The revision of [`PROTOCOL_VERSION`] (docs/protocol.md section 9).
-pub const PROTOCOL_REVISION: u32 = 2;
+pub const PROTOCOL_REVISION: u32 = 3;

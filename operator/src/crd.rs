@@ -320,6 +320,20 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub dead_letter_stream: Option<String>,
+    /// Record each task's outcome (done or dead-lettered, the handler's output, error,
+    /// timings) for producers that wait for it or ask for it (docs/protocol.md section 8).
+    /// Off when absent: nothing is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSpec>,
+}
+
+/// Task results (the worker's `--results-ttl`).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsSpec {
+    /// How long a task's result is kept in Redis, in seconds (at most a year).
+    #[schemars(range(min = 1, max = 31536000))]
+    pub ttl_seconds: i32,
 }
 
 impl Default for DeliverySpec {
@@ -328,6 +342,7 @@ impl Default for DeliverySpec {
             visibility_timeout_seconds: DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             dead_letter_stream: None,
+            results: None,
         }
     }
 }

@@ -100,6 +100,13 @@ pub fn worker_env(wp: &WorkPool) -> Vec<EnvVar> {
             .clone()
             .map(|d| plain("WORKPOOL_DEAD_LETTER_STREAM", d)),
     )
+    // Results only when asked for: without the variable the worker writes none.
+    .chain(
+        wp.spec
+            .delivery
+            .results
+            .map(|r| plain("WORKPOOL_RESULTS_TTL", r.ttl_seconds.to_string())),
+    )
     .chain(tls_env(wp))
     .collect()
 }
@@ -417,6 +424,10 @@ mod tests {
             !env.contains_key("WORKPOOL_PARTITIONS"),
             "one partition: the default"
         );
+        assert!(
+            !env.contains_key("WORKPOOL_RESULTS_TTL"),
+            "results are off unless delivery.results is set"
+        );
         assert_eq!(env["WORKPOOL_VISIBILITY_TIMEOUT"]["value"], "30");
         assert_eq!(env["WORKPOOL_MAX_DELIVERIES"]["value"], "3");
         assert_eq!(
@@ -442,7 +453,7 @@ mod tests {
                 "url": "rediss+cluster://r:7000", "partitions": 6,
                 "tls": {"caSecretRef": {"name": "ca", "key": "root.pem"},
                         "clientCertSecretRef": {"name": "client", "certKey": "tls.crt", "keyKey": "tls.key"}}}},
-            "delivery": {"deadLetterStream": "failed"},
+            "delivery": {"deadLetterStream": "failed", "results": {"ttlSeconds": 3600}},
             "template": {"spec": {
                 "volumes": [{"name": "data", "emptyDir": {}}],
                 "containers": [{"name": "worker", "image": "w",
@@ -453,6 +464,7 @@ mod tests {
         let env = env_of(&spec.containers[0]);
         assert_eq!(env["WORKPOOL_PARTITIONS"]["value"], "6");
         assert_eq!(env["WORKPOOL_DEAD_LETTER_STREAM"]["value"], "failed");
+        assert_eq!(env["WORKPOOL_RESULTS_TTL"]["value"], "3600");
         assert_eq!(
             env["WORKPOOL_REDIS_CA_FILE"]["value"],
             "/var/run/workpool/workpool-redis-ca/ca.crt"

@@ -46,6 +46,28 @@ impl std::fmt::Display for TaskError {
     }
 }
 
+/// What a successful run produced, kept only with results on (docs/protocol.md 8): an
+/// `--exec` handler's stdout or an `--http` handler's response body, cut to the limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// The first bytes, at most the limit.
+    pub bytes: Vec<u8>,
+    /// There was more than the limit.
+    pub truncated: bool,
+}
+
+impl Output {
+    /// Appends `chunk`, keeping at most `limit` bytes in all.
+    fn push(&mut self, chunk: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.bytes.len());
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+    }
+}
+
 /// A built-in handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Builtin {
@@ -108,12 +130,15 @@ impl Handler {
         matches!(self, Handler::Builtin(Builtin::Noop))
     }
 
-    /// Runs the task once.
-    pub async fn run(&self, entry: &Entry) -> Result<(), TaskError> {
+    /// Runs the task once. With `capture` (results on: the output limit in bytes) a
+    /// successful run returns its output (an `--exec` handler's stdout, which still goes to
+    /// the worker's stdout too; an `--http` handler's response body); without it the
+    /// output is empty and nothing is read or kept.
+    pub async fn run(&self, entry: &Entry, capture: Option<usize>) -> Result<Output, TaskError> {
         match self {
-            Handler::Builtin(b) => run_builtin(*b, entry).await,
-            Handler::Exec { program, args } => run_exec(program, args, entry).await,
-            Handler::Http { url, client } => run_http(client, url, entry).await,
+            Handler::Builtin(b) => run_builtin(*b, entry).await.map(|()| Output::default()),
+            Handler::Exec { program, args } => run_exec(program, args, entry, capture).await,
+            Handler::Http { url, client } => run_http(client, url, entry, capture).await,
         }
     }
 
@@ -179,7 +204,12 @@ fn producer_fields(entry: &Entry) -> impl Iterator<Item = (&'static ProducerFiel
     })
 }
 
-async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), TaskError> {
+async fn run_exec(
+    program: &str,
+    args: &[String],
+    entry: &Entry,
+    capture: Option<usize>,
+) -> Result<Output, TaskError> {
     let p = payload(entry)?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -193,7 +223,13 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
     }
     let mut child = cmd
         .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
+        // Without results the handler writes straight to the pod log; with results its
+        // stdout is read here and copied there (tee).
+        .stdout(if capture.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         // Its own process group: a Ctrl-C meant for the worker does not hit running tasks
@@ -204,6 +240,27 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
     let mut group = GroupGuard(child.id());
     let mut stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
+    let mut stdout = child.stdout.take();
+    let tee = async {
+        let mut out = Output::default();
+        let (Some(s), Some(limit)) = (stdout.as_mut(), capture) else {
+            return out;
+        };
+        let mut log = tokio::io::stdout();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // The pod log gets everything, the record at most the limit.
+                    let _ = log.write_all(&chunk[..n]).await;
+                    out.push(&chunk[..n], limit);
+                }
+            }
+        }
+        let _ = log.flush().await;
+        out
+    };
     let write = async {
         if let Some(mut s) = stdin.take() {
             // A handler may exit without reading its input: a broken pipe is not an error.
@@ -229,14 +286,14 @@ async fn run_exec(program: &str, args: &[String], entry: &Entry) -> Result<(), T
         }
         buf
     };
-    let ((), err_buf) = tokio::join!(write, read);
+    let ((), err_buf, output) = tokio::join!(write, read, tee);
     let status = child
         .wait()
         .await
         .map_err(|e| TaskError::Retryable(format!("waiting for {program:?}: {e}")))?;
     group.0 = None;
     if status.success() {
-        return Ok(());
+        return Ok(output);
     }
     let what = match status.code() {
         Some(c) => format!("exit status {c}"),
@@ -278,7 +335,12 @@ impl Drop for GroupGuard {
     }
 }
 
-async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<(), TaskError> {
+async fn run_http(
+    client: &reqwest::Client,
+    url: &str,
+    entry: &Entry,
+    capture: Option<usize>,
+) -> Result<Output, TaskError> {
     let p = payload(entry)?;
     let mut req = client
         .post(url)
@@ -295,7 +357,28 @@ async fn run_http(client: &reqwest::Client, url: &str, entry: &Entry) -> Result<
         .map_err(|e| TaskError::Retryable(format!("POST {url}: {e}")))?;
     let status = resp.status();
     if status.is_success() {
-        return Ok(());
+        let mut out = Output::default();
+        if let Some(limit) = capture {
+            let mut resp = resp;
+            // Read up to the limit; a longer body is cut (and its connection not reused).
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        out.push(&chunk, limit);
+                        if out.truncated {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(TaskError::Retryable(format!(
+                            "POST {url}: reading the response body: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        return Ok(out);
     }
     let body = resp.bytes().await.unwrap_or_default();
     let t = tail(&body);
@@ -338,20 +421,26 @@ mod tests {
     #[tokio::test]
     async fn builtins() {
         let noop = Handler::Builtin(Builtin::Noop);
-        assert_eq!(noop.run(&entry(Some(b"{}"))).await, Ok(()));
+        assert_eq!(
+            noop.run(&entry(Some(b"{}")), None).await,
+            Ok(Output::default())
+        );
         assert!(matches!(
-            noop.run(&entry(None)).await,
+            noop.run(&entry(None), None).await,
             Err(TaskError::Malformed(m)) if m.contains("no `payload` field") && m.contains("id")
         ));
         let sleep = Handler::Builtin(Builtin::Sleep);
-        assert_eq!(sleep.run(&entry(Some(br#"{"ms": 1}"#))).await, Ok(()));
+        assert_eq!(
+            sleep.run(&entry(Some(br#"{"ms": 1}"#)), None).await,
+            Ok(Output::default())
+        );
         assert!(matches!(
-            sleep.run(&entry(Some(b"not json"))).await,
+            sleep.run(&entry(Some(b"not json")), None).await,
             Err(TaskError::Malformed(_))
         ));
         assert!(matches!(
             Handler::Builtin(Builtin::Fail)
-                .run(&entry(Some(b"{}")))
+                .run(&entry(Some(b"{}")), None)
                 .await,
             Err(TaskError::Retryable(_))
         ));
@@ -377,16 +466,19 @@ mod tests {
                     .into(),
             ],
         };
-        assert_eq!(ok.run(&entry(Some(b"hello"))).await, Ok(()));
+        assert_eq!(
+            ok.run(&entry(Some(b"hello")), None).await,
+            Ok(Output::default())
+        );
         assert!(matches!(
-            ok.run(&entry(Some(b"other"))).await,
+            ok.run(&entry(Some(b"other")), None).await,
             Err(TaskError::Retryable(_))
         ));
         let fail = Handler::Exec {
             program: "sh".into(),
             args: vec!["-c".into(), "echo boom >&2; exit 3".into()],
         };
-        match fail.run(&entry(Some(b""))).await {
+        match fail.run(&entry(Some(b"")), None).await {
             Err(TaskError::Retryable(m)) => {
                 assert!(m.contains("exit status 3"), "{m}");
                 assert!(m.ends_with("boom"), "{m}");
@@ -397,7 +489,7 @@ mod tests {
             program: "sh".into(),
             args: vec!["-c".into(), "echo cannot parse >&2; exit 100".into()],
         };
-        match permanent.run(&entry(Some(b""))).await {
+        match permanent.run(&entry(Some(b"")), None).await {
             Err(TaskError::Permanent(m)) => assert!(m.ends_with("cannot parse"), "{m}"),
             other => panic!("exit 100 must be a permanent failure: {other:?}"),
         }
@@ -406,8 +498,41 @@ mod tests {
             args: vec![],
         };
         assert!(matches!(
-            missing.run(&entry(Some(b""))).await,
+            missing.run(&entry(Some(b"")), None).await,
             Err(TaskError::Retryable(m)) if m.contains("cannot start")
+        ));
+    }
+
+    #[tokio::test]
+    async fn output_is_kept_up_to_the_limit_only_when_asked() {
+        let mut o = Output::default();
+        o.push(b"abc", 5);
+        o.push(b"def", 5);
+        assert_eq!((o.bytes.as_slice(), o.truncated), (&b"abcde"[..], true));
+        let mut exact = Output::default();
+        exact.push(b"abcde", 5);
+        assert!(!exact.truncated);
+        let printer = Handler::Exec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "cat; printf ' done'".into()],
+        };
+        let got = printer.run(&entry(Some(b"in")), Some(1024)).await.unwrap();
+        assert_eq!(
+            (got.bytes.as_slice(), got.truncated),
+            (&b"in done"[..], false)
+        );
+        let cut = printer.run(&entry(Some(b"in")), Some(4)).await.unwrap();
+        assert_eq!((cut.bytes.as_slice(), cut.truncated), (&b"in d"[..], true));
+        let off = printer.run(&entry(Some(b"in")), None).await.unwrap();
+        assert_eq!(off, Output::default());
+        // A failing run's stdout is no result: the error is its stderr tail.
+        let failing = Handler::Exec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo out; echo err >&2; exit 2".into()],
+        };
+        assert!(matches!(
+            failing.run(&entry(Some(b"")), Some(1024)).await,
+            Err(TaskError::Retryable(m)) if m.ends_with("err")
         ));
     }
 }

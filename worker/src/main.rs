@@ -18,7 +18,7 @@ use workpool_client::{
 use workpool_worker::handler::{Builtin, Handler};
 use workpool_worker::metrics::{Health, Metrics};
 use workpool_worker::queue::Pool;
-use workpool_worker::runtime::{self, WorkerConfig};
+use workpool_worker::runtime::{self, ResultsConfig, WorkerConfig};
 use workpool_worker::target::{Target, Tls};
 
 const ENV_HELP: &str = "\
@@ -28,7 +28,7 @@ Every flag can also be set from the environment (the flag wins):
   WORKPOOL_CONCURRENCY, WORKPOOL_BATCH, WORKPOOL_VISIBILITY_TIMEOUT,
   WORKPOOL_MAX_DELIVERIES, WORKPOOL_DEAD_LETTER_STREAM, WORKPOOL_METRICS_ADDR,
   WORKPOOL_SHUTDOWN_GRACE, WORKPOOL_RETRY_BACKOFF, WORKPOOL_RETRY_BACKOFF_MAX,
-  WORKPOOL_TASK_TIMEOUT,
+  WORKPOOL_TASK_TIMEOUT, WORKPOOL_RESULTS_TTL, WORKPOOL_RESULTS_MAX_OUTPUT,
   WORKPOOL_BUILTIN, WORKPOOL_HTTP, WORKPOOL_EXEC (a shell command line run with sh -c),
   WORKPOOL_LOG_FORMAT. Log levels: RUST_LOG (default info).";
 
@@ -266,6 +266,16 @@ struct RunArgs {
     /// [default: no limit].
     #[arg(long, env = "WORKPOOL_TASK_TIMEOUT", value_parser = parse_secs)]
     task_timeout: Option<Duration>,
+    /// Record each task's outcome for producers (`status`, `wait_for`; docs/protocol.md
+    /// section 8) and keep it this many seconds [default: off, nothing written].
+    #[arg(long, env = "WORKPOOL_RESULTS_TTL", value_parser = parse_secs)]
+    results_ttl: Option<Duration>,
+    /// With --results-ttl: the most bytes of a handler's output (--exec stdout, --http
+    /// response body) a result keeps (0 to 16 MiB); more is cut and marked truncated.
+    #[arg(long, env = "WORKPOOL_RESULTS_MAX_OUTPUT", default_value_t = workpool_worker::runtime::DEFAULT_RESULT_MAX_OUTPUT,
+        value_parser = clap::value_parser!(u64).range(0..=workpool_worker::runtime::MAX_RESULT_MAX_OUTPUT),
+        requires = "results_ttl")]
+    results_max_output: u64,
     /// Built-in handler: noop, sleep (payload {"ms": N}) or fail (always fails).
     #[arg(long, env = "WORKPOOL_BUILTIN", value_enum)]
     builtin: Option<Builtin>,
@@ -611,6 +621,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         shutdown_grace: a.shutdown_grace,
         task_timeout: a.task_timeout,
         tls,
+        results: a.results_ttl.map(|ttl| ResultsConfig {
+            ttl,
+            // At most MAX_RESULT_MAX_OUTPUT (16 MiB): fits a usize everywhere.
+            max_output: usize::try_from(a.results_max_output).unwrap_or(usize::MAX),
+        }),
     };
 
     let metrics = Metrics::new().context("creating metrics")?;

@@ -58,6 +58,35 @@ impl Entry {
     }
 }
 
+/// A task's result record (docs/protocol.md 8), written with its ack or dead letter when
+/// results are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRecord {
+    /// The key of the record: the entry's `id` field, or its entry id ([`task_id_of`]).
+    pub task_id: String,
+    /// The record's fields other than `state` (and `dead_letter_id`, which the dead-letter
+    /// script adds), in order.
+    pub fields: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl ResultRecord {
+    fn arg_bytes(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// The task id of an entry (docs/protocol.md 3): its `id` field when that is a task id a
+/// client accepts, otherwise its entry id (a raw producer's `id` of another form must not
+/// name another task's record).
+pub fn task_id_of(entry: &Entry) -> String {
+    entry
+        .field("id")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|id| workpool_client::submit::check_task_id(id).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| entry.id.to_string())
+}
+
 /// The result of one [`Queue::autoclaim`] step.
 #[derive(Debug, Clone, Default)]
 pub struct AutoClaim {
@@ -203,20 +232,36 @@ return -2
 
 /// Dead letter, atomically and at most once: only if `consumer` still holds the entry,
 /// `XADD` the dead-letter entry first (a failing `XADD`, e.g. a dead-letter key of another
-/// type, aborts the script before anything is written), then `XACK` + `XDEL`. Run again
-/// (a command retried after a stall or a lost reply) it finds the entry no longer pending
-/// and writes nothing. KEYS: stream, dead-letter stream. ARGV: group, consumer, id,
-/// field/value pairs. Returns the dead-letter id, or nil when the entry is not held.
+/// type, aborts the script before anything is written), then `XACK` + `XDEL`, and with
+/// results on (4 keys) the task's result record (docs/protocol.md 8, as `result.lua`:
+/// `DEL`, `HSET`, `PEXPIRE` of the record, `RPUSH` + `PEXPIRE` of the notification list).
+/// Run again (a command retried after a stall or a lost reply) it finds the entry no
+/// longer pending and writes nothing. KEYS: stream, dead-letter stream[, result,
+/// notification list]. ARGV: group, consumer, id, TTL ms ('' with results off), n, n
+/// dead-letter field/value args, then the record's field/value args. Returns the
+/// dead-letter id, or nil when the entry is not held.
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p ~= 1 or p[1][2] ~= ARGV[2] then return false end
+local n = tonumber(ARGV[5])
 local args = {'XADD', KEYS[2], '*'}
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 6, 5 + n do args[#args + 1] = ARGV[i] end
 local id = redis.call(unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
+if #KEYS == 4 then
+  redis.call('DEL', KEYS[3], KEYS[4])
+  local rec = {'HSET', KEYS[3], 'state', 'dead'}
+  for i = 6 + n, #ARGV do rec[#rec + 1] = ARGV[i] end
+  rec[#rec + 1] = 'dead_letter_id'
+  rec[#rec + 1] = id
+  redis.call(unpack(rec))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('RPUSH', KEYS[4], 'dead')
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
 return id
 "#,
     )
@@ -292,6 +337,36 @@ local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
 return redis.call('XDEL', KEYS[1], unpack(ids))
+"#,
+    )
+});
+
+/// Ack with results on: per task `XACK` (error ignored) + `XDEL`, and when the `XDEL`
+/// removed the entry (this run ended the task; a retried script or a task another worker
+/// ended already writes nothing) its `done` record as `result.lua` writes it (`DEL`,
+/// `HSET`, `PEXPIRE`, `RPUSH`, `PEXPIRE`). KEYS: stream, then per task its record and
+/// notification list. ARGV: group, TTL ms, then per task: entry id, n, n field/value args.
+static ACK_WITH_RESULTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local i, k = 3, 0
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local rkey, nkey = KEYS[2 + 2 * k], KEYS[3 + 2 * k]
+  k = k + 1
+  redis.pcall('XACK', KEYS[1], ARGV[1], id)
+  if redis.call('XDEL', KEYS[1], id) == 1 then
+    redis.call('DEL', rkey, nkey)
+    local rec = {'HSET', rkey, 'state', 'done'}
+    for j = i + 2, i + 1 + n do rec[#rec + 1] = ARGV[j] end
+    redis.call(unpack(rec))
+    redis.call('PEXPIRE', rkey, ARGV[2])
+    redis.call('RPUSH', nkey, 'done')
+    redis.call('PEXPIRE', nkey, ARGV[2])
+  end
+  i = i + 2 + n
+end
+return k
 "#,
     )
 });
@@ -706,6 +781,48 @@ impl Queue {
         Ok(())
     }
 
+    /// Acknowledges and deletes entries and writes the `done` record of each that this
+    /// call removed from the stream, with `ttl`, in one script per chunk (every key is in
+    /// the stream's hash slot). Idempotent: a retried call finds the entries gone and
+    /// writes nothing again.
+    pub async fn ack_with_results<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        done: &[(EntryId, ResultRecord)],
+        ttl: Duration,
+    ) -> Result<()> {
+        // Chunks of at most 200 tasks or about 4 MB of arguments (outputs may be large).
+        let mut start = 0;
+        while start < done.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < done.len() && end - start < 200 && (end == start || bytes < 4 << 20) {
+                bytes += done[end].1.arg_bytes();
+                end += 1;
+            }
+            let mut inv = ACK_WITH_RESULTS.key(&self.stream);
+            inv.arg(&self.group).arg(ttl.as_millis().max(1) as u64);
+            for (id, rec) in &done[start..end] {
+                inv.key(workpool_client::results::result_key(
+                    &self.stream,
+                    &rec.task_id,
+                ))
+                .key(workpool_client::results::notify_key(
+                    &self.stream,
+                    &rec.task_id,
+                ))
+                .arg(*id)
+                .arg(rec.fields.len() * 2);
+                for (k, v) in &rec.fields {
+                    inv.arg(*k).arg(v.as_slice());
+                }
+            }
+            let _: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;
+            start = end;
+        }
+        Ok(())
+    }
+
     /// One step of reclaiming entries idle longer than `min_idle` from any consumer to
     /// `consumer` (`XAUTOCLAIM`, which increments their delivery counters), starting at
     /// `cursor` and looking at about `count` entries. The delivery counts of the claimed
@@ -998,6 +1115,20 @@ impl Queue {
         consumer: &str,
         error: &str,
     ) -> Result<Option<EntryId>> {
+        self.dead_letter_with_result(conn, entry, consumer, error, None)
+            .await
+    }
+
+    /// Like [`Queue::dead_letter`], and with `result` (a record and its TTL) writes the
+    /// task's `dead` record in the same script (it adds `state` and `dead_letter_id`).
+    pub async fn dead_letter_with_result<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        entry: &Entry,
+        consumer: &str,
+        error: &str,
+        result: Option<(&ResultRecord, Duration)>,
+    ) -> Result<Option<EntryId>> {
         // The dead letter's own fields (docs/protocol.md 6), shared with the clients.
         const OURS: [&str; 6] = workpool_client::dead_letters::RESERVED_FIELDS;
         let mut inv = DEAD_LETTER.key(&self.stream);
@@ -1005,6 +1136,24 @@ impl Queue {
             .arg(&self.group)
             .arg(consumer)
             .arg(entry.id);
+        match result {
+            Some((rec, ttl)) => {
+                inv.key(workpool_client::results::result_key(
+                    &self.stream,
+                    &rec.task_id,
+                ))
+                .key(workpool_client::results::notify_key(
+                    &self.stream,
+                    &rec.task_id,
+                ))
+                .arg(ttl.as_millis().max(1) as u64);
+            }
+            None => {
+                inv.arg("");
+            }
+        }
+        let fields = 2 * (6 + entry.fields.len() + usize::from(entry.payload.is_some()));
+        inv.arg(fields);
         if let Some(p) = &entry.payload {
             inv.arg(PAYLOAD_FIELD).arg(p.as_slice());
         }
@@ -1027,6 +1176,11 @@ impl Queue {
                 inv.arg(name).arg(v.as_slice());
             } else {
                 inv.arg(k.as_slice()).arg(v.as_slice());
+            }
+        }
+        if let Some((rec, _)) = result {
+            for (k, v) in &rec.fields {
+                inv.arg(*k).arg(v.as_slice());
             }
         }
         let v: Value = inv.invoke_async(conn).await.map_err(|e| self.map_err(e))?;

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::handler::{Handler, TaskError};
+use crate::handler::{Handler, Output, TaskError};
 use crate::metrics::Health;
-use crate::queue::{Entry, EntryId, Pool, Queue, QueueError};
+use crate::queue::{Entry, EntryId, Pool, Queue, QueueError, ResultRecord, task_id_of};
 use crate::target::{Connection, Target, Tls};
 
 /// Settings of one worker process.
@@ -48,6 +48,31 @@ pub struct WorkerConfig {
     /// TLS material for `rediss` URLs: a CA to verify the servers against instead of the
     /// system's trusted roots, and a client certificate + key (mTLS).
     pub tls: Tls,
+    /// Record each task's outcome (docs/protocol.md 8); `None`: off, no Redis command
+    /// more than without.
+    pub results: Option<ResultsConfig>,
+}
+
+/// Task results (docs/protocol.md 8): how long records live and how much output they keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultsConfig {
+    /// The records' TTL.
+    pub ttl: Duration,
+    /// The most bytes of a handler's output a record keeps.
+    pub max_output: usize,
+}
+
+/// The default output limit of a result record: 64 KiB.
+pub const DEFAULT_RESULT_MAX_OUTPUT: u64 = 64 * 1024;
+/// The largest output limit a worker accepts: 16 MiB (records live in Redis's memory).
+pub const MAX_RESULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+
+/// Now, in ms since the epoch (result records' timings).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl WorkerConfig {
@@ -143,6 +168,9 @@ enum Done {
     /// lease set.
     Ack {
         ids: Vec<EntryId>,
+        /// With results on: the tasks to acknowledge with their `done` records (not in
+        /// `ids`).
+        records: Vec<(EntryId, ResultRecord)>,
         permit: Option<OwnedSemaphorePermit>,
         tracked: bool,
     },
@@ -352,14 +380,30 @@ impl Ctx {
     /// that Redis refuses (e.g. the dead-letter key holds another type) is retried with
     /// backoff while the task stays held here (its lease renewed); on shutdown it is
     /// handed back.
-    async fn dead_letter(&self, entry: &Entry, reason: &str) {
+    /// With results on it also writes the task's `dead` record (`started_ms`: the start
+    /// of the last run here, `None` when it did not run here).
+    async fn dead_letter(&self, entry: &Entry, reason: &str, started_ms: Option<u64>) {
         let mut attempt = 0u32;
+        let record = self.cfg.results.map(|r| {
+            let mut rec = self.record(entry, started_ms);
+            rec.fields.push(("error", reason.as_bytes().to_vec()));
+            (rec, r.ttl)
+        });
         loop {
             let r = self
-                .with_redis("dead-letter", &self.abandon, |mut c| async move {
-                    self.queue()
-                        .dead_letter(&mut c, entry, self.consumer(), reason)
-                        .await
+                .with_redis("dead-letter", &self.abandon, |mut c| {
+                    let record = &record;
+                    async move {
+                        self.queue()
+                            .dead_letter_with_result(
+                                &mut c,
+                                entry,
+                                self.consumer(),
+                                reason,
+                                record.as_ref().map(|(rec, ttl)| (rec, *ttl)),
+                            )
+                            .await
+                    }
                 })
                 .await;
             match r {
@@ -400,12 +444,45 @@ impl Ctx {
     fn release_later(&self, id: EntryId, deliveries: u32) {
         self.send(Done::Release(id, deliveries));
     }
+
+    /// The fields every result record has (docs/protocol.md 8), finished now.
+    fn record(&self, entry: &Entry, started_ms: Option<u64>) -> ResultRecord {
+        let task_id = task_id_of(entry);
+        let mut fields: Vec<(&'static str, Vec<u8>)> = vec![
+            (
+                "v",
+                workpool_client::PROTOCOL_VERSION.to_string().into_bytes(),
+            ),
+            ("task_id", task_id.clone().into_bytes()),
+            ("entry_id", entry.id.to_string().into_bytes()),
+            ("deliveries", entry.deliveries.to_string().into_bytes()),
+            ("consumer", self.consumer().as_bytes().to_vec()),
+        ];
+        if let Some(s) = started_ms {
+            fields.push(("started_ms", s.to_string().into_bytes()));
+        }
+        fields.push(("finished_ms", now_ms().to_string().into_bytes()));
+        ResultRecord { task_id, fields }
+    }
+
+    /// A `done` record: the common fields and the output.
+    fn done_record(&self, entry: &Entry, started_ms: u64, output: Output) -> ResultRecord {
+        let mut rec = self.record(entry, Some(started_ms));
+        if !output.bytes.is_empty() {
+            rec.fields.push(("output", output.bytes));
+        }
+        if output.truncated {
+            rec.fields.push(("output_truncated", b"1".to_vec()));
+        }
+        rec
+    }
 }
 
-async fn run_with_timeout(ctx: &Ctx, entry: &Entry) -> Result<(), TaskError> {
+async fn run_with_timeout(ctx: &Ctx, entry: &Entry) -> Result<Output, TaskError> {
+    let capture = ctx.cfg.results.map(|r| r.max_output);
     match ctx.cfg.task_timeout {
-        None => ctx.handler.run(entry).await,
-        Some(t) => match tokio::time::timeout(t, ctx.handler.run(entry)).await {
+        None => ctx.handler.run(entry, capture).await,
+        Some(t) => match tokio::time::timeout(t, ctx.handler.run(entry, capture)).await {
             Ok(r) => r,
             Err(_) => Err(TaskError::Retryable(format!(
                 "timed out after {:.3}s (--task-timeout)",
@@ -437,6 +514,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
     let max = ctx.cfg.max_deliveries;
     loop {
         let start = Instant::now();
+        let started_ms = now_ms();
         let res = tokio::select! {
             biased;
             _ = ctx.hard_stop.cancelled() => {
@@ -448,12 +526,20 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
         };
         let elapsed = start.elapsed().as_secs_f64();
         let err = match res {
-            Ok(()) => {
+            Ok(output) => {
                 ctx.health.metrics.duration_ok.observe(elapsed);
                 ctx.health.metrics.succeeded.inc();
                 debug!(task = %entry.id, "task succeeded");
+                let (ids, records) = match ctx.cfg.results {
+                    None => (vec![entry.id], Vec::new()),
+                    Some(_) => (
+                        Vec::new(),
+                        vec![(entry.id, ctx.done_record(&entry, started_ms, output))],
+                    ),
+                };
                 ctx.send(Done::Ack {
-                    ids: vec![entry.id],
+                    ids,
+                    records,
                     permit: permit.take(),
                     tracked: true,
                 });
@@ -465,7 +551,8 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
         ctx.health.metrics.failed.inc();
         let delay = match &err {
             TaskError::Malformed(_) | TaskError::Permanent(_) => {
-                ctx.dead_letter(&entry, &err.to_string()).await;
+                ctx.dead_letter(&entry, &err.to_string(), Some(started_ms))
+                    .await;
                 return;
             }
             TaskError::Retryable(msg) if entry.deliveries >= max => {
@@ -473,7 +560,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
                     "failed {} times (maxDeliveries {max}); last error: {msg}",
                     entry.deliveries
                 );
-                ctx.dead_letter(&entry, &reason).await;
+                ctx.dead_letter(&entry, &reason, Some(started_ms)).await;
                 return;
             }
             TaskError::Retryable(msg) => {
@@ -540,6 +627,7 @@ async fn process(ctx: Arc<Ctx>, mut entry: Entry, permit: OwnedSemaphorePermit, 
 async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
     let mut msgs = Vec::with_capacity(1024);
     let mut ids: Vec<EntryId> = Vec::with_capacity(4096);
+    let mut records: Vec<(EntryId, ResultRecord)> = Vec::new();
     let mut tracked: Vec<EntryId> = Vec::new();
     let mut permits = Vec::new();
     let mut releases: Vec<(EntryId, u32)> = Vec::new();
@@ -549,20 +637,23 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
             match m {
                 Done::Ack {
                     ids: mut i,
+                    records: mut r,
                     permit,
                     tracked: t,
                 } => {
                     if t {
                         tracked.extend_from_slice(&i);
+                        tracked.extend(r.iter().map(|(id, _)| *id));
                     }
                     ids.append(&mut i);
+                    records.append(&mut r);
                     permits.extend(permit);
                 }
                 Done::Release(id, d) => releases.push((id, d)),
                 Done::Flush(tx) => flushes.push(tx),
             }
         }
-        if !ids.is_empty() {
+        if !ids.is_empty() || !records.is_empty() {
             // Retried until it succeeds (or the worker gives up at the end of shutdown):
             // a finished task must not stay pending, where it would run again.
             let mut attempt = 0u32;
@@ -570,8 +661,17 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                 let r = ctx
                     .with_redis("ack", &ctx.abandon, |mut c| {
                         let ids = &ids;
+                        let records = &records;
                         let ctx = &ctx;
-                        async move { ctx.queue().ack(&mut c, ids).await }
+                        async move {
+                            if !ids.is_empty() {
+                                ctx.queue().ack(&mut c, ids).await?;
+                            }
+                            if let (Some(r), false) = (ctx.cfg.results, records.is_empty()) {
+                                ctx.queue().ack_with_results(&mut c, records, r.ttl).await?;
+                            }
+                            Ok(())
+                        }
                     })
                     .await;
                 match r {
@@ -597,7 +697,10 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                     }
                 }
             }
-            ctx.health.metrics.in_flight.sub(ids.len() as i64);
+            ctx.health
+                .metrics
+                .in_flight
+                .sub((ids.len() + records.len()) as i64);
             if !tracked.is_empty() {
                 if let Ok(mut s) = ctx.inflight.lock() {
                     for id in &tracked {
@@ -613,6 +716,7 @@ async fn acknowledger(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Done>) {
                 }
             }
             ids.clear();
+            records.clear();
             tracked.clear();
             permits.clear();
         }
@@ -796,6 +900,7 @@ impl Reader {
         let max = ctx.cfg.max_deliveries;
         let inline = ctx.handler.is_inline();
         let mut ok_ids = Vec::new();
+        let mut ok_records = Vec::new();
         let mut ok_permit: Option<OwnedSemaphorePermit> = None;
         // Track the whole batch under one lock (this is the hot path of short tasks).
         let fresh: Vec<bool> = match ctx.inflight.lock() {
@@ -828,23 +933,29 @@ impl Reader {
                         "delivered {} times without completing (maxDeliveries {max}): its worker died or stalled past the visibility timeout each time",
                         e.deliveries
                     );
-                    ctx2.dead_letter(&e, &reason).await;
+                    ctx2.dead_letter(&e, &reason, None).await;
                     drop(p);
                 });
                 continue;
             }
             if inline {
                 let start = Instant::now();
+                let started_ms = ctx.cfg.results.map(|_| now_ms());
                 if let Some(Ok(())) = ctx.handler.run_inline(&e) {
                     ctx.health
                         .metrics
                         .duration_ok
                         .observe(start.elapsed().as_secs_f64());
                     ctx.health.metrics.succeeded.inc();
-                    if ok_ids.is_empty() {
-                        ok_ids.reserve(permit.num_permits() + 1);
+                    if let Some(started_ms) = started_ms {
+                        let rec = ctx.done_record(&e, started_ms, Output::default());
+                        ok_records.push((e.id, rec));
+                    } else {
+                        if ok_ids.is_empty() {
+                            ok_ids.reserve(permit.num_permits() + 1);
+                        }
+                        ok_ids.push(e.id);
                     }
-                    ok_ids.push(e.id);
                     // The slot is kept until the ack is done (back-pressure).
                     match ok_permit.as_mut() {
                         Some(op) => op.merge(p),
@@ -857,9 +968,10 @@ impl Reader {
             ctx.tracker
                 .spawn(async move { process(ctx2, e, p, false).await });
         }
-        if !ok_ids.is_empty() {
+        if !ok_ids.is_empty() || !ok_records.is_empty() {
             ctx.send(Done::Ack {
                 ids: ok_ids,
+                records: ok_records,
                 permit: ok_permit,
                 tracked: true,
             });
@@ -1642,6 +1754,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(25),
             task_timeout: None,
             tls: Tls::none(),
+            results: None,
         };
         assert_eq!(cfg.renew_interval(), Duration::from_secs(10));
         assert_eq!(cfg.reclaim_interval(), Duration::from_secs(15));

@@ -158,7 +158,47 @@ def test_a_permanent_failure_is_dead_lettered_with_its_reason(r: Any, server: Se
     [d] = pool.dead_letters()
     assert d.task_id == "bad-input" and d.deliveries == 1 and d.payload == b"x"
     assert d.error is not None and d.error.startswith("permanent failure:") and "no such image" in d.error
-    assert pool.status(s).state == "unknown"  # this worker version writes no results yet
+    assert pool.status(s).state == "unknown"  # results are off unless --results-ttl
+
+
+def test_results_written_by_the_real_worker(r: Any, server: Server) -> None:
+    """With --results-ttl the worker records each outcome; waiters blocked before it
+    starts (threads, one per task) get the records: output (cut at the limit), dead
+    letters with their error and id."""
+    import threading
+
+    pool = workpool.Pool(r, "res")
+    subs = pool.submit_many([workpool.Task(f"ok-{i}", id=f"t-{i}") for i in range(6)]
+                            + [workpool.Task("bad", id="t-bad"), workpool.Task("long-" + "y" * 50)])
+    got: dict = {}
+
+    def wait(s: Any) -> None:
+        got[s.task_id] = workpool.Pool(server.client(), "res").wait_for(s, timeout=30)
+
+    threads = [threading.Thread(target=wait, args=(s,)) for s in subs]
+    for t in threads:
+        t.start()
+    w = Worker(server, "res", "--results-ttl", "60", "--results-max-output", "20", "--exec-shell",
+               'p=$(cat); case "$p" in bad) echo no such image >&2; exit 100;; esac; printf "got:%s" "$p"')
+    try:
+        for t in threads:
+            t.join(40)
+    finally:
+        w.stop()
+    assert set(got) == {s.task_id for s in subs}
+    for i, s in enumerate(subs[:6]):
+        res = got[s.task_id]
+        assert res.state == "done" and res.ok and res.text() == f"got:ok-{i}" and not res.output_truncated
+        assert res.task_id == s.task_id and res.entry_id == s.entry_id and res.deliveries == 1
+        assert res.consumer == "w1" and res.started_ms is not None and res.finished_ms >= res.started_ms
+    bad = got["t-bad"]
+    [d] = pool.dead_letters()
+    assert bad.state == "dead" and bad.dead_letter_id == d.id and bad.output is None
+    assert bad.error is not None and bad.error.startswith("permanent failure:") and "no such image" in bad.error
+    long = got[subs[-1].task_id]
+    assert long.task_id == subs[-1].entry_id  # no producer id: the entry id
+    assert long.output == b"got:long-" + b"y" * 11 and long.output_truncated
+    assert pool.status(subs[0]).state == "done"
 
 
 def partitioned_worker() -> str:

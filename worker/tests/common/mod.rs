@@ -55,12 +55,43 @@ pub struct Worker {
     pub child: Child,
     pub consumer: String,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The worker's stdout, when spawned with [`Worker::spawn_capturing_stdout`].
+    stdout: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Worker {
     /// Starts `workpool-worker run` with JSON logs and metrics on a free port. `args` come
     /// last (put `--exec ...` at the end).
     pub fn spawn(url: &str, stream: &str, group: &str, consumer: &str, args: &[&str]) -> Worker {
+        Self::spawn_inner(url, stream, group, consumer, args, false)
+    }
+
+    /// Like [`Worker::spawn`], keeping what the worker writes to its stdout (the pod log
+    /// of `--exec` handlers) for [`Worker::stdout`].
+    pub fn spawn_capturing_stdout(
+        url: &str,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        args: &[&str],
+    ) -> Worker {
+        Self::spawn_inner(url, stream, group, consumer, args, true)
+    }
+
+    /// What the worker wrote to its stdout so far (spawned with
+    /// [`Worker::spawn_capturing_stdout`]).
+    pub fn stdout(&self) -> Vec<u8> {
+        self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn spawn_inner(
+        url: &str,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        args: &[&str],
+        capture_stdout: bool,
+    ) -> Worker {
         let mut child = Command::new(BIN)
             .arg("--log-format")
             .arg("json")
@@ -78,10 +109,29 @@ impl Worker {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(if capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn workpool-worker");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut out) = child.stdout.take() {
+            let o2 = stdout.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut v) = o2.lock() {
+                        v.extend_from_slice(&buf[..n]);
+                    }
+                }
+            });
+        }
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let l2 = lines.clone();
@@ -99,6 +149,7 @@ impl Worker {
             child,
             consumer: consumer.to_string(),
             lines,
+            stdout,
         }
     }
 
