@@ -22,6 +22,9 @@ use crate::{Error, Result};
 /// every task; the gauges carry them live).
 pub const QUEUE_STATUS_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Pod creations in flight at once for one pool (the slow start's largest batch).
+pub const CREATE_BATCH_MAX: u32 = 16;
+
 /// What acting did that the status must tell.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -92,23 +95,42 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
         }
     }
     let mut out = Outcome::default();
-    for _ in 0..d.creates {
+    // Slow start, as the ReplicaSet controller creates: batches of 1, 2, 4, ... (at most
+    // CREATE_BATCH_MAX) in flight at once, no further batch after a refusal, so that a
+    // quota or a webhook refusing every create costs one request, not `creates`.
+    let mut left = d.creates;
+    let mut batch = 1;
+    while left > 0 {
         ctx.leading()?;
-        match create_pod(&o.pool, &api).await {
-            Ok(name) => {
-                ctx.with_memory(&o.key, |m| m.creating.insert(name.clone(), o.now_ms));
-                out.created.push(name);
+        let n = batch.min(left);
+        left -= n;
+        batch = (batch * 2).min(CREATE_BATCH_MAX);
+        let results = futures::future::join_all((0..n).map(|_| create_pod(&o.pool, &api))).await;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(name) => {
+                    ctx.with_memory(&o.key, |m| m.creating.insert(name.clone(), o.now_ms));
+                    out.created.push(name);
+                }
+                Err((name, kube::Error::Api(s))) => {
+                    out.create_refused = Some(stable_refusal(&s.message, &name, pool));
+                    out.create_error = Some(Error::api(
+                        "create pod",
+                        format!("{ns}/{pool}"),
+                        kube::Error::Api(s),
+                    ));
+                }
+                Err((_, e)) => failed = Some(Error::api("create pod", format!("{ns}/{pool}"), e)),
             }
-            Err((name, kube::Error::Api(s))) => {
-                out.create_refused = Some(stable_refusal(&s.message, &name, pool));
-                out.create_error = Some(Error::api(
-                    "create pod",
-                    format!("{ns}/{pool}"),
-                    kube::Error::Api(s),
-                ));
-                break;
-            }
-            Err((_, e)) => return Err(Error::api("create pod", format!("{ns}/{pool}"), e)),
+        }
+        // Every create that succeeded is remembered above before an error returns (a
+        // forgotten create would be made again by the next reconcile).
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if out.create_error.is_some() {
+            break;
         }
     }
     Ok(out)

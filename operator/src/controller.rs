@@ -37,6 +37,7 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::observe::{self, cached_pods, queue_of};
 use crate::planner::BackoffConfig;
+use crate::podcache::{CachedPod, PodIndex};
 use crate::probe::{ProbeError, SecretUrls};
 use crate::wake::Wake;
 use crate::{Error, Result};
@@ -98,8 +99,10 @@ pub struct Context {
     pub urls: SecretUrls,
     /// The queue readers.
     pub hub: QueueHub,
-    /// The cache of the pools' pods.
-    pub pods: Store<Pod>,
+    /// The cache of the pools' pods (projected: [`crate::podcache::project`]).
+    pub pods: Store<CachedPod>,
+    /// Pool -> its pods in [`Context::pods`] (disabled: lookups scan the store).
+    pub pod_index: PodIndex,
     /// Settings.
     pub config: ControllerConfig,
     /// Wake from zero (disabled unless [`Context::with_wake`]).
@@ -116,7 +119,7 @@ impl Context {
         client: kube::Client,
         recorder: Recorder,
         metrics: Metrics,
-        pods: Store<Pod>,
+        pods: Store<CachedPod>,
         hub: QueueHub,
         config: ControllerConfig,
     ) -> Self {
@@ -136,6 +139,7 @@ impl Context {
             urls: SecretUrls::new(config.secret_refresh),
             hub,
             pods,
+            pod_index: PodIndex::disabled(),
             config,
             wake: Wake::disabled(),
             leadership: Leadership::always(),
@@ -147,6 +151,12 @@ impl Context {
     /// The context with wake from zero by `wake`.
     pub fn with_wake(mut self, wake: Wake) -> Self {
         self.wake = wake;
+        self
+    }
+
+    /// The context looking pods up through `index` (fed by the pod watch).
+    pub fn with_pod_index(mut self, index: PodIndex) -> Self {
+        self.pod_index = index;
         self
     }
 
