@@ -1,5 +1,5 @@
 # Newcomer entry points. `make help` lists them.
-.PHONY: help test deps lint unit chart-test crds sandbox kind demo bench simulate chaos testcluster k8s
+.PHONY: help test deps lint unit chart-test crds sandbox kind kind-down kind-e2e kind-ci demo bench simulate chaos testcluster k8s
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,18 @@ crds:  ## regenerate crds/workpool.yaml from operator/src/crd.rs and sync the ch
 sandbox: deps  ## the main job: local Kubernetes (real control plane, simulated node), Redis, operator, example pools; Ctrl-C stops all
 	scripts/sandbox.sh
 
-kind:  ## the kind quickstart: cluster, images, kube-prometheus-stack, chart, example pool (needs kind, docker, helm)
+kind:  ## the README's kind quickstart, checked: 2-node kind cluster, our images, Prometheus Operator, chart, example pools (installs/starts docker, kind, helm when missing); leaves the cluster running
 	scripts/kind-quickstart.sh
+
+kind-down:  ## helm uninstall (checking what it leaves), delete the kind cluster of make kind
+	scripts/kind-down.sh
+
+kind-e2e:  ## the end-to-end scenarios on the kind cluster of make kind (tests/kind/run.sh)
+	tests/kind/run.sh
+
+.PHONY: kind-ci
+kind-ci:  ## CI's kind step: make kind, make kind-e2e, then make kind-down whatever happened
+	scripts/kind-ci.sh
 
 demo: deps  ## local demo: a real redis-server, two workers, tasks submitted and drained
 	scripts/demo.sh

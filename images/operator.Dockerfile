@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The workpool operator: one static (musl) binary on distroless/static, uid 65532.
 #
 #   docker build -f images/operator.Dockerfile -t ghcr.io/workpool-dev/workpool-operator:0.1.0 .

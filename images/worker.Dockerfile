@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The workpool worker: a static (musl) workpool-worker plus a static busybox for /bin/sh,
 # on distroless/static, uid 65532.
 #

@@ -114,7 +114,7 @@ def timeseries(title: str, desc: str, targets: list[dict], unit: str = "short", 
         "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
         "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
         "options": {
-            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+            "legend": {"showLegend": True, "displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
             "tooltip": {"mode": "multi", "sort": "desc"},
         },
     }
@@ -138,6 +138,12 @@ def stat(title: str, desc: str, expr: str, unit: str = "short", thresholds: list
             "colorMode": color_mode,
             "graphMode": "area",
             "textMode": "auto",
+            # Grafana's defaults, written out: its schema (grafana-foundation-sdk) requires them
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+            "percentChangeColorMode": "standard",
         },
     }
 
@@ -156,7 +162,7 @@ def variables(single_pool: bool) -> dict:
             "multi": multi,
             "includeAll": multi,
             "allValue": ".*" if multi else None,
-            "current": {},
+            "current": {"text": "All", "value": "$__all"} if multi else {"text": "", "value": ""},
             "options": [],
             "hide": 0,
         }
@@ -169,7 +175,7 @@ def variables(single_pool: bool) -> dict:
                 "label": "Data source",
                 "query": "prometheus",
                 "regex": "",
-                "current": {},
+                "current": {"text": "", "value": ""},
                 "options": [],
                 "hide": 0,
                 "refresh": 1,
@@ -210,6 +216,9 @@ def dashboard(uid: str, title: str, desc: str, layout: Layout, single_pool: bool
                 "includeVars": True,
                 "keepTime": True,
                 "title": "workpool",
+                "icon": "external link",
+                "tooltip": "",
+                "targetBlank": False,
             }
         ],
         "templating": variables(single_pool),
@@ -358,7 +367,7 @@ def overview() -> dict:
             },
         ],
         "fieldConfig": {
-            "defaults": {"custom": {"align": "auto"}},
+            "defaults": {"custom": {"align": "auto", "inspect": False}},
             "overrides": [
                 {
                     "matcher": {"id": "byName", "options": "workpool"},
@@ -377,7 +386,7 @@ def overview() -> dict:
                 }
             ],
         },
-        "options": {"showHeader": True, "sortBy": [{"displayName": "Backlog", "desc": True}]},
+        "options": {"showHeader": True, "frameIndex": 0, "sortBy": [{"displayName": "Backlog", "desc": True}]},
     }
     l.add(table, 24, 8)
 

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::crd::{API_VERSION, KIND, WorkPool};
-use crate::decide::{Decided, Note, SignalPatch, WakeIntent, stable_refusal};
+use crate::decide::{CreateRefused, Decided, Note, SignalPatch, WakeIntent, stable_refusal};
 use crate::observe::{Observed, signal};
 use crate::planner::DeleteReason;
 use crate::pods;
@@ -110,11 +110,22 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
         for r in results {
             match r {
                 Ok(name) => {
-                    ctx.with_memory(&o.key, |m| m.creating.insert(name.clone(), o.now_ms));
+                    ctx.with_memory(&o.key, |m| {
+                        m.creating.insert(name.clone(), o.now_ms);
+                        m.create_refused = None;
+                    });
                     out.created.push(name);
                 }
                 Err((name, kube::Error::Api(s))) => {
-                    out.create_refused = Some(stable_refusal(&s.message, &name, pool));
+                    let refusal = stable_refusal(&s.message, &name, pool);
+                    ctx.with_memory(&o.key, |m| {
+                        m.create_refused = Some(CreateRefused::after(
+                            m.create_refused.as_ref(),
+                            refusal.clone(),
+                            o.now_ms,
+                        ));
+                    });
+                    out.create_refused = Some(refusal);
                     out.create_error = Some(Error::api(
                         "create pod",
                         format!("{ns}/{pool}"),
@@ -229,9 +240,14 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
         .as_ref()
         .and_then(|s| s.result.as_ref().ok())
         .map(status::queue_status);
-    let mut status = d
-        .status
-        .build(o, out.create_refused.clone(), fresh_queue.clone(), &now);
+    let mut status = d.status.build(
+        o,
+        out.create_refused
+            .clone()
+            .or_else(|| d.held_refusal.clone()),
+        fresh_queue.clone(),
+        &now,
+    );
     let mut requeue = d.requeue;
     if let Some(old) = old
         && status::differs(Some(old), &status)

@@ -51,10 +51,39 @@ pub struct PoolMemory {
     pub queue_written_ms: u64,
     /// Reconcile errors in a row (the error back-off).
     pub errors: u32,
+    /// The API refused creates: the last refusal (without the pod's name), refusals in a
+    /// row, and when to try again (ms). Cleared by a create that succeeds. Kept here, not
+    /// in the error back-off, because any trigger (a pod event, a queue read) reconciles
+    /// and would otherwise try again at once.
+    pub create_refused: Option<CreateRefused>,
     /// When deletion started (for the cleanup timeout).
     pub cleanup_started: Option<std::time::Instant>,
     /// Why the next read of the queue happens early (a changed Secret), if it does.
     pub read_reason: Option<&'static str>,
+}
+
+/// Creates the API refuses back off: 1 s doubling to 5 min.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRefused {
+    /// The refusal, without the pod's name.
+    pub message: String,
+    /// Refusals in a row.
+    pub count: u32,
+    /// No create before this time (ms).
+    pub retry_at_ms: u64,
+}
+
+impl CreateRefused {
+    /// The memory after one more refusal at `now_ms`.
+    pub fn after(previous: Option<&CreateRefused>, message: String, now_ms: u64) -> Self {
+        let count = previous.map_or(0, |p| p.count).saturating_add(1);
+        let delay_ms = (1000u64 << (count - 1).min(9)).min(300_000);
+        CreateRefused {
+            message,
+            count,
+            retry_at_ms: now_ms + delay_ms,
+        }
+    }
 }
 
 /// One Event to publish.
@@ -141,6 +170,8 @@ pub struct Scaled {
 pub struct Decided {
     /// Pods to create.
     pub creates: u32,
+    /// Creates held back after a refusal: the refusal the status keeps showing meanwhile.
+    pub held_refusal: Option<String>,
     /// Pods to delete.
     pub deletes: Vec<Delete>,
     /// Writes to the queue (drains, consumer removal).
@@ -793,8 +824,23 @@ pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decid
     };
     notes.extend(condition_notes(o, &parts));
 
+    // After a refusal, creates wait for their back-off (the status keeps the refusal).
+    let held_refusal = m
+        .create_refused
+        .as_ref()
+        .filter(|r| plan.create > 0 && r.retry_at_ms > o.now_ms);
+    let creates = if held_refusal.is_some() {
+        0
+    } else {
+        plan.create
+    };
+    let mut requeue = requeue(o, m, &plan, decision, &input, cfg);
+    if let Some(r) = held_refusal {
+        requeue = requeue.min(Duration::from_millis(r.retry_at_ms - o.now_ms));
+    }
     Decided {
-        creates: plan.create,
+        creates,
+        held_refusal: held_refusal.map(|r| r.message.clone()),
         deletes,
         commands,
         signals,
@@ -809,7 +855,7 @@ pub fn decide(o: &Observed, m: &mut PoolMemory, cfg: &ControllerConfig) -> Decid
         replacements: plan.replacements.clone(),
         scaled,
         wake: wake_intent(o, &plan, decision, frozen),
-        requeue: requeue(o, m, &plan, decision, &input, cfg),
+        requeue,
         drains: (
             plan.drain_started.len() as u32,
             plan.drain_cancelled.len() as u32,

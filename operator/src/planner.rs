@@ -629,7 +629,54 @@ fn move_pods<'a>(
     }
     current.retain(|p| !draining.contains_key(&p.name));
     outdated.retain(|p| !draining.contains_key(&p.name));
+    swap_busy_drains(input, alive, current, draining, state, &mut m);
     m
+}
+
+/// A drain chosen on an earlier read can catch a pod that took a task before the drain
+/// request reached it. While a serving pod of the current template holds nothing, such a
+/// busy draining pod is taken back and the idle one drains in its place: never a busy
+/// pod leaving while an idle one stays. Outdated pods all leave, so they are not swapped.
+fn swap_busy_drains<'a>(
+    input: &PlanInput<'_>,
+    alive: &[&'a ObservedPod],
+    current: &mut Vec<&'a ObservedPod>,
+    draining: &mut BTreeMap<String, u64>,
+    state: &mut PlanState,
+    m: &mut Moves,
+) {
+    let Some(q) = input.queue else { return };
+    let mut busy: Vec<&ObservedPod> = alive
+        .iter()
+        .filter(|p| p.current && p.worker_running && draining.contains_key(&p.name))
+        .filter(|p| q.held(&p.name) > 0 && q.draining.get(&p.name) != Some(&DrainState::Stopped))
+        .copied()
+        .collect();
+    if busy.is_empty() {
+        return;
+    }
+    busy.sort_by(|a, b| {
+        q.held(&b.name)
+            .cmp(&q.held(&a.name))
+            .then(a.name.cmp(&b.name))
+    });
+    let idle: Vec<&ObservedPod> = current
+        .iter()
+        .filter(|p| q.held(&p.name) == 0)
+        .copied()
+        .collect();
+    let idle = victims(&idle, input.queue, busy.len());
+    for (keep, go) in busy.into_iter().zip(idle) {
+        draining.remove(&keep.name);
+        state.cancelled.insert(keep.name.clone(), input.now_ms);
+        m.drain_started.retain(|n| n != &keep.name);
+        m.drain_cancelled.push(keep.name.clone());
+        draining.insert(go.name.clone(), input.now_ms);
+        state.cancelled.remove(&go.name);
+        m.drain_started.push(go.name.clone());
+        current.retain(|p| p.name != go.name);
+        current.push(keep);
+    }
 }
 
 /// The bound on pods in force and the pods counted against it: autoscaled pools count
@@ -997,14 +1044,56 @@ mod tests {
     fn drains_found_in_the_queue_are_adopted() {
         // Another operator process asked `b` to drain.
         let pods = vec![running("a"), running("b")];
-        let q = Q::at(0).drain("b", DrainState::Requested).held("b", 1);
+        let q = Q::at(0)
+            .drain("b", DrainState::Requested)
+            .held("b", 1)
+            .held("a", 2);
         let p = plan(&input(1, &pods, Some(&q), 10), &PlanState::default());
         assert_eq!(p.drain, BTreeSet::from(["b".to_string()]));
         assert!(p.drain_started.is_empty());
         assert_eq!(
             (p.counts.replicas, p.counts.draining, p.counts.busy),
-            (1, 1, 1)
+            (1, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_pod_that_took_a_task_before_its_drain_arrived_swaps_with_an_idle_one() {
+        // Three of four drained on a read where all were idle; `b` had taken a task.
+        let pods = vec![running("a"), running("b"), running("c"), running("d")];
+        let q = Q::at(0);
+        let p = plan(&input(1, &pods, Some(&q), 10), &PlanState::default());
+        assert_eq!(p.drain.len(), 3);
+        let serving = ["a", "b", "c", "d"]
+            .into_iter()
+            .find(|n| !p.drain.contains(*n))
+            .unwrap();
+        let busy = p.drain.iter().next().unwrap().clone();
+        let mut q = Q::at(20).held(&busy, 1);
+        for n in p.drain.iter().filter(|n| **n != busy) {
+            q = q.drain(n, DrainState::Stopped);
+        }
+        let q = q.drain(&busy, DrainState::Requested);
+        let p2 = plan(&input(1, &pods, Some(&q), 30), &p.state);
+        assert_eq!(p2.drain_cancelled, std::slice::from_ref(&busy));
+        assert_eq!(p2.drain_started, [serving.to_string()]);
+        assert!(!p2.drain.contains(&busy) && p2.drain.contains(serving));
+        assert_eq!(p2.delete.len(), 2, "the stopped idle ones still go");
+        assert_eq!(p2.counts.replicas, 1);
+        // The same read again changes nothing (no swap back).
+        let p3 = plan(&input(1, &pods, Some(&q), 40), &p2.state);
+        assert!(
+            p3.drain_cancelled.is_empty() && p3.drain_started.is_empty(),
+            "{p3:?}"
+        );
+        assert!(p3.drain.contains(serving) && !p3.drain.contains(&busy));
+        // When every serving pod is busy too, the drain stays.
+        let q = Q::at(20)
+            .held(&busy, 1)
+            .held(serving, 1)
+            .drain(&busy, DrainState::Requested);
+        let p4 = plan(&input(1, &pods, Some(&q), 30), &p.state);
+        assert!(p4.drain_cancelled.is_empty() && p4.drain.contains(&busy));
     }
 
     #[test]
@@ -1411,6 +1500,28 @@ mod tests {
             if !p.rolling_out && let Some(m) = i.max_pods && p.create > 0 {
                 prop_assert!(p.counts.counted as u32 + p.create <= m);
             }
+        }
+
+        /// After a plan, no pod of the current template is draining with tasks in hand
+        /// (and not yet stopped) while a serving pod of the current template holds none.
+        #[test]
+        fn no_busy_pod_drains_while_an_idle_one_serves(
+            pods in arb_pods(), q in arb_queue(), state in arb_state(),
+            desired in 0i32..10, now in 0u64..3000,
+        ) {
+            let Some(q) = q else { return Ok(()) };
+            let p = plan(&input(desired, &pods, Some(&q), now), &state);
+            let held = |n: &str| q.held.get(n).copied().unwrap_or(0);
+            let deleted: BTreeSet<&str> = names(&p.delete).into_iter().collect();
+            let live = |x: &&ObservedPod| x.current && !x.terminating && !deleted.contains(x.name.as_str())
+                && finished_reason(x).is_none();
+            let busy_draining = pods.iter().filter(live).find(|x| x.worker_running
+                && p.drain.contains(&x.name) && held(&x.name) > 0
+                && q.draining.get(&x.name) != Some(&DrainState::Stopped));
+            let idle_serving = pods.iter().filter(live).find(|x| !p.drain.contains(&x.name)
+                && held(&x.name) == 0);
+            prop_assert!(busy_draining.is_none() || idle_serving.is_none(),
+                "{:?} drains busy while {:?} serves idle: {:?}", busy_draining, idle_serving, p);
         }
 
         /// With the queue unreadable, no pod whose worker runs starts draining.

@@ -27,6 +27,7 @@
 use crate::apiserver::{ApiServer, FaultInjector, ServerConfig};
 use crate::controlplane::{self, API_ENV, ControlPlane};
 use crate::kubelet::{Kubelet, KubeletConfig, KubeletHandle};
+use crate::node::Node;
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -445,6 +446,30 @@ impl TestCluster {
                 Kubelet::start(client, cfg).await
             }
         }
+    }
+
+    /// The real node of this process's control plane ([`Node::shared`]: started by the
+    /// first caller, shared by every test of the process), where this cluster's pods run
+    /// from now on. An error where the real node cannot run (the reason says what is
+    /// missing) and against an external cluster or the double.
+    pub async fn shared_node(&self) -> Result<&'static Node> {
+        if !matches!(self.backend, Backend::Real(_)) {
+            bail!("the real node runs only on the local real control plane");
+        }
+        let node = tokio::task::spawn_blocking(Node::shared)
+            .await
+            .context("starting the real node")??;
+        // This namespace's pods were pinned to process-kubelet nodes of its own; they go
+        // to the shared node now.
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        nss.patch(
+            &self.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {POD_NODE_SELECTOR: ""}}})),
+        )
+        .await
+        .with_context(|| format!("clearing the node selector of {}", self.namespace))?;
+        Ok(node)
     }
 
     /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token

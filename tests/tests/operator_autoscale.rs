@@ -125,24 +125,6 @@ async fn scaled_events(env: &Env, pool: &str) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Adds tasks to `stream` on the Redis at `url` with the real `workpool-worker submit`.
-fn submit_to(env: &Env, url: &str, stream: &str, tasks: &[String]) {
-    let mut sub = std::process::Command::new(&env.worker)
-        .args(["submit", "--redis-url", url, "--stream", stream])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("submit");
-    {
-        use std::io::Write;
-        let mut stdin = sub.stdin.take().expect("stdin");
-        for t in tasks {
-            writeln!(stdin, "{t}").expect("write");
-        }
-    }
-    assert!(sub.wait().expect("submit exits").success());
-}
-
 fn wake_pool(env: &Env, name: &str, redis_url: &str) -> serde_json::Value {
     env.exec_pool(
         name,
@@ -167,12 +149,12 @@ fn wake_pool(env: &Env, name: &str, redis_url: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_at_zero_wakes_on_its_first_task_before_the_next_poll() {
     let mut env = Env::start().await;
-    let other_redis = workpool_worker::testing::RedisServer::start().expect("redis-server");
+    let other_redis = env.start_redis();
     let op = Operator::start(&env.cluster, "op-wake", &[]);
     let ns = env.ns.clone();
-    env.apply_pool(&wake_pool(&env, "first", &env.redis.url()))
+    env.apply_pool(&wake_pool(&env, "first", &env.redis_url()))
         .await;
-    env.apply_pool(&wake_pool(&env, "other", &other_redis.url()))
+    env.apply_pool(&wake_pool(&env, "other", &other_redis.url_on_also()))
         .await;
     for pool in ["first", "other"] {
         env.wait_pool(pool, "at zero with a readable queue", T, |v| {
@@ -291,7 +273,12 @@ async fn a_pool_at_zero_wakes_on_its_first_task_before_the_next_poll() {
         "trigger=\"poll\"",
     )
     .await;
-    submit_to(&env, &other_redis.url(), "other", &payloads("other", 1));
+    submit_to(
+        &env.worker,
+        &other_redis.url(),
+        "other",
+        &payloads("other", 1),
+    );
     eventually("a pod for the other pool's first task", T, || async {
         env.pool_pods("other", true).await.into_iter().next()
     })
@@ -338,13 +325,18 @@ async fn rotating_the_redis_secret_moves_the_pool_to_the_new_redis() {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Patch, PatchParams, PostParams};
     let env = Env::start().await;
-    let other = workpool_worker::testing::RedisServer::start().expect("redis-server");
+    let other = env.start_redis();
     // Three tasks wait on the other Redis (no group yet: all of them are backlog).
-    submit_to(&env, &other.url(), "rotated", &payloads("rotated", 3));
+    submit_to(
+        &env.worker,
+        &other.url(),
+        "rotated",
+        &payloads("rotated", 3),
+    );
     let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &env.ns);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "redis-url"},
-        "stringData": {"url": env.redis.url()}
+        "stringData": {"url": env.redis_url()}
     }))
     .expect("secret");
     secrets
@@ -381,7 +373,7 @@ async fn rotating_the_redis_secret_moves_the_pool_to_the_new_redis() {
         .patch(
             "redis-url",
             &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"url": other.url()}})),
+            &Patch::Merge(json!({"stringData": {"url": other.url_on_also()}})),
         )
         .await
         .expect("rotate the Secret");
@@ -419,7 +411,7 @@ async fn rotating_the_redis_secret_moves_the_pool_to_the_new_redis() {
         .patch(
             "redis-url",
             &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"url": env.redis.url()}})),
+            &Patch::Merge(json!({"stringData": {"url": env.redis_url()}})),
         )
         .await
         .expect("rotate back");

@@ -1,5 +1,5 @@
-//! The real `workpool-operator` binary against the test cluster, with real worker
-//! processes (process kubelet) and a real redis-server: pools drain tasks, follow
+//! The real `workpool-operator` binary against the test cluster, with worker pods as
+//! containers on the real node and a real redis-server: pools drain tasks, follow
 //! `replicas` and the scale subresource, report their queue, and clean up on deletion.
 #![forbid(unsafe_code)]
 
@@ -159,7 +159,7 @@ async fn scale_subresource_scales_up_and_down_removing_idle_pods_first() {
     // A task whose payload says "long" keeps its worker busy for a while.
     let script = format!(
         "p=$(cat); case \"$p\" in *long*) sleep 60;; esac; printf '%s\\n' \"$p\" >> {}",
-        env.done_file("scaled").display()
+        env.done_file_in_pod("scaled")
     );
     env.apply_pool(&env.script_pool(
         "scaled",
@@ -379,7 +379,7 @@ async fn a_pool_with_a_missing_secret_is_reported_and_a_secret_url_never_lands_i
     let secret = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "redis-url", "namespace": env.ns},
-        "stringData": {"url": env.redis.url()}
+        "stringData": {"url": env.redis_url()}
     });
     env.cluster.apply_object(&secret).await.expect("secret");
     env.wait_ready("secretive", 1).await;
@@ -393,14 +393,14 @@ async fn a_pool_with_a_missing_secret_is_reported_and_a_secret_url_never_lands_i
     let pod = &env.pool_pods("secretive", false).await[0];
     let text = serde_json::to_string(pod).unwrap_or_default();
     assert!(
-        !text.contains(&env.redis.url()),
+        !text.contains(&env.redis_url()),
         "the URL is copied into the pod: {text}"
     );
     assert!(text.contains("secretKeyRef"), "{text}");
     let pool = env.pool("secretive").await.expect("pool");
-    assert!(!pool.to_string().contains(&env.redis.url()));
+    assert!(!pool.to_string().contains(&env.redis_url()));
     assert!(
-        !op.log_text().contains(&env.redis.url()),
+        !op.log_text().contains(&env.redis_url()),
         "the URL is in the operator's log"
     );
 }
@@ -461,28 +461,11 @@ async fn nothing_is_written_while_nothing_changes() {
     );
 }
 
-/// `examples/*.yaml` as `make sandbox` applies them: on a node whose pods share one
-/// network, the fixed metrics port and the probes on it are dropped.
-fn sandbox_example(path: &std::path::Path, ns: &str) -> serde_json::Value {
+/// `examples/*.yaml` as a user applies them, in the test's namespace.
+fn example(path: &std::path::Path, ns: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("example");
     let mut v: serde_json::Value = serde_yaml::from_str(&text).expect("example yaml");
     v["metadata"]["namespace"] = json!(ns);
-    if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array_mut() {
-        for c in cs {
-            if let Some(m) = c.as_object_mut() {
-                m.remove("readinessProbe");
-                m.remove("livenessProbe");
-                m.remove("ports");
-            }
-            if let Some(env) = c["env"].as_array_mut() {
-                for e in env {
-                    if e["value"] == "0.0.0.0:9090" {
-                        e["value"] = json!("127.0.0.1:0");
-                    }
-                }
-            }
-        }
-    }
     v
 }
 
@@ -494,14 +477,13 @@ async fn the_examples_run_and_drain_their_tasks() {
         .apply_object(&json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "workpool-redis", "namespace": env.ns},
-            "stringData": {"url": env.redis.url()}
+            "stringData": {"url": env.redis_url()}
         }))
         .await
         .expect("secret");
     let dir = workpool_tests::cluster::repo_root().join("examples");
     for name in ["sleep-pool.yaml", "script-pool.yaml"] {
-        env.apply_pool(&sandbox_example(&dir.join(name), &env.ns))
-            .await;
+        env.apply_pool(&example(&dir.join(name), &env.ns)).await;
     }
     env.wait_ready("sleepy", 2).await;
     env.wait_ready("shout", 1).await;

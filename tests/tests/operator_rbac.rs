@@ -1,7 +1,7 @@
 //! The operator runs with only the RBAC it documents (`operator/rbac.yaml`), through a
 //! ServiceAccount token, not as cluster-admin; without those rights it exits with a
-//! message saying which. Needs a real API server (the double enforces no RBAC and issues
-//! no tokens): skipped on the double, with the reason printed.
+//! message saying which, against the real API server (RBAC enforced, tokens from the
+//! TokenRequest API).
 #![forbid(unsafe_code)]
 
 mod operator_support;
@@ -10,52 +10,11 @@ use std::time::{Duration, Instant};
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use operator_support::*;
-use serde_json::{Value, json};
-use workpool_tests::cluster::repo_root;
-
-/// `operator/rbac.yaml` with the ServiceAccount, Lease namespace and cluster-scoped names
-/// of this test's namespace.
-fn rbac_objects(ns: &str, sa: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))
-        .expect("operator/rbac.yaml");
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let mut v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
-        if v.is_null() {
-            continue;
-        }
-        let kind = v["kind"].as_str().unwrap_or("").to_string();
-        if kind.starts_with("Cluster") {
-            let name = format!("{}-{ns}", v["metadata"]["name"].as_str().unwrap_or(""));
-            v["metadata"]["name"] = json!(name);
-        } else {
-            v["metadata"]["namespace"] = json!(ns);
-        }
-        if kind == "ClusterRoleBinding" {
-            let role = format!("{}-{ns}", v["roleRef"]["name"].as_str().unwrap_or(""));
-            v["roleRef"]["name"] = json!(role);
-        }
-        if let Some(subjects) = v.get_mut("subjects").and_then(|s| s.as_array_mut()) {
-            for s in subjects {
-                s["namespace"] = json!(ns);
-                s["name"] = json!(sa);
-            }
-        }
-        out.push(v);
-    }
-    out
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_works_with_exactly_the_documented_rbac() {
     let env = Env::start().await;
-    if env.cluster.double().is_some() {
-        eprintln!(
-            "skipped: the_operator_works_with_exactly_the_documented_rbac needs a real API server \
-             (the API double enforces no RBAC and issues no ServiceAccount tokens)"
-        );
-        return;
-    }
     let ns = env.ns.clone();
     // A ServiceAccount with nothing bound: the operator refuses to start, saying why.
     env.cluster
@@ -89,26 +48,7 @@ async fn the_operator_works_with_exactly_the_documented_rbac() {
         .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "workpool-operator", "namespace": ns}}))
         .await
         .expect("sa");
-    for obj in rbac_objects(&ns, "workpool-operator") {
-        let kind = obj["kind"].as_str().unwrap_or("");
-        if kind.starts_with("Cluster") {
-            let plural = if kind == "ClusterRole" {
-                "clusterroles"
-            } else {
-                "clusterrolebindings"
-            };
-            env.cluster.delete_on_drop(&format!(
-                "/apis/rbac.authorization.k8s.io/v1/{plural}/{}",
-                obj["metadata"]["name"].as_str().unwrap_or("")
-            ));
-        }
-        env.cluster.apply_object(&obj).await.expect("rbac object");
-    }
-    let kc = env
-        .cluster
-        .service_account_kubeconfig(&ns, "workpool-operator")
-        .await
-        .expect("token");
+    let kc = documented_rbac(&env, "workpool-operator").await;
     let op = Operator::start_with_kubeconfig(&env.cluster, &kc, "op-rbac", &[]);
 
     // Everything the operator does: pods, status, finalizer, Secret, Events, cleanup.
@@ -116,7 +56,7 @@ async fn the_operator_works_with_exactly_the_documented_rbac() {
         .apply_object(&json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "redis-url", "namespace": ns},
-            "stringData": {"url": env.redis.url()}
+            "stringData": {"url": env.redis_url()}
         }))
         .await
         .expect("secret");

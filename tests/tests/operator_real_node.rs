@@ -2,59 +2,26 @@
 //! containers (the worker image built from our binary, run by containerd and runc, with
 //! the restricted securityContext the operator sets), reaching a real redis-server on
 //! the host through the pod network, while the real `workpool-operator` binary runs on
-//! the host. The other `operator_*` suites use the process kubelet, which can SIGKILL a
-//! worker and read its files; this one checks that what they prove also holds when the
-//! pods are real.
-//!
-//! Where a real node cannot run (not root, no containerd, Kubernetes not built), each
-//! test prints one line and returns, except under `CI=true`, where that is a failure.
+//! the host. Unlike the pools of the other `operator_*` suites (`--exec` scripts with a
+//! volume), these run the worker as a user would deploy it: the built-in `sleep` handler,
+//! the URL in a Secret, `kubectl scale`.
 
 mod operator_support;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use operator_support::{Operator, pools_api};
 use serde_json::json;
 use workpool_tests::cluster::{ClusterOptions, TestCluster};
-use workpool_tests::controlplane::ControlPlane;
-use workpool_tests::node::{self, Node, NodeOptions};
 use workpool_worker::testing::RedisServer;
 
 const WORKER_IMAGE: &str = "ghcr.io/workpool-dev/workpool-worker:0.1.0";
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The real node of this test binary (on the shared control plane), started by the
-/// first test; `None` (with the reason printed) where it cannot run outside CI.
-fn real_node() -> Option<&'static Node> {
-    static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let started = NODE.get_or_init(|| {
-        if let Some(reason) =
-            node::unavailable_reason().or_else(workpool_tests::controlplane::unavailable_reason)
-        {
-            return Err(reason);
-        }
-        // The worker image is built from target/debug/workpool-worker: build it first.
-        operator_support::binaries();
-        let cp = ControlPlane::shared().map_err(|e| format!("control plane: {e:#}"))?;
-        Node::start(&cp, NodeOptions::new()).map_err(|e| format!("node: {e:#}"))
-    });
-    match started {
-        Ok(node) => Some(node),
-        Err(reason) if node::required() => panic!("CI=true needs the real node: {reason}"),
-        Err(reason) => {
-            eprintln!("real node not available, test skipped: {reason}");
-            None
-        }
-    }
-}
 
 /// A test's namespace on the real control plane, its redis-server (reachable from pods
 /// at the node's host address), its operator, and a Secret `redis` holding the URL.
@@ -65,28 +32,20 @@ struct Env {
 }
 
 impl Env {
-    async fn start(name: &str) -> Option<Env> {
-        let node = tokio::task::spawn_blocking(real_node).await.ok()??;
-        let redis = RedisServer::start_also_on(IpAddr::V4(node.host_ip())).expect("redis-server");
+    async fn start(name: &str) -> Env {
+        // The worker image is built from target/debug/workpool-worker: build it first.
+        operator_support::binaries();
         let cluster = TestCluster::start_real(ClusterOptions {
             own_namespace: true,
             ..ClusterOptions::default()
         })
         .await
         .expect("cluster");
-        // The test namespace pins its pods to process-kubelet nodes of its own; these
-        // go to the real node, the only node of this test binary's control plane.
-        let namespaces: Api<Namespace> = Api::all(cluster.client());
-        namespaces
-            .patch(
-                cluster.namespace(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    "scheduler.alpha.kubernetes.io/node-selector": ""
-                }}})),
-            )
+        let node = cluster
+            .shared_node()
             .await
-            .expect("namespace node selector cleared");
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let redis = RedisServer::start_also_on(IpAddr::V4(node.host_ip())).expect("redis-server");
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "redis"},
             "stringData": {"url": redis.url_on_also()}
@@ -97,11 +56,11 @@ impl Env {
             .await
             .expect("secret created");
         let operator = Operator::start(&cluster, name, &[]);
-        Some(Env {
+        Env {
             cluster,
             redis,
             operator,
-        })
+        }
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -270,9 +229,7 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pools_of_real_containers_drain_their_queues_and_a_deleted_pod_is_replaced() {
-    let Some(env) = Env::start("op-real-drain").await else {
-        return;
-    };
+    let env = Env::start("op-real-drain").await;
     env.apply_pool("alpha", 3).await;
     env.apply_pool("beta", 2).await;
     env.wait_for("3 ready alpha pods and 2 ready beta pods", || async {
@@ -323,9 +280,7 @@ async fn two_pools_of_real_containers_drain_their_queues_and_a_deleted_pod_is_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_and_deleting_a_pool_of_real_containers() {
-    let Some(env) = Env::start("op-real-scale").await else {
-        return;
-    };
+    let env = Env::start("op-real-scale").await;
     env.apply_pool("gamma", 1).await;
     env.apply_pool("delta", 2).await;
     env.wait_for("1 ready gamma pod, 2 ready delta pods", || async {

@@ -45,9 +45,8 @@ async fn deleted_and_killed_workers_are_replaced_and_no_task_is_lost() {
         .delete(&deleted, &DeleteParams::default())
         .await
         .expect("delete pod");
-    env.kubelet()
-        .kill_container(&env.ns, &killed, "worker")
-        .expect("kill the worker");
+    // SIGKILL from the host to the worker container's process, as a crash.
+    env.signal_worker(&killed, Signal::SIGKILL).await;
 
     // Both are replaced by new pods; the pool is back to three ready pods.
     let now = eventually("three ready pods, none of them an old one", T, || async {

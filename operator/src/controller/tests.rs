@@ -258,11 +258,24 @@ async fn a_refused_create_is_told_with_a_stable_message_and_the_pool_backs_off()
     assert_eq!(first, Action::requeue(Duration::from_secs(1)));
     assert_eq!(second, Action::requeue(Duration::from_secs(2)), "backs off");
 
-    // Again, with the status the API now has: another random pod name is refused, the
-    // status is the same, so it is not written.
+    // With the status the API now has, within the back-off (a pod event, a queue read):
+    // no create, and the status, still saying the refusal, is not written.
     let mut wp2 = (*wp).clone();
     wp2.status = Some(serde_json::from_value(status).expect("status"));
-    let task = tokio::spawn(reconcile(Arc::new(wp2), ctx.clone()));
+    let wp2 = Arc::new(wp2);
+    reconcile(wp2.clone(), ctx.clone())
+        .await
+        .expect("held back, not failed");
+    api.nothing_more().await;
+
+    // Past the back-off: another random pod name is refused, the status is the same, so
+    // it is not written.
+    ctx.with_memory(&key_of(&wp), |m| {
+        if let Some(r) = m.create_refused.as_mut() {
+            r.retry_at_ms = 0;
+        }
+    });
+    let task = tokio::spawn(reconcile(wp2, ctx.clone()));
     refuse(api.expect(Method::POST, &pods_path()).await);
     let s = api.next().await;
     assert!(

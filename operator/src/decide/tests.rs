@@ -269,6 +269,60 @@ fn a_refusal_never_names_the_pod_it_refused() {
 }
 
 #[test]
+fn refused_creates_back_off_whatever_triggers_the_reconcile() {
+    let wp = fixtures::pool("ns", "p", json!({"replicas": 3}));
+    let pods = vec![running_pod(&wp, "p-bbbbb")];
+    let o = world(&wp, &pods, Some(stats(&[], &[])));
+    let mut m = PoolMemory::default();
+    assert_eq!(decide(&o, &mut m, &cfg()).creates, 2);
+    // The API refused: 1 s, then 2, 4, ... up to 5 min, counted from each refusal.
+    let mut r = None;
+    for (n, delay) in [
+        (1, 1_000),
+        (2, 2_000),
+        (3, 4_000),
+        (10, 300_000),
+        (11, 300_000),
+    ] {
+        while r.as_ref().map_or(0, |r: &CreateRefused| r.count) < n {
+            r = Some(CreateRefused::after(
+                r.as_ref(),
+                "exceeded quota".into(),
+                NOW,
+            ));
+        }
+        assert_eq!(r.as_ref().map(|r| r.retry_at_ms - NOW), Some(delay));
+    }
+    m.create_refused = Some(CreateRefused::after(
+        None,
+        "exceeded quota: q".into(),
+        NOW - 200,
+    ));
+    // A pod event or a queue read within the back-off: no create, the refusal still shown.
+    let d = decide(&o, &mut m, &cfg());
+    assert_eq!(d.creates, 0);
+    assert_eq!(d.held_refusal.as_deref(), Some("exceeded quota: q"));
+    assert!(
+        d.requeue <= std::time::Duration::from_millis(800),
+        "{:?}",
+        d.requeue
+    );
+    // Past it: the creates are tried again.
+    let mut later = world(&wp, &pods, Some(stats(&[], &[])));
+    later.now_ms = NOW + 1_000;
+    let d = decide(&later, &mut m, &cfg());
+    assert_eq!((d.creates, d.held_refusal), (2, None));
+    // Nothing to create: no refusal shown, whatever the memory says.
+    let full = vec![
+        running_pod(&wp, "p-bbbbb"),
+        running_pod(&wp, "p-ccccc"),
+        running_pod(&wp, "p-ddddd"),
+    ];
+    let d = decide(&world(&wp, &full, Some(stats(&[], &[]))), &mut m, &cfg());
+    assert_eq!((d.creates, d.held_refusal), (0, None));
+}
+
+#[test]
 fn a_pool_at_zero_is_watched_for_its_first_task_and_rests_without_polling() {
     let wp = fixtures::pool(
         "ns",

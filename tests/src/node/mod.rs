@@ -372,6 +372,94 @@ impl Node {
         self.started_in
     }
 
+    /// The node of this process's shared control plane ([`ControlPlane::shared`]),
+    /// started by the first caller (blocking: call it from `spawn_blocking` in async
+    /// code) and never stopped before the process ends, when its watchdog tears it
+    /// down. Untainted: every pod of the shared control plane that asks for no other node
+    /// runs here. The images are those of [`Node::start`]: build the programs first (the
+    /// worker image is made from `target/debug/workpool-worker` as it is at this call).
+    /// A failed start is remembered and returned to every later caller.
+    pub fn shared() -> Result<&'static Node> {
+        type SharedNode = Option<std::result::Result<&'static Node, String>>;
+        static SHARED: std::sync::Mutex<SharedNode> = std::sync::Mutex::new(None);
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let started = unavailable_reason()
+                .map_or(Ok(()), |reason| Err(anyhow!("{reason}")))
+                .and_then(|()| ControlPlane::shared())
+                .and_then(|cp| Node::start(&cp, NodeOptions::new()))
+                .map(|node| &*Box::leak(Box::new(node)));
+            *slot = Some(started.map_err(|e| format!("the real node: {e:#}")));
+        }
+        match slot.as_ref() {
+            Some(Ok(node)) => Ok(node),
+            Some(Err(e)) => Err(anyhow!("{e}")),
+            None => Err(anyhow!("the shared node was not started")),
+        }
+    }
+
+    /// The host PID of a container's main process (PID 1 in the container), from the
+    /// node's containerd (`ctr task ls`). `container_id` as the pod's status has it
+    /// (`containerd://<id>`) or bare.
+    pub fn container_pid(&self, container_id: &str) -> Result<i32> {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        let out = run(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd_socket)
+            .args(["-n", "k8s.io", "task", "ls"]))?;
+        // TASK  PID  STATUS
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?, f.next()?, f.next()?))
+            })
+            .find(|(task, _, _)| *task == id)
+            .and_then(|(_, pid, _)| pid.parse().ok())
+            .filter(|pid: &i32| *pid > 0)
+            .ok_or_else(|| anyhow!("container {id} has no running task on node {}", self.name))
+    }
+
+    /// Sends `signal` to a container's main process from the host, as `kill -SIG PID`
+    /// would: `SIGKILL` is a crash (the container ends with 137, its pid namespace with
+    /// it), `SIGSTOP`/`SIGCONT` freeze and thaw it.
+    pub fn signal_container(
+        &self,
+        container_id: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<()> {
+        let pid = self.container_pid(container_id)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("kill -{signal} {pid} (container {container_id})"))
+    }
+
+    /// The log of a pod's container as the kubelet keeps it on this node (every run of
+    /// it, oldest first), or `None` when the node has none.
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
+        let prefix = format!("{namespace}_{pod}_");
+        let pod_dir = std::fs::read_dir(self.dir.join("pod-logs"))
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?
+            .path();
+        let mut logs: Vec<(u32, PathBuf)> = std::fs::read_dir(pod_dir.join(container))
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let restart = name.strip_suffix(".log")?.parse().ok()?;
+                Some((restart, e.path()))
+            })
+            .collect();
+        logs.sort();
+        let text: Vec<String> = logs
+            .iter()
+            .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+            .collect();
+        (!text.is_empty()).then(|| text.concat())
+    }
+
     /// Builds an image for `program` (`--image IMAGE=PATH` semantics) and imports it.
     pub fn import_program(&self, reference: &str, program: &Path) -> Result<()> {
         self.import(&ImageSpec::for_program(reference, program)?)

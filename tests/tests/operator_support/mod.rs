@@ -1,9 +1,13 @@
 //! Shared by the `operator_*` suites: the real `workpool-operator` and `workpool-worker`
-//! binaries (built with `cargo build`), a test cluster with a process kubelet whose worker
-//! image maps to the worker binary, a real redis-server, and helpers to wait on pools.
+//! binaries (built with `cargo build`), the real control plane and its real node (worker
+//! pods are containers of the worker image built from our binary), a real redis-server,
+//! and helpers to wait on pools, read what workers wrote and crash or freeze a worker.
+//! See [`Env`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -14,12 +18,10 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
-use workpool_tests::kubelet::testing::free_port;
-use workpool_tests::kubelet::{ImageMap, KubeletConfig, KubeletHandle};
-use workpool_worker::testing::RedisServer;
+use workpool_tests::node::{Node, WORKER_REPOSITORY};
+use workpool_worker::testing::{RedisServer, free_port};
 
-/// The worker image of the examples.
-pub const WORKER_IMAGE: &str = "ghcr.io/workpool-dev/workpool-worker";
+pub use nix::sys::signal::Signal;
 
 /// Generous wait for anything the operator does.
 pub const T: Duration = Duration::from_secs(90);
@@ -36,7 +38,8 @@ pub fn bin_dir() -> PathBuf {
 pub fn binaries() -> (PathBuf, PathBuf) {
     static BUILT: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     let r = BUILT.get_or_init(|| {
-        let mut build = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
             .args([
                 "build",
                 "-q",
@@ -47,9 +50,26 @@ pub fn binaries() -> (PathBuf, PathBuf) {
                 "--bins",
             ])
             .current_dir(repo_root())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cargo build: {e}"))?;
+            .stdout(Stdio::null());
+        // What cargo set for this test process is not the environment of a build: build
+        // scripts that track such a variable (ring's tracks CARGO_MANIFEST_DIR) would be
+        // rebuilt here and again by the next plain `cargo` command, and so on.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
+            {
+                cargo.env_remove(&*key);
+            }
+        }
+        let mut build = cargo.spawn().map_err(|e| format!("cargo build: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(1200);
         let ok = loop {
             match build.try_wait() {
@@ -225,49 +245,82 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Everything a scenario needs.
+/// The directory of a worker container where [`Env::out_dir`] is mounted (a hostPath
+/// volume of every pool made by [`Env::script_pool`]): what a handler writes there, the
+/// test reads on the host.
+pub const OUT_IN_POD: &str = "/out";
+
+/// Everything a scenario needs: its own namespace on the real control plane, the real
+/// node its pods run on (shared by the tests of this binary), a real redis-server that
+/// both the host and the pods reach, and the worker binary for `submit`.
+///
+/// - Pools made by [`Env::exec_pool`] / [`Env::script_pool`] are worker containers of the
+///   worker image (our binary, busybox `sh`) with the `/readyz` readiness probe; their
+///   `--exec` script can write to [`OUT_IN_POD`], which is [`Env::out_dir`] on the host
+///   ([`Env::done_lines`] reads what [`Env::exec_pool`] writes there).
+/// - A worker is crashed or frozen from the host through the node:
+///   [`Env::signal_worker`] (`SIGKILL`, `SIGSTOP`, `SIGCONT`) to its container's process.
+/// - Queue URLs given to pools must be [`Env::redis_url`] (the host address pods reach);
+///   `env.redis.url()` is loopback, which a pod cannot reach. Another server for a test:
+///   [`Env::start_redis`], its URL [`RedisServer::url_on_also`].
 pub struct Env {
     pub cluster: TestCluster,
-    pub kubelet: Option<KubeletHandle>,
+    pub node: &'static Node,
     pub redis: RedisServer,
     pub client: kube::Client,
     pub ns: String,
     pub worker: PathBuf,
+    out_dir: PathBuf,
 }
 
 impl Env {
     pub async fn start() -> Env {
         let (_, worker) = binaries();
-        let redis = RedisServer::start().expect("redis-server starts");
-        let cluster = TestCluster::start_with(ClusterOptions {
+        // The operator suites always run on the local real control plane: they need its
+        // node (a test crashes workers through it).
+        let cluster = TestCluster::start_real(ClusterOptions {
             own_namespace: true,
             ..ClusterOptions::default()
         })
         .await
-        .expect("cluster");
+        .expect("the real control plane");
+        let node = cluster
+            .shared_node()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!(
+            "operator e2e: namespace {} on node {} (Ready in {:.1}s)",
+            cluster.namespace(),
+            node.name(),
+            node.started_in().as_secs_f64()
+        );
+        let redis = RedisServer::start_also_on(IpAddr::V4(node.host_ip())).expect("redis-server");
         let client = cluster.client();
-        let cfg = KubeletConfig::new(
-            "node-1",
-            ImageMap::new().with(WORKER_IMAGE, &worker),
-            cluster.temp_dir().join("kubelet"),
-        )
-        .with_scheduler(true)
-        .with_backoff_base(Duration::from_millis(200));
-        // On the double as configured; on the real control plane a node of this test's own.
-        let kubelet = cluster.start_kubelet(cfg).await.expect("kubelet");
         let ns = cluster.namespace().to_string();
+        let out_dir = cluster.temp_dir().join("out");
+        std::fs::create_dir_all(&out_dir).expect("out dir");
+        // The workers run as a non-root user.
+        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
+            .expect("out dir mode");
         Env {
             cluster,
-            kubelet: Some(kubelet),
+            node,
             redis,
             client,
             ns,
             worker,
+            out_dir,
         }
     }
 
-    pub fn kubelet(&self) -> &KubeletHandle {
-        self.kubelet.as_ref().expect("kubelet")
+    /// The test's Redis as pods (and the host) reach it: give this to pools.
+    pub fn redis_url(&self) -> String {
+        self.redis.url_on_also()
+    }
+
+    /// Another redis-server reachable from pods (its URL: `url_on_also()`).
+    pub fn start_redis(&self) -> RedisServer {
+        RedisServer::start_also_on(IpAddr::V4(self.node.host_ip())).expect("redis-server")
     }
 
     pub fn pools(&self) -> Api<DynamicObject> {
@@ -278,44 +331,61 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// A file the pool's `--exec` handler appends each payload to (one line per task).
+    /// The host directory mounted at [`OUT_IN_POD`] in the workers of [`Env::script_pool`].
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    /// A file the pool's `--exec` handler appends each payload to (one line per task),
+    /// on the host.
     pub fn done_file(&self, pool: &str) -> PathBuf {
-        self.cluster.temp_dir().join(format!("{pool}.done"))
+        self.out_dir.join(format!("{pool}.done"))
+    }
+
+    /// [`Env::done_file`] as the worker containers see it (for scripts).
+    pub fn done_file_in_pod(&self, pool: &str) -> String {
+        format!("{OUT_IN_POD}/{pool}.done")
     }
 
     /// A WorkPool whose workers append each payload to `done_file(pool)` after `sleep_s`.
     pub fn exec_pool(&self, pool: &str, replicas: i32, sleep_s: f64, extra_spec: Value) -> Value {
-        let out = self.done_file(pool);
+        let out = self.done_file_in_pod(pool);
         let script = if sleep_s > 0.0 {
-            format!(
-                "p=$(cat); sleep {sleep_s}; printf '%s\\n' \"$p\" >> {}",
-                out.display()
-            )
+            format!("p=$(cat); sleep {sleep_s}; printf '%s\\n' \"$p\" >> {out}")
         } else {
-            format!("p=$(cat); printf '%s\\n' \"$p\" >> {}", out.display())
+            format!("p=$(cat); printf '%s\\n' \"$p\" >> {out}")
         };
         self.script_pool(pool, replicas, &script, extra_spec)
     }
 
-    /// A WorkPool whose workers run `script` (sh) per task, payload on stdin.
+    /// A WorkPool whose workers run `script` (busybox `sh`) per task, payload on stdin,
+    /// one task at a time, with [`OUT_IN_POD`] mounted; `extra_spec` is merged into the
+    /// spec (objects merged, anything else replaced).
     pub fn script_pool(&self, pool: &str, replicas: i32, script: &str, extra_spec: Value) -> Value {
         let mut spec = json!({
-            "queue": {"redis": {"url": self.redis.url()}},
+            "queue": {"redis": {"url": self.redis_url()}},
             "replicas": replicas,
             "delivery": {"visibilityTimeoutSeconds": 5, "maxDeliveries": 5},
             "template": {"spec": {
                 "terminationGracePeriodSeconds": 20,
                 "containers": [{
                     "name": "worker",
-                    "image": format!("{WORKER_IMAGE}:test"),
+                    "image": worker_image(),
                     "args": ["run"],
                     "env": [
-                        {"name": "WORKPOOL_METRICS_ADDR", "value": "127.0.0.1:0"},
+                        {"name": "WORKPOOL_METRICS_ADDR", "value": "0.0.0.0:9090"},
                         {"name": "WORKPOOL_EXEC", "value": script},
                         {"name": "WORKPOOL_CONCURRENCY", "value": "1"},
                         {"name": "WORKPOOL_SHUTDOWN_GRACE", "value": "10"}
-                    ]
-                }]
+                    ],
+                    "ports": [{"name": "metrics", "containerPort": 9090}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
+                                       "periodSeconds": 1},
+                    "volumeMounts": [{"name": "out", "mountPath": OUT_IN_POD}]
+                }],
+                "volumes": [{"name": "out", "hostPath": {
+                    "path": self.out_dir.display().to_string(), "type": "Directory"
+                }}]
             }}
         });
         merge(&mut spec, &extra_spec);
@@ -339,31 +409,9 @@ impl Env {
             .unwrap_or_else(|e| panic!("applying WorkPool {name}: {e}"));
     }
 
-    /// Adds tasks to a stream with the real `workpool-worker submit`.
+    /// Adds tasks to a stream of the test's Redis with the real `workpool-worker submit`.
     pub fn submit(&self, stream: &str, payloads: &[String]) {
-        let mut child = Command::new(&self.worker)
-            .args([
-                "submit",
-                "--redis-url",
-                &self.redis.url(),
-                "--stream",
-                stream,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("submit runs");
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            for p in payloads {
-                writeln!(stdin, "{p}").expect("write");
-            }
-        }
-        assert!(
-            child.wait().expect("submit exits").success(),
-            "submit failed"
-        );
+        submit_to(&self.worker, &self.redis.url(), stream, payloads);
     }
 
     /// `redis-cli` against the test's server.
@@ -418,6 +466,38 @@ impl Env {
             .into_iter()
             .filter(|p| all || p.metadata.deletion_timestamp.is_none())
             .collect()
+    }
+
+    /// The container ID (`containerd://...`) of `container` of pod `pod`, while it runs.
+    pub async fn container_id(&self, pod: &str, container: &str) -> Option<String> {
+        let p = self.pods().get_opt(pod).await.ok().flatten()?;
+        p.status?
+            .container_statuses?
+            .into_iter()
+            .find(|c| c.name == container)
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .and_then(|c| c.container_id)
+    }
+
+    /// Sends `signal` from the host to the main process of pod `pod`'s `worker`
+    /// container (the `workpool-worker` process, PID 1 of its container): `SIGKILL` is a
+    /// crash mid-task (the container exits 137; with `restartPolicy: Never` the pod
+    /// fails), `SIGSTOP` freezes the worker with its connections open, `SIGCONT` thaws it.
+    pub async fn signal_worker(&self, pod: &str, signal: Signal) {
+        let id = self
+            .container_id(pod, "worker")
+            .await
+            .unwrap_or_else(|| panic!("pod {pod} has no running worker container"));
+        self.node
+            .signal_container(&id, signal)
+            .unwrap_or_else(|e| panic!("{signal} to the worker of {pod}: {e:#}"));
+    }
+
+    /// What pod `pod`'s worker container wrote (every run of it), from the node.
+    pub fn worker_log(&self, pod: &str) -> String {
+        self.node
+            .container_log(&self.ns, pod, "worker")
+            .unwrap_or_default()
     }
 
     /// The pool as JSON.
@@ -494,26 +574,70 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let dir = self.cluster.temp_dir().join("kubelet");
-            if let Ok(rd) = std::fs::read_dir(&dir) {
-                for e in rd.flatten().take(6) {
-                    let log = e.path().join("worker.log");
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    let tail: String = text
-                        .lines()
-                        .rev()
-                        .take(15)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    eprintln!("---- {} ----\n{tail}", log.display());
-                }
-            }
+        if !std::thread::panicking() {
+            return;
+        }
+        // The last lines of every worker's log in the test's namespace.
+        let Ok(dir) = std::fs::read_dir(self.node.dir().join("pod-logs")) else {
+            return;
+        };
+        let prefix = format!("{}_", self.ns);
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pod) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.rsplit_once('_'))
+                .map(|(pod, _uid)| pod.to_string())
+            else {
+                continue;
+            };
+            let text = self.worker_log(&pod);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            eprintln!("---- worker log of {pod} ----\n{tail}");
         }
     }
+}
+
+/// The worker image as the node has it (built from `target/debug/workpool-worker`),
+/// under the chart's tag (a tag, not `latest`: nothing is pulled).
+pub fn worker_image() -> String {
+    format!("{WORKER_REPOSITORY}:{}", chart_app_version())
+}
+
+/// The chart's appVersion, the tag the node's images carry.
+fn chart_app_version() -> String {
+    let chart = repo_root().join("charts/workpool/Chart.yaml");
+    std::fs::read_to_string(chart)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("appVersion:")
+                    .map(|v| v.trim().trim_matches('"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "0.1.0".into())
+}
+
+/// Adds tasks to `stream` on the Redis at `url` with the real `workpool-worker submit`.
+pub fn submit_to(worker: &Path, url: &str, stream: &str, payloads: &[String]) {
+    let mut child = Command::new(worker)
+        .args(["submit", "--redis-url", url, "--stream", stream])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("submit runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for p in payloads {
+            writeln!(stdin, "{p}").expect("write");
+        }
+    }
+    assert!(
+        child.wait().expect("submit exits").success(),
+        "submit failed"
+    );
 }
 
 /// The status of condition `type_` of a pool JSON.
@@ -573,4 +697,67 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `operator/rbac.yaml` with the ServiceAccount, Lease namespace and cluster-scoped names
+/// of this test's namespace.
+pub fn rbac_objects(ns: &str, sa: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))
+        .expect("operator/rbac.yaml");
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or("").to_string();
+        if kind.starts_with("Cluster") {
+            let name = format!("{}-{ns}", v["metadata"]["name"].as_str().unwrap_or(""));
+            v["metadata"]["name"] = json!(name);
+        } else {
+            v["metadata"]["namespace"] = json!(ns);
+        }
+        if kind == "ClusterRoleBinding" {
+            let role = format!("{}-{ns}", v["roleRef"]["name"].as_str().unwrap_or(""));
+            v["roleRef"]["name"] = json!(role);
+        }
+        if let Some(subjects) = v.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+            for s in subjects {
+                s["namespace"] = json!(ns);
+                s["name"] = json!(sa);
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// A ServiceAccount `sa` in the test's namespace with exactly `operator/rbac.yaml`'s
+/// rights (cluster-scoped objects renamed per namespace, deleted when the test ends);
+/// returns a kubeconfig with its token.
+pub async fn documented_rbac(env: &Env, sa: &str) -> std::path::PathBuf {
+    let ns = env.ns.clone();
+    env.cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}))
+        .await
+        .expect("sa");
+    for obj in rbac_objects(&ns, sa) {
+        let kind = obj["kind"].as_str().unwrap_or("");
+        if kind.starts_with("Cluster") {
+            let plural = if kind == "ClusterRole" {
+                "clusterroles"
+            } else {
+                "clusterrolebindings"
+            };
+            env.cluster.delete_on_drop(&format!(
+                "/apis/rbac.authorization.k8s.io/v1/{plural}/{}",
+                obj["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+        env.cluster.apply_object(&obj).await.expect("rbac object");
+    }
+    env.cluster
+        .service_account_kubeconfig(&ns, sa)
+        .await
+        .expect("token")
 }
