@@ -208,7 +208,14 @@ impl ApiServer {
             .collect();
         let exe = words.remove(0);
         words.extend(extra.iter().cloned());
+        // Its graceful shutdown drains in-flight requests (up to a minute on a loaded
+        // machine); the replacement only needs the port, so SIGKILL after a while.
         signal(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !gone(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
         wait_for(
             || gone(pid),
             Duration::from_secs(30),
@@ -832,6 +839,9 @@ impl Run {
                 return took;
             }
             if since.elapsed() > bound {
+                // The operators' own account (the control plane's directory, where they
+                // log, goes with it).
+                eprintln!("{}", operator_log_tails(&self.operators.dir));
                 panic!(
                     "{what}: not converged within lease {LEASE_S} s + poll {POLL_S} s + {} s; {} pools: {:?}\nviolations: {:?}",
                     SLACK.as_secs(),
@@ -1378,6 +1388,30 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
         "writes by a replica not holding the Lease: {standby_writes:#?}"
     );
     let _ = &run.cp;
+}
+
+/// The last lines of every operator replica's log (`op-*.log` in `dir`).
+fn operator_log_tails(dir: &Path) -> String {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("op-") && n.ends_with(".log"))
+    });
+    logs.sort();
+    let mut out = String::new();
+    for p in logs {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("---- {} (last 60 lines) ----\n", p.display()));
+        for l in &lines[lines.len().saturating_sub(60)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Waits until a replica acquired the Lease after `since_ms`; milliseconds from
