@@ -4,7 +4,7 @@
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-test: deps lint unit chart-test  ## the whole test suite (installs what it needs when missing)
+test: deps lint unit chart-test clients-test  ## the whole test suite (installs what it needs when missing)
 
 deps:  ## install what the tests need, when missing (builds Kubernetes from source once)
 	scripts/install-test-deps.sh
@@ -13,15 +13,18 @@ lint:  ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-CONFORMANCE := --test conformance_kubectl --test conformance_kube_rs \
-	--test conformance_managed_fields --test conformance_apiserver
-
-unit:  ## cargo test over the workspace (real control plane and redis-server), then the conformance suites against the API double
+unit:  ## cargo test over the workspace (real redis-servers, the real control plane and node)
 	cargo test --workspace --no-fail-fast
-	WORKPOOL_TEST_API=double cargo test -p workpool-tests --no-fail-fast $(CONFORMANCE)
 
 chart-test:  ## Helm chart, dashboards, alerts, images, handler examples; starts the real test cluster (control plane + node) and installs the chart into it (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
 	scripts/chart-test.sh
+
+.PHONY: clients-test
+clients-test:  ## the producer libraries (clients/: Python, Node, Go) against real redis-servers, the shared vectors and the real workpool-worker
+	cargo build -q -p workpool-worker
+	cd clients/python && $$([ -x ../../.sandbox/clients-venv/bin/python ] && echo ../../.sandbox/clients-venv/bin/python || echo python3) -m pytest -q
+	cd clients/node && npm test
+	cd clients/go && go test -count=1 ./...
 
 k8s:  ## build the pinned Kubernetes components from source (cached)
 	scripts/k8s-bin.sh
@@ -30,7 +33,7 @@ crds:  ## regenerate crds/workpool.yaml from operator/src/crd.rs and sync the ch
 	cargo run -q -p workpool-operator --bin crdgen -- crds/workpool.yaml
 	scripts/sync-chart-crds.sh
 
-sandbox: deps  ## the main job: local Kubernetes (real control plane, simulated node), Redis, operator, example pools; Ctrl-C stops all
+sandbox: deps  ## the main job: local Kubernetes (real control plane and node, built here), Redis, operator, example pools; Ctrl-C stops all
 	scripts/sandbox.sh
 
 kind:  ## the README's kind quickstart, checked: 2-node kind cluster, our images, Prometheus Operator, chart, example pools (installs/starts docker, kind, helm when missing); leaves the cluster running
@@ -51,6 +54,11 @@ demo: deps  ## local demo: a real redis-server, two workers, tasks submitted and
 
 bench:  ## benchmark one workpool-worker against BullMQ; writes BENCHMARKS.md
 	python3 bench/run.py
+
+.PHONY: bench-targets
+bench-targets:  ## one pool on one Redis vs a 3-node Cluster with 3 and 6 partitions (drain, Redis CPU per task), durable submit, Sentinel failover; prints the tables for BENCHMARKS.md
+	cargo build --release -p workpool-worker --features test-support --bins
+	target/release/workpool-bench-targets
 
 .PHONY: bench-wake
 bench-wake: deps  ## wake from zero: first task -> pod create, with wake and with --wake=false (real control plane, operator, redis); prints the table for BENCHMARKS.md
@@ -76,6 +84,7 @@ bench-scale-wide: deps  ## the second shape: 10,000 WorkPools x 1 pod, and the s
 	scripts/kwok-bin.sh
 	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools 10000 --pods 1 --namespaces 100 --json target/bench-scale-10000x1.json
 
-testcluster: deps  ## run the test cluster (real control plane + process kubelet) for kubectl
-	cargo build -p workpool-worker  # the worker image maps to this binary
-	cargo run -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig
+testcluster: deps  ## run the test cluster (real control plane + real node) for kubectl
+	cargo build -p workpool-worker -p workpool-operator -p workpool-tests --bins  # the node's images
+	mkdir -p .sandbox
+	cargo run -q -p workpool-tests --bin workpool-testcluster -- --kubeconfig .sandbox/kubeconfig

@@ -7,6 +7,11 @@ more. This measures, against a real redis-server and the real `workpool-worker`,
 time from the request to the answer, for an idle worker (blocked in its read, which
 blocks at most 2 s) and for a busy one (every slot running a long task).
 
+The peer, measured in the same run: the same worker told by SIGTERM, which is what a
+Deployment's (KEDA + HPA's) scale-in sends. It stops reading at once and leaves once its
+tasks are done, but only within the pod's grace period: a task longer than that is cut
+and runs again elsewhere. A drained worker keeps its pod until its tasks are done.
+
     python3 bench/drain.py [--worker target/release/workpool-worker] [--rounds 20]
 
 Prints a Markdown table for BENCHMARKS.md.
@@ -69,6 +74,13 @@ def undrain(port: int, consumer: str, metrics_port: int) -> None:
     wait_for(ready, 30, "ready again")
 
 
+def start(binary: str, port: int, mport: int, d: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [binary, "run", "--redis-url", f"redis://127.0.0.1:{port}/", "--stream", "jobs", "--group", "jobs",
+         "--consumer", "w1", "--metrics-addr", f"127.0.0.1:{mport}", "--concurrency", "2", "--builtin", "sleep"],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "worker.log"), "a"))
+
+
 def summary(xs: list[float]) -> str:
     xs = sorted(xs)
     p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
@@ -89,10 +101,7 @@ def main() -> None:
         worker = None
         try:
             wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode == 0, 10, "redis")
-            worker = subprocess.Popen(
-                [args.worker, "run", "--redis-url", f"redis://127.0.0.1:{port}/", "--stream", "jobs", "--group", "jobs",
-                 "--consumer", "w1", "--metrics-addr", f"127.0.0.1:{mport}", "--concurrency", "2", "--builtin", "sleep"],
-                stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "worker.log"), "w"))
+            worker = start(args.worker, port, mport, d)
             undrain(port, "w1", mport)
             idle = []
             for _ in range(args.rounds):
@@ -107,9 +116,34 @@ def main() -> None:
                 busy.append(reaction(port, "w1"))
                 wait_for(lambda: int(cli(port, "XLEN", "jobs") or 0) == 0, 30, "tasks finished on the draining worker")
                 undrain(port, "w1", mport)
-            print(f"| worker | rounds | p50 | p95 | max |\n|---|---:|---:|---:|---:|")
-            print(f"| idle (blocked in its read) | {len(idle)} | {summary(idle)} |")
-            print(f"| busy (every slot on a 3 s task) | {len(busy)} | {summary(busy)} |")
+            worker.terminate()
+            worker.wait(timeout=30)
+            worker = None
+            term_idle, term_busy = [], []
+            for busy_round in (False, True):
+                for _ in range(args.rounds):
+                    w = start(args.worker, port, mport, d)
+                    try:
+                        undrain(port, "w1", mport)
+                        if busy_round:
+                            for _ in range(2):
+                                cli(port, "XADD", "jobs", "*", "payload", '{"ms": 3000}')
+                            wait_for(lambda: cli(port, "XPENDING", "jobs", "jobs").startswith("2"), 30, "both slots busy")
+                        else:
+                            time.sleep(0.3)
+                        t0 = time.monotonic()
+                        w.terminate()
+                        w.wait(timeout=60)
+                        (term_busy if busy_round else term_idle).append(time.monotonic() - t0)
+                    finally:
+                        if w.poll() is None:
+                            w.kill()
+                            w.wait()
+            print("| worker | told by | rounds | p50 | p95 | max |\n|---|---|---:|---:|---:|---:|")
+            print(f"| idle (blocked in its read) | drain: until `stopped` | {len(idle)} | {summary(idle)} |")
+            print(f"| busy (every slot on a 3 s task) | drain: until `stopped` | {len(busy)} | {summary(busy)} |")
+            print(f"| idle | SIGTERM (peer): until exit | {len(term_idle)} | {summary(term_idle)} |")
+            print(f"| busy (every slot on a 3 s task) | SIGTERM (peer): until exit | {len(term_busy)} | {summary(term_busy)} |")
         except TimeoutError as e:
             sys.stderr.write(open(os.path.join(d, "worker.log")).read()[-3000:])
             sys.exit(str(e))

@@ -506,6 +506,16 @@ def pool() -> dict:
         8, 8,
     )
     l.add(
+        timeseries("Backlog by partition",
+                   "Waiting plus in-flight tasks (workpool_queue_partition_backlog) and in-flight tasks "
+                   "(workpool_queue_partition_pending) of each partition of the pool; one partition, 0, for a "
+                   "pool of one. A partition that stays high while the others empty: producers pin too many "
+                   "tasks to one key (submit --key).",
+                   [target(f"sum by (partition) (workpool_queue_partition_backlog{sel()})", "backlog {{partition}}"),
+                    target(f"sum by (partition) (workpool_queue_partition_pending{sel()})", "pending {{partition}}")]),
+        8, 8,
+    )
+    l.add(
         timeseries("Queue", "Pending (delivered, not acknowledged) tasks and the age of the oldest one.",
                    [target(f"sum(workpool_queue_pending{sel()})", "pending"),
                     target(f"max(workpool_queue_oldest_pending_seconds{sel()})", "oldest pending (s)")],

@@ -10,8 +10,8 @@
 #        examples; workpool-testcluster, -operator, -pause, -node-probe for the test cluster
 # and the test cluster itself: a real control plane and a real node (containerd, runc,
 # CNI, kubelet, kube-proxy, CoreDNS, local-path StorageClass `standard`; images built from
-# our binaries), started here in the background (workpool-testcluster --api real
-# --node-kind real --no-crds), its kubeconfig exported as WORKPOOL_CHART_KUBECONFIG, and
+# our binaries), started here in the background (workpool-testcluster --no-crds), its
+# kubeconfig exported as WORKPOOL_CHART_KUBECONFIG, and
 # stopped (SIGTERM: it tears everything down) when the tests end. The chart is installed
 # into it with the real Helm library (tests/chart/test_install.py, incluster.py).
 # WORKPOOL_CHART_KUBECONFIG set by the caller: that cluster is used and none is started.
@@ -103,7 +103,7 @@ if $want_cluster; then
   else
     echo "chart-test: starting the test cluster (real control plane, real node); log: $dir/testcluster.log"
     t0=$(date +%s)
-    "$target/debug/workpool-testcluster" --api real --node-kind real --no-crds --kubeconfig "$dir/kubeconfig" \
+    "$target/debug/workpool-testcluster" --no-crds --kubeconfig "$dir/kubeconfig" \
       >"$dir/testcluster.log" 2>&1 &
     cluster_pid=$!
     # the kubeconfig is written once the node is Ready and the add-ons are installed

@@ -2,15 +2,13 @@
 # make sandbox: the whole system on this machine, no cloud and no Docker.
 #
 # Starts the test cluster (workpool-testcluster: a real control plane built from
-# Kubernetes' source and a node), a local redis-server, the workpool operator, applies
-# examples/, submits tasks, prints what to type next, and runs until Ctrl-C. On exit
-# everything it started is stopped.
+# Kubernetes' source and a real node: containerd + runc + CNI + kubelet + kube-proxy +
+# CoreDNS, pods are containers of images built from our binaries), a local redis-server,
+# the workpool operator, applies examples/, submits tasks, prints what to type next, and
+# runs until Ctrl-C. On exit everything it started is stopped.
 #
-# The node is real (containerd + runc + CNI + kubelet + kube-proxy + CoreDNS, pods are
-# containers of images built from our binaries) where it can run: as root with
-# containerd, runc and the CNI plugins installed (make deps). Elsewhere, or with
-# WORKPOOL_SANDBOX_NODE=process, it is the process kubelet, whose "pods" are local
-# processes sharing this machine's network.
+# The real node needs root and the packages make deps installs; where it cannot run, the
+# test cluster says what is missing and the sandbox stops (without root: make kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -32,7 +30,8 @@ need curl
 
 echo "==> building the worker, the operator and the test cluster"
 cargo build -q -p workpool-worker -p workpool-operator --bins
-cargo build -q -p workpool-tests --bin workpool-testcluster
+# (All of workpool-tests' programs: the node's pause image is built from one of them.)
+cargo build -q -p workpool-tests --bins
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target/debug"
 
@@ -40,7 +39,7 @@ pids=()
 cleanup() {
   trap - EXIT INT TERM
   echo
-  echo "==> stopping: operator, test cluster (and its worker processes), redis-server"
+  echo "==> stopping: operator, test cluster (its node and pods), redis-server"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     # The real node takes a while to tear down (pods, containerd, mounts, netns).
@@ -71,23 +70,11 @@ for _ in range(200):
 PY
 }
 
-node_kind=${WORKPOOL_SANDBOX_NODE:-}
-if [ -z "$node_kind" ]; then
-  node_kind=process
-  if [ "$(id -u)" = 0 ] && command -v containerd >/dev/null && command -v runc >/dev/null \
-     && [ -x /usr/lib/cni/bridge ] && command -v iptables >/dev/null; then
-    node_kind=real
-  fi
-fi
-case "$node_kind" in
-  real) node_args=(--node-kind real) ;;
-  process) node_args=(--node-kind process --image "ghcr.io/workpool-dev/workpool-worker=$bin/workpool-worker") ;;
-  *) echo "sandbox: WORKPOOL_SANDBOX_NODE is real or process, not '$node_kind'" >&2; exit 2 ;;
-esac
-echo "==> starting the test cluster with a $node_kind node (log: $sandbox/testcluster.log)"
-"$bin/workpool-testcluster" --kubeconfig "$KUBECONFIG" "${node_args[@]}" \
+echo "==> starting the test cluster (log: $sandbox/testcluster.log)"
+"$bin/workpool-testcluster" --kubeconfig "$KUBECONFIG" \
   >"$sandbox/testcluster.log" 2>&1 &
 pids+=($!)
+# The kubeconfig appears once the node is Ready.
 for _ in $(seq 600); do
   [ -s "$KUBECONFIG" ] && kubectl get namespace default >/dev/null 2>&1 && break
   kill -0 "${pids[0]}" 2>/dev/null || { echo "the test cluster failed to start:"; tail -20 "$sandbox/testcluster.log"; exit 1; }
@@ -98,16 +85,9 @@ kubectl get namespace default >/dev/null   # the test cluster applied crds/ at s
 # Pods on the real node reach this machine at the host end of the node's veth: the node's
 # InternalIP with .1 as its last byte (tests/src/node). Redis listens there and on loopback
 # only, never on every interface.
-redis_host=127.0.0.1
-if [ "$node_kind" = real ]; then
-  for _ in $(seq 120); do
-    node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}' 2>/dev/null || true)
-    [ -n "$node_ip" ] && break
-    sleep 0.5
-  done
-  [ -n "$node_ip" ] || { echo "the node has no InternalIP"; exit 1; }
-  redis_host=${node_ip%.*}.1
-fi
+node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
+[ -n "$node_ip" ] || { echo "the node has no InternalIP"; exit 1; }
+redis_host=${node_ip%.*}.1
 port=$(free_port)
 redis_url="redis://$redis_host:$port/0"
 echo "==> starting redis-server on $redis_host:$port"
@@ -132,33 +112,8 @@ for _ in $(seq 200); do
   sleep 0.2
 done
 
-if [ "$node_kind" = real ]; then
-  echo "==> applying examples/"
-  kubectl apply -f examples/
-else
-# Every pod on the process node shares the host's network, so the examples' fixed metrics
-# port (9090) and the probes on it are replaced by a free port per worker and no probes.
-echo "==> applying examples/ (metrics port and probes adapted to the shared-network node)"
-for f in examples/*.yaml; do
-  python3 - "$f" <<'PY' | kubectl apply -f -
-import json, sys, re
-text = open(sys.argv[1]).read()
-out = []
-skip_indent = None
-for line in text.splitlines():
-    indent = len(line) - len(line.lstrip())
-    if skip_indent is not None:
-        if line.strip() and indent > skip_indent:
-            continue
-        skip_indent = None
-    if re.match(r"\s*(readinessProbe|livenessProbe|ports):", line):
-        skip_indent = indent
-        continue
-    out.append(line.replace("0.0.0.0:9090", "127.0.0.1:0"))
-print("\n".join(out))
-PY
-done
-fi
+echo "==> applying examples/"
+kubectl apply -f examples/
 
 echo "==> submitting tasks: 200 sleep tasks to stream sleepy, 20 words to stream words"
 "$bin/workpool-worker" submit --redis-url "$redis_url" --stream sleepy --payload '{"ms": 1000}' --count 200
@@ -172,14 +127,9 @@ cat <<EOF
 
 The sandbox is running. The control plane is real Kubernetes (etcd, kube-apiserver,
 controller manager, scheduler, built from source on this machine).
-$(if [ "$node_kind" = real ]; then
-  echo "The node is real too: kubelet, containerd and runc, a CNI bridge, kube-proxy and CoreDNS;"
-  echo "the worker pods are containers of an image built from target/debug/workpool-worker."
-  echo "Pods reach Redis at $redis_host (this machine, as the pod network sees it)."
-else
-  echo "The node is SIMULATED: its \"pods\" are workpool-worker processes on this machine (one per"
-  echo "pod, sharing this machine's network), run by a small process kubelet (see tests/README.md)."
-fi)
+The node is real too: kubelet, containerd and runc, a CNI bridge, kube-proxy and CoreDNS;
+the worker pods are containers of an image built from target/debug/workpool-worker.
+Pods reach Redis at $redis_host (this machine, as the pod network sees it).
 For a real cluster, use the Helm chart (charts/workpool) on kind: make kind, or the README's steps.
 
 In another terminal:
@@ -194,7 +144,7 @@ In another terminal:
   $bin/workpool-worker stats --redis-url $redis_url --stream sleepy --group sleepy
 
 Operator metrics: http://127.0.0.1:$metrics_port/metrics   (/healthz, /readyz)
-Logs: $sandbox/operator.log, $sandbox/testcluster.log; worker logs: kubectl logs POD (real node) or tests/README.md (process node)
+Logs: $sandbox/operator.log, $sandbox/testcluster.log; worker logs: kubectl logs POD
 
 Ctrl-C stops everything.
 EOF

@@ -328,7 +328,7 @@ fn apply_wake(o: &Observed, d: &Decided, ctx: &Context) {
         return;
     }
     match &d.wake {
-        WakeIntent::Watch(t) => ctx.wake.watch(&o.key, Some(t.clone())),
+        WakeIntent::Watch(t) => ctx.wake.watch(&o.key, Some((**t).clone())),
         WakeIntent::Keep => {}
         WakeIntent::Unwatch => ctx.wake.watch(&o.key, None),
     }

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::observe::{self, cached_pods, queue_of};
 use crate::planner::BackoffConfig;
 use crate::podcache::{CachedPod, PodIndex};
-use crate::probe::{ProbeError, SecretUrls};
+use crate::probe::{ProbeError, QueueTargets};
 use crate::wake::Wake;
 use crate::{Error, Result};
 
@@ -95,8 +95,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Metrics,
-    /// The pools' Redis URLs (Secrets read at most every 30 s).
-    pub urls: SecretUrls,
+    /// The pools' Redis targets: URL and TLS material (Secrets read at most every
+    /// `secret_refresh`).
+    pub targets: QueueTargets,
     /// The queue readers.
     pub hub: QueueHub,
     /// The cache of the pools' pods (projected: [`crate::podcache::project`]).
@@ -136,7 +137,7 @@ impl Context {
             client,
             recorder,
             metrics,
-            urls: SecretUrls::new(config.secret_refresh),
+            targets: QueueTargets::new(config.secret_refresh),
             hub,
             pods,
             pod_index: PodIndex::disabled(),
@@ -384,6 +385,13 @@ pub fn error_policy(wp: Arc<WorkPool>, err: &Error, ctx: Arc<Context>) -> Action
     if matches!(err, Error::NotLeader) {
         return Action::await_change();
     }
+    // The pool went while it was being reconciled (its finalizer or status write found
+    // nothing): its Delete event forgets it; counting the error here would bring back the
+    // series and the memory that forgetting removed.
+    if err.metric_label() == "not_found" {
+        debug!(namespace = %key.0, workpool = %key.1, error = %err, "pool gone mid-reconcile");
+        return Action::await_change();
+    }
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[&key.0, &key.1, err.metric_label()])
@@ -432,8 +440,11 @@ async fn cleanup(wp: Arc<WorkPool>, ctx: &Context) -> Result<Action> {
 
     let mut notes = Vec::new();
     if let Ok(q) = queue_of(&wp) {
-        let result = match ctx.urls.url(&ctx.client, &wp).await {
-            Ok(url) => ctx.hub.cleanup_pool(&url, &q, name).await,
+        let result = match ctx.targets.target(&ctx.client, &wp).await {
+            Ok(target) => match observe::keys_on(q.clone(), &target) {
+                Ok(q) => ctx.hub.cleanup_pool(&target, &q, name).await,
+                Err(e) => Err(ProbeError::Invalid(e)),
+            },
             Err(e) => Err(e),
         };
         match result {
@@ -450,7 +461,7 @@ async fn cleanup(wp: Arc<WorkPool>, ctx: &Context) -> Result<Action> {
                     notes.push(decide_note(true, "ConsumersKept", format!("{} consumers still hold {total} tasks; they stay in group {:?} so that the tasks are not lost", kept.len(), q.group())));
                 }
             }
-            Err(e @ (ProbeError::Secret(_) | ProbeError::InvalidUrl)) => {
+            Err(e @ (ProbeError::Secret(_) | ProbeError::InvalidUrl | ProbeError::Invalid(_))) => {
                 notes.push(decide_note(
                     true,
                     "CleanupSkipped",
@@ -524,8 +535,8 @@ pub fn secret_triggers(
         })
 }
 
-/// The pools of `ns` whose `urlSecretRef` names `secret`, each with its cached URL
-/// dropped and a fresh queue read asked for.
+/// The pools of `ns` that refer to `secret` (URL, CA or client certificate), each with its
+/// cached Secret values dropped and a fresh queue read asked for.
 pub fn secret_changed(
     ctx: &Context,
     pools: &Store<WorkPool>,
@@ -534,16 +545,8 @@ pub fn secret_changed(
 ) -> Vec<ObjectRef<WorkPool>> {
     let mut out = Vec::new();
     for wp in pools.state() {
-        if wp.namespace().as_deref() == Some(ns)
-            && wp
-                .spec
-                .queue
-                .redis
-                .url_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == secret)
-        {
-            ctx.urls.forget_secret(&wp);
+        if wp.namespace().as_deref() == Some(ns) && wp.references_secret(secret) {
+            ctx.targets.forget_secret(&wp);
             let key = (ns.to_string(), wp.name_any());
             // The reconcile reads the Secret again; a new URL is read at once (one read
             // per change), counted as caused by the Secret. The same URL: nothing to read.

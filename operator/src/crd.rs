@@ -183,14 +183,22 @@ pub struct QueueSpec {
 /// A Redis stream read by one consumer group.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss')").message("tls (a CA or client certificate) needs a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://").field_path(".tls"))]
+#[x_kube(validation = Rule::new("!has(self.url) || !(self.url.startsWith('redis+cluster://') || self.url.startsWith('rediss+cluster://')) || !has(self.stream) || !self.stream.matches('[{}]')").message("on Redis Cluster the stream name must not contain { or }: workpool adds the hash tag itself").field_path(".stream"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.partitions) || (has(self.partitions) ? self.partitions : 1) >= oldSelf.partitions").message("partitions may grow but never shrink: the tasks of a removed partition would never be read").field_path(".partitions"))]
 #[x_kube(validation = Rule::new("(has(self.stream) ? self.stream : '') == (has(oldSelf.stream) ? oldSelf.stream : '')").message("stream is immutable: the pool's consumers and their pending tasks live in it"))]
 #[x_kube(validation = Rule::new("(has(self.group) ? self.group : '') == (has(oldSelf.group) ? oldSelf.group : '')").message("group is immutable: the pool's consumers and their pending tasks live in it"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisQueueSpec {
-    /// Redis URL, e.g. `redis://redis.workpool-system:6379/0` (`rediss://` for TLS). Use
-    /// `urlSecretRef` instead when the URL carries a password.
+    /// Where the queue lives. One Redis: `redis://redis.workpool-system:6379/0`
+    /// (`rediss://` for TLS, `unix://` for a socket). A Sentinel-managed primary, followed
+    /// across failovers: `redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/db]`
+    /// (sentinel credentials as `?sentinel_password=...`). A Redis Cluster:
+    /// `redis+cluster://[user:pass@]h1:7000,h2:7001`. `rediss+sentinel://` and
+    /// `rediss+cluster://` use TLS. Use `urlSecretRef` instead when the URL carries a
+    /// password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^(redis|rediss|unix|redis\\\\+unix)://.+')").message("url must start with redis://, rediss://, unix:// or redis+unix://"))]
+    #[x_kube(validation = Rule::new("self.matches('^(redis|rediss|unix|redis\\\\+unix|redis\\\\+sentinel|rediss\\\\+sentinel|redis\\\\+cluster|rediss\\\\+cluster)://.+')").message("url must start with redis://, rediss://, unix://, redis+unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://"))]
     pub url: Option<String>,
     /// A key of a Secret in the pool's namespace that holds the Redis URL. Workers read it
     /// through `secretKeyRef`; it is never copied into the pod spec.
@@ -204,6 +212,75 @@ pub struct RedisQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub group: Option<String>,
+    /// Partitions of the pool (default 1): each its own stream, group and dead-letter
+    /// stream (`<stream>`, `<stream>:1`, ...; hash-tagged on Redis Cluster, so partitions
+    /// spread over the cluster's nodes), to go past one Redis core. Producers spread tasks
+    /// over them, workers read them all, the autoscaler scales on their sum. May grow,
+    /// never shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub partitions: Option<i32>,
+    /// TLS material for `rediss` URLs, by Secret reference: a private CA and a client
+    /// certificate (mTLS). The workers get them mounted as files; the operator's queue
+    /// probe uses the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsSpec>,
+}
+
+/// TLS settings of a pool's Redis connections (all optional).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTlsSpec {
+    /// A key of a Secret in the pool's namespace holding the PEM certificate(s) of the CA
+    /// that signed the Redis servers' certificates (instead of the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+    /// A Secret in the pool's namespace with the client certificate and its key (e.g. of
+    /// type `kubernetes.io/tls`), for servers that require client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<ClientCertSecretRef>,
+}
+
+/// A key of a Secret holding a CA certificate.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key whose value is the PEM CA certificate(s).
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
+}
+
+/// A Secret holding a client certificate and its key.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key whose value is the PEM certificate (chain).
+    #[serde(default = "default_cert_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub cert_key: String,
+    /// Key whose value is the PEM private key.
+    #[serde(default = "default_key_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".to_string()
+}
+
+fn default_key_key() -> String {
+    "tls.key".to_string()
 }
 
 /// A key of a Secret in the WorkPool's namespace.
@@ -236,7 +313,10 @@ pub struct DeliverySpec {
     #[serde(default = "default_max_deliveries")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_deliveries: i32,
-    /// The dead-letter stream. Defaults to `<stream>:dead`.
+    /// The dead-letter stream. Defaults to `<stream>:dead` (per partition: `<partition
+    /// stream>:dead`). A name given here is used as is on one Redis or Sentinel with one
+    /// partition; on Redis Cluster or with several partitions partition i's dead letters go
+    /// to `<partition i's stream>:<this name>` (it must share the partition's hash slot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub dead_letter_stream: Option<String>,
@@ -441,6 +521,42 @@ pub struct QueueStatus {
     /// Consumers in the group.
     #[serde(default)]
     pub consumers: i32,
+    /// Per partition (pools of more than one partition; the fields above are the sums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of the queue as last read.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    /// The partition's stream (its key in Redis).
+    pub stream: String,
+    /// Tasks waiting or in flight in this partition.
+    pub backlog: i64,
+    /// Tasks delivered and not yet acknowledged in this partition.
+    pub pending: i64,
+    /// Entries in this partition's dead-letter stream.
+    pub dead_letters: i64,
+}
+
+impl PartitionStatus {
+    /// The partitions of a pool's stats (none for a one-partition pool: the queue status
+    /// says it all).
+    pub fn of(st: &workpool_worker::queue::QueueStats) -> Vec<PartitionStatus> {
+        if st.partitions.len() <= 1 {
+            return Vec::new();
+        }
+        st.partitions
+            .iter()
+            .map(|p| PartitionStatus {
+                stream: p.stream.clone(),
+                backlog: p.backlog as i64,
+                pending: p.pending as i64,
+                dead_letters: p.dead_letters as i64,
+            })
+            .collect()
+    }
 }
 
 /// A condition (the shape of metav1.Condition).
@@ -518,12 +634,57 @@ impl WorkPool {
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 
-    /// The dead-letter stream: `spec.delivery.deadLetterStream` or `<stream>:dead`.
+    /// The dead-letter stream: `spec.delivery.deadLetterStream` or `<stream>:dead`
+    /// (of a standalone one-partition pool; see [`WorkPool::queue_pool`] for the others).
     pub fn dead_letter_stream(&self) -> String {
         self.spec
             .delivery
             .dead_letter_stream
             .clone()
             .unwrap_or_else(|| format!("{}:dead", self.stream()))
+    }
+
+    /// The number of partitions (`spec.queue.redis.partitions`, default 1).
+    pub fn partitions(&self) -> u32 {
+        self.spec
+            .queue
+            .redis
+            .partitions
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// The pool's key names (partitions, hash tags on Cluster); `cluster` from the URL.
+    pub fn queue_pool(&self, cluster: bool) -> workpool_worker::queue::Pool {
+        let mut p = workpool_worker::queue::Pool::new(self.stream(), self.group())
+            .with_partitions(self.partitions())
+            .with_cluster(cluster);
+        if let Some(d) = &self.spec.delivery.dead_letter_stream {
+            p = p.with_dead_letter_stream(d.clone());
+        }
+        p
+    }
+
+    /// Whether the pool reads anything of its Redis target from Secrets (URL, CA, client
+    /// certificate).
+    pub fn reads_secrets(&self) -> bool {
+        let r = &self.spec.queue.redis;
+        r.url_secret_ref.is_some()
+            || r.tls
+                .as_ref()
+                .is_some_and(|t| t.ca_secret_ref.is_some() || t.client_cert_secret_ref.is_some())
+    }
+
+    /// Whether the pool refers to the Secret `name` (URL, CA or client certificate).
+    pub fn references_secret(&self, name: &str) -> bool {
+        let r = &self.spec.queue.redis;
+        r.url_secret_ref.as_ref().is_some_and(|s| s.name == name)
+            || r.tls.as_ref().is_some_and(|t| {
+                t.ca_secret_ref.as_ref().is_some_and(|s| s.name == name)
+                    || t.client_cert_secret_ref
+                        .as_ref()
+                        .is_some_and(|s| s.name == name)
+            })
     }
 }

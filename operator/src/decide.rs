@@ -135,8 +135,9 @@ pub struct Delete {
 pub enum WakeIntent {
     /// Not at zero (or not autoscaled): not watched.
     Unwatch,
-    /// At zero: watch for an entry after `after`.
-    Watch(WakeTarget),
+    /// At zero: watch every partition for an entry after the ids in the target (boxed: a
+    /// target is large beside the other variants).
+    Watch(Box<WakeTarget>),
     /// At zero, queue unreadable: keep what is registered (its watcher reconnects).
     Keep,
 }
@@ -622,7 +623,7 @@ fn requeue(
         next = next.min(poll);
     }
     // A Secret nobody watches is read again on the next reconcile after it expired.
-    if o.pool.spec.queue.redis.url_secret_ref.is_some() && !cfg.secrets_watched {
+    if o.pool.reads_secrets() && !cfg.secrets_watched {
         next = next.min(cfg.secret_refresh);
     }
     next.min(RESYNC)
@@ -735,13 +736,10 @@ fn wake_intent(o: &Observed, plan: &Plan, decision: Option<Decision>, frozen: bo
         && plan.counts.replicas == 0
         && plan.counts.draining == 0
         && plan.create == 0;
-    match (&o.url, &o.snapshot, &o.queue) {
-        (Some(Ok(url)), Some(Snapshot { result: Ok(st), .. }), Ok(q)) if at_zero => {
-            WakeIntent::Watch(WakeTarget {
-                url: url.clone(),
-                stream: q.stream().to_string(),
-                after: wake_after(st),
-            })
+    match (&o.target, &o.snapshot, &o.queue) {
+        (Some(Ok(target)), Some(Snapshot { result: Ok(st), .. }), Ok(_)) if at_zero => {
+            // Every partition's stream, as the read found it.
+            WakeIntent::Watch(Box::new(WakeTarget::from_stats(target.clone(), st)))
         }
         (_, Some(Snapshot { result: Err(_), .. }), _) if at_zero => WakeIntent::Keep,
         _ => WakeIntent::Unwatch,

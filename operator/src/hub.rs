@@ -1,8 +1,10 @@
 //! The queue hub: every pool's queue is read off the reconcile path.
 //!
-//! One task per Redis URL holds that Redis's connection, reads the stats of each pool on
-//! it every poll interval (all due pools at once: their scripts share the multiplexed
-//! connection, so one round trip serves them all), runs the writes reconciles ask for
+//! One task per Redis target (URL + TLS material, [`Target::key`]: standalone, Sentinel
+//! or Cluster) holds that target's connection, reads the stats of each pool on it every
+//! poll interval (all due pools at once: their scripts share the multiplexed connection,
+//! so one round trip serves them all; every partition of a pool, summed, on Cluster each
+//! from its node), runs the writes reconciles ask for
 //! (drain requests, consumer removal) before the next read, and keeps the latest
 //! [`Snapshot`] of each pool. A reconcile only looks at the snapshot and queues writes: it
 //! never waits for Redis, so one frozen or unreachable Redis delays nothing but its own
@@ -17,11 +19,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
-use workpool_worker::queue::{Queue, QueueError, QueueStats, RemoveConsumer};
+use workpool_worker::queue::{Pool as QueuePool, QueueError, QueueStats, RemoveConsumer};
+use workpool_worker::target::{Connection, Target};
 
 use crate::crd::WorkPool;
 use crate::metrics::Metrics;
@@ -45,21 +47,23 @@ pub struct Snapshot {
 /// A write to a pool's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Tell these consumers to stop taking tasks.
+    /// Tell these consumers to stop taking tasks (in the pool's one drain hash, beside
+    /// partition 0).
     Drain(Vec<String>),
     /// Take drains back (or remove the fields of consumers that are gone).
     Undrain(Vec<String>),
-    /// Remove these consumers from the group, each only if it holds nothing.
+    /// Remove these consumers from the group, each only if it holds nothing in any
+    /// partition.
     RemoveConsumers(Vec<String>),
 }
 
 /// What a pool asks of the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// The pool's Redis URL (may carry a password: never logged).
-    pub url: String,
-    /// Stream, group, dead-letter stream.
-    pub queue: Queue,
+    /// The pool's Redis target (its URL may carry a password: never logged).
+    pub target: Target,
+    /// Its key names: partitions, group, dead-letter streams (hash-tagged on Cluster).
+    pub queue: QueuePool,
     /// How often to read it.
     pub poll: Duration,
 }
@@ -76,7 +80,8 @@ struct Pool {
 #[derive(Default)]
 struct State {
     pools: HashMap<PoolKey, Pool>,
-    urls: HashMap<String, Arc<Notify>>,
+    /// One reader per target, by [`Target::key`]; its notifier.
+    targets: HashMap<String, Arc<Notify>>,
     /// Commands run by detached hubs (tests), in order.
     log: Vec<(PoolKey, Command)>,
 }
@@ -129,6 +134,11 @@ fn material(s: &Snapshot) -> impl PartialEq + use<> {
                 .map(|c| (c.name.clone(), c.pending))
                 .collect::<BTreeMap<String, u64>>(),
             st.draining.clone(),
+            // Each partition's figures are in the status.
+            st.partitions
+                .iter()
+                .map(|p| (p.backlog, p.pending, p.dead_letters))
+                .collect::<Vec<_>>(),
         )),
         Err(e) => Err(e.clone()),
     }
@@ -176,18 +186,18 @@ impl QueueHub {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers (or updates) a pool. A new pool, or one whose URL or queue changed, is
+    /// Registers (or updates) a pool. A new pool, or one whose target or queue changed, is
     /// read at once, counted under `reason`.
     pub fn register(&self, key: &PoolKey, reg: Registration, reason: &'static str) {
         let mut wake = Vec::new();
         let mut spawn = None;
         {
             let mut st = self.state();
-            let old_url = st.pools.get(key).map(|p| p.reg.url.clone());
+            let old_target = st.pools.get(key).map(|p| p.reg.target.clone());
             match st.pools.get_mut(key) {
                 Some(p) if p.reg == reg => return,
                 Some(p) => {
-                    let moved = p.reg.url != reg.url || p.reg.queue != reg.queue;
+                    let moved = p.reg.target != reg.target || p.reg.queue != reg.queue;
                     // (A detached hub keeps the snapshot a test set before the reconcile.)
                     if moved && !self.inner.detached {
                         p.reason = reason;
@@ -216,22 +226,22 @@ impl QueueHub {
             if self.inner.detached {
                 return;
             }
-            for url in [old_url, Some(reg.url.clone())].into_iter().flatten() {
-                if let Some(n) = st.urls.get(&url) {
+            for target in [old_target, Some(reg.target.clone())].into_iter().flatten() {
+                if let Some(n) = st.targets.get(target.key()) {
                     wake.push(n.clone());
-                } else if url == reg.url {
+                } else if target == reg.target {
                     let n = Arc::new(Notify::new());
-                    st.urls.insert(url.clone(), n.clone());
-                    spawn = Some((url, n));
+                    st.targets.insert(target.key().to_string(), n.clone());
+                    spawn = Some((target, n));
                 }
             }
         }
         for n in wake {
             n.notify_one();
         }
-        if let Some((url, n)) = spawn {
+        if let Some((target, n)) = spawn {
             let hub = self.clone();
-            tokio::spawn(async move { hub.run(url, n).await });
+            tokio::spawn(async move { hub.run(target, n).await });
         }
     }
 
@@ -239,7 +249,7 @@ impl QueueHub {
     pub fn unregister(&self, key: &PoolKey) {
         let mut st = self.state();
         if let Some(p) = st.pools.remove(key)
-            && let Some(n) = st.urls.get(&p.reg.url)
+            && let Some(n) = st.targets.get(p.reg.target.key())
         {
             n.notify_one();
         }
@@ -277,8 +287,8 @@ impl QueueHub {
                 return;
             };
             f(p);
-            let url = p.reg.url.clone();
-            st.urls.get(&url).cloned()
+            let target = p.reg.target.key().to_string();
+            st.targets.get(&target).cloned()
         };
         if let Some(n) = notify {
             n.notify_one();
@@ -291,8 +301,11 @@ impl QueueHub {
         let mut st = self.state();
         let p = st.pools.entry(key.clone()).or_insert_with(|| Pool {
             reg: Registration {
-                url: String::new(),
-                queue: Queue::new("", ""),
+                // A placeholder until the pool's first reconcile registers it (a constant,
+                // valid URL: it parses).
+                target: Target::new("redis://detached.invalid", &Default::default())
+                    .expect("a constant valid URL"),
+                queue: QueuePool::new("", ""),
                 poll: Duration::from_secs(5),
             },
             due: Instant::now(),
@@ -321,14 +334,14 @@ impl QueueHub {
     /// were removed and which still hold tasks.
     pub async fn cleanup_pool(
         &self,
-        url: &str,
-        queue: &Queue,
+        target: &Target,
+        queue: &QueuePool,
         pool: &str,
     ) -> Result<(usize, Vec<(String, u64)>), ProbeError> {
         let t = self.inner.timeout;
         let work = async {
-            let mut c = workpool_worker::queue::connect(url, Some(t)).await?;
-            let st = queue.stats(&mut c).await?;
+            let mut c = target.connect(Some(t)).await?;
+            let st = queue.stats(&c).await?;
             let ours = |n: &str| crate::pods::is_pod_of(pool, n);
             let names: Vec<String> = st
                 .consumers
@@ -343,7 +356,7 @@ impl QueueHub {
                 .filter(|n| ours(n) && !r.1.iter().any(|(k, _)| k == *n))
                 .cloned()
                 .collect();
-            queue.cancel_drain(&mut c, &fields).await?;
+            queue.partition(0).cancel_drain(&mut c, &fields).await?;
             Ok::<_, QueueError>(r)
         };
         match tokio::time::timeout(t * 2, work).await {
@@ -352,22 +365,15 @@ impl QueueHub {
         }
     }
 
-    /// The pools of `url` that are due, with their commands, and when the next one is
-    /// due; `None` when no pool is on `url` any more (the task then ends).
-    #[allow(clippy::type_complexity)]
-    fn take_due(
-        &self,
-        url: &str,
-    ) -> Option<(
-        Vec<(PoolKey, Queue, Vec<Command>, &'static str)>,
-        Option<Instant>,
-    )> {
+    /// The pools of `target` that are due, with their commands, and when the next one
+    /// is due; `None` when no pool is on `target` any more (the task then ends).
+    fn take_due(&self, target: &Target) -> Option<(Vec<Due>, Option<Instant>)> {
         let mut st = self.state();
         let now = Instant::now();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         let mut any = false;
-        for (k, p) in st.pools.iter_mut().filter(|(_, p)| p.reg.url == url) {
+        for (k, p) in st.pools.iter_mut().filter(|(_, p)| &p.reg.target == target) {
             any = true;
             if p.due <= now {
                 due.push((
@@ -382,7 +388,7 @@ impl QueueHub {
             next = Some(next.map_or(p.due, |n: Instant| n.min(p.due)));
         }
         if !any {
-            st.urls.remove(url);
+            st.targets.remove(target.key());
             return None;
         }
         Some((due, next))
@@ -393,7 +399,7 @@ impl QueueHub {
     fn store(
         &self,
         key: &PoolKey,
-        queue: &Queue,
+        queue: &QueuePool,
         result: Result<QueueStats, ProbeError>,
         taken_ms: u64,
     ) {
@@ -443,6 +449,7 @@ impl QueueHub {
                         .map(|ms| (ms / 1000) as i64)
                         .unwrap_or(0),
                 );
+                m.set_partitions(l[0], l[1], st);
             }
             Err(e) => {
                 m.queue_up.with_label_values(&l).set(0);
@@ -453,21 +460,22 @@ impl QueueHub {
         }
     }
 
-    async fn connect(&self, url: &str) -> Result<MultiplexedConnection, ProbeError> {
+    async fn connect(&self, target: &Target) -> Result<Connection, ProbeError> {
         let t = self.inner.timeout;
-        match tokio::time::timeout(t, workpool_worker::queue::connect(url, Some(t))).await {
+        // Sentinel asks the sentinels and then the primary: more than one round trip.
+        match tokio::time::timeout(t * 2, target.connect(Some(t))).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(ProbeError::from_queue(e)),
             Err(_) => Err(ProbeError::Unreachable("connect timed out".into())),
         }
     }
 
-    /// The task of one Redis URL: until no pool is on it.
-    async fn run(self, url: String, notify: Arc<Notify>) {
-        let mut conn: Option<MultiplexedConnection> = None;
+    /// The task of one Redis target: until no pool is on it.
+    async fn run(self, target: Target, notify: Arc<Notify>) {
+        let mut conn: Option<Connection> = None;
         let mut failures: u32 = 0;
         loop {
-            let Some((due, next)) = self.take_due(&url) else {
+            let Some((due, next)) = self.take_due(&target) else {
                 debug!("no pool on this Redis any more; its reader ends");
                 return;
             };
@@ -481,7 +489,7 @@ impl QueueHub {
             }
             let taken_ms = now_ms();
             let reused = conn.is_some();
-            let mut results = match self.read_on(&url, &mut conn, due.clone()).await {
+            let mut results = match self.read_on(&target, &mut conn, due.clone()).await {
                 Ok(r) => r,
                 Err(e) => {
                     for (key, queue, _, reason) in &due {
@@ -500,11 +508,14 @@ impl QueueHub {
                 }
             };
             let broken = |r: &Result<QueueStats, ProbeError>| {
-                matches!(r, Err(ProbeError::Unreachable(_) | ProbeError::Auth(_)))
+                matches!(
+                    r,
+                    Err(ProbeError::Unreachable(_) | ProbeError::Auth(_) | ProbeError::Tls(_))
+                )
             };
             if reused && results.iter().any(|(_, r)| broken(r)) {
-                // A connection kept from earlier that broke (Redis restarted, a proxy
-                // closed it): once more on a new one, so that a read asked for now (a wake)
+                // A connection kept from earlier that broke (Redis restarted, a Sentinel
+                // failover, a proxy closed it): once more on a new one, so that a read asked for now (a wake)
                 // is not spent on a dead socket.
                 conn = None;
                 let again: Vec<Due> = due
@@ -513,7 +524,7 @@ impl QueueHub {
                     .filter(|(_, (_, r))| broken(r))
                     .map(|(d, _)| d.clone())
                     .collect();
-                match self.read_on(&url, &mut conn, again).await {
+                match self.read_on(&target, &mut conn, again).await {
                     Ok(redone) => {
                         for (d, r) in redone {
                             if let Some(slot) = results.iter_mut().find(|(k, _)| k.0 == d.0) {
@@ -535,7 +546,8 @@ impl QueueHub {
                 self.store(&key, &queue, r, taken_ms);
             }
             if any_broken {
-                // Reconnect next time (Redis restarted, password changed, frozen).
+                // Reconnect next time (Redis restarted, a failover: Sentinel names the new
+                // primary on connect; password or certificates changed; frozen).
                 conn = None;
                 failures = failures.saturating_add(1);
             } else {
@@ -549,14 +561,14 @@ impl QueueHub {
     /// them cost about one round trip. `Err`: no connection could be made.
     async fn read_on(
         &self,
-        url: &str,
-        conn: &mut Option<MultiplexedConnection>,
+        target: &Target,
+        conn: &mut Option<Connection>,
         due: Vec<Due>,
     ) -> Result<Vec<(Due, Result<QueueStats, ProbeError>)>, ProbeError> {
         let c = match conn {
             Some(c) => c.clone(),
             None => {
-                let c = self.connect(url).await?;
+                let c = self.connect(target).await?;
                 *conn = Some(c.clone());
                 c
             }
@@ -569,7 +581,7 @@ impl QueueHub {
                     for cmd in &d.2 {
                         run_command(&mut c, &d.1, cmd).await?;
                     }
-                    d.1.stats(&mut c).await
+                    d.1.stats(&c).await
                 };
                 let r = match tokio::time::timeout(t * 2, work).await {
                     Ok(r) => r.map_err(ProbeError::from_queue),
@@ -583,11 +595,11 @@ impl QueueHub {
 }
 
 /// A pool due for a read: its key, queue, queued writes, and why (a metric label).
-type Due = (PoolKey, Queue, Vec<Command>, &'static str);
+type Due = (PoolKey, QueuePool, Vec<Command>, &'static str);
 
 async fn remove_idle(
-    c: &mut MultiplexedConnection,
-    queue: &Queue,
+    c: &mut Connection,
+    queue: &QueuePool,
     names: &[String],
 ) -> Result<(usize, Vec<(String, u64)>), QueueError> {
     let mut removed = 0;
@@ -603,13 +615,15 @@ async fn remove_idle(
 }
 
 async fn run_command(
-    c: &mut MultiplexedConnection,
-    queue: &Queue,
+    c: &mut Connection,
+    queue: &QueuePool,
     cmd: &Command,
 ) -> Result<(), QueueError> {
+    // The pool's one drain hash lives beside partition 0 (`<P_0>:draining`).
+    let drains = queue.partition(0);
     match cmd {
-        Command::Drain(names) => queue.request_drain(c, names).await,
-        Command::Undrain(names) => queue.cancel_drain(c, names).await,
+        Command::Drain(names) => drains.request_drain(c, names).await,
+        Command::Undrain(names) => drains.cancel_drain(c, names).await,
         Command::RemoveConsumers(names) => {
             remove_idle(c, queue, names).await?;
             // Their drain fields go with them (only of consumers really gone: one that
@@ -621,7 +635,7 @@ async fn run_command(
                 .filter(|n| st.draining.contains_key(*n))
                 .cloned()
                 .collect();
-            queue.cancel_drain(c, &gone).await
+            drains.cancel_drain(c, &gone).await
         }
     }
 }

@@ -30,6 +30,8 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
     "invalid_url",
     "secret",
     "protocol",
+    "tls",
+    "invalid_spec",
 ];
 
 /// Directions of `workpool_scale_events_total`.
@@ -108,6 +110,13 @@ pub struct Metrics {
     pub wake_errors: IntCounterVec,
     /// `workpool_pod_deletion_cost_updates_total`
     pub deletion_cost_updates: IntCounterVec,
+    /// `workpool_queue_partition_backlog` (labels namespace, workpool, partition)
+    pub partition_backlog: IntGaugeVec,
+    /// `workpool_queue_partition_pending` (labels namespace, workpool, partition)
+    pub partition_pending: IntGaugeVec,
+    /// Partitions reported per pool, to remove their series.
+    partitions_seen:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), usize>>>,
     /// `workpool_draining_replicas`
     pub draining: IntGaugeVec,
     /// `workpool_drains_total`
@@ -181,7 +190,26 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(wake_errors.clone()))?;
+        let partition_gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(
+                Opts::new(name, help),
+                &["namespace", "workpool", "partition"],
+            )?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let partition_backlog = partition_gauge(
+            "workpool_queue_partition_backlog",
+            "Tasks waiting or in flight in one partition of the pool (the pool's backlog is their sum)",
+        )?;
+        let partition_pending = partition_gauge(
+            "workpool_queue_partition_pending",
+            "Tasks delivered and not yet acknowledged in one partition of the pool",
+        )?;
         Ok(Metrics {
+            partition_backlog,
+            partition_pending,
+            partitions_seen: Default::default(),
             probes: counter(
                 &r,
                 "workpool_queue_probes_total",
@@ -313,8 +341,52 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
+    /// Sets the per-partition gauges from a probe of the pool (its `partitions`).
+    pub fn set_partitions(
+        &self,
+        namespace: &str,
+        name: &str,
+        st: &workpool_worker::queue::QueueStats,
+    ) {
+        for (i, p) in st.partitions.iter().enumerate() {
+            let i = i.to_string();
+            let l = [namespace, name, i.as_str()];
+            self.partition_backlog
+                .with_label_values(&l)
+                .set(p.backlog as i64);
+            self.partition_pending
+                .with_label_values(&l)
+                .set(p.pending as i64);
+        }
+        let before = self
+            .partitions_seen
+            .lock()
+            .map(|mut m| m.insert((namespace.into(), name.into()), st.partitions.len()))
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        self.remove_partitions(namespace, name, st.partitions.len()..before);
+    }
+
+    fn remove_partitions(&self, namespace: &str, name: &str, range: std::ops::Range<usize>) {
+        for i in range {
+            let i = i.to_string();
+            let l = [namespace, name, i.as_str()];
+            let _ = self.partition_backlog.remove_label_values(&l);
+            let _ = self.partition_pending.remove_label_values(&l);
+        }
+    }
+
     /// Removes every series of a deleted pool.
     pub fn remove_pool(&self, namespace: &str, name: &str) {
+        let seen = self
+            .partitions_seen
+            .lock()
+            .map(|mut m| m.remove(&(namespace.to_string(), name.to_string())))
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        self.remove_partitions(namespace, name, 0..seen);
         let l = [namespace, name];
         for g in [
             &self.desired,
@@ -404,6 +476,18 @@ mod tests {
             .inc();
         m.reconcile_duration.observe(0.01);
         m.leader.set(1);
+        let parts = |n: u64| workpool_worker::queue::QueueStats {
+            partitions: (0..n)
+                .map(|i| workpool_worker::queue::QueueStats {
+                    backlog: 10 + i,
+                    pending: i,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        m.set_partitions("ns", "a", &parts(3));
+        m.set_partitions("ns", "b", &parts(1));
         let text = m.render();
         for want in [
             "workpool_desired_replicas{namespace=\"ns\",workpool=\"a\"} 3",
@@ -420,15 +504,22 @@ mod tests {
             "workpool_pod_deletion_cost_updates_total{namespace=\"ns\",workpool=\"a\"} 1",
             "workpool_wake_watched_pools 2",
             "workpool_wake_errors_total{reason=\"unreachable\"} 1",
+            "workpool_queue_partition_backlog{namespace=\"ns\",partition=\"2\",workpool=\"a\"} 12",
+            "workpool_queue_partition_pending{namespace=\"ns\",partition=\"1\",workpool=\"a\"} 1",
+            "workpool_queue_partition_backlog{namespace=\"ns\",partition=\"0\",workpool=\"b\"} 10",
             "workpool_draining_replicas{namespace=\"ns\",workpool=\"a\"} 2",
             "workpool_drains_total{namespace=\"ns\",outcome=\"started\",workpool=\"a\"} 1",
             "workpool_pod_signal_updates_total{namespace=\"ns\",state=\"busy\",workpool=\"a\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        // Fewer partitions reported: the others' series go.
+        m.set_partitions("ns", "a", &parts(2));
+        assert!(!m.render().contains("partition=\"2\",workpool=\"a\""));
         m.remove_pool("ns", "a");
         let text = m.render();
         assert!(!text.contains("workpool=\"a\""), "{text}");
+        assert!(text.contains("partition=\"0\",workpool=\"b\""));
         assert!(text.contains("workpool_desired_replicas{namespace=\"ns\",workpool=\"b\"} 1"));
     }
 }

@@ -1,8 +1,8 @@
 //! Observe: one read of each thing a reconcile looks at, all without waiting for Redis:
 //! the pool (handed in by the controller), its pods (the cache), its queue (the hub's
 //! latest snapshot; observing registers the pool with the hub and asks for an early read
-//! when the pool was just woken), and the Redis URL (the spec, or a Secret read at most
-//! every 30 s).
+//! when the pool was just woken), and the Redis target (the URL from the spec or a
+//! Secret, with the TLS material of the pool's Secrets; Secrets read at most every 30 s).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use crate::planner::{ObservedPod, Phase};
 use crate::podcache::CachedPod;
 use crate::pods::{self, POOL_LABEL, TEMPLATE_HASH_LABEL, WORKER_CONTAINER};
 use crate::probe::ProbeError;
-use workpool_worker::queue::Queue;
+use workpool_worker::queue::Pool as QueuePool;
+use workpool_worker::target::{Mode, Target};
 
 /// A pod terminating this long past its deletion deadline is stuck (a finalizer, a lost
 /// node): it stops counting against the pool's bound and the pool says so.
@@ -81,12 +82,13 @@ pub struct Observed {
     pub pool: Arc<WorkPool>,
     /// Its pods, from the cache.
     pub pods: Vec<PodView>,
-    /// Its queue names, or why they are not usable.
-    pub queue: Result<Queue, String>,
+    /// Its queue's key names (every partition; hash-tagged when the target is a Redis
+    /// Cluster), or why they are not usable.
+    pub queue: Result<QueuePool, String>,
     /// The hash of its rendered template, or why it cannot be rendered.
     pub template: Result<String, String>,
-    /// Its Redis URL (`None` while the queue names are not usable).
-    pub url: Option<Result<String, ProbeError>>,
+    /// Its Redis target (`None` while the queue names are not usable).
+    pub target: Option<Result<Target, ProbeError>>,
     /// The hub's latest read of its queue.
     pub snapshot: Option<Snapshot>,
     /// Now (milliseconds since the epoch).
@@ -101,9 +103,27 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The queue names of the pool, checked.
-pub fn queue_of(wp: &WorkPool) -> Result<Queue, String> {
-    let q = Queue::new(wp.stream(), wp.group()).with_dead_letter_stream(wp.dead_letter_stream());
+/// The queue names of the pool (every partition), checked. Whether they are hash-tagged
+/// for Redis Cluster follows the URL's scheme when the URL is in the spec; a URL from a
+/// Secret is known only with the target ([`keys_on`]).
+pub fn queue_of(wp: &WorkPool) -> Result<QueuePool, String> {
+    let cluster = wp
+        .spec
+        .queue
+        .redis
+        .url
+        .as_deref()
+        .and_then(workpool_worker::target::mode_of)
+        == Some(Mode::Cluster);
+    let q = wp.queue_pool(cluster);
+    q.validate().map_err(|e| e.to_string())?;
+    Ok(q)
+}
+
+/// The pool's key names on `target` (hash-tagged on Cluster), checked: a stream name
+/// with a hash tag of its own is refused on Cluster.
+pub fn keys_on(pool: QueuePool, target: &Target) -> Result<QueuePool, String> {
+    let q = pool.with_cluster(target.is_cluster());
     q.validate().map_err(|e| e.to_string())?;
     Ok(q)
 }
@@ -237,23 +257,29 @@ pub async fn observe(wp: Arc<WorkPool>, ctx: &Context) -> Observed {
         .iter()
         .filter_map(|p| observe_cached(p, &hash, now_ms))
         .collect();
-    let mut url = match &queue {
-        Ok(_) => Some(ctx.urls.url(&ctx.client, &wp).await),
+    let mut target = match &queue {
+        Ok(_) => Some(ctx.targets.target(&ctx.client, &wp).await),
         Err(_) => None,
     };
-    // Refused credentials: the Secret may have been rotated; read it again now.
-    if let Some(Ok(_)) = &url
-        && wp.spec.queue.redis.url_secret_ref.is_some()
+    // Refused credentials or certificates: a Secret may have been rotated; read it again
+    // now.
+    let rotated = |e: &ProbeError| matches!(e, ProbeError::Auth(_) | ProbeError::Tls(_));
+    if let Some(Ok(_)) = &target
+        && wp.reads_secrets()
         && ctx
             .hub
             .snapshot(&key)
-            .is_some_and(|s| matches!(s.result, Err(ProbeError::Auth(_))))
+            .is_some_and(|s| s.result.as_ref().is_err_and(rotated))
     {
-        ctx.urls.forget_secret(&wp);
-        url = Some(ctx.urls.url(&ctx.client, &wp).await);
+        ctx.targets.forget_secret(&wp);
+        target = Some(ctx.targets.target(&ctx.client, &wp).await);
     }
-    match (&queue, &url) {
-        (Ok(q), Some(Ok(url))) => {
+    let queue = match (queue, &target) {
+        (Ok(q), Some(Ok(t))) => keys_on(q, t),
+        (q, _) => q,
+    };
+    match (&queue, &target) {
+        (Ok(q), Some(Ok(target))) => {
             let woken = ctx.wake.take_woken(&key);
             let reason = ctx.with_memory(&key, |m| m.read_reason.take());
             let reason = if woken {
@@ -264,7 +290,7 @@ pub async fn observe(wp: Arc<WorkPool>, ctx: &Context) -> Observed {
             ctx.hub.register(
                 &key,
                 Registration {
-                    url: url.clone(),
+                    target: target.clone(),
                     queue: q.clone(),
                     poll: poll_interval(&wp, ctx.config.poll_interval),
                 },
@@ -276,9 +302,9 @@ pub async fn observe(wp: Arc<WorkPool>, ctx: &Context) -> Observed {
         }
         _ => ctx.hub.unregister(&key),
     }
-    let snapshot = match &url {
+    let snapshot = match &target {
         Some(Ok(_)) => ctx.hub.snapshot(&key),
-        // The URL cannot be had: that is what the queue looks like.
+        // The target cannot be had: that is what the queue looks like.
         Some(Err(e)) => Some(Snapshot {
             result: Err(e.clone()),
             taken_ms: now_ms,
@@ -292,7 +318,7 @@ pub async fn observe(wp: Arc<WorkPool>, ctx: &Context) -> Observed {
         pods,
         queue,
         template,
-        url,
+        target,
         snapshot,
         now_ms,
     }

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -20,6 +21,12 @@ pub const TEMPLATE_HASH_LABEL: &str = "workpool.dev/template-hash";
 pub const WORKER_CONTAINER: &str = "worker";
 /// Value of `app.kubernetes.io/managed-by`.
 pub const MANAGED_BY: &str = "workpool-operator";
+/// The volume (and mount directory) of the Redis CA certificate.
+pub const CA_VOLUME: &str = "workpool-redis-ca";
+/// The volume (and mount directory) of the Redis client certificate.
+pub const CLIENT_CERT_VOLUME: &str = "workpool-redis-client-cert";
+/// Where the TLS volumes are mounted in the worker container.
+pub const TLS_MOUNT_DIR: &str = "/var/run/workpool";
 
 /// Why a pod cannot be built from a pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,8 +88,100 @@ pub fn worker_env(wp: &WorkPool) -> Vec<EnvVar> {
             "WORKPOOL_MAX_DELIVERIES",
             wp.spec.delivery.max_deliveries.to_string(),
         ),
-        plain("WORKPOOL_DEAD_LETTER_STREAM", wp.dead_letter_stream()),
     ]
+    .into_iter()
+    .chain((wp.partitions() > 1).then(|| plain("WORKPOOL_PARTITIONS", wp.partitions().to_string())))
+    // Only a name the user chose: the worker derives the default per partition (and
+    // with the hash tag on Redis Cluster).
+    .chain(
+        wp.spec
+            .delivery
+            .dead_letter_stream
+            .clone()
+            .map(|d| plain("WORKPOOL_DEAD_LETTER_STREAM", d)),
+    )
+    .chain(tls_env(wp))
+    .collect()
+}
+
+fn tls_env(wp: &WorkPool) -> Vec<EnvVar> {
+    let Some(tls) = &wp.spec.queue.redis.tls else {
+        return Vec::new();
+    };
+    let mut env = Vec::new();
+    if tls.ca_secret_ref.is_some() {
+        env.push(plain(
+            "WORKPOOL_REDIS_CA_FILE",
+            format!("{TLS_MOUNT_DIR}/{CA_VOLUME}/ca.crt"),
+        ));
+    }
+    if tls.client_cert_secret_ref.is_some() {
+        env.push(plain(
+            "WORKPOOL_REDIS_CERT_FILE",
+            format!("{TLS_MOUNT_DIR}/{CLIENT_CERT_VOLUME}/tls.crt"),
+        ));
+        env.push(plain(
+            "WORKPOOL_REDIS_KEY_FILE",
+            format!("{TLS_MOUNT_DIR}/{CLIENT_CERT_VOLUME}/tls.key"),
+        ));
+    }
+    env
+}
+
+/// The Secret volumes of the pool's TLS material and their read-only mounts in the
+/// worker container (files named as `tls_env` says).
+fn tls_volumes(wp: &WorkPool) -> Vec<(Volume, VolumeMount)> {
+    let Some(tls) = &wp.spec.queue.redis.tls else {
+        return Vec::new();
+    };
+    let secret = |volume: &str, name: &str, items: Vec<(String, &str)>| {
+        (
+            Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(name.into()),
+                    items: Some(
+                        items
+                            .into_iter()
+                            .map(|(key, path)| KeyToPath {
+                                key,
+                                path: path.into(),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                    optional: Some(false),
+                    default_mode: None,
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: volume.into(),
+                mount_path: format!("{TLS_MOUNT_DIR}/{volume}"),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(ca) = &tls.ca_secret_ref {
+        out.push(secret(
+            CA_VOLUME,
+            &ca.name,
+            vec![(ca.key.clone(), "ca.crt")],
+        ));
+    }
+    if let Some(c) = &tls.client_cert_secret_ref {
+        out.push(secret(
+            CLIENT_CERT_VOLUME,
+            &c.name,
+            vec![
+                (c.cert_key.clone(), "tls.crt"),
+                (c.key_key.clone(), "tls.key"),
+            ],
+        ));
+    }
+    out
 }
 
 fn plain(name: &str, value: String) -> EnvVar {
@@ -159,6 +258,16 @@ pub fn render_template(wp: &WorkPool) -> Result<(ObjectMeta, PodSpec), PodError>
         .position(|c| c.name == WORKER_CONTAINER)
         .unwrap_or(0);
     inject_env(&mut spec.containers[idx], worker_env(wp));
+    for (volume, mount) in tls_volumes(wp) {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        volumes.retain(|v| v.name != volume.name);
+        volumes.push(volume);
+        let mounts = spec.containers[idx]
+            .volume_mounts
+            .get_or_insert_with(Vec::new);
+        mounts.retain(|m| m.name != mount.name);
+        mounts.push(mount);
+    }
     restrict(&mut spec);
 
     let tmeta = tpl.metadata.clone().unwrap_or_default();
@@ -300,7 +409,14 @@ mod tests {
         assert_eq!(env["KEEP"]["value"], "1");
         assert_eq!(env["WORKPOOL_STREAM"]["value"], "s");
         assert_eq!(env["WORKPOOL_GROUP"]["value"], "thumbs");
-        assert_eq!(env["WORKPOOL_DEAD_LETTER_STREAM"]["value"], "s:dead");
+        assert!(
+            !env.contains_key("WORKPOOL_DEAD_LETTER_STREAM"),
+            "the worker derives the default dead-letter stream itself"
+        );
+        assert!(
+            !env.contains_key("WORKPOOL_PARTITIONS"),
+            "one partition: the default"
+        );
         assert_eq!(env["WORKPOOL_VISIBILITY_TIMEOUT"]["value"], "30");
         assert_eq!(env["WORKPOOL_MAX_DELIVERIES"]["value"], "3");
         assert_eq!(
@@ -317,6 +433,56 @@ mod tests {
             .as_ref()
             .map(|e| e.iter().filter(|v| v.name == "WORKPOOL_STREAM").count());
         assert_eq!(n, Some(1), "the operator's value replaces the user's");
+    }
+
+    #[test]
+    fn tls_secrets_are_mounted_and_named_in_the_env_with_partitions_and_dead_letters() {
+        let wp = pool(json!({
+            "queue": {"redis": {
+                "url": "rediss+cluster://r:7000", "partitions": 6,
+                "tls": {"caSecretRef": {"name": "ca", "key": "root.pem"},
+                        "clientCertSecretRef": {"name": "client", "certKey": "tls.crt", "keyKey": "tls.key"}}}},
+            "delivery": {"deadLetterStream": "failed"},
+            "template": {"spec": {
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{"name": "worker", "image": "w",
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}
+        }));
+        let pod = build_pod(&wp, "thumbs-abcde").expect("pod");
+        let spec = pod.spec.expect("spec");
+        let env = env_of(&spec.containers[0]);
+        assert_eq!(env["WORKPOOL_PARTITIONS"]["value"], "6");
+        assert_eq!(env["WORKPOOL_DEAD_LETTER_STREAM"]["value"], "failed");
+        assert_eq!(
+            env["WORKPOOL_REDIS_CA_FILE"]["value"],
+            "/var/run/workpool/workpool-redis-ca/ca.crt"
+        );
+        assert_eq!(
+            env["WORKPOOL_REDIS_CERT_FILE"]["value"],
+            "/var/run/workpool/workpool-redis-client-cert/tls.crt"
+        );
+        assert_eq!(
+            env["WORKPOOL_REDIS_KEY_FILE"]["value"],
+            "/var/run/workpool/workpool-redis-client-cert/tls.key"
+        );
+        let volumes = serde_json::to_value(spec.volumes.expect("volumes")).expect("json");
+        assert_eq!(volumes[0]["name"], "data", "the user's volumes stay");
+        assert_eq!(volumes[1]["secret"]["secretName"], "ca");
+        assert_eq!(
+            volumes[1]["secret"]["items"],
+            json!([{"key": "root.pem", "path": "ca.crt"}])
+        );
+        assert_eq!(volumes[2]["secret"]["secretName"], "client");
+        let mounts = serde_json::to_value(spec.containers[0].volume_mounts.clone()).expect("json");
+        assert_eq!(mounts.as_array().map(Vec::len), Some(3));
+        assert!(
+            mounts[1]["readOnly"].as_bool() == Some(true)
+                && mounts[2]["readOnly"].as_bool() == Some(true)
+        );
+        // Rendering twice changes nothing (same template hash).
+        let (m1, s1) = render_template(&wp).expect("render");
+        let (m2, s2) = render_template(&wp).expect("render");
+        assert_eq!(template_hash(&m1, &s1), template_hash(&m2, &s2));
     }
 
     #[test]

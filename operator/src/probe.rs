@@ -1,8 +1,10 @@
-//! What reaching a pool's queue needs and how it fails: the pool's Redis URL (from the
-//! spec or a Secret, [`SecretUrls`]) and the classification of errors for the
-//! `QueueReachable` condition ([`ProbeError::reason`]) and the metrics
-//! ([`ProbeError::metric_label`]); their messages never contain the URL (it may carry a
-//! password). The reads themselves happen in [`crate::hub`].
+//! What reaching a pool's queue needs and how it fails: the pool's Redis target
+//! ([`QueueTargets`]: its URL from the spec or a Secret, with the TLS material of its
+//! Secrets, the same the pods get; standalone, Sentinel or Cluster, see
+//! `workpool_worker::target`) and the classification of errors for the `QueueReachable`
+//! condition ([`ProbeError::reason`]) and the metrics ([`ProbeError::metric_label`]);
+//! their messages never contain the URL (it may carry a password). The reads themselves
+//! happen in [`crate::hub`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,11 +13,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use workpool_worker::queue::QueueError;
+use workpool_worker::target::{Target, Tls};
 
 use crate::crd::WorkPool;
 
-/// How long a Redis URL read from a Secret is reused before the Secret is read again,
-/// by default (`--secret-refresh`).
+/// How long a value read from a Secret (the Redis URL, a CA, a client certificate) is
+/// reused before the Secret is read again, by default (`--secret-refresh`).
 pub const SECRET_TTL: Duration = Duration::from_secs(30);
 
 /// Why the queue could not be used.
@@ -39,6 +42,14 @@ pub enum ProbeError {
     /// Redis answered with something unexpected.
     #[error("unexpected answer from Redis: {0}")]
     Protocol(String),
+    /// The TLS handshake failed (a CA that did not sign the server's certificate, a
+    /// client certificate the server refused, ...) or the TLS material is unusable.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The pool's keys do not fit the target (e.g. a stream name with a hash tag on
+    /// Redis Cluster).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ProbeError {
@@ -51,6 +62,8 @@ impl ProbeError {
             ProbeError::Auth(_) => "AuthenticationFailed",
             ProbeError::Refused(_) => "CommandRefused",
             ProbeError::Protocol(_) => "ProtocolError",
+            ProbeError::Tls(_) => "TLSFailed",
+            ProbeError::Invalid(_) => "InvalidSpec",
         }
     }
 
@@ -63,6 +76,8 @@ impl ProbeError {
             ProbeError::Auth(_) => "auth",
             ProbeError::Refused(_) => "refused",
             ProbeError::Protocol(_) => "protocol",
+            ProbeError::Tls(_) => "tls",
+            ProbeError::Invalid(_) => "invalid_spec",
         }
     }
 
@@ -71,6 +86,9 @@ impl ProbeError {
         match e {
             QueueError::Connection(e) | QueueError::Redis(e) if is_auth(&e) => {
                 ProbeError::Auth(redis_message(&e))
+            }
+            QueueError::Connection(e) if workpool_worker::target::is_tls_error(&e) => {
+                ProbeError::Tls(workpool_worker::target::tls_message(&e))
             }
             QueueError::Connection(e) => ProbeError::Unreachable(redis_message(&e)),
             QueueError::Redis(e) => ProbeError::Refused(redis_message(&e)),
@@ -109,28 +127,36 @@ fn redis_message(e: &redis::RedisError) -> String {
     }
 }
 
-/// (namespace, Secret name, key) -> (URL, read at).
-type SecretCache = HashMap<(String, String, String), (String, Instant)>;
+/// (namespace, Secret name, key) -> (value, read at).
+type SecretCache = HashMap<(String, String, String), (Vec<u8>, Instant)>;
 
-/// The pools' Redis URLs: `spec.queue.redis.url`, or read from the Secret that
-/// `urlSecretRef` names, kept for a while (a Secret read per pool per poll would be most
-/// of the operator's API traffic), forgotten when it stops working or the Secret changes.
-pub struct SecretUrls {
+/// The most targets kept built; past it they are all dropped (old targets of changed
+/// Secrets or URLs go with them) and built again as pools ask.
+const MAX_TARGETS: usize = 256;
+
+/// The pools' Redis targets: the URL (`spec.queue.redis.url`, or the Secret that
+/// `urlSecretRef` names) with the TLS material of `tls.caSecretRef` and
+/// `tls.clientCertSecretRef`. Secret values are kept for a while (a Secret read per pool
+/// per poll would be most of the operator's API traffic) and forgotten when they stop
+/// working or the Secret changes; a target is built once per distinct URL + material.
+pub struct QueueTargets {
     secrets: Mutex<SecretCache>,
+    targets: Mutex<HashMap<String, Target>>,
     ttl: Duration,
 }
 
-impl Default for SecretUrls {
+impl Default for QueueTargets {
     fn default() -> Self {
         Self::new(SECRET_TTL)
     }
 }
 
-impl SecretUrls {
-    /// URLs from Secrets are read again after `ttl`.
+impl QueueTargets {
+    /// Secrets are read again after `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        SecretUrls {
+        QueueTargets {
             secrets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             ttl,
         }
     }
@@ -146,67 +172,111 @@ impl SecretUrls {
                 "neither url nor urlSecretRef is set".into(),
             ));
         };
+        let v = self.secret_value(client, wp, &r.name, &r.key).await?;
+        Ok(String::from_utf8_lossy(&v).trim().to_string())
+    }
+
+    /// The pool's target: its URL with the TLS material of its Secrets (the same the
+    /// pods get mounted). Built once per distinct URL + material and then reused.
+    pub async fn target(&self, client: &kube::Client, wp: &WorkPool) -> Result<Target, ProbeError> {
+        let url = self.url(client, wp).await?;
+        let mut tls = Tls::none();
+        if let Some(t) = &wp.spec.queue.redis.tls {
+            if let Some(ca) = &t.ca_secret_ref {
+                tls.ca = Some(self.secret_value(client, wp, &ca.name, &ca.key).await?);
+            }
+            if let Some(c) = &t.client_cert_secret_ref {
+                tls.cert = Some(self.secret_value(client, wp, &c.name, &c.cert_key).await?);
+                tls.key = Some(self.secret_value(client, wp, &c.name, &c.key_key).await?);
+            }
+        }
+        let key = workpool_worker::target::target_key(&url, &tls);
+        if let Ok(m) = self.targets.lock()
+            && let Some(t) = m.get(&key)
+        {
+            return Ok(t.clone());
+        }
+        let target = Target::new(&url, &tls).map_err(|e| match e {
+            QueueError::InvalidArgument(m) if m.starts_with("invalid redis URL") => {
+                ProbeError::InvalidUrl
+            }
+            // TLS material that cannot be used (not PEM, a certificate without its key, a
+            // CA with a plain URL): the message names no secret value.
+            QueueError::InvalidArgument(m) => ProbeError::Tls(m),
+            other => ProbeError::from_queue(other),
+        })?;
+        if let Ok(mut m) = self.targets.lock() {
+            if m.len() >= MAX_TARGETS {
+                m.clear();
+            }
+            m.insert(key, target.clone());
+        }
+        Ok(target)
+    }
+
+    /// A key of a Secret in the pool's namespace, cached for the refresh period.
+    async fn secret_value(
+        &self,
+        client: &kube::Client,
+        wp: &WorkPool,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, ProbeError> {
         let ns = wp.metadata.namespace.clone().unwrap_or_default();
-        let key = (ns.clone(), r.name.clone(), r.key.clone());
+        let cache_key = (ns.clone(), name.to_string(), key.to_string());
         if let Ok(cache) = self.secrets.lock()
-            && let Some((url, at)) = cache.get(&key)
+            && let Some((v, at)) = cache.get(&cache_key)
             && at.elapsed() < self.ttl
         {
-            return Ok(url.clone());
+            return Ok(v.clone());
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = match api.get_opt(&r.name).await {
+        let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return Err(ProbeError::Secret(format!(
-                    "Secret {:?} not found in namespace {ns:?}",
-                    r.name
+                    "Secret {name:?} not found in namespace {ns:?}"
                 )));
             }
             Err(kube::Error::Api(s)) if s.code == 403 => {
                 return Err(ProbeError::Secret(format!(
-                    "the operator may not read Secret {:?}: {}",
-                    r.name, s.message
+                    "the operator may not read Secret {name:?}: {}",
+                    s.message
                 )));
             }
             Err(e) => {
-                return Err(ProbeError::Secret(format!(
-                    "reading Secret {:?}: {e}",
-                    r.name
-                )));
+                return Err(ProbeError::Secret(format!("reading Secret {name:?}: {e}")));
             }
         };
         let value = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
             .or_else(|| {
                 secret
                     .string_data
                     .as_ref()
-                    .and_then(|d| d.get(&r.key))
-                    .cloned()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.as_bytes().to_vec())
             });
-        let Some(url) = value else {
+        let Some(value) = value else {
             return Err(ProbeError::Secret(format!(
-                "Secret {:?} has no key {:?}",
-                r.name, r.key
+                "Secret {name:?} has no key {key:?}"
             )));
         };
         if let Ok(mut cache) = self.secrets.lock() {
-            cache.insert(key, (url.clone(), Instant::now()));
+            cache.insert(cache_key, (value.clone(), Instant::now()));
         }
-        Ok(url)
+        Ok(value)
     }
 
-    /// Forgets a cached Secret value (after it stopped working).
+    /// Forgets the cached values of the Secrets the pool refers to (after one changed or
+    /// stopped working).
     pub fn forget_secret(&self, wp: &WorkPool) {
-        if let Some(r) = &wp.spec.queue.redis.url_secret_ref
-            && let Ok(mut cache) = self.secrets.lock()
-        {
-            let ns = wp.metadata.namespace.clone().unwrap_or_default();
-            cache.remove(&(ns, r.name.clone(), r.key.clone()));
+        let ns = wp.metadata.namespace.clone().unwrap_or_default();
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.retain(|(n, name, _), _| !(n == &ns && wp.references_secret(name)));
         }
     }
 }
@@ -224,6 +294,8 @@ mod tests {
             ProbeError::Auth("x".into()),
             ProbeError::Refused("x".into()),
             ProbeError::Protocol("x".into()),
+            ProbeError::Tls("x".into()),
+            ProbeError::Invalid("x".into()),
         ];
         for e in all {
             assert!(crate::metrics::PROBE_ERROR_REASONS.contains(&e.metric_label()));

@@ -309,6 +309,7 @@ pub fn queue_status(st: &QueueStats) -> QueueStatus {
         dead_letters: st.dead_letters as i64,
         oldest_pending_time: st.oldest_pending_id.and_then(|id| rfc3339_ms(id.ms)),
         consumers: st.consumers.len() as i32,
+        partitions: crate::crd::PartitionStatus::of(st),
     }
 }
 

@@ -2,20 +2,24 @@
 //! operator notices its first task at once instead of at the next queue poll.
 //!
 //! Every pool at zero is registered here by its reconcile ([`Wake::watch`]) with its
-//! Redis URL, its stream and the id after which an entry is new: the group's last
-//! delivered id as the reconcile's probe read it (`0-0` while the group or the stream
-//! does not exist). While nothing consumes the group (no pods), every entry after that id
-//! is an entry the probe has not counted, so no entry added between the probe and the
-//! read can be missed.
+//! Redis target and, per partition, its stream and the id after which an entry is new:
+//! the group's last delivered id as the reconcile's probe read it (`0-0` while the group
+//! or the stream does not exist). While nothing consumes the group (no pods), every entry
+//! after that id is an entry the probe has not counted, so no entry added between the
+//! probe and the read can be missed.
 //!
-//! One task per Redis URL holds one dedicated connection and blocks in one
+//! One task per Redis target holds one dedicated connection and blocks in one
 //! `XREAD BLOCK` over the streams of every pool at zero on that Redis (a stream that
 //! does not exist yet blocks like any other and is served when its first entry creates
-//! it). On an entry it sends the pool's reference to the controller's trigger stream
-//! (`Controller::reconcile_on`) and marks the pool woken, so that the reconcile reads
-//! fresh queue stats ([`Wake::take_woken`]) and creates the pods the backlog calls for.
+//! it); a Sentinel target is its current primary. On a Redis Cluster one command cannot
+//! span hash slots (`CROSSSLOT`, even on one node), and every partition has its own slot:
+//! there the task reads each stream without blocking, all of them at once every
+//! [`CLUSTER_POLL`] (the cluster client pipelines them per node). On an entry it sends the
+//! pool's reference to the controller's trigger stream (`Controller::reconcile_on`) and
+//! marks the pool woken, so that the reconcile reads fresh queue stats
+//! ([`Wake::take_woken`]) and creates the pods the backlog calls for.
 //!
-//! - A change of the registered set for a URL interrupts the blocked read (its connection
+//! - A change of the registered set for a target interrupts the blocked read (its connection
 //!   is dropped and opened again); nothing changes in steady state, so nothing is written
 //!   to the API and no command is sent but the blocking read (one per
 //!   [`BLOCK`] while idle).
@@ -26,7 +30,7 @@
 //!   dropped and opened again after a back-off ([`Backoff`], 200 ms doubling to 30 s);
 //!   the queue poll keeps working as before meanwhile. A key that is not a stream is
 //!   left out of the read (it would fail the read for every pool on that Redis).
-//! - When no pool on a URL is at zero, its task ends and its connection closes.
+//! - When no pool on a target is at zero, its task ends and its connection closes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,7 +42,8 @@ use redis::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use workpool_worker::queue::EntryId;
+use workpool_worker::queue::{EntryId, QueueStats};
+use workpool_worker::target::{Connection, Target};
 
 use crate::crd::WorkPool;
 use crate::metrics::Metrics;
@@ -50,25 +55,55 @@ pub const BLOCK: Duration = Duration::from_secs(10);
 pub const MIN_WAKE_INTERVAL: Duration = Duration::from_secs(1);
 /// Entries read per stream per `XREAD` (only their ids matter).
 const COUNT: usize = 16;
+/// How often a Redis Cluster's watched streams are read (see the module docs).
+pub const CLUSTER_POLL: Duration = Duration::from_millis(500);
 
 /// (namespace, name) of a pool.
 pub type PoolKey = (String, String);
 
-/// What a pool at zero waits for: an entry after `after` in `stream` on `url`.
+/// What a pool at zero waits for: in any of its partitions' streams on `target`, an
+/// entry after that partition's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WakeTarget {
-    /// The pool's Redis URL (may carry a password: never logged).
-    pub url: String,
-    /// The pool's stream.
-    pub stream: String,
-    /// Entries after this id are new.
-    pub after: EntryId,
+    /// The pool's Redis target (its URL may carry a password: never logged).
+    pub target: Target,
+    /// Per partition: the stream and the id after which entries are new.
+    pub streams: Vec<(String, EntryId)>,
+}
+
+impl WakeTarget {
+    /// A pool at zero on `target` as its probe `st` (of every partition) found it.
+    pub fn from_stats(target: Target, st: &QueueStats) -> WakeTarget {
+        let parts: Vec<&QueueStats> = if st.partitions.is_empty() {
+            vec![st]
+        } else {
+            st.partitions.iter().collect()
+        };
+        WakeTarget {
+            target,
+            streams: parts
+                .into_iter()
+                .map(|p| (p.stream.clone(), crate::decide::wake_after(p)))
+                .collect(),
+        }
+    }
+
+    /// Same target and streams (only the ids may differ).
+    fn same_place(&self, other: &WakeTarget) -> bool {
+        self.target == other.target
+            && self.streams.len() == other.streams.len()
+            && self
+                .streams
+                .iter()
+                .zip(&other.streams)
+                .all(|(a, b)| a.0 == b.0)
+    }
 }
 
 #[derive(Default)]
 struct State {
     pools: HashMap<PoolKey, WakeTarget>,
-    /// One task per URL with a pool at zero; its notifier.
+    /// One task per target (by [`Target::key`]) with a pool at zero; its notifier.
     watchers: HashMap<String, Arc<Notify>>,
     woken: HashSet<PoolKey>,
 }
@@ -122,21 +157,26 @@ impl Wake {
     }
 
     /// Registers the pool as at zero (`Some`) or not (`None`). Only a change of the
-    /// pool's URL or stream, a later `after`, or a pool entering or leaving zero
+    /// pool's target or streams, a later `after`, or a pool entering or leaving zero
     /// interrupts the read of its Redis; the same registration again changes nothing.
     pub fn watch(&self, key: &PoolKey, target: Option<WakeTarget>) {
         if !self.inner.enabled {
             return;
         }
         let mut notify: Vec<Arc<Notify>> = Vec::new();
-        let mut spawn: Option<(String, Arc<Notify>)> = None;
+        let mut spawn: Option<(Target, Arc<Notify>)> = None;
         {
             let mut st = self.state();
             let old = st.pools.get(key).cloned();
             let new = match (&old, target) {
                 (_, None) => None,
-                (Some(o), Some(t)) if o.url == t.url && o.stream == t.stream => Some(WakeTarget {
-                    after: o.after.max(t.after),
+                (Some(o), Some(t)) if o.same_place(&t) => Some(WakeTarget {
+                    streams: o
+                        .streams
+                        .iter()
+                        .zip(&t.streams)
+                        .map(|(a, b)| (a.0.clone(), a.1.max(b.1)))
+                        .collect(),
                     ..t
                 }),
                 (_, Some(t)) => Some(t),
@@ -152,16 +192,19 @@ impl Wake {
                     st.pools.remove(key);
                 }
             }
-            for url in [old.map(|o| o.url), new.as_ref().map(|n| n.url.clone())]
-                .into_iter()
-                .flatten()
+            for target in [
+                old.map(|o| o.target),
+                new.as_ref().map(|n| n.target.clone()),
+            ]
+            .into_iter()
+            .flatten()
             {
-                if let Some(n) = st.watchers.get(&url) {
+                if let Some(n) = st.watchers.get(target.key()) {
                     notify.push(n.clone());
-                } else if new.as_ref().is_some_and(|n| n.url == url) {
+                } else if new.as_ref().is_some_and(|n| n.target == target) {
                     let n = Arc::new(Notify::new());
-                    st.watchers.insert(url.clone(), n.clone());
-                    spawn = Some((url, n));
+                    st.watchers.insert(target.key().to_string(), n.clone());
+                    spawn = Some((target, n));
                 }
             }
             if let Some(m) = &self.inner.metrics {
@@ -171,9 +214,9 @@ impl Wake {
         for n in notify {
             n.notify_one();
         }
-        if let Some((url, n)) = spawn {
+        if let Some((target, n)) = spawn {
             let w = self.clone();
-            tokio::spawn(async move { w.run(url, n).await });
+            tokio::spawn(async move { w.run(target, n).await });
         }
     }
 
@@ -202,17 +245,18 @@ impl Wake {
             .unbounded_send(ObjectRef::new(&key.1).within(&key.0));
     }
 
-    /// The pools on `url`, or `None` (and the task's slot removed) when there are none.
-    fn snapshot(&self, url: &str) -> Option<Vec<(PoolKey, WakeTarget)>> {
+    /// The pools on the target with key `key`, or `None` (and the task's slot removed)
+    /// when there are none.
+    fn snapshot(&self, key: &str) -> Option<Vec<(PoolKey, WakeTarget)>> {
         let mut st = self.state();
         let v: Vec<(PoolKey, WakeTarget)> = st
             .pools
             .iter()
-            .filter(|(_, t)| t.url == url)
+            .filter(|(_, t)| t.target.key() == key)
             .map(|(k, t)| (k.clone(), t.clone()))
             .collect();
         if v.is_empty() {
-            st.watchers.remove(url);
+            st.watchers.remove(key);
             return None;
         }
         Some(v)
@@ -224,28 +268,32 @@ impl Wake {
         }
     }
 
-    async fn connect(&self, url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
-        let client = redis::Client::open(url).map_err(|_| "the Redis URL is not valid")?;
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.timeout))
-            .set_response_timeout(Some(BLOCK + self.inner.timeout));
-        client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| redis_message(&e))
+    async fn connect(&self, target: &Target) -> Result<Connection, String> {
+        match tokio::time::timeout(
+            self.inner.timeout * 2,
+            target.connect(Some(BLOCK + self.inner.timeout)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
     }
 
-    /// The task of one URL: until no pool on it is at zero.
-    async fn run(self, url: String, notify: Arc<Notify>) {
+    /// The task of one target: until no pool on it is at zero.
+    async fn run(self, target: Target, notify: Arc<Notify>) {
+        let key = target.key().to_string();
+        let cluster = target.is_cluster();
         let mut cursors = Cursors::default();
         let mut throttle = Throttle::default();
         let mut backoff = Backoff::default();
-        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        let mut conn: Option<Connection> = None;
         // Keys found not to be streams, until the registered set changes.
         let mut not_streams: BTreeSet<String> = BTreeSet::new();
         let mut checked: BTreeSet<String> = BTreeSet::new();
         loop {
-            let Some(pools) = self.snapshot(&url) else {
+            let Some(pools) = self.snapshot(&key) else {
                 debug!("no pool at zero on this Redis any more; its wake task ends");
                 return;
             };
@@ -256,7 +304,7 @@ impl Wake {
             }
             let c = match &conn {
                 Some(c) => c.clone(),
-                None => match self.connect(&url).await {
+                None => match self.connect(&target).await {
                     Ok(c) => {
                         conn = Some(c.clone());
                         c
@@ -323,21 +371,57 @@ impl Wake {
                 continue;
             }
             let block = throttle.wait(Instant::now(), BLOCK);
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(COUNT)
-                .arg("BLOCK")
-                .arg(block.as_millis().max(1) as u64)
-                .arg("STREAMS");
-            for (s, _) in &args {
-                cmd.arg(s);
-            }
-            for (_, id) in &args {
-                cmd.arg(id.to_string());
-            }
-            let mut c3 = c.clone();
+            let read = async {
+                if cluster {
+                    // One slot per command: every stream on its own, all at once, then
+                    // a pause (see the module docs).
+                    let reads = args.iter().map(|(s, id)| {
+                        let mut c = c.clone();
+                        let mut cmd = redis::cmd("XREAD");
+                        cmd.arg("COUNT")
+                            .arg(COUNT)
+                            .arg("STREAMS")
+                            .arg(s)
+                            .arg(id.to_string());
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    });
+                    let answers = futures::future::try_join_all(reads).await?;
+                    let merged: Vec<Value> = answers
+                        .into_iter()
+                        .filter(|v| *v != Value::Nil)
+                        .flat_map(|v| match v {
+                            Value::Array(a) => a,
+                            Value::Map(m) => m
+                                .into_iter()
+                                .map(|(k, v)| Value::Array(vec![k, v]))
+                                .collect(),
+                            other => vec![other],
+                        })
+                        .collect();
+                    if merged.is_empty() {
+                        tokio::time::sleep(CLUSTER_POLL.min(block)).await;
+                        return Ok(Value::Nil);
+                    }
+                    Ok(Value::Array(merged))
+                } else {
+                    let mut cmd = redis::cmd("XREAD");
+                    cmd.arg("COUNT")
+                        .arg(COUNT)
+                        .arg("BLOCK")
+                        .arg(block.as_millis().max(1) as u64)
+                        .arg("STREAMS");
+                    for (s, _) in &args {
+                        cmd.arg(s);
+                    }
+                    for (_, id) in &args {
+                        cmd.arg(id.to_string());
+                    }
+                    let mut c3 = c.clone();
+                    cmd.query_async::<Value>(&mut c3).await
+                }
+            };
             tokio::select! {
-                r = cmd.query_async::<Value>(&mut c3) => match r {
+                r = read => match r {
                     Ok(v) => {
                         backoff.reset();
                         let Some(seen) = parse_xread(&v) else {
@@ -402,11 +486,13 @@ impl Cursors {
     pub fn sync(&mut self, pools: &[(PoolKey, WakeTarget)]) {
         let mut next: BTreeMap<String, (EntryId, BTreeSet<PoolKey>)> = BTreeMap::new();
         for (k, t) in pools {
-            let e = next
-                .entry(t.stream.clone())
-                .or_insert((t.after, BTreeSet::new()));
-            e.0 = e.0.min(t.after);
-            e.1.insert(k.clone());
+            for (stream, after) in &t.streams {
+                let e = next
+                    .entry(stream.clone())
+                    .or_insert((*after, BTreeSet::new()));
+                e.0 = e.0.min(*after);
+                e.1.insert(k.clone());
+            }
         }
         for (s, (id, _)) in next.iter_mut() {
             if let Some((old, _)) = self.streams.get(s) {
@@ -579,9 +665,8 @@ mod tests {
 
     fn target(url: &str, stream: &str, after: EntryId) -> WakeTarget {
         WakeTarget {
-            url: url.into(),
-            stream: stream.into(),
-            after,
+            target: Target::new(url, &workpool_worker::target::Tls::none()).expect("target"),
+            streams: vec![(stream.into(), after)],
         }
     }
 
@@ -625,9 +710,9 @@ mod tests {
     fn cursors_start_at_the_lowest_registration_and_only_move_forward() {
         let mut c = Cursors::default();
         c.sync(&[
-            (key("a"), target("u", "s", id(5, 0))),
-            (key("b"), target("u", "s", id(3, 0))),
-            (key("c"), target("u", "t", EntryId::ZERO)),
+            (key("a"), target("redis://u", "s", id(5, 0))),
+            (key("b"), target("redis://u", "s", id(3, 0))),
+            (key("c"), target("redis://u", "t", EntryId::ZERO)),
         ]);
         assert_eq!(
             c.xread_args(&BTreeSet::new()),
@@ -642,14 +727,14 @@ mod tests {
         assert!(c.advance("nope", id(9, 0)).is_empty());
         // A later sync keeps the position; a registration further on moves it.
         c.sync(&[
-            (key("a"), target("u", "s", id(1, 0))),
-            (key("c"), target("u", "t", id(8, 0))),
+            (key("a"), target("redis://u", "s", id(1, 0))),
+            (key("c"), target("redis://u", "t", id(8, 0))),
         ]);
         let skip: BTreeSet<String> = ["t".to_string()].into();
         assert_eq!(c.xread_args(&skip), vec![("s".into(), id(4, 0))]);
         assert_eq!(c.xread_args(&BTreeSet::new())[1], ("t".into(), id(8, 0)));
         // A stream no pool waits on is forgotten.
-        c.sync(&[(key("c"), target("u", "t", id(8, 0)))]);
+        c.sync(&[(key("c"), target("redis://u", "t", id(8, 0)))]);
         assert_eq!(c.streams(), vec!["t".to_string()]);
     }
 
@@ -697,7 +782,7 @@ mod tests {
         w.watch(&key("a"), Some(target(&url, "s", id(5, 0))));
         w.watch(&key("a"), Some(target(&url, "s", id(2, 0))));
         assert_eq!(
-            w.state().pools[&key("a")].after,
+            w.state().pools[&key("a")].streams[0].1,
             id(5, 0),
             "never backwards"
         );

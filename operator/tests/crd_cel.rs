@@ -151,6 +151,44 @@ fn cases() -> Vec<(&'static str, Value, Option<Value>, &'static str)> {
             "stream is immutable",
         ),
         (
+            "self.url.startsWith('rediss')",
+            with(
+                ok.clone(),
+                &["spec", "queue", "redis", "tls"],
+                json!({"caSecretRef": {"name": "ca"}}),
+            ),
+            None,
+            "tls (a CA or client certificate) needs a TLS URL",
+        ),
+        (
+            "self.stream.matches('[{}]')",
+            with(
+                with(
+                    ok.clone(),
+                    &["spec", "queue", "redis", "url"],
+                    json!("redis+cluster://a:7000,b:7001"),
+                ),
+                &["spec", "queue", "redis", "stream"],
+                json!("{tasks}"),
+            ),
+            None,
+            "on Redis Cluster the stream name must not contain { or }",
+        ),
+        (
+            "oldSelf.partitions",
+            with(
+                ok.clone(),
+                &["spec", "queue", "redis", "partitions"],
+                json!(2),
+            ),
+            Some(with(
+                ok.clone(),
+                &["spec", "queue", "redis", "partitions"],
+                json!(4),
+            )),
+            "partitions may grow but never shrink",
+        ),
+        (
             "oldSelf.group",
             with(
                 ok.clone(),
@@ -179,6 +217,10 @@ fn the_valid_pool_passes_every_rule() {
         "rediss://h:6380",
         "unix:///tmp/r.sock",
         "redis+unix:///tmp/r.sock",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+        "rediss+sentinel://s1:26379/mymaster/0?sentinel_password=x",
+        "redis+cluster://n1:7000,n2:7001",
+        "rediss+cluster://n1:7000",
     ] {
         let p = with(ok.clone(), &["spec", "queue", "redis", "url"], json!(url));
         assert_eq!(check(&p, None), Vec::<String>::new(), "{url}");
@@ -192,6 +234,39 @@ fn the_valid_pool_passes_every_rule() {
     assert_eq!(check(&p, None), Vec::<String>::new());
     let scaled = with(ok.clone(), &["spec", "replicas"], json!(9));
     assert_eq!(check(&scaled, Some(&ok)), Vec::<String>::new());
+    // TLS with a TLS URL; partitions growing (or first set); braces off Cluster.
+    let tls = with(
+        with(
+            ok.clone(),
+            &["spec", "queue", "redis", "url"],
+            json!("rediss+cluster://n1:7000"),
+        ),
+        &["spec", "queue", "redis", "tls"],
+        json!({"caSecretRef": {"name": "ca", "key": "ca.crt"}, "clientCertSecretRef": {"name": "client"}}),
+    );
+    assert_eq!(check(&tls, None), Vec::<String>::new());
+    let four = with(
+        ok.clone(),
+        &["spec", "queue", "redis", "partitions"],
+        json!(4),
+    );
+    assert_eq!(
+        check(&four, Some(&ok)),
+        Vec::<String>::new(),
+        "from the default 1 to 4"
+    );
+    let six = with(
+        ok.clone(),
+        &["spec", "queue", "redis", "partitions"],
+        json!(6),
+    );
+    assert_eq!(check(&six, Some(&four)), Vec::<String>::new());
+    let braces = with(
+        ok.clone(),
+        &["spec", "queue", "redis", "stream"],
+        json!("{t}"),
+    );
+    assert_eq!(check(&braces, None), Vec::<String>::new());
     // min == max is allowed; no fallback is allowed.
     let p = with(
         ok.clone(),

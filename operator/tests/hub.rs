@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use workpool_operator::hub::{Command, QueueHub, Registration};
-use workpool_worker::queue::{DrainState, NewTask, Queue};
+use workpool_worker::queue::{DrainState, NewTask, Pool, Queue};
+use workpool_worker::target::{Target, Tls};
 use workpool_worker::testing::RedisServer;
 
 fn key(name: &str) -> (String, String) {
@@ -16,8 +17,8 @@ fn key(name: &str) -> (String, String) {
 
 fn reg(url: &str, stream: &str, poll: Duration) -> Registration {
     Registration {
-        url: url.to_string(),
-        queue: Queue::new(stream, stream),
+        target: Target::new(url, &Tls::none()).expect("target"),
+        queue: Pool::new(stream, stream),
         poll,
     }
 }

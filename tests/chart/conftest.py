@@ -153,6 +153,10 @@ MATRIX: dict[str, dict[str, Any]] = {
             "persistence": {"storageClass": "fast", "size": "20Gi", "retainOnUninstall": True},
         }
     },
+    "redis-ha": {"redis": {"ha": {"enabled": True}}},
+    "redis-ha-five-hard": {"redis": {"ha": {"enabled": True, "replicas": 5, "antiAffinity": "hard",
+                                            "sentinel": {"replicas": 5, "quorum": 3}},
+                                     "networkPolicy": {"enabled": True}}},
     "watch-one-namespace": {"operator": {"watchNamespace": "jobs"}, "tests": {"enabled": False}},
     "crds-off": {"crds": {"install": False}},
     "crds-not-kept": {"crds": {"keep": False}},
@@ -212,7 +216,7 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 
 # --- the real test cluster ---------------------------------------------------------------
-# scripts/chart-test.sh starts it (workpool-testcluster --api real --node-kind real) and
+# scripts/chart-test.sh starts it (workpool-testcluster: real control plane and node) and
 # exports its kubeconfig as WORKPOOL_CHART_KUBECONFIG; when it could not start, it says why
 # in WORKPOOL_CHART_CLUSTER_ERROR.
 CLUSTER_KUBECONFIG = os.environ.get("WORKPOOL_CHART_KUBECONFIG")

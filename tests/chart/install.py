@@ -1,5 +1,7 @@
 """The chart installed for real: install -> wait -> helm test -> upgrade -> helm test ->
-uninstall -> nothing left but the CRD. Driven by test_install.py against the cluster
+uninstall -> the Redis PVCs kept (redis.persistence.retainOnUninstall, the default: the
+task data outlives the release), then deleted by the test -> nothing left but the CRD.
+Driven by test_install.py against the cluster
 named by WORKPOOL_CHART_KUBECONFIG; usable on its own too:
 
     python3 tests/chart/install.py --kubeconfig /path/to/kubeconfig [--namespace workpool-e2e]
@@ -121,8 +123,11 @@ def install_cycle(kubeconfig: str, namespace: str = "workpool-chart-e2e", releas
                 rel = cfg.install(chart, release, values or {}, namespace=namespace, wait="watcher", timeout=timeout)
                 rep.step(f"installed revision {rel.get('version')}: {rel.get('info', {}).get('status')}")
                 rollout(k, namespace, "deployment", release, "operator", timeout)
-                if (values or {}).get("redis", {}).get("enabled", True):
+                redis_values = (values or {}).get("redis", {})
+                if redis_values.get("enabled", True):
                     rollout(k, namespace, "statefulset", release, "redis", timeout)
+                    if redis_values.get("ha", {}).get("enabled", False):
+                        rollout(k, namespace, "statefulset", release, "redis-sentinel", timeout)
                 rep.step("operator and redis rolled out")
                 if while_installed is not None:
                     while_installed(k, rep)
@@ -145,14 +150,28 @@ def install_cycle(kubeconfig: str, namespace: str = "workpool-chart-e2e", releas
             finally:
                 cfg.uninstall(release, wait="watcher", timeout=timeout, ignore_not_found=True)
                 rep.step("uninstalled")
+    redis_values = (values or {}).get("redis", {})
+    persistence = redis_values.get("persistence", {})
+    retained = (redis_values.get("enabled", True) and persistence.get("enabled", True)
+                and persistence.get("retainOnUninstall", True))
     left = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         left = leftovers(k, namespace, release)
+        if retained:
+            left = [x for x in left if not x.startswith("PersistentVolumeClaim/")]
         if not left:
             break
         time.sleep(2)
     assert not left, f"left behind after helm uninstall: {left}"
+    if retained:
+        pvcs = [p["metadata"]["name"] for p in k.json("-n", namespace, "get", "persistentvolumeclaims")["items"]
+                if release in p["metadata"]["name"]]
+        assert pvcs, "retainOnUninstall: the Redis PVCs (the queued tasks) outlive the release"
+        rep.step(f"the Redis PVCs were kept: {', '.join(sorted(pvcs))}")
+        k("-n", namespace, "delete", "persistentvolumeclaims", *pvcs, "--wait=true", timeout=timeout)
+        left = leftovers(k, namespace, release)
+        assert not left, f"left behind after deleting the kept PVCs: {left}"
     crd = k.json("get", "crd", "workpools.workpool.dev")
     assert crd["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep"
     rep.step("nothing left but the CRD (kept)")

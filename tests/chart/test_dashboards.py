@@ -21,6 +21,7 @@ GAUGES = {
     "workpool_queue_backlog", "workpool_queue_pending", "workpool_queue_dead_letters",
     "workpool_queue_oldest_pending_seconds", "workpool_queue_up", "workpool_leader",
     "workpool_worker_in_flight_tasks", "workpool_worker_ready", "workpool_draining_replicas",
+    "workpool_queue_partition_backlog", "workpool_queue_partition_pending",
 }
 COUNTERS = {
     "workpool_scale_events_total", "workpool_pod_replacements_total", "workpool_reconcile_errors_total",
@@ -30,7 +31,7 @@ COUNTERS = {
 HISTOGRAMS = {"workpool_reconcile_duration_seconds", "workpool_worker_task_duration_seconds"}
 SERIES = GAUGES | COUNTERS | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 # label names that may appear after `by`/`without` (anything else is a typo)
-LABELS = {"namespace", "workpool", "pod", "le", "outcome", "direction", "reason", "instance", "job"}
+LABELS = {"namespace", "workpool", "pod", "le", "outcome", "direction", "reason", "instance", "job", "partition"}
 
 # Grafana's variables, as Grafana substitutes them
 GRAFANA_VARS = {

@@ -3,8 +3,11 @@ started by scripts/chart-test.sh): install with default values into a namespace 
 enforces the `restricted` Pod Security Standard, the operator running from the chart's
 Deployment with in-cluster credentials and the chart's RBAC only, the bundled Redis
 (StatefulSet, PVC on `standard`), `kubectl apply -f examples/` and tasks drained, `helm
-test`, `helm upgrade` with changed values, `helm test` again, `helm uninstall` leaving
-nothing but the CRD. With CI=true a cluster that could not start fails these tests."""
+test`, `helm upgrade` with changed values, `helm test` again, `helm uninstall` keeping the
+Redis PVC (retainOnUninstall, the default) and nothing else but the CRD. The HA mode
+(redis.ha.enabled: primary, replicas, sentinels) installs the same way and loses no
+confirmed task when its primary's pod is deleted during a drain (ha.py). With CI=true a
+cluster that could not start fails these tests."""
 
 from __future__ import annotations
 
@@ -35,4 +38,18 @@ def test_install_ha_operator_without_persistence():
     values = {**MATRIX["ha-operator"], "redis": {"persistence": {"enabled": False}}}
     rep = install_cycle(kubeconfig, namespace=CHART_NAMESPACE, values=values,
                         upgrade_values={"operator": {"replicas": 2}})
+    assert rep.steps[-1].endswith("nothing left but the CRD (kept)")
+
+
+def test_install_ha_redis_and_delete_the_primary_during_a_drain():
+    kubeconfig = need_cluster()
+    from ha import ha_failover
+    from install import install_cycle
+
+    rep = install_cycle(kubeconfig, namespace=CHART_NAMESPACE, values={"redis": {"ha": {"enabled": True}}},
+                        while_installed=lambda k, r: ha_failover(k, r, CHART_NAMESPACE, "workpool"),
+                        timeout=420)
+    assert any("all 300 confirmed tasks done" in s for s in rep.steps), rep.steps
+    assert any("rejoined as a replica" in s for s in rep.steps), rep.steps
+    assert any("the Redis PVCs were kept" in s for s in rep.steps), rep.steps
     assert rep.steps[-1].endswith("nothing left but the CRD (kept)")

@@ -73,3 +73,64 @@ def test_rendered_config_runs_in_a_real_redis(key):
             assert cli(port, "XLEN", "s", password=pw) == "1"
             cli(port, "SHUTDOWN", password=pw)
         assert any(data_dir.rglob("*.aof")), "append-only files are written to the data volume"
+
+
+# --- HA mode's start scripts ---------------------------------------------------------------
+
+STUB_CLI = """#!/bin/sh
+# redis-cli -h HOST -p PORT --raw ...: sentinel i answers $Ai (nothing: unreachable);
+# a Redis pod answers ROLE with $ROLE.
+case "$2" in
+  s-0.*) [ -n "${A0:-}" ] && echo "$A0" || exit 1;;
+  s-1.*) [ -n "${A1:-}" ] && echo "$A1" || exit 1;;
+  s-2.*) [ -n "${A2:-}" ] && echo "$A2" || exit 1;;
+  *) echo "${ROLE:-slave}";;
+esac
+"""
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox sh"])
+def test_ha_start_scripts_follow_the_majority_of_the_sentinels(shell):
+    """The scripts the Redis pods and sentinels of redis.ha start with, run by a real
+    POSIX sh and by busybox's (the test node's image), with redis-cli answering as the
+    sentinels would: a Redis pod replicates from the primary most sentinels name (one
+    that missed the last failover does not outvote them), is the primary when they name
+    it, and on a fresh install pod 0 is the primary; a sentinel monitors what the others
+    name, else the pod that says it is the primary, else pod 0."""
+    if shell.startswith("busybox") and not shutil.which("busybox"):
+        missing("busybox is not installed", "make deps installs busybox-static")
+    data = render(MATRIX["redis-ha"]).one("ConfigMap", "-redis").obj["data"]
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        (root / "bin").mkdir()
+        (root / "bin" / "redis-cli").write_text(STUB_CLI)
+        # redis-server prints the config it was given, instead of serving it
+        (root / "bin" / "redis-server").write_text('#!/bin/sh\necho "config $1 $2"; cat "$1"\n')
+        for f in ("redis-cli", "redis-server"):
+            (root / "bin" / f).chmod(0o755)
+        (root / "redis.conf").write_text("port 6379\n")
+        redis_sh = (data["start-redis.sh"].replace("/etc/redis/redis.conf", str(root / "redis.conf"))
+                    .replace("/tmp/redis.conf", str(root / "run.conf")))
+        sentinel_sh = data["start-sentinel.sh"].replace("/data/sentinel.conf", str(root / "sentinel.conf"))
+        (root / "start-redis.sh").write_text(redis_sh)
+        (root / "start-sentinel.sh").write_text(sentinel_sh)
+        env = {"PATH": f"{root}/bin:/usr/bin:/bin", "HEADLESS": "h", "REDIS_NAME": "r", "SENTINEL_NAME": "s",
+               "SENTINEL_HEADLESS": "sh", "SENTINELS": "3", "REDIS_REPLICAS": "3", "MASTER_NAME": "workpool",
+               "QUORUM": "2", "DOWN_AFTER": "5000", "FAILOVER_TIMEOUT": "60000", "REDISCLI_AUTH": "pw"}
+
+        def run(script, **more):
+            r = subprocess.run([*shell.split(), str(root / script)], env={**env, **more},
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+
+        out = run("start-redis.sh", POD_NAME="r-0", A0="r-0.h", A1="r-1.h", A2="r-1.h")
+        assert "replicaof r-1.h 6379" in out and "replica-announce-ip r-0.h" in out, out
+        out = run("start-redis.sh", POD_NAME="r-1", A0="r-1.h", A1="r-1.h")
+        assert "replicaof" not in out and "start-redis: primary" in out, out
+        out = run("start-sentinel.sh", POD_NAME="s-0", A1="r-2.h", A2="r-2.h")
+        assert "sentinel monitor workpool r-2.h 6379 2" in out, out
+        assert "sentinel announce-ip s-0.sh" in out and "requirepass pw" in out, out
+        assert out.index("resolve-hostnames") < out.index("sentinel monitor"), "hostnames resolve before monitor"
+        out = run("start-sentinel.sh", POD_NAME="s-1", ROLE="master")
+        assert "sentinel monitor workpool r-0.h 6379 2" in out, out

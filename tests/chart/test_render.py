@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
@@ -256,7 +257,7 @@ def test_bundled_redis():
     assert re.fullmatch(r"[A-Za-z0-9]{32}", password), "a generated 32-character password"
     svc = docs.one("Service", "-redis").obj
     assert data["redis-url"] == f"redis://:{password}@{svc['metadata']['name']}.{NAMESPACE}.svc:6379/0"
-    assert data["auth.conf"] == f"requirepass {password}\n"
+    assert data["auth.conf"] == f"requirepass {password}\nmasterauth {password}\n"
     # two renders (two installs) get different passwords; lookup keeps it on upgrades
     assert _secret_data(render(fresh=True).one("Secret", "-redis"))["redis-password"] != password
     pod = sts["spec"]["template"]["spec"]
@@ -274,9 +275,12 @@ def test_bundled_redis():
     (pvc,) = sts["spec"]["volumeClaimTemplates"]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert "storageClassName" not in pvc["spec"], "the cluster's default StorageClass"
-    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete", (
-        "helm uninstall must leave nothing behind but the CRD"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain", (
+        "helm uninstall keeps the queued tasks by default (retainOnUninstall)"
     )
+    assert "helm uninstall keeps the Redis PersistentVolumeClaims" in docs.notes
+    deleting = render({"redis": {"persistence": {"retainOnUninstall": False}}}).one("StatefulSet").obj
+    assert deleting["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
     assert "data" not in {v["name"] for v in pod["volumes"]}
 
 
@@ -307,7 +311,10 @@ def test_bundled_redis_values():
 def _matches(selector, labels):
     ok = all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
     for e in selector.get("matchExpressions") or []:
-        ok &= (e["key"] in labels) == (e["operator"] == "Exists")
+        if e["operator"] == "In":
+            ok &= labels.get(e["key"]) in e["values"]
+        else:
+            ok &= (e["key"] in labels) == (e["operator"] == "Exists")
     return ok
 
 
@@ -329,6 +336,53 @@ def test_redis_network_policy():
     worker_peer = next(p for p in peers if "namespaceSelector" in p and "podSelector" in p)
     assert worker_peer["namespaceSelector"] == {}, "workers of any namespace"
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}} in peers
+
+
+def test_bundled_redis_ha():
+    docs = render(MATRIX["redis-ha"])
+    data = _secret_data(docs.one("Secret", "-redis"))
+    password = data["redis-password"]
+    headless = f"{RELEASE}-workpool-redis-sentinel-headless.{NAMESPACE}.svc"
+    sentinels = ",".join(f"{RELEASE}-workpool-redis-sentinel-{i}.{headless}:26379" for i in range(3))
+    assert data["redis-url"] == f"redis+sentinel://:{password}@{sentinels}/workpool/0?sentinel_password={password}"
+    assert data["auth.conf"] == f"requirepass {password}\nmasterauth {password}\n"
+    redis = docs.one("StatefulSet", "-redis").obj
+    sentinel = docs.one("StatefulSet", "-redis-sentinel").obj
+    assert redis["spec"]["replicas"] == 3 and sentinel["spec"]["replicas"] == 3
+    assert redis["spec"]["podManagementPolicy"] == "Parallel"
+    (c,) = redis["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["sh", "/etc/redis/start-redis.sh"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]["key"] == "redis-password", "the password by reference"
+    assert all(password not in json.dumps(e) for e in c["env"])
+    (sc,) = sentinel["spec"]["template"]["spec"]["containers"]
+    assert sc["command"] == ["sh", "/etc/redis/start-sentinel.sh"]
+    assert {"SENTINELS", "QUORUM", "MASTER_NAME", "DOWN_AFTER"} <= {e["name"] for e in sc["env"]}
+    conf = docs.one("ConfigMap", "-redis").obj["data"]
+    assert "appendonly yes" in conf["redis.conf"]
+    assert "replicaof $master 6379" in conf["start-redis.sh"]
+    assert "sentinel monitor $MASTER_NAME $master 6379 $QUORUM" in conf["start-sentinel.sh"]
+    assert "sentinel announce-hostnames yes" in conf["start-sentinel.sh"]
+    # spread over nodes, softly by default; hard on request
+    aff = redis["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in aff
+    hard = render({"redis": {"ha": {"enabled": True, "antiAffinity": "hard"}}})
+    for sts in hard.of("StatefulSet"):
+        assert "requiredDuringSchedulingIgnoredDuringExecution" in sts.obj["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    # no ClusterIP Service that would send writes to a replica; PDBs; the sentinels' headless Service
+    assert not [d for d in docs.of("Service") if d.name == f"{RELEASE}-workpool-redis"]
+    assert {d.name for d in docs.of("PodDisruptionBudget")} == {f"{RELEASE}-workpool-redis", f"{RELEASE}-workpool-redis-sentinel"}
+    assert docs.one("Service", "-redis-sentinel-headless").obj["spec"]["clusterIP"] == "None"
+    assert "runs in HA mode" in docs.notes and "--min-replicas 1" in docs.notes
+    # a quorum no majority can reach is refused at install
+    h = helm()
+    with pytest.raises(h.HelmError, match="quorum"):
+        render({"redis": {"ha": {"enabled": True, "sentinel": {"replicas": 3, "quorum": 4}}}})
+    # with the network policy: the Redis pods and the sentinels, each other's ports
+    docs = render({"redis": {"ha": {"enabled": True}, "networkPolicy": {"enabled": True}}})
+    np = docs.one("NetworkPolicy").obj
+    for sts in docs.of("StatefulSet"):
+        assert _matches(np["spec"]["podSelector"], sts.obj["spec"]["template"]["metadata"]["labels"]), sts.name
 
 
 def test_no_bundled_redis():

@@ -1,32 +1,23 @@
 //! `TestCluster`: a Kubernetes API for a test, with a kubeconfig, the project's CRDs
-//! applied, and a `kube::Client`.
+//! applied, a `kube::Client` and a namespace of its own.
 //!
-//! Three modes:
-//! - **Real** (default where it can run): the real control plane of
-//!   [`crate::controlplane`] (etcd, kube-apiserver, controller manager, scheduler built
-//!   from Kubernetes' source), started once per test process and shared; every
-//!   `TestCluster` works in its own namespace, as against an external cluster below, and
-//!   its pods are kept on its own nodes ([`TestCluster::start_kubelet`]) by the
-//!   `PodNodeSelector` admission plugin. `WORKPOOL_TEST_API=double` selects the double
-//!   instead; where the real control plane cannot run (no Go toolchain built the
-//!   binaries), the double is used with one line saying so, except under `CI=true`,
-//!   where that is an error.
-//! - **Double**: the in-memory API server double on a free loopback port.
+//! Two modes:
+//! - **Local** (default): the real control plane of [`crate::controlplane`] (etcd,
+//!   kube-apiserver, controller manager, scheduler built from Kubernetes' source),
+//!   started once per test process and shared; every `TestCluster` works in its own
+//!   namespace `wp-test-<random>`. Pods run on the process's real node
+//!   ([`TestCluster::shared_node`], [`crate::node`]). Where the real control plane cannot
+//!   run, [`TestCluster::start`] fails with what is missing.
 //! - **External**: when `WORKPOOL_E2E_KUBECONFIG` names a kubeconfig (e.g. a kind
 //!   cluster, see `tests/kind/`), [`TestCluster::start`] / [`TestCluster::start_with`]
 //!   connect to that cluster instead. Plain `KUBECONFIG` is never read: a test suite
 //!   only touches a cluster it was explicitly pointed at. Every external `TestCluster`
-//!   works in its own namespace `wp-test-<random>` (the kubeconfig's and the client's
-//!   default namespace), deleted when the cluster is dropped, also after a panic. CRDs
-//!   it had to create are deleted when the last external `TestCluster` of the process
-//!   is dropped. [`TestCluster::connect`] does the same for an explicit kubeconfig.
-//!   Double-only features ([`TestCluster::double`], `server()`,
-//!   `faults()`, [`ClusterOptions::server`]) are not available there: check
-//!   [`TestCluster::is_external`] / [`TestCluster::double`] and skip with a reason.
+//!   works in its own namespace `wp-test-<random>` too, deleted when the cluster is
+//!   dropped, also after a panic. CRDs it had to create are deleted when the last
+//!   external `TestCluster` of the process is dropped. [`TestCluster::connect`] does the
+//!   same for an explicit kubeconfig. [`TestCluster::is_external`] tells them apart.
 
-use crate::apiserver::{ApiServer, FaultInjector, ServerConfig};
-use crate::controlplane::{self, API_ENV, ControlPlane};
-use crate::kubelet::{Kubelet, KubeletConfig, KubeletHandle};
+use crate::controlplane::{self, ControlPlane};
 use crate::node::Node;
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
@@ -35,7 +26,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Scope;
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -54,11 +44,6 @@ const MANAGED_BY: &str = "workpool-tests";
 /// deleted so that a test failing half-way does not leave a namespace stuck.
 const TEST_FINALIZER_PREFIX: &str = "conformance.workpool.dev/";
 
-/// The node label a test's own nodes carry (value: the test's namespace), and the
-/// namespace annotation of the `PodNodeSelector` admission plugin that selects it.
-pub const TEST_NODE_LABEL: &str = "workpool.dev/test-node";
-const POD_NODE_SELECTOR: &str = "scheduler.alpha.kubernetes.io/node-selector";
-
 /// How long to wait for a real cluster to settle (namespace ready, CRD gone/established).
 const EXTERNAL_SETTLE: Duration = Duration::from_secs(120);
 
@@ -69,87 +54,17 @@ pub fn external_kubeconfig() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// For tests that cannot run against a real API server: when `WORKPOOL_E2E_KUBECONFIG`
-/// is set or the real control plane is the backend, prints `skipped: <test> needs <needs>
-/// ...` and returns `true` (the test should return at once).
-pub fn skip_if_external(test: &str, needs: &str) -> bool {
-    if external_kubeconfig().is_some() {
-        eprintln!(
-            "skipped: {test} needs {needs}; {EXTERNAL_KUBECONFIG_ENV} points at a real cluster"
-        );
-        return true;
-    }
-    if matches!(local_backend(), Ok(LocalBackend::Real)) {
-        eprintln!("skipped: {test} needs {needs}; the backend is the real control plane");
-        return true;
-    }
-    false
-}
-
-/// Which API server runs tests when no external cluster is named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalBackend {
-    /// The real control plane of [`crate::controlplane`].
-    Real,
-    /// The in-repo API server double.
-    Double,
-}
-
-/// The local backend: `WORKPOOL_TEST_API` (`real` | `double`), else the real control
-/// plane where it can run, else the double (said once on stderr). `Err` when the real one
-/// is required (`WORKPOOL_TEST_API=real`, or `CI=true`) but cannot run.
-pub fn local_backend() -> Result<LocalBackend> {
-    static CHOICE: std::sync::OnceLock<std::result::Result<LocalBackend, String>> =
-        std::sync::OnceLock::new();
-    CHOICE
-        .get_or_init(|| {
-            let wanted = std::env::var(API_ENV).unwrap_or_default();
-            match wanted.as_str() {
-                "double" => return Ok(LocalBackend::Double),
-                "real" | "" => {}
-                other => return Err(format!("{API_ENV}={other}: expected `real` or `double`")),
-            }
-            match controlplane::unavailable_reason() {
-                None => Ok(LocalBackend::Real),
-                Some(why) if wanted == "real" => Err(format!(
-                    "{API_ENV}=real but the real control plane cannot run: {why}"
-                )),
-                Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(format!(
-                    "CI=true and the real control plane cannot run: {why}"
-                )),
-                Some(why) => {
-                    eprintln!(
-                        "workpool-tests: the real control plane cannot run here ({why}); using the API double"
-                    );
-                    Ok(LocalBackend::Double)
-                }
-            }
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
 /// How to start a [`TestCluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Loopback port; 0 = a free one. (Double only.)
-    pub port: u16,
-    /// The double's configuration. Ignored against a real cluster.
-    pub server: ServerConfig,
     /// Directories whose `*.yaml` / `*.yml` files are applied at start (CRDs first).
     pub manifest_dirs: Vec<PathBuf>,
-    /// Work in a fresh namespace `wp-test-<random>` (the kubeconfig's and the client's
-    /// default namespace) instead of `default`. Always on against a real cluster.
-    pub own_namespace: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
-            port: 0,
-            server: ServerConfig::default(),
             manifest_dirs: vec![repo_root().join("crds")],
-            own_namespace: false,
         }
     }
 }
@@ -177,7 +92,6 @@ pub fn repo_root() -> PathBuf {
 }
 
 enum Backend {
-    Double(ApiServer),
     External { server_url: String },
     Real(Arc<ControlPlane>),
 }
@@ -200,86 +114,49 @@ fn external_users() -> std::sync::MutexGuard<'static, ExternalUsers> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A running test control plane (API server double, or a real cluster; kubelets attach
-/// later to the double).
+/// A namespace of its own on the local real control plane or on an external cluster.
 pub struct TestCluster {
     backend: Backend,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     client: kube::Client,
     namespace: String,
-    /// Namespaces deleted on drop (external mode): the own one plus adopted ones.
+    /// Namespaces deleted on drop: the own one plus adopted ones.
     namespaces: Mutex<Vec<String>>,
-    /// Further API paths deleted on drop (external mode), e.g. a test's own CRD.
+    /// Further API paths deleted on drop, e.g. a test's own CRD.
     cleanup_paths: Mutex<Vec<String>>,
-    /// Counted in `EXTERNAL_USERS` (decremented on drop).
-    counted: bool,
-    /// Things that live as long as the cluster (kubelets, schedulers), dropped first.
+    /// Things that live as long as the cluster, dropped first.
     attached: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl TestCluster {
-    /// Starts with defaults: free port, `<repo>/crds/*.yaml` applied. Against a real
-    /// cluster when `WORKPOOL_E2E_KUBECONFIG` is set.
+    /// Starts with defaults: `<repo>/crds/*.yaml` applied. Against an external cluster
+    /// when `WORKPOOL_E2E_KUBECONFIG` is set.
     pub async fn start() -> Result<Self> {
         Self::start_with(ClusterOptions::default()).await
     }
 
-    /// Connects to the cluster `WORKPOOL_E2E_KUBECONFIG` names, or uses the
-    /// [`local_backend`]: the shared real control plane or the double.
+    /// Connects to the cluster `WORKPOOL_E2E_KUBECONFIG` names, or uses the shared real
+    /// control plane of this process.
     pub async fn start_with(opts: ClusterOptions) -> Result<Self> {
         match external_kubeconfig() {
             Some(path) => Self::start_external(&path, opts).await,
-            None => match local_backend()? {
-                LocalBackend::Real => Self::start_real(opts).await,
-                LocalBackend::Double => Self::start_double(opts).await,
-            },
+            None => Self::start_real(opts).await,
         }
     }
 
-    /// Always the real control plane (started once per process and shared), in a
-    /// namespace of its own, whatever the environment says.
+    /// Always the local real control plane (started once per process and shared), in a
+    /// namespace of its own, whatever the environment says. Fails with what is missing
+    /// where it cannot run.
     pub async fn start_real(opts: ClusterOptions) -> Result<Self> {
+        if let Some(reason) = controlplane::unavailable_reason() {
+            bail!("the real control plane cannot run here: {reason}");
+        }
         let cp = tokio::task::spawn_blocking(ControlPlane::shared)
             .await
             .context("starting the control plane")??;
         let admin = cp.admin_kubeconfig().to_path_buf();
         Self::start_against(&admin, opts, Some(cp)).await
-    }
-
-    /// Always the API server double, whatever the environment says (the sandbox binary).
-    pub async fn start_double(opts: ClusterOptions) -> Result<Self> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], opts.port));
-        let server = ApiServer::start(addr, opts.server.clone())
-            .await
-            .with_context(|| format!("binding the API server double on {addr}"))?;
-        let dir = tempdir()?;
-        let namespace = if opts.own_namespace {
-            unique_namespace()
-        } else {
-            "default".to_string()
-        };
-        let kubeconfig = dir.path().join("kubeconfig");
-        write_kubeconfig_in(&kubeconfig, &server.url(), &namespace)?;
-        let client = client_for(&kubeconfig).await?;
-        let cluster = TestCluster {
-            backend: Backend::Double(server),
-            dir,
-            kubeconfig,
-            client,
-            namespace,
-            namespaces: Mutex::new(Vec::new()),
-            cleanup_paths: Mutex::new(Vec::new()),
-            counted: false,
-            attached: Vec::new(),
-        };
-        if opts.own_namespace {
-            cluster.create_namespace().await?;
-        }
-        for d in &opts.manifest_dirs {
-            cluster.apply_dir(d).await?;
-        }
-        Ok(cluster)
     }
 
     /// Connects to the cluster of the kubeconfig at `path` (its current context), as
@@ -325,7 +202,6 @@ impl TestCluster {
             namespace: namespace.clone(),
             namespaces: Mutex::new(vec![namespace.clone()]),
             cleanup_paths: Mutex::new(Vec::new()),
-            counted: true,
             attached: Vec::new(),
         };
         if !local {
@@ -346,16 +222,9 @@ impl TestCluster {
     /// is there, so that later lists see a settled namespace.
     async fn create_namespace(&self) -> Result<()> {
         let nss: Api<Namespace> = Api::all(self.client.clone());
-        let mut ns = json!({
+        let ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": self.namespace, "labels": {MANAGED_BY_KEY: MANAGED_BY}}
-        });
-        if matches!(self.backend, Backend::Real(_)) {
-            // Tests share the control plane but each runs its own nodes: the
-            // PodNodeSelector admission plugin keeps this namespace's pods on them.
-            ns["metadata"]["annotations"] =
-                json!({POD_NODE_SELECTOR: format!("{TEST_NODE_LABEL}={}", self.namespace)});
-        }
-        let ns: Namespace = serde_json::from_value(ns)?;
+        }))?;
         nss.create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {}", self.namespace))?;
@@ -391,19 +260,10 @@ impl TestCluster {
         }
     }
 
-    /// True when the API server is a real one: an external cluster
-    /// (`WORKPOOL_E2E_KUBECONFIG`) or the local real control plane.
+    /// True for a cluster named by a kubeconfig (`WORKPOOL_E2E_KUBECONFIG`,
+    /// [`TestCluster::connect`]), false for the local real control plane.
     pub fn is_external(&self) -> bool {
-        !matches!(self.backend, Backend::Double(_))
-    }
-
-    /// The API server double, or `None` against a real API server (history compaction,
-    /// fault injection, direct inspection).
-    pub fn double(&self) -> Option<&ApiServer> {
-        match &self.backend {
-            Backend::Double(s) => Some(s),
-            _ => None,
-        }
+        matches!(self.backend, Backend::External { .. })
     }
 
     /// The local real control plane, when that is the backend.
@@ -414,72 +274,24 @@ impl TestCluster {
         }
     }
 
-    /// Starts a process kubelet for this cluster and returns it. On the real control
-    /// plane the node is this test's own: its name gets the namespace as a suffix
-    /// (see [`KubeletHandle::node_name`]), it carries the label that this namespace's
-    /// pods select, the real scheduler binds the pods (the kubelet's trivial one is off),
-    /// the kubelet authenticates as `system:node:<name>` (so the Node authorizer and
-    /// `NodeRestriction` apply), and the Node is deleted with the cluster. On the double
-    /// the configuration is used as it is. Against an external cluster, whose own
-    /// kubelets run the pods, this is an error.
-    pub async fn start_kubelet(&self, mut cfg: KubeletConfig) -> Result<KubeletHandle> {
-        match &self.backend {
-            Backend::Double(server) => {
-                // So that `kubectl logs` on the double reads this kubelet's log files.
-                server.add_kubelet_log_dir(cfg.work_dir.clone());
-                Kubelet::start(self.client(), cfg).await
-            }
-            Backend::External { .. } => {
-                bail!(
-                    "an external cluster runs its own kubelets; a process kubelet is for the local backends"
-                )
-            }
-            Backend::Real(cp) => {
-                cfg.node_name = format!("{}-{}", cfg.node_name, self.namespace);
-                cfg.node_labels
-                    .insert(TEST_NODE_LABEL.to_string(), self.namespace.clone());
-                cfg.run_scheduler = false;
-                let user = format!("system:node:{}", cfg.node_name);
-                let kubeconfig = cp.kubeconfig_for_user(&user, &["system:nodes"])?;
-                let client = client_for(&kubeconfig).await?;
-                lock(&self.cleanup_paths).push(format!("/api/v1/nodes/{}", cfg.node_name));
-                Kubelet::start(client, cfg).await
-            }
-        }
-    }
-
     /// The real node of this process's control plane ([`Node::shared`]: started by the
     /// first caller, shared by every test of the process), where this cluster's pods run
     /// from now on. An error where the real node cannot run (the reason says what is
-    /// missing) and against an external cluster or the double.
+    /// missing) and against an external cluster.
     pub async fn shared_node(&self) -> Result<&'static Node> {
         if !matches!(self.backend, Backend::Real(_)) {
             bail!("the real node runs only on the local real control plane");
         }
-        let node = tokio::task::spawn_blocking(Node::shared)
+        tokio::task::spawn_blocking(Node::shared)
             .await
-            .context("starting the real node")??;
-        // This namespace's pods were pinned to process-kubelet nodes of its own; they go
-        // to the shared node now.
-        let nss: Api<Namespace> = Api::all(self.client.clone());
-        nss.patch(
-            &self.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {POD_NODE_SELECTOR: ""}}})),
-        )
-        .await
-        .with_context(|| format!("clearing the node selector of {}", self.namespace))?;
-        Ok(node)
+            .context("starting the real node")?
     }
 
     /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token
     /// from the TokenRequest API (one hour), for running a program with exactly the RBAC
-    /// granted to it. Real API servers only: the double issues no tokens.
+    /// granted to it.
     pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
         use k8s_openapi::api::authentication::v1::TokenRequest;
-        if self.double().is_some() {
-            bail!("the API server double issues no ServiceAccount tokens");
-        }
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let request: TokenRequest = serde_json::from_value(json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -513,14 +325,14 @@ impl TestCluster {
         Ok(path)
     }
 
-    /// The namespace this cluster's kubeconfig and client default to: `default`, or a
-    /// fresh `wp-test-<random>` one (own namespace, always against a real cluster).
+    /// The namespace this cluster's kubeconfig and client default to: a fresh
+    /// `wp-test-<random>` one.
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
-    /// Path of the kubeconfig. Double: `server: http://127.0.0.1:PORT`, no auth. Real
-    /// cluster: a copy of `WORKPOOL_E2E_KUBECONFIG` reduced to its current context, with
+    /// Path of the kubeconfig: a copy of the control plane's admin kubeconfig (or of
+    /// `WORKPOOL_E2E_KUBECONFIG`) reduced to its current context, with
     /// [`namespace`](Self::namespace) as the context's namespace.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
@@ -532,35 +344,11 @@ impl TestCluster {
         self.client.clone()
     }
 
-    /// `http://127.0.0.1:PORT` for the double; the kubeconfig's server otherwise.
+    /// The API server's URL.
     pub fn server_url(&self) -> String {
         match &self.backend {
-            Backend::Double(s) => s.url(),
             Backend::External { server_url } => server_url.clone(),
             Backend::Real(cp) => cp.server_url().to_string(),
-        }
-    }
-
-    /// The double's fault injector.
-    ///
-    /// # Panics
-    /// Against a real cluster (check [`is_external`](Self::is_external) or use
-    /// [`double`](Self::double) and skip).
-    pub fn faults(&self) -> FaultInjector {
-        self.server().faults()
-    }
-
-    /// The API server double itself (history compaction, direct object inspection).
-    ///
-    /// # Panics
-    /// Against a real cluster (check [`is_external`](Self::is_external) or use
-    /// [`double`](Self::double) and skip).
-    pub fn server(&self) -> &ApiServer {
-        match self.double() {
-            Some(s) => s,
-            None => panic!(
-                "this test needs the API server double, but {EXTERNAL_KUBECONFIG_ENV} points at a real cluster: check TestCluster::is_external() and skip"
-            ),
         }
     }
 
@@ -570,25 +358,19 @@ impl TestCluster {
     }
 
     /// Deletes namespace `name` (made by the test) when the cluster is dropped, after
-    /// removing the tests' finalizers in it. Real clusters only; the double goes anyway.
+    /// removing the tests' finalizers in it.
     pub fn adopt_namespace(&self, name: &str) {
-        if self.is_external() {
-            lock(&self.namespaces).push(name.to_string());
-        }
+        lock(&self.namespaces).push(name.to_string());
     }
 
     /// Sends `DELETE api_path` (e.g. `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x`)
-    /// when the cluster is dropped. Real clusters only; the double goes anyway.
+    /// when the cluster is dropped.
     pub fn delete_on_drop(&self, api_path: &str) {
-        if self.is_external() {
-            lock(&self.cleanup_paths).push(api_path.to_string());
-        }
+        lock(&self.cleanup_paths).push(api_path.to_string());
     }
 
-    // Kubelets: `start_kubelet` above starts one fit for the backend; hand it to
-    // `attach` so that it lives, and is dropped, with the cluster.
-
-    /// Keeps `thing` alive until the cluster is dropped (dropped before the server).
+    /// Keeps `thing` alive until the cluster is dropped (dropped before its namespace is
+    /// deleted).
     pub fn attach<T: Send + 'static>(&mut self, thing: T) {
         self.attached.push(Box::new(thing));
     }
@@ -676,10 +458,10 @@ impl TestCluster {
             Scope::Cluster => Api::all_with(self.client.clone(), &ar),
         };
         let is_crd = kind == "CustomResourceDefinition";
-        if self.is_external() && is_crd {
-            return self.ensure_external_crd(&api, name, obj).await;
+        if is_crd {
+            return self.ensure_crd(&api, name, obj).await;
         }
-        if self.is_external() && caps.scope == Scope::Cluster {
+        if caps.scope == Scope::Cluster {
             self.delete_on_drop(&format!("{}/{name}", api.resource_url()));
         }
         api.patch(
@@ -689,16 +471,13 @@ impl TestCluster {
         )
         .await
         .with_context(|| format!("applying {kind} {name}"))?;
-        if is_crd {
-            wait_established(&api, name).await?;
-        }
         Ok(())
     }
 
-    /// A CRD on a real cluster: wait out a terminating one (another test of this
-    /// process just deleted it), create it when absent (and remember that), update it
+    /// A CRD: wait out a terminating one (another test of this process just deleted
+    /// it), create it when absent (and, on an external cluster, remember that), update it
     /// when this crate installed it, leave anyone else's alone.
-    async fn ensure_external_crd(
+    async fn ensure_crd(
         &self,
         api: &Api<DynamicObject>,
         name: &str,
@@ -807,19 +586,6 @@ fn parse_docs(text: &str) -> Result<Vec<serde_json::Value>> {
         out.push(v);
     }
     Ok(out)
-}
-
-/// Writes a kubeconfig pointing at `server` (plain HTTP, no credentials, namespace
-/// `default`).
-pub fn write_kubeconfig(path: &Path, server: &str) -> Result<()> {
-    write_kubeconfig_in(path, server, "default")
-}
-
-fn write_kubeconfig_in(path: &Path, server: &str, namespace: &str) -> Result<()> {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: workpool-test\n  cluster:\n    server: {server}\nusers:\n- name: workpool-test\n  user: {{}}\ncontexts:\n- name: workpool-test\n  context:\n    cluster: workpool-test\n    user: workpool-test\n    namespace: {namespace}\ncurrent-context: workpool-test\n"
-    );
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Copies the current context of the kubeconfig at `src` (with its cluster and user) to
@@ -1012,11 +778,7 @@ async fn delete_path(client: &kube::Client, path: &str) {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        // Kubelets go first so their pods' processes stop while the API still answers.
         self.attached.clear();
-        if !self.counted {
-            return;
-        }
         let kubeconfig = self.kubeconfig.clone();
         let namespaces = std::mem::take(&mut *lock(&self.namespaces));
         let paths = std::mem::take(&mut *lock(&self.cleanup_paths));

@@ -1,10 +1,10 @@
-//! The test control plane: an in-memory Kubernetes API double and a process kubelet.
+//! The test cluster: the real Kubernetes control plane and node built on this machine
+//! ([`controlplane`], [`node`]), and [`cluster::TestCluster`], a namespace of its own on
+//! it (or on an external cluster) for each test.
 //!
-//! See `tests/README.md` for what is modelled and what is not.
+//! See `tests/README.md`.
 #![forbid(unsafe_code)]
 
-pub mod apiserver;
 pub mod cluster;
 pub mod controlplane;
-pub mod kubelet;
 pub mod node;

@@ -1,12 +1,10 @@
-//! Conformance of the API server double as seen by kube-rs 5 (Api, watcher, Controller).
+//! The Kubernetes API as kube-rs 5 (Api, watcher, Controller) sees it, on the real control
+//! plane: what the operator's code relies on (CRUD, selectors, watches, subresources,
+//! finalizers, garbage collection, server-side apply, CR validation, events).
 //!
-//! Tests marked "(patch engine)" or "(schema engine)" depend on `apiserver::patch` /
-//! `apiserver::schema` implementing real Kubernetes semantics.
-//!
-//! The same tests run against a real cluster when `WORKPOOL_E2E_KUBECONFIG` points at
-//! one (`tests/kind/`): each test works in its own namespace (`TestCluster::namespace`,
-//! deleted at the end), and the parts that need the double's fault injection, history
-//! compaction or bookmark interval are skipped there with a printed reason.
+//! The same tests run against another real cluster when `WORKPOOL_E2E_KUBECONFIG` points
+//! at one (`tests/kind/`): each test works in its own namespace (`TestCluster::namespace`,
+//! deleted at the end).
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -16,18 +14,15 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use workpool_tests::cluster::{ClusterOptions, TestCluster, skip_if_external};
+use workpool_tests::cluster::{ClusterOptions, TestCluster};
 
 fn options() -> ClusterOptions {
-    let mut o = ClusterOptions::with_fixtures();
-    o.own_namespace = true;
-    o
+    ClusterOptions::with_fixtures()
 }
 
 async fn cluster() -> TestCluster {
@@ -37,7 +32,7 @@ async fn cluster() -> TestCluster {
 }
 
 /// Long enough for a real cluster's controllers (garbage collector, namespace
-/// controller); the double settles within milliseconds.
+/// controller).
 const SETTLE: Duration = Duration::from_secs(90);
 
 fn widget_ar() -> ApiResource {
@@ -166,7 +161,7 @@ async fn crud_generate_name_conflict_and_not_found() {
 async fn list_selectors_and_pagination() {
     let c = cluster().await;
     let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    // A real cluster puts `kube-root-ca.crt` in every namespace (the double does not):
+    // A real cluster puts `kube-root-ca.crt` in every namespace:
     // unselected lists are compared without what was there before the test.
     let before: Vec<String> = api
         .list(&ListParams::default())
@@ -300,25 +295,6 @@ async fn watch_events_bookmarks_and_resume() {
         ]
     );
     assert!(a.metadata.uid.is_some());
-    // A compacted version: ERROR event with 410 Expired.
-    if let Some(double) = c.double() {
-        double.compact();
-        let mut s = api
-            .watch(&WatchParams::default().timeout(2), &rv0)
-            .await
-            .expect("watch")
-            .boxed();
-        match s.try_next().await.expect("event") {
-            Some(WatchEvent::Error(e)) => {
-                assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
-            }
-            other => panic!("expected 410, got {other:?}"),
-        }
-    } else {
-        eprintln!(
-            "skipped (part): watch from a compacted version needs the API double's history compaction"
-        );
-    }
     // Selector transitions: an object leaving the selector is DELETED for that watcher.
     api.create(&PostParams::default(), &cm("sel", json!({"x": "1"})))
         .await
@@ -353,102 +329,6 @@ async fn watch_events_bookmarks_and_resume() {
         Some(WatchEvent::Deleted(o)) => assert_eq!(o.metadata.name.as_deref(), Some("sel")),
         other => panic!("expected DELETED, got {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn periodic_bookmarks() {
-    if skip_if_external(
-        "periodic_bookmarks",
-        "the API double's configurable bookmark interval (a real apiserver sends bookmarks about once a minute)",
-    ) {
-        return;
-    }
-    let mut opts = options();
-    opts.server.bookmark_interval = Duration::from_millis(200);
-    let c = TestCluster::start_with(opts).await.expect("start");
-    let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    let rv = api
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .metadata
-        .resource_version
-        .expect("rv");
-    let mut s = api
-        .watch(&WatchParams::default().timeout(2), &rv)
-        .await
-        .expect("watch")
-        .boxed();
-    match s.try_next().await.expect("event") {
-        Some(WatchEvent::Bookmark(b)) => assert!(!b.metadata.resource_version.is_empty()),
-        other => panic!("expected BOOKMARK, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn watcher_relists_after_410() {
-    if skip_if_external(
-        "watcher_relists_after_410",
-        "the API double's fault injection and history compaction",
-    ) {
-        return;
-    }
-    let c = cluster().await;
-    let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    api.create(&PostParams::default(), &cm("before", json!({})))
-        .await
-        .expect("create");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let w = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
-    let task = tokio::spawn(async move {
-        let mut w = w.boxed();
-        while let Some(ev) = w.next().await {
-            let s = match ev {
-                Ok(Event::Init) => "init".to_string(),
-                Ok(Event::InitApply(o)) => {
-                    format!("initapply:{}", o.metadata.name.unwrap_or_default())
-                }
-                Ok(Event::InitDone) => "initdone".to_string(),
-                Ok(Event::Apply(o)) => format!("apply:{}", o.metadata.name.unwrap_or_default()),
-                Ok(Event::Delete(o)) => format!("delete:{}", o.metadata.name.unwrap_or_default()),
-                Err(e) => format!("error:{e}"),
-            };
-            if tx.send(s).is_err() {
-                break;
-            }
-        }
-    });
-    async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {want}"))
-                .expect("watcher alive");
-            if got == want {
-                return;
-            }
-        }
-    }
-    expect(&mut rx, "initapply:before").await;
-    expect(&mut rx, "initdone").await;
-    api.create(&PostParams::default(), &cm("live", json!({})))
-        .await
-        .expect("create");
-    expect(&mut rx, "apply:live").await;
-    // Keep the watch down while the history moves on and is compacted: the re-watch
-    // from the old version gets 410 and the watcher relists.
-    c.faults().fail(&["watch"], &["configmaps"], 500, None);
-    c.faults().close_watches();
-    api.create(&PostParams::default(), &cm("after", json!({})))
-        .await
-        .expect("create");
-    c.server().compact();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    c.faults().clear();
-    expect(&mut rx, "init").await;
-    expect(&mut rx, "initdone").await;
-    task.abort();
 }
 
 /// WatchList (sendInitialEvents) as kube-rs streaming lists use it (on a real cluster
@@ -986,60 +866,6 @@ async fn controller_reconciles_widgets() {
 }
 
 #[tokio::test]
-async fn fault_injection() {
-    if skip_if_external("fault_injection", "the API double's fault injection") {
-        return;
-    }
-    let c = cluster().await;
-    let api: Api<ConfigMap> = Api::default_namespaced(c.client());
-    c.faults().fail(&["create"], &["configmaps"], 500, Some(1));
-    let e = api
-        .create(&PostParams::default(), &cm("f", json!({})))
-        .await
-        .expect_err("injected 500");
-    assert_eq!(api_code(&e), Some(500));
-    api.create(&PostParams::default(), &cm("f", json!({})))
-        .await
-        .expect("count exhausted");
-    // 429 with Retry-After, over HTTP configuration.
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/_test/faults", c.server_url()))
-        .json(&json!({"rules": [{"verbs": ["get"], "resources": ["configmaps"], "status": 429, "retryAfterSeconds": 3, "count": 1}]}))
-        .send()
-        .await
-        .expect("configure faults");
-    assert!(r.status().is_success());
-    let r = http
-        .get(format!(
-            "{}/api/v1/namespaces/{}/configmaps/f",
-            c.server_url(),
-            c.namespace()
-        ))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status().as_u16(), 429);
-    assert_eq!(
-        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("3")
-    );
-    let body: Value = r.json().await.expect("status body");
-    assert_eq!(body["reason"], "TooManyRequests");
-    c.faults().fail(&["update"], &["configmaps"], 409, Some(1));
-    let cur = api.get("f").await.expect("get");
-    let e = api
-        .replace("f", &PostParams::default(), &cur)
-        .await
-        .expect_err("409");
-    assert_eq!(api_code(&e), Some(409));
-    c.faults().clear();
-    api.replace("f", &PostParams::default(), &cur)
-        .await
-        .expect("no more faults");
-}
-
-#[tokio::test]
 async fn events_both_views_and_leases() {
     let c = cluster().await;
     let ev: Api<EventV1> = Api::default_namespaced(c.client());
@@ -1087,7 +913,7 @@ async fn events_both_views_and_leases() {
     );
 }
 
-/// (patch engine) Server-side apply: creates when absent, conflicts between managers
+/// Server-side apply: creates when absent, conflicts between managers
 /// are 409 with FieldManagerConflict causes, `force` takes ownership.
 #[tokio::test]
 async fn server_side_apply_conflicts() {
@@ -1154,7 +980,7 @@ async fn server_side_apply_conflicts() {
     assert_eq!(api_code(&e), Some(422));
 }
 
-/// (schema engine) CR writes are pruned, defaulted and validated (OpenAPI + CEL).
+/// CR writes are pruned, defaulted and validated (OpenAPI + CEL).
 #[tokio::test]
 async fn custom_resource_validation_and_defaults() {
     let c = cluster().await;
@@ -1359,7 +1185,7 @@ async fn crd_lifecycle_and_discovery() {
         .expect("create gizmo");
     assert_eq!(made.data["spec"]["size"], "small");
     assert!(made.data["spec"].get("note").is_none(), "{:?}", made.data);
-    // (schema engine) An invalid CRD is refused with 422.
+    // An invalid CRD is refused with 422.
     let bad: Crd = serde_json::from_value(json!({
         "metadata": {"name": bad_name},
         "spec": {"group": group, "scope": "Namespaced",
@@ -1471,32 +1297,39 @@ async fn kube_rs_event_recorder() {
     assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
 }
 
-/// The real-cluster mode's cleanup, checked with the double standing in for the real
-/// cluster (`TestCluster::connect` is what `WORKPOOL_E2E_KUBECONFIG` selects): a test
-/// body that panics with a finalizer-held object in its namespace leaves no namespace
-/// behind, and the fixture CRD it had to create goes with the last such cluster.
+/// The external-cluster mode's cleanup (`TestCluster::connect` is what
+/// `WORKPOOL_E2E_KUBECONFIG` selects), checked against a control plane of its own that
+/// stands in for the external cluster (the shared one keeps its CRDs): a test body that
+/// panics with a finalizer-held object in its namespace leaves no namespace behind, and
+/// the fixture CRD it had to create goes with the last such cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_cluster_mode_cleans_up_after_a_failing_test() {
     use futures::FutureExt;
     use k8s_openapi::api::core::v1::Namespace;
-    if skip_if_external(
-        "real_cluster_mode_cleans_up_after_a_failing_test",
-        "an API double to stand in for the real cluster",
-    ) {
+    if workpool_tests::cluster::external_kubeconfig().is_some() {
+        eprintln!(
+            "skipped: real_cluster_mode_cleans_up_after_a_failing_test starts a control plane of its own; WORKPOOL_E2E_KUBECONFIG names one"
+        );
         return;
     }
-    let mut bare = ClusterOptions::default();
-    bare.manifest_dirs.clear();
-    let host = TestCluster::start_with(bare).await.expect("double");
-    let kubeconfig = host.kubeconfig_path().to_path_buf();
-    let crds: Api<Crd> = Api::all(host.client());
-    let nss: Api<Namespace> = Api::all(host.client());
+    let own = tokio::task::spawn_blocking(|| {
+        workpool_tests::controlplane::ControlPlane::start(Default::default())
+    })
+    .await
+    .expect("join")
+    .expect("a control plane of its own");
+    let kubeconfig = own.admin_kubeconfig().to_path_buf();
+    let admin = workpool_tests::cluster::client_for(&kubeconfig)
+        .await
+        .expect("client");
+    let crds: Api<Crd> = Api::all(admin.clone());
+    let nss: Api<Namespace> = Api::all(admin);
     let names = std::sync::Mutex::new(Vec::<String>::new());
     let body = async {
         let ext = TestCluster::connect(&kubeconfig, ClusterOptions::with_fixtures())
             .await
             .expect("connect");
-        assert!(ext.is_external() && ext.double().is_none());
+        assert!(ext.is_external());
         let ns = ext.namespace().to_string();
         assert!(ns.starts_with("wp-test-"), "{ns}");
         let extra = format!("{ns}-extra");

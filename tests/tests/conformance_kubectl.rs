@@ -1,20 +1,17 @@
-//! Conformance of the test API servers as seen by the real `kubectl` (the one built at the
-//! pinned Kubernetes release, else the one on `PATH`).
+//! The Kubernetes API as the real `kubectl` (the one built at the pinned Kubernetes
+//! release, else the one on `PATH`) shows it to a user of our CRD and pods.
 //!
 //! Each test gets a cluster (with the `tests/fixtures` Widget CRD) in a namespace of its
 //! own (the kubeconfig's default namespace) and drives `kubectl` through its kubeconfig.
-//! The backend is the real control plane, or the API double with `WORKPOOL_TEST_API=double`
-//! (`make test` runs both), or the real cluster `WORKPOOL_E2E_KUBECONFIG` names
-//! (`tests/kind/`); pods are made unschedulable so that no container runs anywhere.
+//! The cluster is the real control plane, or the real cluster `WORKPOOL_E2E_KUBECONFIG`
+//! names (`tests/kind/`); pods are made unschedulable so that no container runs anywhere.
 //! Without kubectl the tests print why and pass vacuously, except under `CI=true`.
 
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use workpool_tests::cluster::{
-    ClusterOptions, EXTERNAL_KUBECONFIG_ENV, LocalBackend, TestCluster, kubectl_path, local_backend,
-};
+use workpool_tests::cluster::{ClusterOptions, TestCluster, kubectl_path};
 
 /// Whether kubectl can run; prints why not (and fails under `CI=true`).
 fn have_kubectl(test: &str) -> bool {
@@ -55,8 +52,7 @@ async fn setup(test: &str) -> Option<TestCluster> {
     if !have_kubectl(test) {
         return None;
     }
-    let mut opts = ClusterOptions::with_fixtures();
-    opts.own_namespace = true;
+    let opts = ClusterOptions::with_fixtures();
     Some(
         TestCluster::start_with(opts)
             .await
@@ -560,7 +556,7 @@ async fn conflicts_and_validation_errors() {
         "{}",
         stale.stderr
     );
-    // (schema engine) CEL rule → 422 printed by kubectl.
+    // CEL rule → 422 printed by kubectl.
     let bad = kubectl_in(
         &c,
         &["apply", "-f", "-"],
@@ -573,7 +569,7 @@ async fn conflicts_and_validation_errors() {
         "{}",
         bad.stderr
     );
-    // (schema engine) unknown fields are refused by kubectl's default strict validation.
+    // Unknown fields are refused by kubectl's default strict validation.
     let unknown = kubectl_in(
         &c,
         &["apply", "-f", "-"],
@@ -876,77 +872,4 @@ async fn typed_create_subcommands_send_protobuf() {
         dup.stderr.trim(),
         format!("Error from server (AlreadyExists): namespaces \"{demo}\" already exists")
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn testcluster_binary_serves_kubectl_until_sigterm() {
-    if !have_kubectl("testcluster_binary_serves_kubectl_until_sigterm") {
-        return;
-    }
-    // The binary runs the same backend as the other tests: the real control plane
-    // (whose kubeconfig appears once its node is Ready), or the double.
-    let real = matches!(local_backend(), Ok(LocalBackend::Real));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    let fixtures = workpool_tests::cluster::fixtures_dir();
-    // The binary is for people; never let it see an external cluster.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_workpool-testcluster"))
-        .env_remove(EXTERNAL_KUBECONFIG_ENV)
-        .args(["--api", if real { "real" } else { "double" }])
-        .args(["--port", "0", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .arg("--crds")
-        .arg(&fixtures)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start workpool-testcluster");
-    let mut waited = 0;
-    let limit = if real { 20 * 240 } else { 20 * 60 };
-    while !kubeconfig.exists() && waited < limit {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
-    assert!(kubeconfig.exists(), "kubeconfig written");
-    let out = Command::new(kubectl_path())
-        .args(["get", "crd", "-o", "name"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("KUBECACHEDIR", dir.path().join("cache"))
-        .output()
-        .await
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "customresourcedefinition.apiextensions.k8s.io/widgets.conformance.workpool.dev"
-    );
-    let pid = child.id().expect("pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits")),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("status");
-    assert!(status.success(), "{status:?}");
-    let mut stdout = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        s.read_to_string(&mut stdout).await.expect("read stdout");
-    }
-    if real {
-        assert!(stdout.contains("real Kubernetes control plane"), "{stdout}");
-        assert!(stdout.contains("SIMULATED"), "{stdout}");
-    } else {
-        assert!(stdout.contains("TEST STAND-IN"), "{stdout}");
-    }
-    assert!(stdout.contains("export KUBECONFIG="), "{stdout}");
 }

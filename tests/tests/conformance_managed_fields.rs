@@ -19,7 +19,7 @@ fn managers(cm: &ConfigMap) -> Vec<String> {
 #[tokio::test]
 async fn managed_fields_only_change_is_persisted_and_timestamp_only_is_not() {
     let cluster = TestCluster::start().await.expect("test cluster starts");
-    // Its own namespace on a real cluster (WORKPOOL_E2E_KUBECONFIG), "default" on the double.
+    // Its own namespace.
     let api: Api<ConfigMap> = Api::namespaced(cluster.client(), cluster.namespace());
     let create = PostParams {
         field_manager: Some("creator".into()),

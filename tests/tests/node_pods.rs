@@ -2,8 +2,8 @@
 //! kube-proxy built from Kubernetes' source, against the real control plane. One control
 //! plane and one node for this test binary; every test works in its own namespace.
 //!
-//! Where a real node cannot run (not root, no containerd, Kubernetes not built), each test
-//! prints one line and returns, except under `CI=true`, where that is a failure.
+//! Where a real node cannot run (not root, no containerd, Kubernetes not built), the tests
+//! fail saying what is missing.
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -20,22 +20,19 @@ const PROBE: &str = env!("CARGO_BIN_EXE_workpool-node-probe");
 
 struct Env {
     cp: Arc<ControlPlane>,
-    node: Node,
+    node: &'static Node,
 }
 
-/// The control plane and node of this test binary, started by the first test.
-fn env() -> Option<&'static Env> {
+/// The control plane and node of this test binary (with the cluster add-ons: CoreDNS and
+/// the default StorageClass), started by the first test. Where the real node cannot run,
+/// the tests fail saying what is missing.
+fn env() -> &'static Env {
     static ENV: OnceLock<std::result::Result<Env, String>> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let env = ENV.get_or_init(|| {
-        if let Some(reason) =
-            node::unavailable_reason().or_else(workpool_tests::controlplane::unavailable_reason)
-        {
-            return Err(reason);
-        }
+        let node = Node::shared().map_err(|e| format!("{e:#}"))?;
         let cp = ControlPlane::shared().map_err(|e| format!("control plane: {e:#}"))?;
-        let node = Node::start(&cp, NodeOptions::new()).map_err(|e| format!("node: {e:#}"))?;
         node::addons::install(&cp).map_err(|e| format!("add-ons: {e:#}"))?;
         eprintln!(
             "real node {} Ready in {:.1}s (pod CIDR {})",
@@ -46,12 +43,8 @@ fn env() -> Option<&'static Env> {
         Ok(Env { cp, node })
     });
     match env {
-        Ok(env) => Some(env),
-        Err(reason) if node::required() => panic!("CI=true needs the real node: {reason}"),
-        Err(reason) => {
-            eprintln!("real node not available, test skipped: {reason}");
-            None
-        }
+        Ok(env) => env,
+        Err(reason) => panic!("{reason}"),
     }
 }
 
@@ -225,9 +218,7 @@ fn http_get_from_node(node: &Node, target: &str) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_serving_the_same_port_both_run_and_answer_on_their_pod_ips() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     for name in ["web-a", "web-b"] {
         let mut pod = probe_pod(name, &["serve", "8080", name]);
@@ -252,9 +243,7 @@ async fn two_pods_serving_the_same_port_both_run_and_answer_on_their_pod_ips() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_reads_its_mounted_secret_and_configmap() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     create(
         &ns,
@@ -289,9 +278,7 @@ async fn a_pod_reads_its_mounted_secret_and_configmap() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_cluster_credentials_get_exactly_what_rbac_grants() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     let n = ns.name.clone();
     create(
@@ -336,9 +323,7 @@ async fn in_cluster_credentials_get_exactly_what_rbac_grants() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_non_root_with_uid_0_is_refused() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     let mut root = probe_pod("as-root", &["sleep"]);
     root["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 0});
@@ -370,9 +355,7 @@ async fn run_as_non_root_with_uid_0_is_refused() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_root_filesystem_is_read_only() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     let mut ro = probe_pod("read-only", &["write", "/home/nonroot/file"]);
     ro["spec"]["containers"][0]["securityContext"] = json!({"readOnlyRootFilesystem": true});
@@ -388,9 +371,7 @@ async fn a_read_only_root_filesystem_is_read_only() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_does_not_exist_never_runs() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     let mut pod = probe_pod("missing-image", &["sleep"]);
     pod["spec"]["containers"][0]["image"] = json!("ghcr.io/workpool-dev/not-built:1.0");
@@ -421,9 +402,7 @@ async fn an_image_that_does_not_exist_never_runs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_reaches_a_service_by_dns_name() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     let mut server = probe_pod("echo-server", &["serve", "8080", "hello from echo"]);
     server["spec"]["restartPolicy"] = json!("Always");
@@ -461,9 +440,7 @@ async fn a_pod_reaches_a_service_by_dns_name() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     // No storageClassName: the default class (`standard`) is filled in by admission.
     create(
@@ -500,9 +477,7 @@ async fn a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_a_server_on_the_host_at_the_node_host_address() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     // A server a test runs on the host, bound to the address pods see the host at.
     let listener = std::net::TcpListener::bind((env.node.host_ip(), 0))?;
@@ -528,9 +503,7 @@ async fn pods_reach_a_server_on_the_host_at_the_node_host_address() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_and_worker_images_built_from_local_binaries_run() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     // The chart's Redis image, as its Dockerfile has it: CMD redis-server ..., user 65532.
     create(
@@ -583,9 +556,7 @@ async fn the_redis_and_worker_images_built_from_local_binaries_run() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_torn_down_when_the_test_holding_it_panics() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let cp = env.cp.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let panicked = tokio::task::spawn_blocking(move || {
@@ -631,9 +602,7 @@ async fn a_node_is_torn_down_when_the_test_holding_it_panics() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_logs_are_served_through_the_api_server() -> Result<()> {
-    let Some(env) = tokio::task::spawn_blocking(env).await? else {
-        return Ok(());
-    };
+    let env = tokio::task::spawn_blocking(env).await?;
     let ns = setup(env).await?;
     // The probe prints its result on stdout: the API server fetches it from the kubelet.
     let (code, _) = run_to_completion(&ns, probe_pod("logger", &["cat", "/etc/hostname"])).await?;

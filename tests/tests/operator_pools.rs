@@ -116,10 +116,15 @@ async fn workers_of_several_pools_drain_their_tasks() {
         "WORKPOOL_CONSUMER",
         "WORKPOOL_VISIBILITY_TIMEOUT",
         "WORKPOOL_MAX_DELIVERIES",
-        "WORKPOOL_DEAD_LETTER_STREAM",
     ] {
         assert!(env_names.contains(&n), "{n} missing in {env_names:?}");
     }
+    // No deadLetterStream in the spec: the worker derives each partition's dead-letter
+    // stream itself (`<stream>:dead`, hash-tagged on Cluster), so none is passed.
+    assert!(
+        !env_names.contains(&"WORKPOOL_DEAD_LETTER_STREAM"),
+        "{env_names:?}"
+    );
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
@@ -416,8 +421,12 @@ async fn nothing_is_written_while_nothing_changes() {
     let t = payloads("quiet", 6);
     env.submit("quiet", &t);
     env.wait_done("quiet", &t, T).await;
-    env.wait_pool("quiet", "an empty queue", T, |v| {
+    // Queue figures alone reach the status at most every 15 s: wait until it shows the
+    // queue as it now stays (empty, with every consumer that registered).
+    let consumers = env.consumers("quiet", "quiet").len();
+    env.wait_pool("quiet", "an empty queue with its consumers", T, |v| {
         v["status"]["queue"]["backlog"] == json!(0)
+            && v["status"]["queue"]["consumers"] == json!(consumers)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -511,4 +520,436 @@ async fn the_examples_run_and_drain_their_tasks() {
         );
         assert!(!env.consumers(stream, group).is_empty());
     }
+}
+
+/// A worker pod made by hand (no operator): the real `workpool-worker` in the worker
+/// image consumes tasks from a real redis-server, is Ready through its `/readyz` probe,
+/// registers as the consumer named by the downward API, and on deletion drains and exits
+/// 0 on SIGTERM well inside its 30 s grace period (not killed at the end of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_pod_consumes_tasks_is_ready_through_readyz_and_drains_on_deletion() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher;
+    let env = Env::start().await;
+    let out = env.done_file_in_pod("solo");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "worker-0", "labels": {"workpool.dev/pool": "solo"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "worker",
+                "image": worker_image(),
+                "args": ["run"],
+                "ports": [{"name": "metrics", "containerPort": 9090}],
+                "env": [
+                    {"name": "WORKPOOL_REDIS_URL", "value": env.redis_url()},
+                    {"name": "WORKPOOL_STREAM", "value": "tasks"},
+                    {"name": "WORKPOOL_GROUP", "value": "demo"},
+                    {"name": "WORKPOOL_CONSUMER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "WORKPOOL_METRICS_ADDR", "value": "0.0.0.0:9090"},
+                    {"name": "WORKPOOL_EXEC", "value": format!("cat >> {out}; echo >> {out}")},
+                    {"name": "WORKPOOL_CONCURRENCY", "value": "1"}
+                ],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 2},
+                "volumeMounts": [{"name": "out", "mountPath": OUT_IN_POD}]
+            }],
+            "volumes": [{"name": "out", "hostPath": {
+                "path": env.out_dir().display().to_string(), "type": "Directory"
+            }}]
+        }
+    }))
+    .expect("pod json");
+    let pods = env.pods();
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("create");
+    let running = eventually("worker-0 Running and Ready", T, || async {
+        pods.get_opt("worker-0")
+            .await
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    })
+    .await;
+    let status = running
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().find(|c| c.name == "worker"))
+        .expect("worker status");
+    assert_eq!(status.restart_count, 0);
+
+    // Tasks produced with the real CLI all run.
+    let tasks: Vec<String> = (0..20).map(|i| format!("{{\"n\":{i}}}")).collect();
+    env.submit("tasks", &tasks);
+    env.wait_done("solo", &tasks, T).await;
+    // The consumer in the group is the pod's name (downward API).
+    assert!(
+        env.consumers("tasks", "demo").contains_key("worker-0"),
+        "{:?}",
+        env.consumers("tasks", "demo")
+    );
+
+    // Deletion: every status the kubelet reports is seen, up to the pod's removal.
+    let pid = env
+        .node
+        .container_pid(status.container_id.as_deref().expect("container id"))
+        .expect("the worker's process");
+    let events = watcher(
+        pods.clone(),
+        watcher::Config::default().fields("metadata.name=worker-0"),
+    );
+    let mut events = Box::pin(events);
+    // The watch is established (its first listing done) before the delete.
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(_) => continue,
+            None => panic!("the watch ended"),
+        }
+    }
+    let started = std::time::Instant::now();
+    pods.delete("worker-0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut exit_codes = Vec::new();
+    tokio::time::timeout(T, async {
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) => exit_codes.extend(
+                    p.status
+                        .and_then(|s| s.container_statuses)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|c| c.state.and_then(|s| s.terminated))
+                        .map(|t| t.exit_code),
+                ),
+                Ok(watcher::Event::Delete(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the pod is removed");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the worker did not exit on SIGTERM: the pod went after {:?}",
+        started.elapsed()
+    );
+    // The kubelet reports the terminated container before it removes the pod.
+    assert!(
+        !exit_codes.is_empty() && exit_codes.iter().all(|c| *c == 0),
+        "the worker exits 0 after draining: {exit_codes:?}"
+    );
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "the worker's process {pid} is gone");
+}
+
+/// How the operator uses the API, against the real API server: status is written through
+/// the status subresource by server-side apply as field manager `workpool-operator`,
+/// owning status and nothing of the user's spec (the user re-applies the spec without
+/// force and without a conflict; status in the user's apply is ignored); the finalizer is
+/// added beside the user's own and, on deletion, only the operator's is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_is_applied_by_workpool_operator_and_the_finalizer_leaves_others_alone() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-api", &[]);
+    let mut pool = env.exec_pool("owned", 1, 0.0, json!({}));
+    pool["metadata"]["finalizers"] = json!(["example.com/keep"]);
+    env.apply_pool(&pool).await;
+    let v = env.wait_ready("owned", 1).await;
+    let finalizers = v["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        json!(["example.com/keep", "workpool.dev/cleanup"]),
+        "the operator's finalizer is added beside the user's"
+    );
+    let managed = v["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let entry = |manager: &str, subresource: Option<&str>| {
+        managed
+            .iter()
+            .find(|m| {
+                m["manager"] == manager
+                    && m["subresource"].as_str() == subresource
+                    && m["operation"] == "Apply"
+            })
+            .cloned()
+    };
+    let status = entry("workpool-operator", Some("status"))
+        .unwrap_or_else(|| panic!("no status apply by workpool-operator: {managed:#?}"));
+    let owned = &status["fieldsV1"];
+    assert!(owned["f:status"]["f:conditions"].is_object(), "{owned}");
+    assert!(owned["f:status"]["f:replicas"].is_object(), "{owned}");
+    assert!(owned.get("f:spec").is_none(), "{owned}");
+    let user = entry("workpool-tests", None).expect("the user's apply");
+    assert!(
+        user["fieldsV1"]["f:spec"]["f:replicas"].is_object(),
+        "{user}"
+    );
+    // No other writer of the main resource under the operator's name owns spec fields.
+    for m in managed
+        .iter()
+        .filter(|m| m["manager"] == "workpool-operator")
+    {
+        assert!(m["fieldsV1"].get("f:spec").is_none(), "{m}");
+    }
+
+    // The user re-applies (no force) with a changed spec and a made-up status: no
+    // conflict with the operator's fields, the spec changes, the status is not theirs.
+    let mut again = pool.clone();
+    again["spec"]["replicas"] = json!(2);
+    again["status"] = json!({"replicas": 7, "readyReplicas": 7});
+    env.pools()
+        .patch(
+            "owned",
+            &PatchParams::apply("workpool-tests"),
+            &Patch::Apply(&again),
+        )
+        .await
+        .expect("the user's apply does not conflict with the operator's");
+    let v = env.wait_ready("owned", 2).await;
+    assert_eq!(v["spec"]["replicas"], 2);
+    assert_eq!(v["status"]["replicas"], 2, "{}", v["status"]);
+
+    // Deletion: the operator cleans up and removes its own finalizer only.
+    env.pools()
+        .delete("owned", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let v = env
+        .wait_pool("owned", "only the user's finalizer left", T, |v| {
+            v["metadata"]["finalizers"] == json!(["example.com/keep"])
+        })
+        .await;
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    eventually("the pool's pods are gone", T, || async {
+        env.pool_pods("owned", true).await.is_empty().then_some(())
+    })
+    .await;
+    env.pools()
+        .patch(
+            "owned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("the user's finalizer removed");
+    eventually("the pool is gone", T, || async {
+        env.pool("owned").await.is_none().then_some(())
+    })
+    .await;
+}
+
+/// A pool as a user deploys one: the built-in `sleep` handler, the Redis URL in a Secret
+/// (`redis`, key `url`), two tasks at a time per worker, the `/readyz` probe.
+fn sleep_pool(env: &Env, pool: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
+        "metadata": {"name": pool, "namespace": env.ns},
+        "spec": {
+            "queue": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}},
+            "replicas": replicas,
+            "delivery": {"visibilityTimeoutSeconds": 10, "maxDeliveries": 5},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "worker",
+                    "image": worker_image(),
+                    "args": ["run", "--builtin", "sleep"],
+                    "env": [
+                        {"name": "WORKPOOL_CONCURRENCY", "value": "2"},
+                        {"name": "WORKPOOL_METRICS_ADDR", "value": "0.0.0.0:9090"}
+                    ],
+                    "ports": [{"name": "metrics", "containerPort": 9090}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
+                                       "periodSeconds": 1}
+                }]
+            }}
+        }
+    })
+}
+
+/// The Secret `redis` with the test's Redis URL, as a user would create it.
+async fn redis_secret(env: &Env) {
+    env.cluster
+        .apply_object(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "redis", "namespace": env.ns},
+            "stringData": {"url": env.redis_url()}
+        }))
+        .await
+        .expect("secret");
+}
+
+/// `n` sleep tasks of `ms` each on the pool's stream (stream = pool name).
+fn submit_sleeps(env: &Env, pool: &str, n: usize, ms: u64) {
+    let tasks: Vec<String> = (0..n)
+        .map(|i| json!({"ms": ms, "n": i}).to_string())
+        .collect();
+    env.submit(pool, &tasks);
+}
+
+/// The pool's pods that are not terminating and are Ready.
+async fn ready_pods(env: &Env, pool: &str) -> std::collections::BTreeSet<String> {
+    env.pool_pods(pool, false)
+        .await
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// Every task of `pool` finished: nothing left in the stream (the worker deletes what it
+/// acknowledges), nothing pending, nothing dead-lettered.
+async fn wait_drained(env: &Env, pool: &str) {
+    eventually(&format!("{pool} drained"), T, || async {
+        (env.redis_cli(&["XLEN", pool]).trim() == "0").then_some(())
+    })
+    .await;
+    let pending = env.redis_cli(&["XPENDING", pool, pool]);
+    assert!(
+        pending.trim().starts_with('0'),
+        "{pool}: nothing pending, got {pending}"
+    );
+    assert_eq!(
+        env.redis_cli(&["XLEN", &format!("{pool}:dead")]).trim(),
+        "0",
+        "{pool}: no dead letters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sleep_pools_drain_their_queues_and_a_deleted_pod_is_replaced() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-real-drain", &[]);
+    redis_secret(&env).await;
+    env.apply_pool(&sleep_pool(&env, "alpha", 3)).await;
+    env.apply_pool(&sleep_pool(&env, "beta", 2)).await;
+    eventually("3 ready alpha pods and 2 ready beta pods", T, || async {
+        (ready_pods(&env, "alpha").await.len() == 3 && ready_pods(&env, "beta").await.len() == 2)
+            .then_some(())
+    })
+    .await;
+    // The pods are what the operator built: restricted securityContext, the URL through
+    // the Secret (never in the spec), the consumer name from the downward API.
+    let pod = &env.pool_pods("alpha", false).await[0];
+    let spec = serde_json::to_value(pod.spec.as_ref().expect("spec")).expect("json");
+    let url_var = spec["containers"][0]["env"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == "WORKPOOL_REDIS_URL"))
+        .cloned()
+        .expect("WORKPOOL_REDIS_URL is injected");
+    assert_eq!(url_var["valueFrom"]["secretKeyRef"]["name"], "redis");
+    assert!(
+        !spec.to_string().contains("redis://"),
+        "the Redis URL is not copied into the pod spec"
+    );
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+
+    // Enough work that a pod is deleted while tasks are in flight: 3 pods x 2 at a time.
+    submit_sleeps(&env, "alpha", 60, 600);
+    submit_sleeps(&env, "beta", 30, 200);
+    eventually("alpha workers hold tasks", T, || async {
+        env.redis_cli(&["XPENDING", "alpha", "alpha"])
+            .lines()
+            .next()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    })
+    .await;
+    let victim = ready_pods(&env, "alpha")
+        .await
+        .into_iter()
+        .next()
+        .expect("a pod");
+    env.pods()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .expect("pod deleted");
+    eventually("a replacement for the deleted alpha pod", T, || async {
+        let now = ready_pods(&env, "alpha").await;
+        (now.len() == 3 && !now.contains(&victim)).then_some(())
+    })
+    .await;
+    wait_drained(&env, "alpha").await;
+    wait_drained(&env, "beta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_scale_and_deleting_a_sleep_pool() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-real-scale", &[]);
+    redis_secret(&env).await;
+    env.apply_pool(&sleep_pool(&env, "gamma", 1)).await;
+    env.apply_pool(&sleep_pool(&env, "delta", 2)).await;
+    eventually("1 ready gamma pod, 2 ready delta pods", T, || async {
+        (ready_pods(&env, "gamma").await.len() == 1 && ready_pods(&env, "delta").await.len() == 2)
+            .then_some(())
+    })
+    .await;
+    // `kubectl scale` goes through the scale subresource.
+    let scale = |replicas: u32| {
+        let out = std::process::Command::new(workpool_tests::cluster::kubectl_path())
+            .arg(format!(
+                "--kubeconfig={}",
+                env.cluster.kubeconfig_path().display()
+            ))
+            .args(["-n", &env.ns, "scale", "workpool/gamma"])
+            .arg(format!("--replicas={replicas}"))
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl scale: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    scale(3);
+    eventually("3 ready gamma pods", T, || async {
+        (ready_pods(&env, "gamma").await.len() == 3).then_some(())
+    })
+    .await;
+    submit_sleeps(&env, "gamma", 20, 100);
+    wait_drained(&env, "gamma").await;
+    scale(1);
+    eventually("gamma down to 1 pod", T, || async {
+        (env.pool_pods("gamma", true).await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Delta works, then is deleted: its pods and its consumers go, its stream stays.
+    submit_sleeps(&env, "delta", 10, 100);
+    wait_drained(&env, "delta").await;
+    assert!(
+        !env.consumers("delta", "delta").is_empty(),
+        "delta's workers are consumers of its group"
+    );
+    env.pools()
+        .delete("delta", &DeleteParams::default())
+        .await
+        .expect("pool deleted");
+    eventually("delta's pods and the pool gone", T, || async {
+        (env.pool_pods("delta", true).await.is_empty() && env.pool("delta").await.is_none())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        env.consumers("delta", "delta").is_empty(),
+        "the finalizer removed the pool's consumers"
+    );
+    assert_eq!(
+        env.redis_cli(&["EXISTS", "delta"]).trim(),
+        "1",
+        "the stream, the user's data, stays"
+    );
+    // The other pool is untouched.
+    assert_eq!(env.pool_pods("gamma", false).await.len(), 1);
 }

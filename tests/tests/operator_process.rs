@@ -118,9 +118,7 @@ async fn two_operators_elect_one_leader_and_fail_over_without_duplicate_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_crd_the_operator_exits_with_a_clear_error() {
     let cluster = TestCluster::start_with(ClusterOptions {
-        own_namespace: true,
         manifest_dirs: Vec::new(),
-        ..ClusterOptions::default()
     })
     .await
     .expect("cluster");

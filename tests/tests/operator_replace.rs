@@ -106,3 +106,155 @@ async fn deleted_and_killed_workers_are_replaced_and_no_task_is_lost() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(env.pool_pods("sturdy", true).await.len(), 3);
 }
+
+/// A worker container killed in a pod that restarts its containers (the default
+/// `restartPolicy: Always`) comes back in the same pod: the kubelet restarts it, the pod
+/// is not replaced, and every task finishes (the ones it held come back to it or to the
+/// other worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_restarts_in_its_pod_and_its_tasks_finish() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-restart", &[]);
+    env.apply_pool(&env.exec_pool(
+        "phoenix",
+        2,
+        0.3,
+        json!({"delivery": {"visibilityTimeoutSeconds": 3}}),
+    ))
+    .await;
+    env.wait_ready("phoenix", 2).await;
+    let tasks = payloads("phoenix", 30);
+    env.submit("phoenix", &tasks);
+    let victim = eventually("a busy worker", T, || async {
+        env.consumers("phoenix", "phoenix")
+            .into_iter()
+            .find(|(_, pending)| *pending > 0)
+            .map(|(name, _)| name)
+    })
+    .await;
+    let before = env
+        .container_id(&victim, "worker")
+        .await
+        .expect("running worker");
+    env.signal_worker(&victim, Signal::SIGKILL).await;
+
+    // The same pod runs a new worker container (restartCount 1), and is Ready again.
+    let restarted = eventually("the worker restarted in its pod", T, || async {
+        let pod = env.pods().get_opt(&victim).await.ok().flatten()?;
+        let status = pod
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == "worker")?
+            .clone();
+        (status.restart_count >= 1 && status.ready && pod_ready(&pod)).then_some(status)
+    })
+    .await;
+    assert_ne!(restarted.container_id.as_deref(), Some(before.as_str()));
+    let last = restarted
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("the killed run is the last state");
+    assert_eq!(last.exit_code, 137, "killed by SIGKILL: {last:?}");
+    env.wait_done("phoenix", &tasks, T).await;
+    let names: Vec<String> = env
+        .pool_pods("phoenix", true)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(
+        names.contains(&victim),
+        "the pod was not replaced: {names:?}"
+    );
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(env.redis_cli(&["XLEN", "phoenix:dead"]).trim(), "0");
+}
+
+/// A frozen worker (SIGSTOP from the host) stops answering its readiness probe: its pod
+/// turns NotReady and the pool counts one ready replica fewer; thawed (SIGCONT), it is
+/// Ready again and works. The operator does not replace a pod for being NotReady.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_worker_turns_not_ready_and_recovers_when_thawed() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-freeze", &[]);
+    env.apply_pool(&env.exec_pool("icy", 2, 0.0, json!({})))
+        .await;
+    env.wait_ready("icy", 2).await;
+    let frozen = env.pool_pods("icy", false).await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    env.signal_worker(&frozen, Signal::SIGSTOP).await;
+    env.wait_pool("icy", "one ready replica of two", T, |v| {
+        v["status"]["readyReplicas"] == json!(1) && v["status"]["replicas"] == json!(2)
+    })
+    .await;
+    let names: Vec<String> = env
+        .pool_pods("icy", true)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(
+        names.contains(&frozen),
+        "a NotReady pod is not replaced: {names:?}"
+    );
+    // Work goes on in the other worker meanwhile.
+    let during = payloads("icy-during", 5);
+    env.submit("icy", &during);
+    env.wait_done("icy", &during, T).await;
+
+    env.signal_worker(&frozen, Signal::SIGCONT).await;
+    env.wait_ready("icy", 2).await;
+    let after = payloads("icy-after", 10);
+    env.submit("icy", &after);
+    env.wait_done("icy", &after, T).await;
+}
+
+/// A pool given `Env::on_own_node` runs on the test's own node (and nowhere else); when
+/// that node goes away, its pods go with it and the operator's replacements wait for a
+/// node they may run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_pinned_to_its_own_node_runs_there_and_waits_when_the_node_is_gone() {
+    let env = Env::start().await;
+    let _op = Operator::start(&env.cluster, "op-own-node", &[]);
+    let node = env.start_own_node().await;
+    let name = node.name().to_string();
+    env.apply_pool(&env.exec_pool("pinned", 2, 0.0, env.on_own_node()))
+        .await;
+    env.wait_ready("pinned", 2).await;
+    for pod in env.pool_pods("pinned", false).await {
+        let on = pod.spec.and_then(|s| s.node_name);
+        assert_eq!(on.as_deref(), Some(name.as_str()));
+    }
+    let t = payloads("pinned", 5);
+    env.submit("pinned", &t);
+    env.wait_done("pinned", &t, T).await;
+
+    let before: Vec<String> = env
+        .pool_pods("pinned", true)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .expect("node stopped");
+    // The pods of a deleted Node are removed (pod GC); the operator creates new ones,
+    // which no node can take.
+    let pending = eventually("two replacements, unscheduled", T, || async {
+        let pods = env.pool_pods("pinned", false).await;
+        let fresh: Vec<_> = pods
+            .iter()
+            .filter(|p| !before.contains(p.metadata.name.as_ref().expect("name")))
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+            .collect();
+        (pods.len() == 2 && fresh.len() == 2).then_some(fresh.len())
+    })
+    .await;
+    assert_eq!(pending, 2);
+}

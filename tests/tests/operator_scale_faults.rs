@@ -631,7 +631,7 @@ fn audit_writes(path: &Path) -> Vec<AuditWrite> {
                 return None;
             }
             let t = e["requestReceivedTimestamp"].as_str()?;
-            let received = chrono::DateTime::parse_from_rfc3339(t).ok()?;
+            let received = t.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
             Some(AuditWrite {
                 user: e["user"]["username"].as_str()?.to_string(),
                 verb: e["verb"].as_str()?.to_string(),
@@ -642,7 +642,7 @@ fn audit_writes(path: &Path) -> Vec<AuditWrite> {
                     e["objectRef"]["name"].as_str().unwrap_or_default(),
                     e["responseStatus"]["code"]
                 ),
-                received_ms: received.timestamp_millis(),
+                received_ms: received.as_millisecond(),
             })
         })
         .collect()

@@ -58,12 +58,9 @@ async fn create(api: &kube::Api<DynamicObject>, obj: &Value) -> Result<(), (u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_refuses_what_the_cel_rules_forbid() {
-    let cluster = TestCluster::start_with(ClusterOptions {
-        own_namespace: true,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster");
+    let cluster = TestCluster::start_with(ClusterOptions::default())
+        .await
+        .expect("cluster");
     let ns = cluster.namespace().to_string();
     let api = pools_api(&cluster.client(), &ns);
 

@@ -16,6 +16,13 @@
 //!   or an `XGROUP DESTROY`;
 //! - the extra runs caused by a worker kill are at most the runs in flight on that worker.
 //!
+//! Past one Redis ([`Topology`]): on a Sentinel set the Redis faults are failovers (SIGKILL
+//! of the primary, a replica promoted, the old primary back as a replica), and a rerun
+//! is also explained by a failover that may have lost its delivery or acknowledgement
+//! (bounded per failover by the tasks held then); on a Redis Cluster with partitions the
+//! Redis fault is the migration of a partition's slot to another primary, which explains
+//! nothing: it must lose and repeat nothing.
+//!
 //! Used by the bounded test `tests/chaos.rs` and the `workpool-chaos` command.
 
 use std::collections::{HashMap, HashSet};
@@ -28,8 +35,11 @@ use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::queue::{self, NewTask, Queue};
-use crate::testing::{Persistence, RedisServer};
+use crate::queue::{NewTask, Pool as Keys, Queue};
+use crate::target::{Connection, Target, Tls};
+use crate::testing::{
+    ClusterOptions, Persistence, RedisCluster, RedisServer, SentinelOptions, SentinelSet,
+};
 
 /// Marks the handler processes of a chaos run (their `$0`), so only those are killed.
 const HANDLER_MARK: &str = "workpool-chaos-handler";
@@ -57,6 +67,24 @@ pub struct ChaosConfig {
     pub fault_every: Duration,
     /// The whole run must end within this, or it fails.
     pub deadline: Duration,
+    /// Where the queue lives.
+    pub topology: Topology,
+}
+
+/// Where the queue of a chaos run lives, and so which Redis faults are injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One `redis-server` (AOF, fsync always): SIGSTOP/SIGCONT, restarts, `XGROUP
+    /// DESTROY`, a dead-letter key that refuses writes.
+    #[default]
+    Standalone,
+    /// A primary, two replicas and three sentinels: failovers.
+    Sentinel,
+    /// A three-primary Redis Cluster and a pool of this many partitions: slot migrations.
+    Cluster {
+        /// Partitions of the pool.
+        partitions: u32,
+    },
 }
 
 impl ChaosConfig {
@@ -75,6 +103,7 @@ impl ChaosConfig {
             // About 45 s on a quiet machine; the margin is for a loaded one (a deadline
             // is no performance assertion).
             deadline: Duration::from_secs(240),
+            topology: Topology::Standalone,
         }
     }
 }
@@ -106,6 +135,13 @@ pub struct ChaosReport {
     pub group_destroys: usize,
     /// Periods when the dead-letter key refused writes.
     pub dead_letter_blocks: usize,
+    /// Sentinel failovers (SIGKILL of the primary, a replica promoted).
+    pub failovers: usize,
+    /// Slot migrations of a partition to another cluster primary.
+    pub slot_migrations: usize,
+    /// Extra runs explained by a failover (a delivery or acknowledgement that died with
+    /// the primary before a replica had it).
+    pub duplicates_from_failovers: usize,
     /// Extra runs caused by worker kills.
     pub duplicates_from_kills: usize,
     /// Most extra runs caused by one worker kill.
@@ -137,8 +173,8 @@ impl ChaosReport {
     pub fn render(&self) -> String {
         let mut s = format!(
             "seed {}: {} tasks, {} completed, {} dead-lettered (by design), {} handler runs ({} retries)\n\
-             faults: {} worker SIGKILLs, {} handler SIGKILLs, {} Redis SIGSTOP/SIGCONT, {} Redis restarts, {} XGROUP DESTROY, {} dead-letter write blocks\n\
-             duplicates: {} from worker kills (most from one kill: {}, with {} running on it), {} from XGROUP DESTROY, 0 otherwise\n\
+             faults: {} worker SIGKILLs, {} handler SIGKILLs, {} Redis SIGSTOP/SIGCONT, {} Redis restarts, {} XGROUP DESTROY, {} dead-letter write blocks, {} failovers, {} slot migrations\n\
+             duplicates: {} from worker kills (most from one kill: {}, with {} running on it), {} from XGROUP DESTROY, {} from failovers, 0 otherwise\n\
              recovery after a worker kill (its tasks running again elsewhere): median {:.2}s, max {:.2}s\n\
              recovery after Redis answers again (a task starts): median {:.2}s, max {:.2}s\n\
              elapsed {:.1}s; invariants: {}\n",
@@ -154,10 +190,13 @@ impl ChaosReport {
             self.redis_restarts,
             self.group_destroys,
             self.dead_letter_blocks,
+            self.failovers,
+            self.slot_migrations,
             self.duplicates_from_kills,
             self.max_duplicates_per_kill,
             self.in_flight_at_that_kill,
             self.duplicates_from_destroys,
+            self.duplicates_from_failovers,
             self.kill_recovery_median_s,
             self.kill_recovery_max_s,
             self.redis_recovery_median_s,
@@ -302,6 +341,7 @@ struct WorkerProc {
 struct Pool {
     cfg: ChaosConfig,
     url: String,
+    partitions: u32,
     dir: PathBuf,
     script: String,
     slots: Vec<Option<WorkerProc>>,
@@ -323,6 +363,8 @@ impl Pool {
             .arg("chaos")
             .arg("--group")
             .arg("pool")
+            .arg("--partitions")
+            .arg(self.partitions.to_string())
             .arg("--metrics-addr")
             .arg("127.0.0.1:0")
             .arg("--concurrency")
@@ -428,13 +470,45 @@ fn live_handlers(log: &str) -> Vec<i32> {
     v
 }
 
-async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+async fn redis_conn(url: &str) -> anyhow::Result<Connection> {
+    let target = Target::new(url, &Tls::none())?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match queue::connect(url, Some(Duration::from_secs(3))).await {
+        match target.connect(Some(Duration::from_secs(3))).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The Redis of a run.
+enum Backend {
+    Standalone(RedisServer),
+    Sentinel(SentinelSet),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn start(t: Topology) -> anyhow::Result<Backend> {
+        Ok(match t {
+            Topology::Standalone => {
+                Backend::Standalone(RedisServer::start_with(Persistence::AppendOnlyAlways)?)
+            }
+            Topology::Sentinel => {
+                Backend::Sentinel(SentinelSet::start(SentinelOptions::default())?)
+            }
+            Topology::Cluster { .. } => {
+                Backend::Cluster(RedisCluster::start(ClusterOptions::default())?)
+            }
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Backend::Standalone(r) => r.url(),
+            Backend::Sentinel(s) => s.url(),
+            Backend::Cluster(c) => c.url(),
         }
     }
 }
@@ -479,34 +553,67 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         .tempdir()?;
     let log = dir.path().join("runs.log");
     std::fs::write(&log, b"")?;
-    let mut redis = RedisServer::start_with(Persistence::AppendOnlyAlways)?;
-    let url = redis.url();
-    let q = Queue::new("chaos", "pool").with_dead_letter_stream("chaos:dead");
+    let mut backend = Backend::start(cfg.topology)?;
+    let url = backend.url();
+    let partitions = match cfg.topology {
+        Topology::Cluster { partitions } => partitions.max(1),
+        _ => 1,
+    };
+    let keys = Keys::new("chaos", "pool")
+        .with_partitions(partitions)
+        .with_cluster(matches!(cfg.topology, Topology::Cluster { .. }));
+    keys.validate()?;
+    // The standalone run names its dead-letter stream (the dead-letter block fault needs
+    // a known name); the others use the default names of their partitions.
+    let keys = if cfg.topology == Topology::Standalone {
+        keys.with_dead_letter_stream("chaos:dead")
+    } else {
+        keys
+    };
+    let q: Queue = keys.partition(0);
     let tasks = design(&mut rng, cfg.tasks, cfg.visibility_timeout);
     {
-        let mut c = redis_conn(&url).await?;
-        q.ensure_group(&mut c).await?;
+        let c = redis_conn(&url).await?;
+        for q in keys.queues() {
+            q.ensure_group(&mut c.clone()).await?;
+        }
         let payloads: Vec<String> = tasks
             .iter()
             .map(|t| format!("{} {:.3} {}", t.kind.word(), t.secs, t.fail_first))
             .collect();
         let ids: Vec<String> = (0..tasks.len()).map(|i| format!("t{i}")).collect();
-        for chunk in (0..tasks.len()).collect::<Vec<_>>().chunks(1000) {
-            let batch: Vec<NewTask<'_>> = chunk
-                .iter()
-                .map(|&i| NewTask {
-                    payload: payloads[i].as_bytes(),
-                    id: Some(&ids[i]),
-                    attempt: None,
-                })
-                .collect();
-            q.enqueue(&mut c, &batch).await?;
+        let n = keys.partitions();
+        for p in 0..n {
+            let idx: Vec<usize> = (p..tasks.len()).step_by(n).collect();
+            let q = keys.partition(p);
+            for chunk in idx.chunks(1000) {
+                let batch: Vec<NewTask<'_>> = chunk
+                    .iter()
+                    .map(|&i| NewTask {
+                        payload: payloads[i].as_bytes(),
+                        id: Some(&ids[i]),
+                        attempt: None,
+                    })
+                    .collect();
+                if matches!(cfg.topology, Topology::Sentinel) {
+                    // Durable: a failover must not lose a task before it starts.
+                    let (_, acked) = q
+                        .enqueue_wait(&mut c.clone(), &batch, 1, Duration::from_secs(10))
+                        .await?;
+                    if acked < 1 {
+                        bail!("no replica confirmed the tasks");
+                    }
+                } else {
+                    q.enqueue(&mut c.clone(), &batch).await?;
+                }
+            }
         }
     }
     let mut pool = Pool {
         script: handler_script(&log),
         cfg: cfg.clone(),
         url: url.clone(),
+        partitions,
         dir: dir.path().to_path_buf(),
         slots: (0..cfg.workers).map(|_| None).collect(),
         generation: 0,
@@ -581,7 +688,12 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
                         report.handler_kills += 1;
                     }
                 }
+            } else if !matches!(backend, Backend::Standalone(_)) {
+                redis_fault(&mut backend, &keys, &mut rng, &log, &mut report).await?;
             } else if pick < 0.70 {
+                let Backend::Standalone(redis) = &mut backend else {
+                    unreachable!("checked above")
+                };
                 let secs = rng.random_range(0.3..(cfg.visibility_timeout.as_secs_f64() * 1.5));
                 log_event(&log, "P");
                 redis.pause();
@@ -590,6 +702,9 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
                 log_event(&log, "U");
                 report.redis_pauses += 1;
             } else if pick < 0.80 {
+                let Backend::Standalone(redis) = &mut backend else {
+                    unreachable!("checked above")
+                };
                 log_event(&log, "R");
                 redis.stop();
                 tokio::time::sleep(Duration::from_secs_f64(rng.random_range(0.1..1.0))).await;
@@ -621,8 +736,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
         if Instant::now() >= chaos_end && restarts.is_empty() {
             let done = async {
-                let mut c = redis_conn(&url).await?;
-                let st = q.stats(&mut c).await?;
+                let c = redis_conn(&url).await?;
+                let st = keys.stats(&c).await?;
                 Ok::<_, anyhow::Error>(st.stream_length == 0 && st.pending == 0 && st.group_exists)
             }
             .await
@@ -651,15 +766,20 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dead = {
-        let mut c = redis_conn(&url).await?;
-        let v: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-            .arg("chaos:dead")
-            .arg("-")
-            .arg("+")
-            .query_async(&mut c)
-            .await?;
-        v.into_iter().map(|(_, f)| f).collect::<Vec<_>>()
+        let c = redis_conn(&url).await?;
+        let mut all = Vec::new();
+        for q in keys.queues() {
+            let v: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+                .arg(q.dead_letter_stream())
+                .arg("-")
+                .arg("+")
+                .query_async(&mut c.clone())
+                .await?;
+            all.extend(v.into_iter().map(|(_, f)| f));
+        }
+        all
     };
+    let _ = &q;
     let text = std::fs::read_to_string(&log)?;
     analyse(&tasks, &text, &dead, cfg.visibility_timeout, &mut report);
     report.elapsed_s = t0.elapsed().as_secs_f64();
@@ -671,6 +791,55 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         ));
     }
     Ok(report)
+}
+
+/// A Redis fault of a Sentinel set (a failover) or a cluster (a slot migration).
+async fn redis_fault(
+    backend: &mut Backend,
+    keys: &Keys,
+    rng: &mut StdRng,
+    log: &Path,
+    report: &mut ChaosReport,
+) -> anyhow::Result<()> {
+    match backend {
+        Backend::Sentinel(set) => {
+            // A failover takes seconds: at most one per few faults.
+            if report.failovers >= 3 || rng.random_bool(0.5) {
+                return Ok(());
+            }
+            let old = set.primary().context("no primary")?;
+            log_event(log, "O");
+            set.servers[old].stop();
+            let new = tokio::task::block_in_place(|| {
+                set.wait_for_failover(old, Duration::from_secs(60))
+            })?;
+            report.failovers += 1;
+            log_event(log, "U");
+            // The old primary comes back empty; the sentinels make it a replica.
+            tokio::task::block_in_place(|| set.servers[old].restart())?;
+            let _ = new;
+        }
+        Backend::Cluster(cluster) => {
+            let p = rng.random_range(0..keys.partitions());
+            let slot = crate::queue::key_slot(keys.partition(p).stream().as_bytes());
+            let from = cluster.node_of_slot(slot).context("no owner")?;
+            let others: Vec<usize> = cluster
+                .primaries()
+                .into_iter()
+                .filter(|&n| n != from)
+                .collect();
+            if others.is_empty() {
+                return Ok(());
+            }
+            let to = others[rng.random_range(0..others.len())];
+            let hold = Duration::from_millis(rng.random_range(100..1000));
+            log_event(log, &format!("M {p}"));
+            tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, hold))?;
+            report.slot_migrations += 1;
+        }
+        Backend::Standalone(_) => {}
+    }
+    Ok(())
 }
 
 fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
@@ -712,6 +881,8 @@ fn analyse(
     let mut kills: Vec<(usize, i32, f64)> = Vec::new();
     let mut kill_names: Vec<String> = Vec::new();
     let mut destroys: Vec<(usize, f64)> = Vec::new();
+    // (position, time) of Sentinel failovers.
+    let mut failovers: Vec<(usize, f64)> = Vec::new();
     let mut redis_back: Vec<f64> = Vec::new();
     let mut starts: Vec<f64> = Vec::new();
     for (pos, l) in text.lines().enumerate() {
@@ -776,6 +947,11 @@ fn analyse(
                     destroys.push((pos, up));
                 }
             }
+            ["O", up] => {
+                if let Ok(up) = up.parse() {
+                    failovers.push((pos, up));
+                }
+            }
             ["U", up] => {
                 if let Ok(up) = up.parse() {
                     redis_back.push(up);
@@ -800,6 +976,7 @@ fn analyse(
     }
     // Extra runs per kill (index into `kills`) and per-kill in-flight runs.
     let mut per_kill: HashMap<usize, usize> = HashMap::new();
+    let mut per_failover: HashMap<usize, usize> = HashMap::new();
     let mut recovery: HashMap<usize, f64> = HashMap::new();
     for (t, design) in tasks.iter().enumerate() {
         let rs = runs.get(&t).map(|v| v.as_slice()).unwrap_or(&[]);
@@ -875,6 +1052,17 @@ fn analyse(
                 *e = e.max(gap);
                 continue;
             }
+            // A failover after the previous run was delivered: its delivery or its
+            // acknowledgement may have died with the primary before a replica had it.
+            if let Some((fi, _)) = failovers
+                .iter()
+                .enumerate()
+                .find(|(_, (f, at))| *f < cur.pos && prev.start <= *at + 1.0)
+            {
+                report.duplicates_from_failovers += 1;
+                *per_failover.entry(fi).or_insert(0) += 1;
+                continue;
+            }
             // A group deletion after the previous run was delivered. (A run delivered by
             // the old group just before the deletion may log its start just after it.)
             if destroys
@@ -920,6 +1108,28 @@ fn analyse(
         if *n > report.max_duplicates_per_kill {
             report.max_duplicates_per_kill = *n;
             report.in_flight_at_that_kill = running;
+        }
+    }
+    for (fi, n) in &per_failover {
+        let (fpos, at) = failovers[*fi];
+        // Runs going on at the failover (or delivered just before it and started just
+        // after), and runs that succeeded less than a second before it (their
+        // acknowledgement may not have reached a replica).
+        let held = runs
+            .values()
+            .flatten()
+            .filter(|r| {
+                r.start <= at + 1.0
+                    && match r.ended {
+                        None => true,
+                        Some((ok, p, t)) => p > fpos || (ok && at - t < 1.0),
+                    }
+            })
+            .count();
+        if *n > held {
+            report.violations.push(format!(
+                "a failover caused {n} extra runs but only {held} tasks were held at it"
+            ));
         }
     }
     let (m, x) = median_max(recovery.values().copied().collect());

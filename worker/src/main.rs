@@ -14,12 +14,14 @@ use tracing::{error, info};
 
 use workpool_worker::handler::{Builtin, Handler};
 use workpool_worker::metrics::{Health, Metrics};
-use workpool_worker::queue::{self, NewTask, Queue, QueueStats};
+use workpool_worker::queue::{EntryId, NewTask, Pool, QueueStats};
 use workpool_worker::runtime::{self, WorkerConfig};
+use workpool_worker::target::{Connection, Target, Tls};
 
 const ENV_HELP: &str = "\
 Every flag can also be set from the environment (the flag wins):
-  WORKPOOL_REDIS_URL, WORKPOOL_REDIS_CA_FILE, WORKPOOL_STREAM, WORKPOOL_GROUP, WORKPOOL_CONSUMER,
+  WORKPOOL_REDIS_URL, WORKPOOL_REDIS_CA_FILE, WORKPOOL_REDIS_CERT_FILE, WORKPOOL_REDIS_KEY_FILE,
+  WORKPOOL_STREAM, WORKPOOL_PARTITIONS, WORKPOOL_GROUP, WORKPOOL_CONSUMER,
   WORKPOOL_CONCURRENCY, WORKPOOL_BATCH, WORKPOOL_VISIBILITY_TIMEOUT,
   WORKPOOL_MAX_DELIVERIES, WORKPOOL_DEAD_LETTER_STREAM, WORKPOOL_METRICS_ADDR,
   WORKPOOL_SHUTDOWN_GRACE, WORKPOOL_RETRY_BACKOFF, WORKPOOL_RETRY_BACKOFF_MAX,
@@ -69,16 +71,31 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RedisArgs {
-    /// Redis URL, e.g. redis://host:6379/0, or rediss://host:6380/0 for TLS.
+    /// Where the queue lives: redis://host:6379/0 (rediss:// for TLS), or
+    /// redis+sentinel://h1:26379,h2:26379/MASTER[/db] (a Sentinel-managed primary,
+    /// followed across failovers), or redis+cluster://h1:7000,h2:7001 (a Redis Cluster);
+    /// rediss+sentinel:// and rediss+cluster:// with TLS.
     #[arg(long, env = "WORKPOOL_REDIS_URL")]
     redis_url: String,
-    /// PEM file with the CA certificate(s) to verify a rediss:// server against, instead
-    /// of the system's trusted roots (e.g. a private or self-signed CA).
+    /// PEM file with the CA certificate(s) to verify rediss servers against, instead of
+    /// the system's trusted roots (e.g. a private or self-signed CA).
     #[arg(long, env = "WORKPOOL_REDIS_CA_FILE", value_name = "PEM_FILE")]
     redis_ca_file: Option<std::path::PathBuf>,
-    /// The task stream.
+    /// PEM file with a client certificate for servers that require one (mTLS); needs
+    /// --redis-key-file.
+    #[arg(long, env = "WORKPOOL_REDIS_CERT_FILE", value_name = "PEM_FILE")]
+    redis_cert_file: Option<std::path::PathBuf>,
+    /// PEM file with the private key of --redis-cert-file.
+    #[arg(long, env = "WORKPOOL_REDIS_KEY_FILE", value_name = "PEM_FILE")]
+    redis_key_file: Option<std::path::PathBuf>,
+    /// The task stream (the name of partition 0; see docs/partitions-and-keys.md).
     #[arg(long, env = "WORKPOOL_STREAM")]
     stream: String,
+    /// Partitions of the pool: each its own stream, group and dead-letter stream (and
+    /// hash slot on Redis Cluster).
+    #[arg(long, env = "WORKPOOL_PARTITIONS", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(workpool_worker::queue::MAX_PARTITIONS)))]
+    partitions: u32,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +179,22 @@ struct SubmitArgs {
     /// Tasks per pipeline.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pipeline: u32,
+    /// Put every task into the partition of this key (CRC16 of the key mod the
+    /// partitions) instead of spreading them round robin.
+    #[arg(long, conflicts_with = "key_field")]
+    key: Option<String>,
+    /// Each stdin line's partition comes from this field of its JSON object (a string or
+    /// a number); a line without it is refused before anything is enqueued.
+    #[arg(long, requires = "stdin")]
+    key_field: Option<String>,
+    /// Durable submit: after each pipeline, wait until this many replicas have its tasks
+    /// (Redis WAIT). Tasks not confirmed in time are listed and the exit code is 3: they
+    /// are in the queue but a failover of the primary could lose them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    min_replicas: Option<u32>,
+    /// Seconds to wait for the replicas with --min-replicas.
+    #[arg(long, default_value = "5", value_parser = parse_secs, requires = "min_replicas")]
+    wait_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +277,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The exit code of `submit` when some tasks were not confirmed by --min-replicas.
+const EXIT_UNCONFIRMED: u8 = 3;
+
+/// A failed command whose exit code is not 1.
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = matches!(cli.log_format, LogFormat::Json);
@@ -270,6 +318,9 @@ fn main() -> ExitCode {
     });
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             if json_logs {
                 error!("{e:#}");
@@ -314,35 +365,50 @@ fn find_program(program: &str) -> anyhow::Result<std::path::PathBuf> {
         .with_context(|| format!("--exec program {program:?} is not found in PATH"))
 }
 
-/// The CA file's contents, if one was given.
-fn read_ca(r: &RedisArgs) -> anyhow::Result<Option<Vec<u8>>> {
-    match &r.redis_ca_file {
-        None => Ok(None),
-        Some(p) => std::fs::read(p)
-            .map(Some)
-            .with_context(|| format!("cannot read --redis-ca-file {}", p.display())),
-    }
+/// The TLS files' contents (CA, client certificate and key), checked.
+fn read_tls(r: &RedisArgs) -> anyhow::Result<Tls> {
+    Ok(Tls::from_files(
+        r.redis_ca_file.as_deref(),
+        r.redis_cert_file.as_deref(),
+        r.redis_key_file.as_deref(),
+    )?)
 }
 
-fn check_url(r: &RedisArgs) -> anyhow::Result<redis::Client> {
-    let ca = read_ca(r)?;
-    queue::client(&r.redis_url, ca.as_deref()).map_err(|e| {
+fn check_url(r: &RedisArgs) -> anyhow::Result<(Target, Tls)> {
+    let tls = read_tls(r)?;
+    let target = Target::new(&r.redis_url, &tls).map_err(|e| {
         anyhow::anyhow!(
             "invalid --redis-url {:?}: {e}",
             runtime::redacted(&r.redis_url)
         )
-    })
+    })?;
+    Ok((target, tls))
+}
+
+/// The pool's key names for this target.
+fn pool_of(
+    r: &RedisArgs,
+    target: &Target,
+    group: &str,
+    dead_letter: Option<String>,
+) -> anyhow::Result<Pool> {
+    let mut pool = Pool::new(r.stream.clone(), group.to_string())
+        .with_partitions(r.partitions)
+        .with_cluster(target.is_cluster());
+    if let Some(dl) = dead_letter {
+        pool = pool.with_dead_letter_stream(dl);
+    }
+    pool.validate()?;
+    Ok(pool)
 }
 
 /// A connection for the one-shot commands (submit, stats), with an error naming the
 /// (password-redacted) URL.
-async fn connect_cli(
-    client: &redis::Client,
-    url: &str,
-) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    queue::connect_client(client, Some(Duration::from_secs(30)))
+async fn connect_cli(target: &Target) -> anyhow::Result<Connection> {
+    target
+        .connect(Some(Duration::from_secs(30)))
         .await
-        .with_context(|| format!("cannot connect to redis at {}", runtime::redacted(url)))
+        .with_context(|| format!("cannot connect to redis at {}", target.redacted()))
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -350,8 +416,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.consumer.trim().is_empty() {
         bail!("--consumer must not be empty");
     }
-    check_url(&a.redis)?;
-    let redis_ca = read_ca(&a.redis)?;
+    let (target, tls) = check_url(&a.redis)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -405,14 +470,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .batch
         .map(|b| b as usize)
         .unwrap_or_else(|| concurrency.min(250));
-    let mut queue = Queue::new(a.redis.stream.clone(), a.group.clone());
-    if let Some(dl) = a.dead_letter_stream {
-        queue = queue.with_dead_letter_stream(dl);
-    }
-    queue.validate()?;
+    let pool = pool_of(&a.redis, &target, &a.group, a.dead_letter_stream)?;
     let cfg = WorkerConfig {
         redis_url: a.redis.redis_url,
-        queue,
+        pool,
         consumer: a.consumer,
         concurrency,
         batch,
@@ -422,7 +483,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         retry_backoff_max: a.retry_backoff_max.max(a.retry_backoff),
         shutdown_grace: a.shutdown_grace,
         task_timeout: a.task_timeout,
-        redis_ca,
+        tls,
     };
 
     let metrics = Metrics::new().context("creating metrics")?;
@@ -432,16 +493,30 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         workpool_worker::metrics::serve(a.metrics_addr, health.clone(), http_stop.clone())
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {}", a.metrics_addr))?;
+    let streams: Vec<String> = cfg
+        .pool
+        .queues()
+        .iter()
+        .map(|q| q.stream().to_string())
+        .collect();
+    let dead_letter_streams: Vec<String> = cfg
+        .pool
+        .queues()
+        .iter()
+        .map(|q| q.dead_letter_stream().to_string())
+        .collect();
     info!(
         metrics_addr = %bound,
-        stream = cfg.queue.stream(),
-        group = cfg.queue.group(),
+        redis = %target.redacted(),
+        mode = %target.mode(),
+        streams = streams.join(","),
+        group = cfg.pool.group(),
         consumer = %cfg.consumer,
         concurrency,
         batch,
         visibility_timeout_secs = cfg.visibility_timeout.as_secs_f64(),
         max_deliveries = cfg.max_deliveries,
-        dead_letter_stream = cfg.queue.dead_letter_stream(),
+        dead_letter_streams = dead_letter_streams.join(","),
         "workpool worker starting; serving /metrics, /healthz, /readyz on {bound}"
     );
 
@@ -478,10 +553,55 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The partition key of a stdin line from its JSON field `field` (a string, or the JSON
+/// text of a number or boolean).
+fn key_of_line(line: &[u8], field: &str) -> Result<Vec<u8>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    match v.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone().into_bytes()),
+        Some(n @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Ok(n.to_string().into_bytes())
+        }
+        Some(_) => Err(format!(
+            "the key field {field:?} is not a string or a number"
+        )),
+        None => Err(format!(
+            "no key field {field:?} (a JSON object with it is expected)"
+        )),
+    }
+}
+
+/// Task indexes grouped into pipelines of at most `per` tasks of one partition, in input
+/// order within each partition.
+fn batches(
+    total: u64,
+    partitions: usize,
+    per: usize,
+    partition_of: impl Fn(u64) -> usize,
+) -> impl Iterator<Item = (usize, Vec<u64>)> {
+    let mut buckets: Vec<Vec<u64>> = vec![Vec::new(); partitions.max(1)];
+    let mut j = 0u64;
+    std::iter::from_fn(move || {
+        while j < total {
+            let p = partition_of(j);
+            j += 1;
+            buckets[p].push(j - 1);
+            if buckets[p].len() >= per {
+                return Some((p, std::mem::take(&mut buckets[p])));
+            }
+        }
+        let p = buckets.iter().position(|b| !b.is_empty())?;
+        Some((p, std::mem::take(&mut buckets[p])))
+    })
+}
+
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, None)?;
-    let client = check_url(&a.redis)?;
+    let (target, _) = check_url(&a.redis)?;
+    let pool = pool_of(&a.redis, &target, "unused", None)?;
     // Validate everything first: bad input enqueues nothing.
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     let payloads: Vec<Vec<u8>> = if let Some(p) = &a.payload {
         serde_json::from_str::<serde::de::IgnoredAny>(p)
             .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
@@ -499,6 +619,12 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
             }
             serde_json::from_slice::<serde::de::IgnoredAny>(line)
                 .map_err(|e| anyhow::anyhow!("stdin line {}: not valid JSON: {e}", i + 1))?;
+            if let Some(field) = &a.key_field {
+                keys.push(
+                    key_of_line(line, field)
+                        .map_err(|e| anyhow::anyhow!("stdin line {}: {e}", i + 1))?,
+                );
+            }
             out.push(line.to_vec());
         }
         out
@@ -508,53 +634,103 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     } else {
         payloads.len() as u64
     };
-    let conn = connect_cli(&client, &a.redis.redis_url).await?;
-    let q = Queue::new(a.redis.stream.clone(), "unused");
-    let per = u64::from(a.pipeline);
-    let chunks = total.div_ceil(per);
+    let conn = connect_cli(&target).await?;
+    let queues = pool.queues();
+    let n = pool.partitions();
+    // Round robin from a random partition: many short-lived producers still spread.
+    let first = rand::random_range(0..n);
+    let fixed_partition = a.key.as_ref().map(|k| pool.partition_for_key(k.as_bytes()));
+    let partition_of = |j: u64| -> usize {
+        if let Some(p) = fixed_partition {
+            p
+        } else if let Some(k) = keys.get(j as usize) {
+            pool.partition_for_key(k)
+        } else {
+            (first + (j % n as u64) as usize) % n
+        }
+    };
     let payloads = &payloads;
-    let q = &q;
+    let queues = &queues;
     let fixed = a.payload.is_some();
-    let mut results = futures::stream::iter(0..chunks)
-        .map(|i| {
+    let min_replicas = a.min_replicas;
+    let wait_timeout = a.wait_timeout;
+    let mut results = futures::stream::iter(batches(total, n, a.pipeline as usize, partition_of))
+        .map(|(p, idx)| {
             let mut c = conn.clone();
             async move {
-                let start = i * per;
-                let end = (start + per).min(total);
-                let tasks: Vec<NewTask<'_>> = (start..end)
-                    .map(|j| {
-                        let p = if fixed {
+                let tasks: Vec<NewTask<'_>> = idx
+                    .iter()
+                    .map(|&j| {
+                        NewTask::new(if fixed {
                             &payloads[0]
                         } else {
                             &payloads[j as usize]
-                        };
-                        NewTask::new(p)
+                        })
                     })
                     .collect();
-                q.enqueue(&mut c, &tasks).await.map(|ids| ids.len() as u64)
+                let q = &queues[p];
+                let r = match min_replicas {
+                    None => q.enqueue(&mut c, &tasks).await.map(|ids| (ids, None)),
+                    Some(m) => q
+                        .enqueue_wait(&mut c, &tasks, m, wait_timeout)
+                        .await
+                        .map(|(ids, acked)| (ids, Some(acked))),
+                };
+                r.map(|(ids, acked)| (p, idx, ids, acked))
             }
         })
         .buffered(8);
     let mut done = 0u64;
+    let mut unconfirmed: Vec<(usize, u64, EntryId)> = Vec::new();
     while let Some(r) = results.next().await {
         match r {
-            Ok(n) => done += n,
+            Ok((p, idx, ids, acked)) => {
+                done += ids.len() as u64;
+                if let (Some(m), Some(acked)) = (min_replicas, acked)
+                    && acked < u64::from(m)
+                {
+                    unconfirmed.extend(idx.into_iter().zip(ids).map(|(j, id)| (p, j, id)));
+                }
+            }
             Err(e) => bail!("enqueue failed after {done} tasks: {e}"),
         }
     }
-    emit(&format!("enqueued {done}\n"))?;
+    let mut out = format!("enqueued {done}\n");
+    if let Some(m) = min_replicas {
+        out += &format!(
+            "confirmed by at least {m} replica{}: {}\n",
+            if m == 1 { "" } else { "s" },
+            done - unconfirmed.len() as u64
+        );
+        unconfirmed.sort_by_key(|(_, j, _)| *j);
+        for (p, j, id) in &unconfirmed {
+            out += &format!(
+                "not confirmed: task {} (stream {}, entry {id})\n",
+                j + 1,
+                queues[*p].stream()
+            );
+        }
+    }
+    emit(&out)?;
+    if !unconfirmed.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {} of {done} tasks were not confirmed by {} replica(s) within {:.3}s: they are in the queue, but a failover could lose them",
+            unconfirmed.len(),
+            min_replicas.unwrap_or(0),
+            wait_timeout.as_secs_f64()
+        );
+        return Err(Exit(EXIT_UNCONFIRMED).into());
+    }
     Ok(())
 }
 
 async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     check_names(&a.redis.stream, Some(&a.group))?;
-    let client = check_url(&a.redis)?;
-    let mut conn = connect_cli(&client, &a.redis.redis_url).await?;
-    let mut q = Queue::new(a.redis.stream.clone(), a.group.clone());
-    if let Some(dl) = a.dead_letter_stream {
-        q = q.with_dead_letter_stream(dl);
-    }
-    let st = q.stats(&mut conn).await?;
+    let (target, _) = check_url(&a.redis)?;
+    let pool = pool_of(&a.redis, &target, &a.group, a.dead_letter_stream)?;
+    let conn = connect_cli(&target).await?;
+    let st = pool.stats(&conn).await?;
     if a.json {
         emit(&format!("{}\n", serde_json::to_string_pretty(&st)?))
     } else {
@@ -609,6 +785,23 @@ fn format_stats(st: &QueueStats) -> String {
             c.pending,
             c.idle_ms as f64 / 1000.0
         );
+    }
+    if st.partitions.len() > 1 {
+        out += &format!("partitions:    {}\n", st.partitions.len());
+        for (i, p) in st.partitions.iter().enumerate() {
+            out += &format!(
+                "  {i:<3} {:<30} backlog {:>8}  pending {:>8}  dead letters {:>6}  ({})\n",
+                p.stream,
+                p.backlog,
+                p.pending,
+                p.dead_letters,
+                if p.group_exists {
+                    "group exists"
+                } else {
+                    "no group yet"
+                }
+            );
+        }
     }
     out
 }

@@ -79,10 +79,29 @@ impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
         // LOADING (restarting from its AOF), BUSY (a slow script), TRYAGAIN, MASTERDOWN:
         // Redis is not serving yet; treated like an outage, i.e. retried.
+        //
+        // READONLY (a Sentinel-demoted primary now a replica), UNBLOCKED (a blocked read
+        // ended by that demotion), CLUSTERDOWN, MOVED and ASK left over after the cluster
+        // client's own retries: the node we talk to is no longer the right one; as
+        // connection errors they make the caller reconnect, which asks the sentinels again
+        // or reloads the cluster's slot map.
         let transient = matches!(
             e.code(),
-            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
-        ) || e.to_string().contains("LOADING");
+            Some(
+                "LOADING"
+                    | "BUSY"
+                    | "TRYAGAIN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "UNBLOCKED"
+                    | "CLUSTERDOWN"
+                    | "MOVED"
+                    | "ASK"
+            )
+        ) || {
+            let s = e.to_string();
+            s.contains("LOADING") || s.contains("READONLY") || s.contains("CLUSTERDOWN")
+        };
         if transient
             || e.is_io_error()
             || e.is_connection_dropped()
@@ -353,6 +372,10 @@ pub struct QueueStats {
     pub oldest_pending_age_ms: Option<u64>,
     /// The group's consumers.
     pub consumers: Vec<ConsumerInfo>,
+    /// Per partition, the stats of each (index = partition), for a pool's stats
+    /// ([`Pool::stats`]); the fields above are then the sums. Empty for one [`Queue`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<QueueStats>,
     /// Consumers told to stop taking tasks ([`Queue::drain_key`]), read in the same
     /// snapshot as their pending counts: a consumer `Stopped` and holding nothing will
     /// never take another task until its field is removed.
@@ -386,6 +409,9 @@ pub struct Queue {
     stream: String,
     group: String,
     dead_letter_stream: String,
+    /// The pool's drain hash when it is not this queue's own `<stream>:draining`: a
+    /// partition i >= 1 of a [`Pool`] shares partition 0's ([`Queue::with_drain_key`]).
+    pool_drain_key: Option<String>,
 }
 
 /// Lease renewal: re-claim (JUSTID, so the delivery counter is untouched) those ids that
@@ -699,13 +725,8 @@ pub fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client> {
     }
 }
 
-/// Makes ring the process's TLS crypto provider (once; a provider installed earlier by
-/// the embedding program is kept).
 fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    crate::target::install_tls_provider();
 }
 
 /// Opens a multiplexed connection with the given per-command response timeout
@@ -757,6 +778,14 @@ fn as_int(v: &Value) -> Option<i64> {
         Value::Double(d) => Some(*d as i64),
         _ => None,
     }
+}
+
+/// The entry ids of a pipeline of `XADD` replies.
+fn entry_ids(replies: &[Value]) -> Result<Vec<EntryId>> {
+    replies
+        .iter()
+        .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
+        .collect()
 }
 
 fn as_id(v: &Value) -> Option<EntryId> {
@@ -830,7 +859,18 @@ impl Queue {
             stream,
             group: group.into(),
             dead_letter_stream,
+            pool_drain_key: None,
         }
+    }
+
+    /// Uses `key` as the drain hash instead of `<stream>:draining`: the partitions
+    /// i >= 1 of a pool share the pool's one hash beside partition 0 ([`Pool::draining_key`]).
+    /// Such a queue's [`Queue::stats`] leaves the drain hash out (on Cluster it lives in
+    /// another hash slot); the pool reads it with partition 0's snapshot.
+    pub fn with_drain_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.pool_drain_key = (key != format!("{}:draining", self.stream)).then_some(key);
+        self
     }
 
     /// Sets the dead-letter stream.
@@ -875,11 +915,15 @@ impl Queue {
         &self.dead_letter_stream
     }
 
-    /// The pool's drain hash, `<stream>:draining`: field = consumer name, value
-    /// `requested` (the operator wants the consumer to stop taking tasks) or `stopped`
-    /// (its worker has stopped reading). Beside the stream, so it shares its hash slot.
+    /// The pool's drain hash, `<stream>:draining` (for a pool: `<P_0>:draining`, see
+    /// [`Queue::with_drain_key`]): field = consumer name, value `requested` (the operator
+    /// wants the consumer to stop taking tasks) or `stopped` (its worker has stopped
+    /// reading). Beside partition 0's stream, so it shares its hash slot.
     pub fn drain_key(&self) -> String {
-        format!("{}:draining", self.stream)
+        match &self.pool_drain_key {
+            Some(k) => k.clone(),
+            None => format!("{}:draining", self.stream),
+        }
     }
 
     /// Whether `consumer` is told to stop taking tasks, and whether it said it stopped.
@@ -998,6 +1042,13 @@ impl Queue {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let pipe = self.xadd_pipeline(tasks);
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        entry_ids(&replies)
+    }
+
+    /// One `XADD` per task, in order, in a pipeline.
+    fn xadd_pipeline(&self, tasks: &[NewTask<'_>]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for t in tasks {
             let c = pipe
@@ -1013,11 +1064,39 @@ impl Queue {
                 c.arg("attempt").arg(a);
             }
         }
-        let replies: Vec<Value> = pipe.query_async(conn).await?;
-        replies
-            .iter()
-            .map(|v| as_id(v).ok_or_else(|| protocol("XADD", "reply is not an entry id")))
-            .collect()
+        pipe
+    }
+
+    /// Enqueues tasks durably: the `XADD`s and then `WAIT min_replicas timeout` in one
+    /// pipeline on one connection (on Cluster: to the node of this queue's slot), so the
+    /// `WAIT` counts exactly the replicas that have these writes. Returns the entry ids
+    /// and how many replicas acknowledged them (within `timeout`); the tasks are confirmed
+    /// when that is at least `min_replicas`. A failover can lose unconfirmed tasks (the
+    /// primary acknowledged them before any replica had them); a confirmed task is on at
+    /// least `min_replicas` replicas, and Sentinel or Cluster promote the most up-to-date
+    /// replica.
+    pub async fn enqueue_wait<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        tasks: &[NewTask<'_>],
+        min_replicas: u32,
+        timeout: Duration,
+    ) -> Result<(Vec<EntryId>, u64)> {
+        if tasks.is_empty() {
+            return Ok((Vec::new(), u64::from(min_replicas)));
+        }
+        let mut pipe = self.xadd_pipeline(tasks);
+        // WAIT 0 would block forever: at least 1 ms.
+        pipe.cmd("WAIT")
+            .arg(min_replicas)
+            .arg(timeout.as_millis().max(1) as u64);
+        let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+        let acked = replies
+            .pop()
+            .as_ref()
+            .and_then(as_int)
+            .ok_or_else(|| protocol("WAIT", "reply is not an integer"))?;
+        Ok((entry_ids(&replies)?, acked.max(0) as u64))
     }
 
     /// Reads up to `count` new entries for `consumer`, blocking up to `block`
@@ -1030,14 +1109,37 @@ impl Queue {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>> {
-        let v: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        self.read_blocking(conn, consumer, count, Some(block)).await
+    }
+
+    /// Like [`Queue::read`] without blocking: the entries there are now (possibly none).
+    pub async fn read_now<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>> {
+        self.read_blocking(conn, consumer, count, None).await
+    }
+
+    async fn read_blocking<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(&self.group)
             .arg(consumer)
             .arg("COUNT")
-            .arg(count.max(1))
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
+            .arg(count.max(1));
+        if let Some(block) = block {
+            // BLOCK 0 would wait forever: at least 1 ms.
+            cmd.arg("BLOCK").arg((block.as_millis() as u64).max(1));
+        }
+        let v: Value = cmd
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")
@@ -1562,10 +1664,17 @@ impl Queue {
     /// (entries after the group's last delivered id), not taken from Redis, which reports
     /// it as nil after `XDEL` and wrongly after `XTRIM` (7.0); see [`QueueStats`].
     pub async fn stats<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<QueueStats> {
+        // A partition i >= 1 passes its own stream as the third key: the script reads
+        // the drain hash only when that key is a hash, and every key stays in the
+        // stream's hash slot (the pool's hash is read with partition 0).
+        let drain_key = match &self.pool_drain_key {
+            Some(_) => self.stream.clone(),
+            None => self.drain_key(),
+        };
         let v: Value = STATS
             .key(&self.stream)
             .key(&self.dead_letter_stream)
-            .key(self.drain_key())
+            .key(drain_key)
             .arg(&self.group)
             .arg(STATS_COUNT_LIMIT_CHUNKS)
             .invoke_async(conn)
@@ -1605,6 +1714,307 @@ impl Queue {
             st.consumers = parse_consumers(a.pop().unwrap_or(Value::Nil))?;
         }
         Ok(st)
+    }
+}
+
+/// The most partitions a pool may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// CRC16-XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes
+/// keys to slots with; [`Pool::partition_for_key`] uses it so every language picks the
+/// same partition for a key (Python: `binascii.crc_hqx(key, 0)`).
+pub fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The hash slot of a Redis Cluster key (its hash tag's when it has one).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&c| c == b'{').and_then(|open| {
+        let close = key[open + 1..].iter().position(|&c| c == b'}')?;
+        (close > 0).then(|| &key[open + 1..open + 1 + close])
+    });
+    crc16_xmodem(tagged.unwrap_or(key)) % 16384
+}
+
+/// The key names of one pool (see `docs/partitions-and-keys.md`): its stream S, group G,
+/// N partitions and whether it lives on a Redis Cluster (then every key of partition i
+/// shares the hash tag of partition i's stream, so scripts and pipelines stay in one
+/// slot). Partition i is a [`Queue`] of its own ([`Pool::partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    stream: String,
+    group: String,
+    partitions: u32,
+    cluster: bool,
+    dead_letter: Option<String>,
+}
+
+impl Pool {
+    /// One partition on standalone Redis or Sentinel: exactly the keys of
+    /// `Queue::new(stream, group)`.
+    pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Pool {
+        Pool {
+            stream: stream.into(),
+            group: group.into(),
+            partitions: 1,
+            cluster: false,
+            dead_letter: None,
+        }
+    }
+
+    /// `n` partitions (see [`Pool::validate`] for the bounds).
+    pub fn with_partitions(mut self, n: u32) -> Pool {
+        self.partitions = n;
+        self
+    }
+
+    /// Whether the keys live on a Redis Cluster (hash-tagged names).
+    pub fn with_cluster(mut self, cluster: bool) -> Pool {
+        self.cluster = cluster;
+        self
+    }
+
+    /// A custom dead-letter stream name D: used as is with one partition off Cluster;
+    /// otherwise partition i's dead letters go to `P_i + ":" + D`.
+    pub fn with_dead_letter_stream(mut self, name: impl Into<String>) -> Pool {
+        self.dead_letter = Some(name.into());
+        self
+    }
+
+    /// The stream name S as configured (partition streams derive from it).
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The consumer group (the same in every partition).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions as usize
+    }
+
+    /// Whether the keys are hash-tagged for Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn tagged(&self, name: &str) -> String {
+        if self.cluster {
+            format!("{{{name}}}")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// Partition i's stream P_i: W(S) for i = 0, W(S + ":" + i) after.
+    pub fn partition_stream(&self, i: usize) -> String {
+        if i == 0 {
+            self.tagged(&self.stream)
+        } else {
+            self.tagged(&format!("{}:{i}", self.stream))
+        }
+    }
+
+    /// Partition i's queue (stream, group, dead-letter stream).
+    pub fn partition(&self, i: usize) -> Queue {
+        let stream = self.partition_stream(i);
+        let q = Queue::new(stream.clone(), self.group.clone()).with_drain_key(self.draining_key());
+        match &self.dead_letter {
+            None => q,
+            Some(d) if self.partitions == 1 && !self.cluster => {
+                q.with_dead_letter_stream(d.clone())
+            }
+            Some(d) => q.with_dead_letter_stream(format!("{stream}:{d}")),
+        }
+    }
+
+    /// Every partition's queue, in partition order.
+    pub fn queues(&self) -> Vec<Queue> {
+        (0..self.partitions()).map(|i| self.partition(i)).collect()
+    }
+
+    /// The pool's drain hash (consumers told to stop taking tasks, see
+    /// [`Queue::drain_key`]): P_0 + ":draining", one for every partition.
+    pub fn draining_key(&self) -> String {
+        format!("{}:draining", self.partition_stream(0))
+    }
+
+    /// The partition a task with this key goes to: CRC16-XMODEM(key) mod N.
+    pub fn partition_for_key(&self, key: &[u8]) -> usize {
+        usize::from(crc16_xmodem(key)) % self.partitions().max(1)
+    }
+
+    /// Checks the names and the partition count: clear errors, never a panic later.
+    pub fn validate(&self) -> Result<()> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(QueueError::InvalidArgument(format!(
+                "partitions must be from 1 to {MAX_PARTITIONS}, not {}",
+                self.partitions
+            )));
+        }
+        if self.cluster && self.stream.contains(['{', '}']) {
+            return Err(QueueError::InvalidArgument(format!(
+                "on Redis Cluster the stream name must not contain {{ or }} (workpool adds the hash tag itself): {:?}",
+                self.stream
+            )));
+        }
+        if let Some(d) = &self.dead_letter
+            && d.is_empty()
+        {
+            return Err(QueueError::InvalidArgument(
+                "dead-letter stream name is empty".into(),
+            ));
+        }
+        for q in self.queues() {
+            q.validate()?;
+        }
+        if self.cluster {
+            for (i, q) in self.queues().iter().enumerate() {
+                let slot = key_slot(q.stream().as_bytes());
+                if key_slot(q.dead_letter_stream().as_bytes()) != slot {
+                    return Err(QueueError::InvalidArgument(format!(
+                        "partition {i}: the dead-letter stream {:?} is not in the hash slot of {:?}",
+                        q.dead_letter_stream(),
+                        q.stream()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stats of every partition and their sums: the top-level fields add up the
+    /// partitions (`oldest_pending_*` is the oldest of all; consumers are merged by name,
+    /// pending summed, idle the least), `draining` is the pool's drain hash and
+    /// `partitions` holds each partition's own stats.
+    ///
+    /// Partition 0 (with the drain hash, in one script) is read first, the others after
+    /// it, concurrently (on Cluster each from its node). A consumer that said `stopped`
+    /// takes no task in any partition until its field goes, so a snapshot showing it
+    /// `stopped` and holding nothing anywhere means it holds nothing from then on, even
+    /// though the partitions are not read in one atomic step.
+    pub async fn stats<C: ConnectionLike + Send + Clone>(&self, conn: &C) -> Result<QueueStats> {
+        let queues = self.queues();
+        let Some(first) = queues.first() else {
+            return Err(QueueError::InvalidArgument(
+                "a pool has at least one partition".into(),
+            ));
+        };
+        let first = first.stats(&mut conn.clone()).await?;
+        let rest = futures::future::try_join_all(queues[1..].iter().map(|q| {
+            let mut c = conn.clone();
+            async move { q.stats(&mut c).await }
+        }))
+        .await?;
+        let mut parts = Vec::with_capacity(queues.len());
+        parts.push(first);
+        parts.extend(rest);
+        Ok(self.sum(parts))
+    }
+
+    /// The pool's stats from its partitions' (see [`Pool::stats`]).
+    pub fn sum(&self, mut parts: Vec<QueueStats>) -> QueueStats {
+        let mut st = QueueStats {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            stream_exists: parts.iter().any(|p| p.stream_exists),
+            group_exists: !parts.is_empty() && parts.iter().all(|p| p.group_exists),
+            ..Default::default()
+        };
+        let mut consumers: Vec<ConsumerInfo> = Vec::new();
+        for p in &parts {
+            st.stream_length += p.stream_length;
+            st.lag += p.lag;
+            st.lag_computed |= p.lag_computed;
+            st.lag_estimated |= p.lag_estimated;
+            st.pending += p.pending;
+            st.pending_deleted += p.pending_deleted;
+            st.backlog += p.backlog;
+            st.dead_letters += p.dead_letters;
+            if let Some(age) = p.oldest_pending_age_ms
+                && st.oldest_pending_age_ms.is_none_or(|a| age > a)
+            {
+                st.oldest_pending_age_ms = Some(age);
+                st.oldest_pending_id = p.oldest_pending_id;
+            }
+            for c in &p.consumers {
+                match consumers.iter_mut().find(|x| x.name == c.name) {
+                    Some(x) => {
+                        x.pending += c.pending;
+                        x.idle_ms = x.idle_ms.min(c.idle_ms);
+                        x.inactive_ms = match (x.inactive_ms, c.inactive_ms) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    None => consumers.push(c.clone()),
+                }
+            }
+        }
+        // One partition: its own id (what wake from zero of a one-partition pool reads).
+        if parts.len() == 1 {
+            st.last_delivered_id = parts[0].last_delivered_id;
+            st.stream = parts[0].stream.clone();
+        }
+        st.consumers = consumers;
+        // The pool's drain hash is read with partition 0 only (the others leave it out).
+        if let Some(first) = parts.first_mut() {
+            st.draining = std::mem::take(&mut first.draining);
+        }
+        st.partitions = parts;
+        st
+    }
+
+    /// Removes `consumer` from every partition's group where it holds nothing (atomically
+    /// per partition, see [`Queue::remove_consumer_if_idle`]). The result: `Removed` when
+    /// it is gone from every partition, `StillPending(n)` with the entries it still holds
+    /// in the others, `NotFound`/`NoGroup` when no partition knew it.
+    pub async fn remove_consumer_if_idle<C: ConnectionLike + Send + Clone>(
+        &self,
+        conn: &C,
+        consumer: &str,
+    ) -> Result<RemoveConsumer> {
+        let mut removed = false;
+        let mut held = 0u64;
+        let mut no_group = true;
+        for q in self.queues() {
+            let mut c = conn.clone();
+            match q.remove_consumer_if_idle(&mut c, consumer).await? {
+                RemoveConsumer::Removed => {
+                    removed = true;
+                    no_group = false;
+                }
+                RemoveConsumer::StillPending(n) => {
+                    held += n;
+                    no_group = false;
+                }
+                RemoveConsumer::NotFound => no_group = false,
+                RemoveConsumer::NoGroup => {}
+            }
+        }
+        Ok(if held > 0 {
+            RemoveConsumer::StillPending(held)
+        } else if removed {
+            RemoveConsumer::Removed
+        } else if no_group {
+            RemoveConsumer::NoGroup
+        } else {
+            RemoveConsumer::NotFound
+        })
     }
 }
 
@@ -1728,6 +2138,167 @@ mod tests {
             Err(EntryId { ms: 1, seq: 2 })
         );
         assert!(parse_entry(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn crc16_and_slots_match_redis_cluster() {
+        // The CRC16-XMODEM check value and Redis Cluster's own examples (CLUSTER KEYSLOT).
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
+        assert_eq!(key_slot(b"{thumbs}:dead"), key_slot(b"thumbs"));
+    }
+
+    #[test]
+    fn pool_key_names_follow_the_protocol_decisions() {
+        // Standalone, one partition: exactly today's names.
+        let p = Pool::new("thumbs", "g");
+        assert_eq!(p.partition(0), Queue::new("thumbs", "g"));
+        assert_eq!(p.draining_key(), "thumbs:draining");
+        // Cluster, one partition: tagged.
+        let c = Pool::new("thumbs", "g").with_cluster(true);
+        assert_eq!(c.partition(0).stream(), "{thumbs}");
+        assert_eq!(c.partition(0).dead_letter_stream(), "{thumbs}:dead");
+        assert_eq!(c.draining_key(), "{thumbs}:draining");
+        // Partitions: P_i = W(S:i), each with its own dead letters.
+        let n = Pool::new("thumbs", "g")
+            .with_partitions(3)
+            .with_cluster(true);
+        let names: Vec<(String, String)> = n
+            .queues()
+            .iter()
+            .map(|q| (q.stream().to_string(), q.dead_letter_stream().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("{thumbs}".into(), "{thumbs}:dead".into()),
+                ("{thumbs:1}".into(), "{thumbs:1}:dead".into()),
+                ("{thumbs:2}".into(), "{thumbs:2}:dead".into()),
+            ]
+        );
+        assert!(n.queues().iter().all(|q| q.group() == "g"));
+        let plain = Pool::new("s", "g").with_partitions(2);
+        assert_eq!(plain.partition(1).stream(), "s:1");
+        // A custom dead-letter name: as is only standalone with one partition.
+        let d = Pool::new("s", "g").with_dead_letter_stream("failed");
+        assert_eq!(d.partition(0).dead_letter_stream(), "failed");
+        let d = Pool::new("s", "g")
+            .with_dead_letter_stream("failed")
+            .with_partitions(2);
+        assert_eq!(d.partition(0).dead_letter_stream(), "s:failed");
+        assert_eq!(d.partition(1).dead_letter_stream(), "s:1:failed");
+        let d = Pool::new("s", "g")
+            .with_dead_letter_stream("failed")
+            .with_cluster(true);
+        assert_eq!(d.partition(0).dead_letter_stream(), "{s}:failed");
+        assert!(d.validate().is_ok());
+        // The same key always picks the same partition; keys spread.
+        let p6 = Pool::new("s", "g").with_partitions(6);
+        assert_eq!(p6.partition_for_key(b"123456789"), 0x31c3 % 6);
+        let spread: std::collections::HashSet<usize> = (0..100)
+            .map(|i| p6.partition_for_key(format!("k{i}").as_bytes()))
+            .collect();
+        assert_eq!(spread.len(), 6);
+    }
+
+    #[test]
+    fn pool_validation_gives_clear_errors() {
+        for (pool, what) in [
+            (Pool::new("s", "g").with_partitions(0), "partitions must be"),
+            (
+                Pool::new("s", "g").with_partitions(MAX_PARTITIONS + 1),
+                "partitions must be",
+            ),
+            (Pool::new("{s}", "g").with_cluster(true), "must not contain"),
+            (Pool::new("", "g"), "stream name is empty"),
+            (
+                Pool::new("s", "g").with_dead_letter_stream(""),
+                "dead-letter stream name is empty",
+            ),
+            (
+                Pool::new("s", "g").with_dead_letter_stream("s"),
+                "must differ",
+            ),
+        ] {
+            let e = pool.validate().expect_err(what).to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        assert!(
+            Pool::new("{s}", "g").validate().is_ok(),
+            "braces are fine off Cluster"
+        );
+    }
+
+    #[test]
+    fn pool_stats_sum_the_partitions() {
+        let consumer = |name: &str, pending: u64, idle_ms: u64| ConsumerInfo {
+            name: name.into(),
+            pending,
+            idle_ms,
+            inactive_ms: None,
+        };
+        let a = QueueStats {
+            stream: "s".into(),
+            stream_exists: true,
+            group_exists: true,
+            stream_length: 10,
+            lag: 4,
+            pending: 2,
+            backlog: 6,
+            dead_letters: 1,
+            oldest_pending_age_ms: Some(500),
+            oldest_pending_id: Some(EntryId { ms: 1, seq: 0 }),
+            consumers: vec![consumer("w1", 2, 100), consumer("w2", 0, 50)],
+            ..Default::default()
+        };
+        let b = QueueStats {
+            stream: "s:1".into(),
+            stream_exists: true,
+            group_exists: false,
+            stream_length: 3,
+            lag: 3,
+            backlog: 3,
+            lag_computed: true,
+            oldest_pending_age_ms: Some(900),
+            oldest_pending_id: Some(EntryId { ms: 2, seq: 0 }),
+            consumers: vec![consumer("w1", 5, 10)],
+            ..Default::default()
+        };
+        let st = Pool::new("s", "g")
+            .with_partitions(2)
+            .sum(vec![a.clone(), b]);
+        assert_eq!(st.stream, "s");
+        assert_eq!(
+            (
+                st.stream_length,
+                st.lag,
+                st.pending,
+                st.backlog,
+                st.dead_letters
+            ),
+            (13, 7, 2, 9, 1)
+        );
+        assert!(st.stream_exists && !st.group_exists && st.lag_computed);
+        assert_eq!(st.oldest_pending_age_ms, Some(900));
+        assert_eq!(st.oldest_pending_id, Some(EntryId { ms: 2, seq: 0 }));
+        assert_eq!(
+            st.consumers,
+            vec![consumer("w1", 7, 10), consumer("w2", 0, 50)]
+        );
+        assert_eq!(st.partitions.len(), 2);
+        assert_eq!(st.last_delivered_id, None);
+        let json = serde_json::to_value(&st).expect("json");
+        assert_eq!(json["backlog"], 9);
+        assert_eq!(json["partitions"][1]["stream"], "s:1");
+        // One partition: its own stats, plus itself under `partitions`.
+        let one = Pool::new("s", "g").sum(vec![a.clone()]);
+        assert_eq!(one.backlog, a.backlog);
+        assert_eq!(one.partitions, vec![a]);
     }
 
     #[test]

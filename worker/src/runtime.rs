@@ -4,12 +4,11 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,15 +16,17 @@ use tracing::{debug, error, info, warn};
 
 use crate::handler::{Handler, TaskError};
 use crate::metrics::Health;
-use crate::queue::{Entry, EntryId, Queue, QueueError};
+use crate::queue::{Entry, EntryId, Pool, Queue, QueueError};
+use crate::target::{Connection, Target, Tls};
 
 /// Settings of one worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Redis URL.
+    /// Redis URL: standalone, Sentinel or Cluster (see [`crate::target`]).
     pub redis_url: String,
-    /// Stream, group and dead-letter stream.
-    pub queue: Queue,
+    /// The pool's keys: stream, group, dead-letter stream and partitions (build it with
+    /// `with_cluster` matching the URL).
+    pub pool: Pool,
     /// Consumer name (unique per worker; the pod name in Kubernetes).
     pub consumer: String,
     /// Tasks run at once.
@@ -44,9 +45,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// A run taking longer fails (and is retried); `None`: no limit.
     pub task_timeout: Option<Duration>,
-    /// PEM certificates of the CA to verify a `rediss://` server against, instead of the
-    /// system's trusted roots.
-    pub redis_ca: Option<Vec<u8>>,
+    /// TLS material for `rediss` URLs: a CA to verify the servers against instead of the
+    /// system's trusted roots, and a client certificate + key (mTLS).
+    pub tls: Tls,
 }
 
 impl WorkerConfig {
@@ -104,28 +105,30 @@ pub fn retry_delay(base: Duration, max: Duration, next_delivery: u32) -> Duratio
     d.mul_f64(jitter).min(max)
 }
 
-/// A lazily (re)connected multiplexed connection.
+/// A lazily (re)connected multiplexed connection. Reconnecting goes through the target
+/// again: a Sentinel target asks the sentinels for the primary, a Cluster target reloads
+/// the slot map.
 struct Conn {
-    client: redis::Client,
+    target: Target,
     response_timeout: Option<Duration>,
-    cur: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    cur: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Conn {
-    fn new(client: redis::Client, response_timeout: Option<Duration>) -> Self {
+    fn new(target: Target, response_timeout: Option<Duration>) -> Self {
         Conn {
-            client,
+            target,
             response_timeout,
             cur: tokio::sync::Mutex::new(None),
         }
     }
 
-    async fn get(&self) -> Result<MultiplexedConnection, QueueError> {
+    async fn get(&self) -> Result<Connection, QueueError> {
         let mut g = self.cur.lock().await;
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let c = crate::queue::connect_client(&self.client, self.response_timeout).await?;
+        let c = self.target.connect(self.response_timeout).await?;
         *g = Some(c.clone());
         Ok(c)
     }
@@ -149,11 +152,16 @@ enum Done {
     Flush(oneshot::Sender<()>),
 }
 
+/// One partition's worker state; the partitions of a pool share the concurrency slots,
+/// the handler, the command connection, the task tracker, the shutdown tokens and what is
+/// known about Redis's health and clock.
 struct Ctx {
     cfg: WorkerConfig,
+    /// This partition's stream, group and dead-letter stream.
+    queue: Queue,
     handler: Handler,
     health: Health,
-    cmd: Conn,
+    cmd: Arc<Conn>,
     sem: Arc<Semaphore>,
     inflight: Mutex<HashSet<EntryId>>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -168,17 +176,41 @@ struct Ctx {
     /// a former process's (same consumer name), not lost replies.
     started: Instant,
     /// The last time Redis looked stalled or unreachable.
-    trouble: Mutex<Option<Instant>>,
+    trouble: Arc<Mutex<Option<Instant>>>,
     /// Redis server time minus local wall-clock time, in ms (from the health ping).
-    clock_offset_ms: AtomicI64,
-    clock_known: AtomicBool,
+    clock_offset_ms: Arc<AtomicI64>,
+    clock_known: Arc<AtomicBool>,
     /// In-flight tasks whose lease was lost (reported once, no longer renewed).
     lease_lost: Mutex<HashSet<EntryId>>,
+    /// Shared by the partitions' readers: `stopped` is said only once every one of them
+    /// stopped reading.
+    drain_gate: Arc<DrainGate>,
+}
+
+/// The partitions' readers of one worker and how many of them saw the pool's drain
+/// request and stopped reading. The worker answers `stopped` only when all have: a reader
+/// still in a blocking read of its partition may yet take a task.
+struct DrainGate {
+    readers: usize,
+    parked: AtomicUsize,
+}
+
+impl DrainGate {
+    fn new(readers: usize) -> DrainGate {
+        DrainGate {
+            readers,
+            parked: AtomicUsize::new(0),
+        }
+    }
+
+    fn all_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst) >= self.readers
+    }
 }
 
 impl Ctx {
     fn queue(&self) -> &Queue {
-        &self.cfg.queue
+        &self.queue
     }
 
     fn consumer(&self) -> &str {
@@ -282,7 +314,7 @@ impl Ctx {
         f: F,
     ) -> Option<Result<T, QueueError>>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: Future<Output = Result<T, QueueError>>,
     {
         let mut attempt = 0u32;
@@ -668,9 +700,9 @@ async fn renewer(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// Pings Redis (`TIME`) with a short timeout: readiness follows it, a slow or failed
 /// ping counts as a Redis outage (reclaims pause), and the answer gives the offset of
 /// Redis's clock for reclaim deadlines.
-async fn pinger(ctx: Arc<Ctx>, client: redis::Client, stop: CancellationToken) {
+async fn pinger(ctx: Arc<Ctx>, target: Target, stop: CancellationToken) {
     let timeout = ctx.cfg.ping_timeout();
-    let conn = Conn::new(client, Some(timeout));
+    let conn = Conn::new(target, Some(timeout));
     let mut failures = 0u32;
     loop {
         let sent = Instant::now();
@@ -739,11 +771,16 @@ struct Reader {
     next_take_back: Instant,
     /// The connection broke since the last successful connect.
     lost_connection: bool,
+    /// One of several partitions: blocking reads hold no concurrency slot.
+    partitioned: bool,
     /// When to look at the drain hash again (at most every [`DRAIN_CHECK_INTERVAL`]
     /// while taking tasks).
     next_drain_check: Instant,
     /// The drain hash could not be read as a hash; said once.
     drain_warned: bool,
+    /// This reader saw the drain request and reads no more until it is taken back
+    /// (counted in [`DrainGate`]).
+    parked: bool,
 }
 
 /// How often a worker that takes tasks looks at the pool's drain hash (one `HGET`); it
@@ -936,7 +973,7 @@ impl Reader {
                 self.conn.reset().await;
                 self.attempt += 1;
                 let d = reconnect_backoff(self.attempt);
-                warn!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, url = %redacted(&ctx.cfg.redis_url), "cannot connect to redis");
+                warn!(attempt = self.attempt, retry_in_ms = d.as_millis() as u64, error = %e, url = %redacted(&ctx.cfg.redis_url), stream = ctx.queue().stream(), "cannot connect to redis");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     _ = ctx.shutdown.cancelled() => {}
@@ -1164,7 +1201,9 @@ impl Reader {
     /// [`DRAIN_POLL`] and returns true. When the field is gone it takes tasks again.
     async fn drained(&mut self) -> bool {
         let ctx = self.ctx.clone();
-        let draining = ctx.health.is_draining();
+        // A parked reader looks every time: another reader may have seen the drain
+        // taken back first (and said so), and this one must not wait to read again.
+        let draining = ctx.health.is_draining() || self.parked;
         if !draining && Instant::now() < self.next_drain_check {
             return false;
         }
@@ -1189,12 +1228,20 @@ impl Reader {
             }
         };
         let Some(state) = state else {
-            if draining {
+            if self.parked {
+                self.parked = false;
+                ctx.drain_gate.parked.fetch_sub(1, Ordering::SeqCst);
+            }
+            if ctx.health.is_draining() {
                 info!("drain taken back: taking tasks again");
                 ctx.health.set_draining(false);
             }
             return false;
         };
+        if !self.parked {
+            self.parked = true;
+            ctx.drain_gate.parked.fetch_add(1, Ordering::SeqCst);
+        }
         if !draining {
             info!(
                 in_flight = ctx.health.metrics.in_flight.get(),
@@ -1202,7 +1249,9 @@ impl Reader {
             );
             ctx.health.set_draining(true);
         }
-        if state == crate::queue::DrainState::Requested {
+        // Every partition's reader must have stopped before the worker says `stopped`:
+        // the operator deletes a pod it sees stopped and holding nothing.
+        if state == crate::queue::DrainState::Requested && ctx.drain_gate.all_parked() {
             let ack = match self.conn.get().await {
                 Ok(mut c) => ctx.queue().acknowledge_drain(&mut c, ctx.consumer()).await,
                 Err(e) => Err(e),
@@ -1289,6 +1338,49 @@ impl Reader {
                     continue;
                 }
             };
+            if self.partitioned {
+                // Partitions share the slots: a reader holds slots only for a read that
+                // answers at once, never while it blocks, so an empty partition never
+                // keeps the slots from a busy one.
+                match ctx
+                    .queue()
+                    .read_now(&mut c, ctx.consumer(), permit.num_permits())
+                    .await
+                {
+                    Ok(entries) if !entries.is_empty() => {
+                        ctx.health.set_ready(true);
+                        if ctx.shutdown.is_cancelled() {
+                            self.hand_back(entries, 1);
+                            break;
+                        }
+                        self.dispatch(entries, &mut permit);
+                        continue;
+                    }
+                    Ok(_) => ctx.health.set_ready(true),
+                    Err(e) => {
+                        self.failed("read", e).await;
+                        continue;
+                    }
+                }
+                drop(permit);
+                match ctx.queue().read(&mut c, ctx.consumer(), 1, block).await {
+                    Ok(entries) => {
+                        ctx.health.set_ready(true);
+                        if entries.is_empty() {
+                            continue;
+                        }
+                        if ctx.shutdown.is_cancelled() {
+                            self.hand_back(entries, 1);
+                            break;
+                        }
+                        if self.dispatch_when_free(entries).await {
+                            break;
+                        }
+                    }
+                    Err(e) => self.failed("read", e).await,
+                }
+                continue;
+            }
             match ctx
                 .queue()
                 .read(&mut c, ctx.consumer(), permit.num_permits(), block)
@@ -1312,6 +1404,34 @@ impl Reader {
         ctx.health.set_ready(false);
     }
 
+    /// Starts entries read without holding slots (a blocking read of a partitioned pool)
+    /// as slots free up; meanwhile they are tracked, so their leases are renewed. Returns
+    /// true when shutting down (the rest is handed back).
+    async fn dispatch_when_free(&self, entries: Vec<Entry>) -> bool {
+        let ctx = &self.ctx;
+        let mut entries = entries.into_iter();
+        while let Some(e) = entries.next() {
+            if !ctx.track(e.id) {
+                // Running here already (redelivered by a recreated group).
+                ctx.lease_regained(e.id);
+                continue;
+            }
+            let slot = ctx.slots(false).await;
+            // `dispatch` tracks it again (and counts it in flight).
+            if let Ok(mut s) = ctx.inflight.lock() {
+                s.remove(&e.id);
+            }
+            match slot {
+                Some(mut p) => self.dispatch(vec![e], &mut p),
+                None => {
+                    self.hand_back(std::iter::once(e).chain(entries).collect(), 1);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Hands back entries that were delivered but never started (their delivery does not
     /// count: `uncount` is subtracted from their counter).
     fn hand_back(&self, entries: Vec<Entry>, uncount: u32) {
@@ -1325,12 +1445,9 @@ impl Reader {
     }
 }
 
-/// The URL without its password, for logs.
+/// The URL without its passwords, for logs.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    crate::target::redacted(url)
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains: stops reading, lets
@@ -1343,46 +1460,86 @@ pub async fn run(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), QueueError> {
-    cfg.queue.validate()?;
-    let client = crate::queue::client(&cfg.redis_url, cfg.redis_ca.as_deref())?;
+    let target = Target::new(&cfg.redis_url, &cfg.tls)?;
+    if cfg.pool.is_cluster() != target.is_cluster() {
+        return Err(QueueError::InvalidArgument(format!(
+            "the pool's keys are {} but the URL {:?} names a {} target",
+            if cfg.pool.is_cluster() {
+                "hash-tagged for Redis Cluster"
+            } else {
+                "not hash-tagged"
+            },
+            target.redacted(),
+            target.mode()
+        )));
+    }
+    cfg.pool.validate()?;
     let block = cfg.block();
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx {
-        sem: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
-        cmd: Conn::new(client.clone(), Some(Duration::from_secs(30))),
-        cfg,
-        handler,
-        health,
-        inflight: Mutex::new(HashSet::new()),
-        done_tx,
-        tracker: TaskTracker::new(),
-        shutdown: shutdown.clone(),
-        hard_stop: hard_stop.clone(),
-        abandon: CancellationToken::new(),
-        started: Instant::now(),
-        trouble: Mutex::new(None),
-        clock_offset_ms: AtomicI64::new(0),
-        clock_known: AtomicBool::new(false),
-        lease_lost: Mutex::new(HashSet::new()),
-    });
-    let acker = tokio::spawn(acknowledger(ctx.clone(), done_rx));
+    // Shared by the partitions: the concurrency slots, the command connection, the task
+    // tracker and what is known of Redis's health and clock.
+    let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let cmd = Arc::new(Conn::new(target.clone(), Some(Duration::from_secs(30))));
+    let tracker = TaskTracker::new();
+    let abandon = CancellationToken::new();
+    let started = Instant::now();
+    let trouble = Arc::new(Mutex::new(None));
+    let clock_offset_ms = Arc::new(AtomicI64::new(0));
+    let clock_known = Arc::new(AtomicBool::new(false));
     let renew_stop = CancellationToken::new();
-    let renew = tokio::spawn(renewer(ctx.clone(), renew_stop.clone()));
-    let ping = tokio::spawn(pinger(ctx.clone(), client.clone(), renew_stop.clone()));
-    let reader = Reader {
-        ctx: ctx.clone(),
-        conn: Conn::new(client, Some(block + Duration::from_secs(5))),
-        connected: false,
-        ever_connected: false,
-        attempt: 0,
-        cursor: EntryId::ZERO,
-        next_reclaim: Instant::now(),
-        next_take_back: Instant::now(),
-        lost_connection: false,
-        next_drain_check: Instant::now(),
-        drain_warned: false,
-    };
-    let reader = tokio::spawn(reader.run());
+    let drain_gate = Arc::new(DrainGate::new(cfg.pool.partitions()));
+    let mut ctxs = Vec::new();
+    let mut ackers = Vec::new();
+    let mut renewers = Vec::new();
+    let mut readers = Vec::new();
+    for (partition, queue) in cfg.pool.queues().into_iter().enumerate() {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Ctx {
+            sem: sem.clone(),
+            cmd: cmd.clone(),
+            cfg: cfg.clone(),
+            queue,
+            handler: handler.clone(),
+            health: health.clone(),
+            inflight: Mutex::new(HashSet::new()),
+            done_tx,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+            abandon: abandon.clone(),
+            started,
+            trouble: trouble.clone(),
+            clock_offset_ms: clock_offset_ms.clone(),
+            clock_known: clock_known.clone(),
+            lease_lost: Mutex::new(HashSet::new()),
+            drain_gate: drain_gate.clone(),
+        });
+        ackers.push(tokio::spawn(acknowledger(ctx.clone(), done_rx)));
+        renewers.push(tokio::spawn(renewer(ctx.clone(), renew_stop.clone())));
+        let reader = Reader {
+            ctx: ctx.clone(),
+            conn: Conn::new(target.clone(), Some(block + Duration::from_secs(5))),
+            connected: false,
+            ever_connected: false,
+            attempt: 0,
+            cursor: EntryId::ZERO,
+            next_reclaim: Instant::now(),
+            next_take_back: Instant::now(),
+            lost_connection: false,
+            partitioned: cfg.pool.partitions() > 1,
+            next_drain_check: Instant::now(),
+            drain_warned: false,
+            parked: false,
+        };
+        debug!(
+            partition,
+            stream = ctx.queue().stream(),
+            "reading partition"
+        );
+        readers.push(tokio::spawn(reader.run()));
+        ctxs.push(ctx);
+    }
+    let ctx = ctxs[0].clone();
+    let ping = tokio::spawn(pinger(ctx.clone(), target, renew_stop.clone()));
 
     shutdown.cancelled().await;
     // Not ready from the signal on, not only when the blocking read returns.
@@ -1394,8 +1551,10 @@ pub async fn run(
         "shutting down: stopped reading, finishing in-flight tasks"
     );
     let deadline = tokio::time::Instant::now() + grace;
-    if let Err(e) = reader.await {
-        error!(error = %e, "reader task failed");
+    for reader in readers {
+        if let Err(e) = reader.await {
+            error!(error = %e, "reader task failed");
+        }
     }
     ctx.tracker.close();
     tokio::select! {
@@ -1419,11 +1578,16 @@ pub async fn run(
         );
     }
     renew_stop.cancel();
-    let _ = renew.await;
+    for renew in renewers {
+        let _ = renew.await;
+    }
     let _ = ping.await;
-    let (tx, rx) = oneshot::channel();
-    ctx.send(Done::Flush(tx));
-    if tokio::time::timeout(Duration::from_secs(5), rx)
+    let flushes = ctxs.iter().map(|c| {
+        let (tx, rx) = oneshot::channel();
+        c.send(Done::Flush(tx));
+        rx
+    });
+    if tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(flushes))
         .await
         .is_err()
     {
@@ -1432,7 +1596,9 @@ pub async fn run(
         );
     }
     ctx.abandon.cancel();
-    acker.abort();
+    for acker in ackers {
+        acker.abort();
+    }
     info!(
         succeeded = ctx.health.metrics.succeeded.get(),
         dead_lettered = ctx.health.metrics.dead_lettered.get(),
@@ -1465,7 +1631,7 @@ mod tests {
     fn intervals_sit_inside_the_visibility_timeout() {
         let cfg = WorkerConfig {
             redis_url: String::new(),
-            queue: Queue::new("s", "g"),
+            pool: Pool::new("s", "g"),
             consumer: "c".into(),
             concurrency: 1,
             batch: 1,
@@ -1475,7 +1641,7 @@ mod tests {
             retry_backoff_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             task_timeout: None,
-            redis_ca: None,
+            tls: Tls::none(),
         };
         assert_eq!(cfg.renew_interval(), Duration::from_secs(10));
         assert_eq!(cfg.reclaim_interval(), Duration::from_secs(15));

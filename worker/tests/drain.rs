@@ -198,3 +198,145 @@ async fn drain_hash_writes_are_conditional_and_foreign_values_are_ignored() {
         "a foreign value is no drain"
     );
 }
+
+/// A partitioned pool on a real Redis Cluster: the drain hash is the pool's one
+/// `{S}:draining` (partition 0's slot), the worker says `stopped` only once it reads no
+/// partition, and from then on it takes no task in any partition; taken back, it reads
+/// them all again. Every task runs exactly once (maxDeliveries 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_of_a_partitioned_cluster_pool_stops_reading_every_partition() {
+    use workpool_worker::queue::Pool;
+    use workpool_worker::target::{Target, Tls};
+    use workpool_worker::testing::{ClusterOptions, RedisCluster};
+
+    let cluster = RedisCluster::start(ClusterOptions::default()).expect("cluster");
+    let url = cluster.url();
+    let target = Target::new(&url, &Tls::none()).expect("target");
+    let c = target
+        .connect(Some(Duration::from_secs(10)))
+        .await
+        .expect("connect");
+    let pool = Pool::new("jobs", "pool")
+        .with_partitions(3)
+        .with_cluster(true);
+    assert_eq!(pool.draining_key(), "{jobs}:draining");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = side_file(&dir, "runs");
+    let enqueue_all = |first: usize, per_partition: usize| {
+        let pool = pool.clone();
+        let c = c.clone();
+        async move {
+            let mut n = first;
+            for q in pool.queues() {
+                let payloads: Vec<String> =
+                    (0..per_partition).map(|i| format!("t{}", n + i)).collect();
+                n += per_partition;
+                let tasks: Vec<workpool_worker::queue::NewTask<'_>> = payloads
+                    .iter()
+                    .map(|p| workpool_worker::queue::NewTask::new(p.as_bytes()))
+                    .collect();
+                q.enqueue(&mut c.clone(), &tasks).await.expect("enqueue");
+            }
+            (first..n).map(|i| format!("t{i}")).collect::<Vec<_>>()
+        }
+    };
+    let pool_stats = || {
+        let pool = pool.clone();
+        let c = c.clone();
+        async move { pool.stats(&c).await.expect("stats") }
+    };
+    let held = |st: &workpool_worker::queue::QueueStats, name: &str| {
+        st.consumers
+            .iter()
+            .find(|x| x.name == name)
+            .map_or(0, |x| x.pending)
+    };
+    let first = enqueue_all(0, 8).await;
+    let spawn = |name: &str| {
+        let script = format!(
+            "p=$(cat); echo \"start $p {name}\" >> {runs}; sleep 1; echo \"end $p\" >> {runs}"
+        );
+        let args = [
+            "--partitions",
+            "3",
+            "--concurrency",
+            "2",
+            "--max-deliveries",
+            "1",
+            "--exec",
+            "sh",
+            "-c",
+            script.as_str(),
+        ];
+        Worker::spawn(&url, "jobs", "pool", name, &args)
+    };
+    let w1 = spawn("w1");
+    let w2 = spawn("w2");
+    wait_until(Duration::from_secs(30), "w1 holds tasks", || async {
+        held(&pool_stats().await, "w1") > 0
+    })
+    .await;
+
+    pool.partition(0)
+        .request_drain(&mut c.clone(), &["w1".to_string()])
+        .await
+        .expect("drain w1");
+    wait_until(Duration::from_secs(20), "w1 says it stopped", || async {
+        pool_stats().await.draining.get("w1") == Some(&DrainState::Stopped)
+    })
+    .await;
+    let started_at_stop = starts(&read_lines(&runs))
+        .values()
+        .flatten()
+        .filter(|c| *c == "w1")
+        .count();
+    let mut last = held(&pool_stats().await, "w1");
+    loop {
+        let now = held(&pool_stats().await, "w1");
+        assert!(now <= last, "drained w1 took a task: held {last} -> {now}");
+        last = now;
+        if now == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until(Duration::from_secs(90), "w2 ran the rest", || async {
+        let st = pool_stats().await;
+        st.lag == 0 && st.pending == 0
+    })
+    .await;
+    let w1_starts = starts(&read_lines(&runs))
+        .values()
+        .flatten()
+        .filter(|c| *c == "w1")
+        .count();
+    // Its concurrency: the most it can have started but not yet logged when it stopped.
+    assert!(
+        w1_starts <= started_at_stop + 2,
+        "w1 started {w1_starts} tasks, {started_at_stop} logged when it stopped"
+    );
+
+    // Taken back: w1 reads the partitions again.
+    let more = enqueue_all(first.len(), 6).await;
+    pool.partition(2)
+        .cancel_drain(&mut c.clone(), &["w1".to_string()])
+        .await
+        .expect("undrain w1 (any partition's queue names the pool's hash)");
+    wait_until(Duration::from_secs(30), "w1 takes tasks again", || async {
+        let s = starts(&read_lines(&runs));
+        more.iter()
+            .any(|t| s.get(t).is_some_and(|c| c.contains(&"w1".to_string())))
+    })
+    .await;
+    wait_until(Duration::from_secs(90), "everything ran", || async {
+        let st = pool_stats().await;
+        st.lag == 0 && st.pending == 0
+    })
+    .await;
+    let s = starts(&read_lines(&runs));
+    for t in first.iter().chain(&more) {
+        assert_eq!(s.get(t).map(Vec::len), Some(1), "task {t} ran once: {s:?}");
+    }
+    assert_eq!(pool_stats().await.dead_letters, 0);
+    drop((w1, w2));
+}

@@ -130,6 +130,9 @@ redis-url
 {{- if and .Values.externalRedis.url .Values.externalRedis.existingSecret.name -}}
 {{- fail "externalRedis: set url or existingSecret, not both" -}}
 {{- end -}}
+{{- if and .Values.redis.enabled .Values.redis.ha.enabled (gt (int .Values.redis.ha.sentinel.quorum) (int .Values.redis.ha.sentinel.replicas)) -}}
+{{- fail (printf "redis.ha.sentinel.quorum (%v) must not exceed redis.ha.sentinel.replicas (%v): no failover could ever start" .Values.redis.ha.sentinel.quorum .Values.redis.ha.sentinel.replicas) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The operator's rules on WorkPools, pods, Secrets and Events (rbac.yaml). */}}
@@ -161,3 +164,28 @@ redis-url
   resources: [events]
   verbs: [create, patch]
 {{- end }}
+
+{{/*
+Spread a component's pods over nodes: (list $ "redis" "soft"|"hard") -> a podAntiAffinity,
+preferred (soft) or required (hard), by kubernetes.io/hostname.
+*/}}
+{{- define "workpool.spread" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+podAntiAffinity:
+{{- if eq (index . 2) "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "workpool.selectorLabels" (list $root $component) | nindent 10 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "workpool.selectorLabels" (list $root $component) | nindent 12 }}
+{{- end }}
+{{- end -}}

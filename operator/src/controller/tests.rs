@@ -307,6 +307,22 @@ async fn a_replica_that_does_not_lead_sends_nothing() {
 }
 
 #[tokio::test]
+async fn a_pool_gone_mid_reconcile_leaves_no_series_and_no_memory() {
+    let wp = fixtures::pool(NS, "p", json!({"replicas": 1}));
+    let (ctx, _api) = fixtures::context(vec![]);
+    ctx.forget(&key_of(&wp));
+    let gone = kube::core::Status::failure("workpools \"p\" not found", "NotFound").with_code(404);
+    let err = Error::api("apply status", "ns/p", kube::Error::Api(gone.boxed()));
+    assert_eq!(
+        error_policy(wp.clone(), &err, ctx.clone()),
+        Action::await_change()
+    );
+    assert!(!ctx.remembers(&key_of(&wp)), "memory came back");
+    let body = ctx.metrics.render();
+    assert!(!body.contains("workpool=\"p\""), "{body}");
+}
+
+#[tokio::test]
 async fn a_paused_pool_creates_nothing_and_says_so() {
     let wp = fixtures::pool(NS, "p", json!({"replicas": 3, "paused": true}));
     let (ctx, mut api) = fixtures::context(vec![]);

@@ -30,7 +30,11 @@ fn world(
             .collect(),
         queue: crate::observe::queue_of(wp),
         template: Ok(hash),
-        url: Some(Ok("redis://r:6379".into())),
+        target: Some(Ok(workpool_worker::target::Target::new(
+            "redis://r:6379",
+            &Default::default(),
+        )
+        .expect("target"))),
         snapshot: st.map(|st| Snapshot {
             result: Ok(st),
             taken_ms: NOW - 1,
@@ -337,7 +341,8 @@ fn a_pool_at_zero_is_watched_for_its_first_task_and_rests_without_polling() {
     assert_eq!(d.status.desired, 0);
     match &d.wake {
         WakeIntent::Watch(t) => {
-            assert_eq!(t.after, workpool_worker::queue::EntryId { ms: 5, seq: 1 })
+            let after: Vec<_> = t.streams.iter().map(|s| s.1).collect();
+            assert_eq!(after, [workpool_worker::queue::EntryId { ms: 5, seq: 1 }])
         }
         other => panic!("{other:?}"),
     }

@@ -18,6 +18,7 @@
 //!   `services`, `nodes`, `namespaces`) and prints `KIND[:NS]=allowed` or
 //!   `KIND[:NS]=<HTTP code>`.
 //! - `sleep`: sleeps forever (a container that just runs).
+//! - `say LINE...`: prints each LINE on stdout, then sleeps forever (a container log).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -42,12 +43,21 @@ fn main() {
         Some("http-get") => http_get(&args[1..]),
         Some("api") => api(&args[1..]),
         Some("send") => send(&args[1..]),
+        Some("say") => {
+            for line in &args[1..] {
+                println!("{line}");
+            }
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         Some("sleep") => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         _ => {
             eprintln!(
-                "usage: workpool-node-probe serve|cat|write|resolve|http-get|send|api|sleep ..."
+                "usage: workpool-node-probe serve|cat|write|resolve|http-get|send|api|sleep|say ..."
             );
             2
         }

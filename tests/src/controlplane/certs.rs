@@ -1,13 +1,20 @@
-//! The test cluster's PKI, made with the `openssl` command line tool: one CA that signs
-//! the API server's serving certificate and every client certificate (admin, nodes,
-//! controllers), and the ServiceAccount token signing key.
+//! The test cluster's PKI, made in-process with `rcgen`: one CA that signs the API
+//! server's serving certificate and every client certificate (admin, nodes, controllers),
+//! and the ServiceAccount token signing key. Files are PEM (keys PKCS#8), as the
+//! Kubernetes components read them.
 //!
-//! ECDSA P-256 keys: quick to generate, and accepted by every component.
+//! ECDSA P-256 keys: quick to generate, and accepted by every component. Certificates are
+//! issued concurrently by parallel tests: nothing is shared on disk but the CA's own files,
+//! which are written once.
 
 use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyUsagePurpose, SanType,
+};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
 
 /// A certificate and its private key, as PEM files.
 #[derive(Debug, Clone)]
@@ -17,52 +24,23 @@ pub struct KeyPair {
 }
 
 /// The cluster CA.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ca {
     pub pair: KeyPair,
     dir: PathBuf,
+    signer: Arc<Signer>,
 }
 
-fn openssl(args: &[&str], cwd: &Path) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .context("running openssl (Debian package `openssl`)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// What signs: the CA's parameters (its name, key identifier method) and private key.
+struct Signer {
+    params: CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("pair", &self.pair).finish()
     }
-    Ok(())
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("path is not UTF-8: {}", p.display()))
-}
-
-/// Writes an EC P-256 private key (PKCS#8 PEM).
-fn new_key(key: &Path, cwd: &Path) -> Result<()> {
-    openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            path_str(key)?,
-        ],
-        cwd,
-    )
-}
-
-/// Escapes a value for an OpenSSL `-subj` string (`/` and `\` are special).
-fn subj_value(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('/', "\\/")
 }
 
 /// What a leaf certificate is for.
@@ -72,11 +50,24 @@ pub enum Usage<'a> {
         dns: &'a [&'a str],
         ips: &'a [IpAddr],
     },
-    /// A client: the user is the common name, the groups are organizations.
+    /// A client: the user is the common name, the group (at most one: an rcgen
+    /// distinguished name holds one value per attribute) the organization.
     Client {
         user: &'a str,
         groups: &'a [&'a str],
     },
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A random positive 128-bit serial number.
+fn serial() -> rcgen::SerialNumber {
+    let mut bytes = rand::random::<[u8; 16]>();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&bytes)
 }
 
 impl Ca {
@@ -87,121 +78,80 @@ impl Ca {
             cert: dir.join("ca.crt"),
             key: dir.join("ca.key"),
         };
-        new_key(&pair.key, dir)?;
-        let ext = dir.join("ca.ext");
-        std::fs::write(
-            &ext,
-            "[req]\ndistinguished_name = dn\n[dn]\n[ca]\nbasicConstraints = critical,CA:TRUE\n\
-             keyUsage = critical,keyCertSign,cRLSign,digitalSignature\n\
-             subjectKeyIdentifier = hash\n",
-        )?;
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-config",
-                path_str(&ext)?,
-                "-extensions",
-                "ca",
-                "-key",
-                path_str(&pair.key)?,
-                "-subj",
-                "/CN=workpool-test-ca",
-                "-days",
-                "3650",
-                "-out",
-                path_str(&pair.cert)?,
-            ],
-            dir,
-        )?;
+        let key = rcgen::KeyPair::generate().context("generating the CA key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "workpool-test-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(serial());
+        let cert = params.self_signed(&key).context("signing the CA")?;
+        write(&pair.cert, &cert.pem())?;
+        write(&pair.key, &key.serialize_pem())?;
         Ok(Ca {
             pair,
             dir: dir.to_path_buf(),
+            signer: Arc::new(Signer { params, key }),
         })
     }
 
     /// Issues a leaf certificate named `name` (files `<name>.crt`, `<name>.key` beside
     /// the CA).
     pub fn issue(&self, name: &str, usage: Usage<'_>) -> Result<KeyPair> {
-        let dir = &self.dir;
         let pair = KeyPair {
-            cert: dir.join(format!("{name}.crt")),
-            key: dir.join(format!("{name}.key")),
+            cert: self.dir.join(format!("{name}.crt")),
+            key: self.dir.join(format!("{name}.key")),
         };
-        new_key(&pair.key, dir)?;
-        let (subject, ext) = match usage {
+        let key = rcgen::KeyPair::generate().context("generating a key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        match usage {
             Usage::Server { dns, ips } => {
-                let mut alt: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
-                alt.extend(ips.iter().map(|ip| format!("IP:{ip}")));
-                (
-                    format!("/CN={}", subj_value(name)),
-                    format!(
-                        "extendedKeyUsage = serverAuth\nsubjectAltName = {}\n",
-                        alt.join(",")
-                    ),
-                )
+                params.distinguished_name.push(DnType::CommonName, name);
+                for d in dns {
+                    params.subject_alt_names.push(SanType::DnsName(
+                        (*d).try_into()
+                            .with_context(|| format!("DNS name {d:?} of {name}"))?,
+                    ));
+                }
+                params
+                    .subject_alt_names
+                    .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Usage::Client { user, groups } => {
-                let mut s = String::new();
-                for g in groups {
-                    s.push_str(&format!("/O={}", subj_value(g)));
+                match groups {
+                    [] => {}
+                    [group] => params
+                        .distinguished_name
+                        .push(DnType::OrganizationName, *group),
+                    more => bail!(
+                        "certificate {name}: at most one group, not {more:?} (one organization per name)"
+                    ),
                 }
-                s.push_str(&format!("/CN={}", subj_value(user)));
-                (s, "extendedKeyUsage = clientAuth\n".to_string())
+                params.distinguished_name.push(DnType::CommonName, user);
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
-        };
-        let csr = dir.join(format!("{name}.csr"));
-        let ext_file = dir.join(format!("{name}.ext"));
-        std::fs::write(
-            &ext_file,
-            format!(
-                "[leaf]\nbasicConstraints = critical,CA:FALSE\n\
-                 keyUsage = critical,digitalSignature,keyEncipherment\n{ext}"
-            ),
-        )?;
-        openssl(
-            &[
-                "req",
-                "-new",
-                "-key",
-                path_str(&pair.key)?,
-                "-subj",
-                &subject,
-                "-out",
-                path_str(&csr)?,
-            ],
-            dir,
-        )?;
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                path_str(&csr)?,
-                "-CA",
-                path_str(&self.pair.cert)?,
-                "-CAkey",
-                path_str(&self.pair.key)?,
-                // A random serial, not -CAcreateserial: certificates issued at the same
-                // time (parallel tests) raced on the shared ca.srl ("Unable to load number").
-                "-set_serial",
-                &format!(
-                    "0x{:016x}{:016x}",
-                    rand::random::<u64>() >> 1,
-                    rand::random::<u64>()
-                ),
-                "-days",
-                "3650",
-                "-extfile",
-                path_str(&ext_file)?,
-                "-extensions",
-                "leaf",
-                "-out",
-                path_str(&pair.cert)?,
-            ],
-            dir,
-        )?;
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(serial());
+        let issuer = Issuer::from_params(&self.signer.params, &self.signer.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .with_context(|| format!("signing {name}"))?;
+        write(&pair.key, &key.serialize_pem())?;
+        write(&pair.cert, &cert.pem())?;
         Ok(pair)
     }
 }
@@ -211,17 +161,8 @@ impl Ca {
 pub fn service_account_keys(dir: &Path) -> Result<KeyPair> {
     let key = dir.join("sa.key");
     let public = dir.join("sa.pub");
-    new_key(&key, dir)?;
-    openssl(
-        &[
-            "pkey",
-            "-in",
-            path_str(&key)?,
-            "-pubout",
-            "-out",
-            path_str(&public)?,
-        ],
-        dir,
-    )?;
+    let pair = rcgen::KeyPair::generate().context("generating the ServiceAccount key")?;
+    write(&key, &pair.serialize_pem())?;
+    write(&public, &pair.public_key_pem())?;
     Ok(KeyPair { cert: public, key })
 }

@@ -6,8 +6,8 @@
 //! - The API server serves TLS with a certificate from a CA made at start, authenticates
 //!   client certificates and ServiceAccount tokens, authorizes with `Node,RBAC`, and runs
 //!   the default admission plugins plus `NodeRestriction` and `PodNodeSelector` (the
-//!   latter lets tests that share one control plane keep each namespace's pods on that
-//!   test's own node).
+//!   latter lets suites with more than one node keep each test namespace's pods on its
+//!   own node, as `operator_drain`'s `audit_support` does with a namespace annotation).
 //! - The controller manager runs every default controller (garbage collector, namespace,
 //!   deployment, replicaset, statefulset, serviceaccount and token, endpoints, node
 //!   lifecycle and IPAM, ...); the scheduler binds pods to nodes.
@@ -38,10 +38,6 @@ pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster
 
 /// How long the whole control plane may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// Set to `double` to run tests against the in-repo API double even where the real
-/// control plane can run; `real` to require the real one.
-pub const API_ENV: &str = "WORKPOOL_TEST_API";
 
 /// How to start a [`ControlPlane`].
 #[derive(Debug, Clone)]
@@ -123,8 +119,8 @@ const COMPONENTS: &[&str] = &[
     "kubectl",
 ];
 
-/// Why the real control plane cannot run here (`None`: it can). Checks the binaries
-/// (built by `make deps` / `scripts/k8s-bin.sh`) and `openssl`.
+/// Why the real control plane cannot run here (`None`: it can): the binaries (built by
+/// `make deps` / `scripts/k8s-bin.sh`).
 pub fn unavailable_reason() -> Option<String> {
     let dir = match bin_dir() {
         Ok(d) => d,
@@ -141,9 +137,6 @@ pub fn unavailable_reason() -> Option<String> {
             missing.join(", "),
             dir.display()
         ));
-    }
-    if Command::new("openssl").arg("version").output().is_err() {
-        return Some("openssl is not installed".into());
     }
     None
 }
@@ -745,34 +738,92 @@ mod tests {
         assert!(v.starts_with("v1."), "{v}");
     }
 
+    /// The DER encoding of one attribute of a name: `OID 2.5.4.<attr>`, UTF8String `value`.
+    fn name_attribute(attr: u8, value: &str) -> Vec<u8> {
+        let mut der = vec![0x06, 0x03, 0x55, 0x04, attr, 0x0c, value.len() as u8];
+        der.extend_from_slice(value.as_bytes());
+        der
+    }
+
+    fn der_of(pem: &Path) -> rustls_pki_types::CertificateDer<'static> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(pem).unwrap()
+    }
+
     #[test]
     fn ca_issues_certificates_that_verify() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::create(dir.path()).unwrap();
-        let leaf = ca
+        let client = ca
             .issue(
                 "node",
                 Usage::Client {
                     user: "system:node:n/1",
-                    groups: &["system:nodes", "extra"],
+                    groups: &["system:nodes"],
                 },
             )
             .unwrap();
-        let verify = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(&ca.pair.cert)
-            .arg(&leaf.cert)
-            .output()
+        let server = ca
+            .issue(
+                "apiserver",
+                Usage::Server {
+                    dns: &["kubernetes.default"],
+                    ips: &[IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))],
+                },
+            )
             .unwrap();
-        assert!(verify.status.success(), "{verify:?}");
-        let subject = Command::new("openssl")
-            .args(["x509", "-noout", "-subject", "-in"])
-            .arg(&leaf.cert)
-            .output()
-            .unwrap();
-        let subject = String::from_utf8_lossy(&subject.stdout);
-        assert!(subject.contains("O = system:nodes"), "{subject}");
-        assert!(subject.contains("O = extra"), "{subject}");
-        assert!(subject.contains("CN = system:node:n/1"), "{subject}");
+        let ca_der = der_of(&ca.pair.cert);
+        let anchor = webpki::anchor_from_trusted_cert(&ca_der).unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        let client_der = der_of(&client.cert);
+        webpki::EndEntityCert::try_from(&client_der)
+            .unwrap()
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&anchor),
+                &[],
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .expect("the client certificate chains to the CA, for client authentication");
+        let server_der = der_of(&server.cert);
+        let server_cert = webpki::EndEntityCert::try_from(&server_der).unwrap();
+        server_cert
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &[anchor],
+                &[],
+                now,
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .expect("the serving certificate chains to the CA, for server authentication");
+        for name in ["kubernetes.default", "10.96.0.1"] {
+            let name = rustls_pki_types::ServerName::try_from(name).unwrap();
+            server_cert
+                .verify_is_valid_for_subject_name(&name)
+                .expect("a subject alternative name");
+        }
+        // The Kubernetes user is the CN, the group the O.
+        let subject = |der: &[u8], attr: &[u8]| der.windows(attr.len()).any(|w| w == attr);
+        assert!(subject(&client_der, &name_attribute(10, "system:nodes")));
+        assert!(subject(&client_der, &name_attribute(3, "system:node:n/1")));
+        // More than one group cannot be expressed: refused, not silently dropped.
+        let err = ca
+            .issue(
+                "two",
+                Usage::Client {
+                    user: "u",
+                    groups: &["a", "b"],
+                },
+            )
+            .expect_err("two groups");
+        assert!(format!("{err:#}").contains("at most one group"), "{err:#}");
+        // Private keys are PKCS#8 PEM, as the components read them.
+        let key = std::fs::read_to_string(&client.key).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     }
 }

@@ -351,25 +351,29 @@ impl ImageSpec {
         Ok(format!("sha256:{manifest_digest}"))
     }
 
-    /// Builds the image into `work_dir` and imports it into the containerd at `address`
-    /// (namespace `k8s.io`, where the CRI plugin looks).
+    /// Builds the image (or takes it from the image cache, [`cache_dir`]) and imports it
+    /// into the containerd at `address` (namespace `k8s.io`, where the CRI plugin looks).
+    /// `work_dir` holds the tarball when there is no cache.
     pub fn import(&self, address: &Path, work_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(work_dir)?;
-        let file_name: String = self
-            .reference
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let out = work_dir.join(format!("{file_name}.oci.tar"));
-        self.build(&out)?;
+        let (tarball, temporary) = match self.cached()? {
+            Some(path) => (path, false),
+            None => {
+                std::fs::create_dir_all(work_dir)?;
+                let out = work_dir.join(format!("{}.oci.tar", self.file_stem()));
+                self.build(&out)?;
+                (out, true)
+            }
+        };
         let output = Command::new("ctr")
             .arg("--address")
             .arg(address)
             .args(["-n", "k8s.io", "images", "import", "--no-unpack"])
-            .arg(&out)
+            .arg(&tarball)
             .output()
             .context("running ctr images import")?;
-        let _ = std::fs::remove_file(&out);
+        if temporary {
+            let _ = std::fs::remove_file(&tarball);
+        }
         if !output.status.success() {
             bail!(
                 "ctr images import {} failed: {}",
@@ -378,6 +382,73 @@ impl ImageSpec {
             );
         }
         Ok(())
+    }
+
+    /// The reference as a file name.
+    fn file_stem(&self) -> String {
+        self.reference
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    }
+
+    /// What the image is made of, as a key: the spec and, for every file copied from
+    /// this machine, its path, size and modification time (a rebuilt program is a new key).
+    fn cache_key(&self) -> Result<String> {
+        let mut text = format!("{self:?}");
+        for entry in self.entries.values() {
+            if let Entry::Host { src, .. } = entry {
+                let meta =
+                    std::fs::metadata(src).with_context(|| format!("reading {}", src.display()))?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                text.push_str(&format!("\n{} {} {modified}", src.display(), meta.len()));
+            }
+        }
+        Ok(sha256(text.as_bytes())[..20].to_string())
+    }
+
+    /// The image's tarball in the image cache, built there when it is not: every node
+    /// start imports the same images, and building one (stripping the program, hashing
+    /// the layer) takes seconds, importing it a fraction of that. `None` without a cache
+    /// directory. Entries of the same reference unused for 10 minutes are removed when a
+    /// new one is written.
+    fn cached(&self) -> Result<Option<PathBuf>> {
+        let Some(dir) = cache_dir() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir)?;
+        let stem = self.file_stem();
+        let path = dir.join(format!("{stem}-{}.oci.tar", self.cache_key()?));
+        if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+            // Used now: not pruned while in use.
+            let _ = file.set_modified(std::time::SystemTime::now());
+            return Ok(Some(path));
+        }
+        let partial = dir.join(format!(".{stem}-{:016x}.partial", rand::random::<u64>()));
+        let built = self.build(&partial);
+        if let Err(e) = built {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        std::fs::rename(&partial, &path)?;
+        let prefix = format!("{stem}-");
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        for old in std::fs::read_dir(&dir)?.flatten() {
+            let name = old.file_name().to_string_lossy().into_owned();
+            let unused = old
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < stale);
+            if name.starts_with(&prefix) && old.path() != path && unused {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        Ok(Some(path))
     }
 
     fn layer_tar(&self) -> Result<Vec<u8>> {
@@ -453,6 +524,20 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32, uid: u
     Ok(())
 }
 
+/// Where built images are kept between node starts: `$WORKPOOL_IMAGE_CACHE`, else
+/// `$XDG_CACHE_HOME/workpool/images` or `~/.cache/workpool/images`; `WORKPOOL_IMAGE_CACHE=`
+/// (empty) builds every image afresh.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("WORKPOOL_IMAGE_CACHE") {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("workpool/images")),
+    }
+}
+
 fn sha256(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -510,16 +595,26 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// The `redis` image, as `images/redis.Dockerfile` builds it: Debian's `redis-server` and
-/// `redis-cli` with their libraries, user 65532, working directory `/data` (writable by
-/// that user), `/etc/redis`, port 6379, no entrypoint and `CMD ["redis-server", "--dir",
-/// "/data", "--appendonly", "yes", "--protected-mode", "no"]`.
+/// The `redis` image, as `images/redis.Dockerfile` builds it: Debian's `redis-server`
+/// and `redis-cli` with their libraries, a shell with `cp`, `head`, `sleep`, `sort` and
+/// `uniq` (the chart's HA mode starts Redis and the sentinels with a script; Debian's
+/// image has them), user 65532, working directory `/data` (writable by that user),
+/// `/etc/redis`, port 6379, no entrypoint and `CMD ["redis-server", "--dir", "/data",
+/// "--appendonly", "yes", "--protected-mode", "no"]`.
 pub fn redis_image(reference: &str) -> Result<ImageSpec> {
     let server = which("redis-server").ok_or_else(|| anyhow!("redis-server is not installed"))?;
     let cli = which("redis-cli").ok_or_else(|| anyhow!("redis-cli is not installed"))?;
     let mut spec = ImageSpec::new(reference);
     spec.add_program(&server, "/usr/bin/redis-server")?;
     spec.add_program(&cli, "/usr/bin/redis-cli")?;
+    let busybox = Path::new("/bin/busybox");
+    if busybox.is_file() && linked_libraries(busybox).is_ok_and(|l| l.is_empty()) {
+        spec.add_program(busybox, "/usr/local/bin/busybox")?;
+        for applet in ["sh", "cat", "cp", "echo", "head", "sleep", "sort", "uniq"] {
+            spec.add_symlink(&format!("/usr/local/bin/{applet}"), "busybox");
+        }
+        spec.add_symlink("/bin/sh", "/usr/local/bin/busybox");
+    }
     spec.add_dir("/data", 0o755, NONROOT_UID);
     spec.add_dir("/etc/redis", 0o755, 0);
     Ok(spec

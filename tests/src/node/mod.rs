@@ -100,14 +100,8 @@ impl NodeOptions {
     }
 }
 
-/// Whether this process must have a real node: `CI=true`.
-pub fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Why a real node cannot run here (`None` when it can): not root, a missing package or
-/// binary. Callers fall back to the process kubelet with this as the one line they print,
-/// except under `CI=true` ([`required`]), where it is an error.
+/// binary; the text says what is missing and how to get it.
 pub fn unavailable_reason() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if std::fs::metadata("/proc/self")
@@ -151,6 +145,12 @@ pub fn unavailable_reason() -> Option<String> {
             }
         }
         Err(e) => return Some(format!("no Kubernetes binaries: {e:#}")),
+    }
+    if BinaryDirs::locate().find("workpool-pause").is_none() {
+        return Some(
+            "workpool-pause, the pods' sandbox program, is not built (cargo build -p workpool-tests --bins)"
+                .into(),
+        );
     }
     None
 }
@@ -199,10 +199,17 @@ impl Slot {
                     let _ = run_quiet(Command::new("ip").args(["netns", "delete", &ns]));
                 }
                 let _ = run_quiet(Command::new("ip").args(["link", "delete", &slot.host_veth()]));
+                // A node whose process and watchdog were both killed: torn down now.
+                reap_abandoned(index);
                 return Ok(slot);
             }
         }
         bail!("all {SLOTS} node slots under {SLOT_DIR} are taken")
+    }
+
+    /// Where the directory of the node using this slot is recorded.
+    fn record(&self) -> PathBuf {
+        record_path(self.index)
     }
 
     fn netns(&self) -> String {
@@ -227,6 +234,78 @@ impl Slot {
     }
     fn cgroup_root(&self) -> String {
         format!("workpool-node-{}", self.index)
+    }
+}
+
+/// The record of which node directory uses slot `index`: written when a node starts,
+/// removed by its teardown. A record whose slot nobody holds names an abandoned node.
+fn record_path(index: u8) -> PathBuf {
+    Path::new(SLOT_DIR).join(format!("slot-{index}.node"))
+}
+
+/// Tears down the node recorded for slot `index`, if its directory is still there. The
+/// caller holds the slot, and no watchdog is tearing it down (its teardown lock is free):
+/// the node's process and its watchdog are gone without a teardown (both were killed,
+/// e.g. with the whole session), leaving its containers, shims, mounts and directory.
+fn reap_abandoned(index: u8) {
+    let record = record_path(index);
+    let Ok(dir) = std::fs::read_to_string(&record) else {
+        return;
+    };
+    let script = Path::new(dir.trim()).join("teardown.sh");
+    if script.is_file() {
+        tracing::warn!(
+            "tearing down the abandoned node of slot {index} in {}",
+            dir.trim()
+        );
+        // The script removes the directory it lives in: run a copy from outside it.
+        let copy = std::env::temp_dir().join(format!("workpool-node-reap-{index}.sh"));
+        if std::fs::copy(&script, &copy).is_ok() {
+            let _ = Command::new("sh")
+                .arg(&copy)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_file(&copy);
+        }
+    }
+    let _ = std::fs::remove_file(&record);
+}
+
+/// Tears down every abandoned node on this machine: one recorded for a slot that no
+/// process holds and no watchdog is tearing down (see [`reap_abandoned`]). Run by
+/// [`Node::start`]; cheap when there is nothing to do.
+pub fn reap_abandoned_nodes() {
+    let Ok(entries) = std::fs::read_dir(SLOT_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(index) = name
+            .strip_prefix("slot-")
+            .and_then(|n| n.strip_suffix(".node"))
+            .and_then(|n| n.parse::<u8>().ok())
+        else {
+            continue;
+        };
+        let open = |path: PathBuf| {
+            File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .ok()
+        };
+        let lock = |file: File| {
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+        };
+        let slot = open(Path::new(SLOT_DIR).join(format!("slot-{index}.lock"))).and_then(lock);
+        let teardown =
+            open(Path::new(SLOT_DIR).join(format!("slot-{index}.teardown"))).and_then(lock);
+        if slot.is_some() && teardown.is_some() {
+            reap_abandoned(index);
+        }
     }
 }
 
@@ -287,6 +366,7 @@ impl Node {
             bail!("{reason}");
         }
         let started = Instant::now();
+        reap_abandoned_nodes();
         let slot = Slot::acquire()?;
         let name = options
             .name
@@ -313,6 +393,8 @@ impl Node {
         };
         node.containerd_socket = node.dir.join("containerd.sock");
         node.write_teardown_script()?;
+        std::fs::write(node.slot().record(), node.dir.display().to_string())
+            .context("recording the node's slot")?;
         node.start_watchdog()?;
         node.boot(cp, &options)
             .map_err(|e| anyhow!("{e:#}\n{}", node.log_tails()))?;
@@ -345,6 +427,21 @@ impl Node {
     /// test starts on the host bound to this address (or 0.0.0.0) is reachable from pods.
     pub fn host_ip(&self) -> Ipv4Addr {
         self.slot().host_ip()
+    }
+
+    /// Lets this node's pods reach `address`, an address of this machine outside the
+    /// node (e.g. the host address of another node, where a test's server listens): a
+    /// route through the host end of the node's veth.
+    pub fn route_to_host(&self, address: Ipv4Addr) -> Result<()> {
+        self.ns_exec(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{address}/32"),
+            "via",
+            &self.host_ip().to_string(),
+        ])
+        .map(|_| ())
     }
 
     /// The node's network namespace (`ip netns exec NAME ...` runs a command there).
@@ -998,11 +1095,13 @@ for h in /sys/fs/cgroup/*/; do
   [ -d "$h$CG" ] && find "$h$CG" -depth -type d -exec rmdir {{}} \; 2>/dev/null
 done
 rm -rf "$DIR"
+[ "$(cat '{record}' 2>/dev/null)" = "$DIR" ] && rm -f '{record}'
 "#,
             dir = self.dir.display(),
             ns = slot.netns(),
             cg = slot.cgroup_root(),
             hv = slot.host_veth(),
+            record = slot.record().display(),
         );
         std::fs::write(self.dir.join("teardown.sh"), script)?;
         Ok(())
@@ -1072,6 +1171,69 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What is left on this machine of a stopped node whose directory was `dir` and network
+/// namespace `netns` (e.g. `wpn3`), one line each; empty when nothing is: a process
+/// naming the directory (containerd, its shims, the kubelet, kube-proxy), a process in the
+/// node's cgroups (its containers), its cgroups, a mount under the directory, the network
+/// namespace, the directory.
+pub fn leftovers(dir: &Path, netns: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let dir_text = dir.display().to_string();
+    let inside = format!("{dir_text}/");
+    let cgroup = format!(
+        "/workpool-node-{}",
+        netns.strip_prefix("wpn").unwrap_or(netns)
+    );
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let in_cgroup = cgroups.lines().any(|l| {
+            l.split(':')
+                .nth(2)
+                .is_some_and(|p| p == cgroup || p.starts_with(&format!("{cgroup}/")))
+        });
+        if cmdline.contains(&inside) || in_cgroup {
+            found.push(format!("process {pid}: {}", cmdline.trim()));
+        }
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = hierarchy.path().join(cgroup.trim_start_matches('/'));
+        if path.exists() {
+            found.push(format!("cgroup {}", path.display()));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        if let Some(point) = line.split(' ').nth(4)
+            && (point == dir_text || point.starts_with(&inside))
+        {
+            found.push(format!("mount {point}"));
+        }
+    }
+    if Path::new("/run/netns").join(netns).exists() {
+        found.push(format!("network namespace {netns}"));
+    }
+    if dir.exists() {
+        found.push(format!("directory {dir_text}"));
+    }
+    found
 }
 
 /// The image CoreDNS runs from (built by `scripts/coredns-bin.sh`).

@@ -51,9 +51,9 @@ pub fn worker_image() -> String {
 type NodeSlot = OnceLock<Result<Node, String>>;
 
 /// A real node of this test binary on the shared control plane, started on first use
-/// and labelled `NODE_LABEL=<which>`; `None` (with the reason printed) where a real
-/// node cannot run outside CI.
-pub fn real_node(which: &'static str) -> Option<&'static Node> {
+/// and labelled `NODE_LABEL=<which>`. Where a real node cannot run, the test fails saying
+/// what is missing (there is no other cluster to fall back to).
+pub fn real_node(which: &'static str) -> &'static Node {
     static MAIN: NodeSlot = OnceLock::new();
     static SECOND: NodeSlot = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
@@ -75,12 +75,8 @@ pub fn real_node(which: &'static str) -> Option<&'static Node> {
             .map_err(|e| format!("node: {e:#}"))
     });
     match started {
-        Ok(node) => Some(node),
-        Err(reason) if node::required() => panic!("CI=true needs the real node: {reason}"),
-        Err(reason) => {
-            eprintln!("real node not available, test skipped: {reason}");
-            None
-        }
+        Ok(node) => node,
+        Err(reason) => panic!("the real node cannot run here: {reason}"),
     }
 }
 
@@ -100,23 +96,20 @@ pub struct RealEnv {
 
 impl RealEnv {
     /// The environment with one operator started with `flags` (test timings otherwise).
-    pub async fn start(name: &str, flags: &[&str]) -> Option<RealEnv> {
-        let env = Self::start_on("main").await?;
-        Some(env.with_operator(name, flags))
+    pub async fn start(name: &str, flags: &[&str]) -> RealEnv {
+        Self::start_on("main").await.with_operator(name, flags)
     }
 
     /// The environment without an operator, its pods on node `which`.
-    pub async fn start_on(which: &'static str) -> Option<RealEnv> {
+    pub async fn start_on(which: &'static str) -> RealEnv {
         let node = tokio::task::spawn_blocking(move || real_node(which))
             .await
-            .ok()??;
+            .expect("the real node");
         let redis = RedisServer::start_also_on(IpAddr::V4(node.host_ip())).expect("redis-server");
-        let cluster = TestCluster::start_real(ClusterOptions {
-            own_namespace: true,
-            ..ClusterOptions::default()
-        })
-        .await
-        .expect("cluster");
+        // (A namespace of its own, as every TestCluster has.)
+        let cluster = TestCluster::start_real(ClusterOptions::default())
+            .await
+            .expect("cluster");
         let namespaces: Api<Namespace> = Api::all(cluster.client());
         namespaces
             .patch(
@@ -137,13 +130,13 @@ impl RealEnv {
             .create(&PostParams::default(), &secret)
             .await
             .expect("secret created");
-        Some(RealEnv {
+        RealEnv {
             cluster,
             redis,
             node,
             operators: Vec::new(),
             held_pods: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Adds an operator; it must still run a moment later (a flag it does not know is a

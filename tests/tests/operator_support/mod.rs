@@ -18,7 +18,8 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use workpool_tests::cluster::{ClusterOptions, TestCluster, repo_root};
-use workpool_tests::node::{Node, WORKER_REPOSITORY};
+use workpool_tests::controlplane::ControlPlane;
+use workpool_tests::node::{Node, NodeOptions, WORKER_REPOSITORY};
 use workpool_worker::testing::{RedisServer, free_port};
 
 pub use nix::sys::signal::Signal;
@@ -250,6 +251,9 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
 /// test reads on the host.
 pub const OUT_IN_POD: &str = "/out";
 
+/// The label and taint key of the nodes of [`Env::start_own_node`] (value: the namespace).
+pub const OWN_NODE_LABEL: &str = "workpool.dev/test-node";
+
 /// Everything a scenario needs: its own namespace on the real control plane, the real
 /// node its pods run on (shared by the tests of this binary), a real redis-server that
 /// both the host and the pods reach, and the worker binary for `submit`.
@@ -278,12 +282,9 @@ impl Env {
         let (_, worker) = binaries();
         // The operator suites always run on the local real control plane: they need its
         // node (a test crashes workers through it).
-        let cluster = TestCluster::start_real(ClusterOptions {
-            own_namespace: true,
-            ..ClusterOptions::default()
-        })
-        .await
-        .expect("the real control plane");
+        let cluster = TestCluster::start_real(ClusterOptions::default())
+            .await
+            .expect("the real control plane");
         let node = cluster
             .shared_node()
             .await
@@ -311,6 +312,39 @@ impl Env {
             worker,
             out_dir,
         }
+    }
+
+    /// A real node of this test's own (blocking for a few seconds): labelled and tainted
+    /// `workpool.dev/test-node=<namespace>:NoSchedule`, so that only pools given
+    /// [`Env::on_own_node`] run there and no other test's pods land on it. Dropping it
+    /// stops it (its pods' containers die with it and the Node object is deleted), as a
+    /// node that goes away; `kubectl drain` drains it like any node.
+    pub async fn start_own_node(&self) -> Node {
+        let ns = self.ns.clone();
+        // Its pods reach the test's Redis where the shared node's pods do.
+        let redis_address = self.node.host_ip();
+        tokio::task::spawn_blocking(move || {
+            let cp = ControlPlane::shared()?;
+            let options = NodeOptions::new()
+                .label(OWN_NODE_LABEL, &ns)
+                .taint(&format!("{OWN_NODE_LABEL}={ns}"), "NoSchedule");
+            let node = Node::start(&cp, options)?;
+            node.route_to_host(redis_address)?;
+            Ok::<_, anyhow::Error>(node)
+        })
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("a node of the test's own: {e:#}"))
+    }
+
+    /// What to merge into a pool's spec (`extra_spec`) so that its pods run on the nodes
+    /// of [`Env::start_own_node`] and nowhere else.
+    pub fn on_own_node(&self) -> Value {
+        json!({"template": {"spec": {
+            "nodeSelector": {OWN_NODE_LABEL: self.ns},
+            "tolerations": [{"key": OWN_NODE_LABEL, "operator": "Equal", "value": self.ns,
+                             "effect": "NoSchedule"}]
+        }}})
     }
 
     /// The test's Redis as pods (and the host) reach it: give this to pools.

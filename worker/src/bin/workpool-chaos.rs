@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use workpool_worker::chaos::{self, ChaosConfig};
+use workpool_worker::chaos::{self, ChaosConfig, Topology};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,13 @@ struct Args {
     /// Print each report as JSON too.
     #[arg(long)]
     json: bool,
+    /// Where the queue lives: standalone (Redis restarts, freezes, group deletions),
+    /// sentinel (failovers) or cluster (slot migrations of the partitions).
+    #[arg(long, value_parser = ["standalone", "sentinel", "cluster"], default_value = "standalone")]
+    topology: String,
+    /// Partitions of the pool with --topology cluster.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
 }
 
 fn secs(s: f64, name: &str) -> Result<Duration, String> {
@@ -107,6 +114,13 @@ fn main() -> ExitCode {
             chaos_for,
             fault_every,
             deadline,
+            topology: match a.topology.as_str() {
+                "sentinel" => Topology::Sentinel,
+                "cluster" => Topology::Cluster {
+                    partitions: a.partitions.clamp(1, 64),
+                },
+                _ => Topology::Standalone,
+            },
         };
         // On SIGINT/SIGTERM the run is dropped, which kills its workers and redis-server.
         let r = rt.block_on(async {

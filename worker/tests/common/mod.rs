@@ -313,3 +313,91 @@ impl LossyProxy {
 pub fn count_logs(w: &Worker, text: &str) -> usize {
     w.logs().lines().filter(|l| l.contains(text)).count()
 }
+
+/// An HTTP task handler for `run --http` that records every run: a POST with the payload
+/// `<kind> <seconds>` and the producer id header; `ok` sleeps and answers 200, `perm`
+/// answers 422 (a permanent failure: dead-lettered at once). Cheaper than a process per
+/// task when thousands of tasks run.
+pub struct Recorder {
+    pub url: String,
+    events: Arc<Mutex<Vec<(char, String)>>>,
+}
+
+/// Per task id: runs started, completed (`ok`) and finished (completed or failed for good).
+pub type Counts = std::collections::HashMap<String, usize>;
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        use axum::http::{HeaderMap, StatusCode};
+        let events: Arc<Mutex<Vec<(char, String)>>> = Arc::default();
+        let ev = events.clone();
+        let app = axum::Router::new().route(
+            "/task",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let ev = ev.clone();
+                async move {
+                    let id = headers
+                        .get("x-workpool-producer-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("?")
+                        .to_string();
+                    let mut it = body.split_whitespace();
+                    let kind = it.next().unwrap_or("").to_string();
+                    let secs: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+                    ev.lock().expect("events").push(('S', id.clone()));
+                    if kind == "perm" {
+                        ev.lock().expect("events").push(('F', id));
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "cannot process".to_string(),
+                        );
+                    }
+                    if secs > 0.0 {
+                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    }
+                    ev.lock().expect("events").push(('E', id));
+                    (StatusCode::OK, String::new())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder {
+            url: format!("http://{addr}/task"),
+            events,
+        }
+    }
+
+    /// (started, completed, finished) counts per task id so far.
+    pub fn counts(&self) -> (Counts, Counts, Counts) {
+        let mut started = Counts::new();
+        let mut ended = Counts::new();
+        let mut finished = Counts::new();
+        for (k, id) in self.events.lock().expect("events").iter() {
+            match k {
+                'S' => *started.entry(id.clone()).or_default() += 1,
+                'E' => {
+                    *ended.entry(id.clone()).or_default() += 1;
+                    *finished.entry(id.clone()).or_default() += 1;
+                }
+                _ => *finished.entry(id.clone()).or_default() += 1,
+            }
+        }
+        (started, ended, finished)
+    }
+
+    /// Runs completed so far.
+    pub fn completed(&self) -> usize {
+        self.events
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|(k, _)| *k == 'E')
+            .count()
+    }
+}
