@@ -249,7 +249,9 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
         &now,
     );
     let mut requeue = d.requeue;
-    if let Some(old) = old
+    let written = ctx.with_memory(&o.key, |m| m.written_status.clone());
+    // The latest status known: this process's last write, else the cached pool's.
+    if let Some(old) = written.as_ref().or(old)
         && status::differs(Some(old), &status)
         && status::only_queue_differs(old, &status)
     {
@@ -261,7 +263,10 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
             requeue = requeue.min(Duration::from_millis(wait));
         }
     }
-    if status::differs(old, &status) {
+    let undone = written
+        .as_ref()
+        .is_some_and(|w| status::differs(Some(w), &status));
+    if status::differs(old, &status) || undone {
         ctx.leading()?;
         let api: Api<WorkPool> = Api::namespaced(ctx.client.clone(), ns);
         let patch = json!({
@@ -277,6 +282,8 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
         )
         .await
         .map_err(|e| Error::api("patch status of", format!("{ns}/{pool}"), e))?;
+        debug!(namespace = ns, workpool = pool, "status written");
+        ctx.with_memory(&o.key, |m| m.written_status = Some(status.clone()));
         if old.is_none_or(|o| o.queue != status.queue) {
             ctx.with_memory(&o.key, |m| m.queue_written_ms = o.now_ms);
         }

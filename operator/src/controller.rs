@@ -373,6 +373,9 @@ async fn apply(wp: Arc<WorkPool>, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// When a reconcile refused for lack of leadership is tried again.
+pub const NOT_LEADING_RETRY: Duration = Duration::from_secs(1);
+
 /// Error policy: count it, back off per pool (1 s doubling to 5 min). A deletion that
 /// waits (for its pods, for Redis) is looked at again at its own pace, uncounted, so the
 /// cleanup timeout is checked on time.
@@ -382,8 +385,12 @@ pub fn error_policy(wp: Arc<WorkPool>, err: &Error, ctx: Arc<Context>) -> Action
         debug!(namespace = %key.0, workpool = %key.1, waiting_for = %what, "deletion waits");
         return Action::requeue(*retry);
     }
+    // Leadership lapses for a moment when a renewal is late (its validity runs from the
+    // attempt's start); the controller is stopped when the Lease is really lost. Dropping
+    // the reconcile (await_change) left an idle pool on its last status until a trigger.
     if matches!(err, Error::NotLeader) {
-        return Action::await_change();
+        debug!(namespace = %key.0, workpool = %key.1, "not leading: looked at again in 1 s");
+        return Action::requeue(NOT_LEADING_RETRY);
     }
     // The pool went while it was being reconciled (its finalizer or status write found
     // nothing): its Delete event forgets it; counting the error here would bring back the

@@ -630,10 +630,14 @@ fn audit_writes(path: &Path) -> Vec<AuditWrite> {
             if resource == "leases" || resource.ends_with("accessreviews") {
                 return None;
             }
+            let user = e["user"]["username"].as_str()?;
+            if !REPLICAS.iter().any(|r| r.1 == user) {
+                return None;
+            }
             let t = e["requestReceivedTimestamp"].as_str()?;
             let received = t.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
             Some(AuditWrite {
-                user: e["user"]["username"].as_str()?.to_string(),
+                user: user.to_string(),
                 verb: e["verb"].as_str()?.to_string(),
                 what: format!(
                     "{} {}/{} ({})",
@@ -672,7 +676,10 @@ impl Operators {
         let port = free_port().expect("port");
         let child = Command::new(&self.bin)
             .env("KUBECONFIG", &self.kubeconfigs[i])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("WPFAULT_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .args([
                 &format!("--namespace={NS}"),
                 &format!("--lease-namespace={LEASE_NS}"),
@@ -824,6 +831,105 @@ impl Run {
         self.workers.reap();
     }
 
+    /// For pools that did not converge: the pods and status the API server has now, what
+    /// this test's watch holds, and every audited creation and deletion of their pods.
+    async fn diagnose(&self, un: &[(String, String)]) -> String {
+        let mut out = String::new();
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), NS);
+        let pools: Api<DynamicObject> =
+            Api::namespaced_with(self.admin.clone(), NS, &pool_resource());
+        let audit =
+            std::fs::read_to_string(self.operators.dir.join("audit.log")).unwrap_or_default();
+        for (pool, _) in un.iter().take(3) {
+            out.push_str(&format!("---- pool {pool} ----\n"));
+            let lp = kube::api::ListParams::default().labels(&format!("{POOL_LABEL}={pool}"));
+            match pods.list(&lp).await {
+                Ok(list) => {
+                    for p in list {
+                        let ready = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                            .map(|c| c.status.clone());
+                        out.push_str(&format!(
+                            "api pod {} rv {:?} phase {:?} ready {:?} deleting {}\n",
+                            p.metadata.name.unwrap_or_default(),
+                            p.metadata.resource_version,
+                            p.status.as_ref().and_then(|s| s.phase.clone()),
+                            ready,
+                            p.metadata.deletion_timestamp.is_some()
+                        ));
+                    }
+                }
+                Err(e) => out.push_str(&format!("pods: {e}\n")),
+            }
+            match pools.get(pool).await {
+                Ok(wp) => out.push_str(&format!(
+                    "status {}\n",
+                    wp.data.get("status").cloned().unwrap_or_default()
+                )),
+                Err(e) => out.push_str(&format!("pool: {e}\n")),
+            }
+            for (name, info) in lock(&self.state)
+                .pods
+                .iter()
+                .filter(|(_, i)| &i.pool == pool)
+            {
+                out.push_str(&format!(
+                    "watched pod {name} ready {} deleting {:?}\n",
+                    info.running_ready, info.deletion_ms
+                ));
+            }
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.operators.dir)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.retain(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("op-") && n.ends_with(".log"))
+            });
+            logs.sort();
+            let named = pool.as_str();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().filter(|l| l.contains(named)).collect();
+                out.push_str(&format!("{} about {pool}:\n", log.display()));
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            let prefix = format!("{pool}-");
+            for e in audit
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["objectRef"]["resource"] == "pods")
+                .filter(|e| {
+                    e["objectRef"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                        || e["responseObject"]["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(&prefix))
+                        || e["requestURI"]
+                            .as_str()
+                            .is_some_and(|u| u.contains(&prefix))
+                })
+            {
+                out.push_str(&format!(
+                    "audit {} {} {} {} {}\n",
+                    e["requestReceivedTimestamp"].as_str().unwrap_or_default(),
+                    e["user"]["username"].as_str().unwrap_or_default(),
+                    e["verb"].as_str().unwrap_or_default(),
+                    e["objectRef"]["name"].as_str().unwrap_or_default(),
+                    e["responseStatus"]["code"]
+                ));
+            }
+        }
+        out
+    }
+
     /// Waits until every pool has converged; the time it took from `since`.
     async fn converge(&mut self, what: &str, since: Instant) -> Duration {
         let bound = Duration::from_secs(LEASE_S + POLL_S) + SLACK;
@@ -842,6 +948,7 @@ impl Run {
                 // The operators' own account (the control plane's directory, where they
                 // log, goes with it).
                 eprintln!("{}", operator_log_tails(&self.operators.dir));
+                eprintln!("{}", self.diagnose(&un).await);
                 panic!(
                     "{what}: not converged within lease {LEASE_S} s + poll {POLL_S} s + {} s; {} pools: {:?}\nviolations: {:?}",
                     SLACK.as_secs(),
@@ -941,13 +1048,14 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
     let work = cp.dir().join("scale-faults");
     std::fs::create_dir_all(work.join("workers")).expect("dir");
 
-    // kube-apiserver again, with an audit log of the operator replicas' writes.
+    // kube-apiserver again, with an audit log of the operator replicas' writes (and of
+    // every pod creation and deletion, whoever made it: a failure names who did what).
     let policy = work.join("audit-policy.yaml");
     let users: Vec<&str> = REPLICAS.iter().map(|r| r.1).collect();
     std::fs::write(
         &policy,
         format!(
-            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    users: {users:?}\n    verbs: [create, update, patch, delete, deletecollection]\n  - level: None\n"
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    users: {users:?}\n    verbs: [create, update, patch, delete, deletecollection]\n  - level: Metadata\n    resources: [{{group: \"\", resources: [pods]}}]\n    verbs: [create, delete, deletecollection]\n  - level: None\n"
         ),
     )
     .expect("policy");
