@@ -81,6 +81,7 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(Error::api("delete pod", format!("{ns}/{}", del.name), e)),
         }
+        info!(namespace = ns, workpool = pool, pod = %del.name, reason = ?del.reason, "deleted pod");
         ctx.with_memory(&o.key, |m| m.deleting.insert(del.name.clone(), o.now_ms));
         let outcome = match del.reason {
             DeleteReason::Drained | DeleteReason::NeverStarted => Some("completed"),

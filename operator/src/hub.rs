@@ -635,6 +635,7 @@ async fn run_command(
                 .filter(|n| st.draining.contains_key(*n))
                 .cloned()
                 .collect();
+            debug!(consumers = ?names, drain_fields = ?gone, "consumers of gone pods removed");
             drains.cancel_drain(c, &gone).await
         }
     }

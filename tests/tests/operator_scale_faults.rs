@@ -15,9 +15,12 @@
 //! when the pod is deleted, as a kubelet would.
 //!
 //! Invariants, checked continuously from watches (not at the end):
-//! - no pool ever has more pods than its bound (the largest `replicas` it had), counting
-//!   terminating ones (those past their deletion deadline + 30 s excepted); no rollout
-//!   happens here, so no surge is allowed;
+//! - no pool ever has more pods than its bound: the idle pools are autoscaled with
+//!   `minReplicas = maxReplicas`, and their pods, terminating ones counted (those past
+//!   their deletion deadline + 30 s excepted), never exceed `maxReplicas`; the task pools
+//!   have fixed `replicas` (the ReplicaSet's contract: a terminating pod is replaced at
+//!   once), and their pods not terminating never exceed the largest `replicas` they had;
+//!   no rollout happens here, so no surge is allowed;
 //! - no busy pod is deleted by the operator while an idle pod of the same pool exists
 //!   (busy: its consumer holds a task, read from Redis when the deletion is seen);
 //! - no standby writes: every write of an operator replica (the API server's audit log,
@@ -31,7 +34,7 @@
 //!
 //! The failover gaps and convergence times are printed (BENCHMARKS.md reports them).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -59,7 +62,7 @@ const LEASE_NAME: &str = "workpool-operator";
 const POOL_LABEL: &str = "workpool.dev/pool";
 const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 const NODES: [&str; 2] = ["kwok-a", "kwok-b"];
-/// Pools without tasks, and their replicas.
+/// Pools without tasks (autoscaled, minReplicas = maxReplicas), and their size.
 const IDLE_POOLS: usize = 46;
 const IDLE_REPLICAS: i64 = 2;
 /// Pools with tasks flowing, their replicas before and after the scale-in.
@@ -384,8 +387,10 @@ struct State {
     created: HashMap<String, HashSet<String>>,
     /// pool -> the most pods seen at once (terminating included).
     peak: HashMap<String, usize>,
-    /// pool -> its bound (the largest replicas it had).
+    /// pool -> its bound (maxReplicas; for a `replicas` pool the largest replicas it had).
     bound: HashMap<String, usize>,
+    /// Autoscaled pools: terminating pods count against their bound.
+    autoscaled: HashSet<String>,
     /// pool -> its replicas now.
     replicas: HashMap<String, usize>,
     /// pods this test deleted (their pool).
@@ -406,11 +411,16 @@ struct State {
 
 impl State {
     fn counted(&self, pool: &str, now_ms: i64) -> usize {
+        let terminating_count = self.autoscaled.contains(pool);
         self.pods
             .values()
             .filter(|p| p.pool == pool)
-            // A pod past its deletion deadline + 30 s no longer counts (contract #14).
-            .filter(|p| p.deletion_ms.is_none_or(|d| now_ms < d + 30_000))
+            // A pod past its deletion deadline + 30 s no longer counts (contract #14); a
+            // `replicas` pool replaces a terminating pod at once, as a ReplicaSet does.
+            .filter(|p| {
+                p.deletion_ms
+                    .is_none_or(|d| terminating_count && now_ms < d + 30_000)
+            })
             .count()
     }
 
@@ -421,7 +431,12 @@ impl State {
         *peak = (*peak).max(n);
         let bound = self.bound.get(pool).copied().unwrap_or(0);
         if n > bound {
-            let v = format!("pool {pool} has {n} pods (terminating counted), bound {bound}");
+            let counted = if self.autoscaled.contains(pool) {
+                "terminating counted"
+            } else {
+                "not terminating"
+            };
+            let v = format!("pool {pool} has {n} pods ({counted}), bound {bound}");
             log(format!("VIOLATION: {v}"));
             self.violations.push(v);
         }
@@ -572,7 +587,11 @@ fn watch_pools(client: kube::Client, state: Shared) {
         while let Some(p) = s.next().await {
             let Ok(p) = p else { continue };
             let name = p.metadata.name.clone().unwrap_or_default();
-            let want = p.data["spec"]["replicas"].as_i64().unwrap_or(0);
+            let spec = &p.data["spec"];
+            let want = spec["autoscaling"]["maxReplicas"]
+                .as_i64()
+                .or_else(|| spec["replicas"].as_i64())
+                .unwrap_or(0);
             let st = &p.data["status"];
             let ready = st["readyReplicas"].as_i64().unwrap_or(0) == want
                 && st["replicas"].as_i64().unwrap_or(0) == want
@@ -717,6 +736,8 @@ struct Workers {
     bin: PathBuf,
     procs: HashMap<String, Proc>,
     dir: PathBuf,
+    /// Pods holding [`KUBELET_FINALIZER`] while their worker runs.
+    held: HashSet<String>,
 }
 
 impl Workers {
@@ -748,6 +769,41 @@ impl Workers {
 
     fn reap(&mut self) {
         self.procs.retain(|_, p| !p.exited());
+    }
+
+    /// Pods whose worker has exited and that still hold the finalizer.
+    fn exited_held(&self) -> Vec<String> {
+        self.held
+            .iter()
+            .filter(|n| !self.procs.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What this test's kubelet puts on a task pod while its worker runs: a real kubelet keeps
+/// a deleted pod's object until its containers have stopped, where KWOK removes it at
+/// once. Without it the operator saw the pod gone, removed its consumer and its drain
+/// field, and the still running worker took tasks again before this test stopped it.
+const KUBELET_FINALIZER: &str = "wpfault.test/kubelet";
+
+/// Sets or clears [`KUBELET_FINALIZER`]: `Some(true)` done, `Some(false)` refused for good
+/// (the pod is gone, or deleted already: no finalizer can be added then), `None` to try
+/// again (the API server is restarting).
+async fn set_kubelet_finalizer(admin: &kube::Client, pod: &str, on: bool) -> Option<bool> {
+    let api: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let finalizers: Vec<&str> = if on { vec![KUBELET_FINALIZER] } else { vec![] };
+    match api
+        .patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await
+    {
+        Ok(_) => Some(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -826,9 +882,26 @@ impl Run {
             self.workers.stop(&n);
         }
         for (n, info) in start {
-            self.workers.start(&n, &info);
+            // Held before the worker starts (a pod already deleted cannot take it: then
+            // its worker does not start either).
+            match set_kubelet_finalizer(&self.admin, &n, true).await {
+                Some(true) => {
+                    self.workers.held.insert(n.clone());
+                    self.workers.start(&n, &info);
+                }
+                Some(false) => {}
+                None => lock(&self.state).to_start.push(n),
+            }
         }
         self.workers.reap();
+        for n in self.workers.exited_held() {
+            if set_kubelet_finalizer(&self.admin, &n, false)
+                .await
+                .is_some()
+            {
+                self.workers.held.remove(&n);
+            }
+        }
     }
 
     /// For pools that did not converge: the pods and status the API server has now, what
@@ -881,25 +954,7 @@ impl Run {
                     info.running_ready, info.deletion_ms
                 ));
             }
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.operators.dir)
-                .map(|d| d.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            logs.retain(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("op-") && n.ends_with(".log"))
-            });
-            logs.sort();
-            let named = pool.as_str();
-            for log in logs {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().filter(|l| l.contains(named)).collect();
-                out.push_str(&format!("{} about {pool}:\n", log.display()));
-                for l in &lines[lines.len().saturating_sub(40)..] {
-                    out.push_str(l);
-                    out.push('\n');
-                }
-            }
+            out.push_str(&operator_log_lines(&self.operators.dir, pool, 40));
             let prefix = format!("{pool}-");
             for e in audit
                 .lines()
@@ -1175,6 +1230,7 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
             bin: worker_bin,
             procs: HashMap::new(),
             dir: work.join("workers"),
+            held: HashSet::new(),
         },
         redis,
         redis_url: redis_url.clone(),
@@ -1193,6 +1249,9 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
             } as usize;
             st.bound.insert(p.clone(), n);
             st.replicas.insert(p.clone(), n);
+            if !is_task_pool(p) {
+                st.autoscaled.insert(p.clone());
+            }
         }
     }
     let t0 = Instant::now();
@@ -1202,23 +1261,27 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
             let api = api.clone();
             let url = redis_url.clone();
             async move {
-                let replicas = if is_task_pool(&p) {
-                    TASK_REPLICAS
+                let mut spec = json!({
+                    "queue": {"redis": {"url": url}},
+                    "delivery": {"visibilityTimeoutSeconds": 5, "maxDeliveries": 20},
+                    "template": {"spec": {"containers": [{
+                        "name": "worker", "image": "workpool-worker:scale-faults",
+                        "args": ["run", "--builtin", "sleep", "--concurrency", "1"],
+                    }]}},
+                });
+                if is_task_pool(&p) {
+                    spec["replicas"] = json!(TASK_REPLICAS);
                 } else {
-                    IDLE_REPLICAS
-                };
+                    // maxReplicas counts terminating pods (the bound).
+                    spec["autoscaling"] = json!({
+                        "minReplicas": IDLE_REPLICAS, "maxReplicas": IDLE_REPLICAS,
+                        "pollIntervalSeconds": POLL_S,
+                    });
+                }
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
                     "metadata": {"name": p, "namespace": NS},
-                    "spec": {
-                        "queue": {"redis": {"url": url}},
-                        "delivery": {"visibilityTimeoutSeconds": 5, "maxDeliveries": 20},
-                        "replicas": replicas,
-                        "template": {"spec": {"containers": [{
-                            "name": "worker", "image": "workpool-worker:scale-faults",
-                            "args": ["run", "--builtin", "sleep", "--concurrency", "1"],
-                        }]}},
-                    },
+                    "spec": spec,
                 }))
                 .expect("pool");
                 api.create(&PostParams::default(), &obj)
@@ -1477,6 +1540,20 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
         eprintln!("{line}");
     }
     let violations = lock(&state).violations.clone();
+    // The operators' account of the pools whose invariants broke (their logs go with the
+    // control plane's directory).
+    let broken: BTreeSet<&str> = violations
+        .iter()
+        .filter_map(|v| {
+            pools
+                .iter()
+                .find(|p| v.contains(&format!(" of {p} ")) || v.contains(&format!("pool {p} ")))
+        })
+        .map(String::as_str)
+        .collect();
+    for pool in broken {
+        eprintln!("{}", operator_log_lines(&run.operators.dir, pool, 80));
+    }
     // Stop everything before asserting (nothing left running on a failure).
     run.operators.procs.clear();
     run.workers.procs.clear();
@@ -1498,8 +1575,8 @@ async fn fifty_pools_keep_their_invariants_through_failover_control_plane_redis_
     let _ = &run.cp;
 }
 
-/// The last lines of every operator replica's log (`op-*.log` in `dir`).
-fn operator_log_tails(dir: &Path) -> String {
+/// The operator replicas' logs (`op-*.log` in `dir`), in order.
+fn operator_logs(dir: &Path) -> Vec<PathBuf> {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -1509,8 +1586,28 @@ fn operator_log_tails(dir: &Path) -> String {
             .is_some_and(|n| n.starts_with("op-") && n.ends_with(".log"))
     });
     logs.sort();
+    logs
+}
+
+/// The last `most` lines of each operator replica's log that mention `needle`.
+fn operator_log_lines(dir: &Path, needle: &str, most: usize) -> String {
     let mut out = String::new();
-    for p in logs {
+    for log in operator_logs(dir) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        out.push_str(&format!("{} about {needle}:\n", log.display()));
+        for l in &lines[lines.len().saturating_sub(most)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The last lines of every operator replica's log (`op-*.log` in `dir`).
+fn operator_log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    for p in operator_logs(dir) {
         let text = std::fs::read_to_string(&p).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         out.push_str(&format!("---- {} (last 60 lines) ----\n", p.display()));
