@@ -74,9 +74,15 @@ chaos:  ## the worker chaos run (seeded faults, thousands of tasks); prints the 
 
 .PHONY: bench-scale
 POOLS ?= 1000
-bench-scale: deps  ## the operator at scale: POOLS WorkPools x 10 pods on KWOK nodes (real control plane); prints the figures for BENCHMARKS.md
+PODS ?= 10
+bench-scale: deps  ## the operator at scale: POOLS WorkPools x PODS pods on KWOK nodes (real control plane) beside POOLS Deployments x PODS (the kube-controller-manager, same run); prints the table and the targets for BENCHMARKS.md
 	scripts/kwok-bin.sh
-	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools $(POOLS) --pods 10
+	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools $(POOLS) --pods $(PODS) --json target/bench-scale-$(POOLS)x$(PODS).json
+
+.PHONY: bench-scale-wide
+bench-scale-wide: deps  ## the second shape: 10,000 WorkPools x 1 pod, and the same peer
+	scripts/kwok-bin.sh
+	cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools 10000 --pods 1 --namespaces 100 --json target/bench-scale-10000x1.json
 
 testcluster: deps  ## run the test cluster (real control plane + real node) for kubectl
 	cargo build -p workpool-worker -p workpool-operator -p workpool-tests --bins  # the node's images

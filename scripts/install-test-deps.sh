@@ -47,6 +47,9 @@ here=$(dirname "$0")
 if command -v go >/dev/null 2>&1; then
   "$here/k8s-bin.sh" >/dev/null
   "$here/coredns-bin.sh" >/dev/null
+  # KWOK's simulated nodes: the operator's fault test at scale (tests/tests/operator_scale_faults.rs)
+  # and make bench-scale.
+  "$here/kwok-bin.sh" >/dev/null
   "$here/prometheus-bin.sh" >/dev/null
 elif [ "${CI:-}" = "true" ]; then
   echo "install-test-deps: CI=true and no Go toolchain: the real control plane cannot be built" >&2

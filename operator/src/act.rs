@@ -22,6 +22,9 @@ use crate::{Error, Result};
 /// every task; the gauges carry them live).
 pub const QUEUE_STATUS_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Pod creations in flight at once for one pool (the slow start's largest batch).
+pub const CREATE_BATCH_MAX: u32 = 16;
+
 /// What acting did that the status must tell.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -78,6 +81,7 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(Error::api("delete pod", format!("{ns}/{}", del.name), e)),
         }
+        info!(namespace = ns, workpool = pool, pod = %del.name, reason = ?del.reason, "deleted pod");
         ctx.with_memory(&o.key, |m| m.deleting.insert(del.name.clone(), o.now_ms));
         let outcome = match del.reason {
             DeleteReason::Drained | DeleteReason::NeverStarted => Some("completed"),
@@ -92,34 +96,53 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
         }
     }
     let mut out = Outcome::default();
-    for _ in 0..d.creates {
+    // Slow start, as the ReplicaSet controller creates: batches of 1, 2, 4, ... (at most
+    // CREATE_BATCH_MAX) in flight at once, no further batch after a refusal, so that a
+    // quota or a webhook refusing every create costs one request, not `creates`.
+    let mut left = d.creates;
+    let mut batch = 1;
+    while left > 0 {
         ctx.leading()?;
-        match create_pod(&o.pool, &api).await {
-            Ok(name) => {
-                ctx.with_memory(&o.key, |m| {
-                    m.creating.insert(name.clone(), o.now_ms);
-                    m.create_refused = None;
-                });
-                out.created.push(name);
-            }
-            Err((name, kube::Error::Api(s))) => {
-                let refusal = stable_refusal(&s.message, &name, pool);
-                ctx.with_memory(&o.key, |m| {
-                    m.create_refused = Some(CreateRefused::after(
-                        m.create_refused.as_ref(),
-                        refusal.clone(),
-                        o.now_ms,
+        let n = batch.min(left);
+        left -= n;
+        batch = (batch * 2).min(CREATE_BATCH_MAX);
+        let results = futures::future::join_all((0..n).map(|_| create_pod(&o.pool, &api))).await;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(name) => {
+                    ctx.with_memory(&o.key, |m| {
+                        m.creating.insert(name.clone(), o.now_ms);
+                        m.create_refused = None;
+                    });
+                    out.created.push(name);
+                }
+                Err((name, kube::Error::Api(s))) => {
+                    let refusal = stable_refusal(&s.message, &name, pool);
+                    ctx.with_memory(&o.key, |m| {
+                        m.create_refused = Some(CreateRefused::after(
+                            m.create_refused.as_ref(),
+                            refusal.clone(),
+                            o.now_ms,
+                        ));
+                    });
+                    out.create_refused = Some(refusal);
+                    out.create_error = Some(Error::api(
+                        "create pod",
+                        format!("{ns}/{pool}"),
+                        kube::Error::Api(s),
                     ));
-                });
-                out.create_refused = Some(refusal);
-                out.create_error = Some(Error::api(
-                    "create pod",
-                    format!("{ns}/{pool}"),
-                    kube::Error::Api(s),
-                ));
-                break;
+                }
+                Err((_, e)) => failed = Some(Error::api("create pod", format!("{ns}/{pool}"), e)),
             }
-            Err((_, e)) => return Err(Error::api("create pod", format!("{ns}/{pool}"), e)),
+        }
+        // Every create that succeeded is remembered above before an error returns (a
+        // forgotten create would be made again by the next reconcile).
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if out.create_error.is_some() {
+            break;
         }
     }
     Ok(out)
@@ -227,7 +250,9 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
         &now,
     );
     let mut requeue = d.requeue;
-    if let Some(old) = old
+    let written = ctx.with_memory(&o.key, |m| m.written_status.clone());
+    // The latest status known: this process's last write, else the cached pool's.
+    if let Some(old) = written.as_ref().or(old)
         && status::differs(Some(old), &status)
         && status::only_queue_differs(old, &status)
     {
@@ -239,7 +264,10 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
             requeue = requeue.min(Duration::from_millis(wait));
         }
     }
-    if status::differs(old, &status) {
+    let undone = written
+        .as_ref()
+        .is_some_and(|w| status::differs(Some(w), &status));
+    if status::differs(old, &status) || undone {
         ctx.leading()?;
         let api: Api<WorkPool> = Api::namespaced(ctx.client.clone(), ns);
         let patch = json!({
@@ -255,6 +283,8 @@ pub async fn publish(o: &Observed, d: &Decided, out: &Outcome, ctx: &Context) ->
         )
         .await
         .map_err(|e| Error::api("patch status of", format!("{ns}/{pool}"), e))?;
+        debug!(namespace = ns, workpool = pool, "status written");
+        ctx.with_memory(&o.key, |m| m.written_status = Some(status.clone()));
         if old.is_none_or(|o| o.queue != status.queue) {
             ctx.with_memory(&o.key, |m| m.queue_written_ms = o.now_ms);
         }

@@ -37,6 +37,7 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::observe::{self, cached_pods, queue_of};
 use crate::planner::BackoffConfig;
+use crate::podcache::{CachedPod, PodIndex};
 use crate::probe::{ProbeError, QueueTargets};
 use crate::wake::Wake;
 use crate::{Error, Result};
@@ -99,8 +100,10 @@ pub struct Context {
     pub targets: QueueTargets,
     /// The queue readers.
     pub hub: QueueHub,
-    /// The cache of the pools' pods.
-    pub pods: Store<Pod>,
+    /// The cache of the pools' pods (projected: [`crate::podcache::project`]).
+    pub pods: Store<CachedPod>,
+    /// Pool -> its pods in [`Context::pods`] (disabled: lookups scan the store).
+    pub pod_index: PodIndex,
     /// Settings.
     pub config: ControllerConfig,
     /// Wake from zero (disabled unless [`Context::with_wake`]).
@@ -117,7 +120,7 @@ impl Context {
         client: kube::Client,
         recorder: Recorder,
         metrics: Metrics,
-        pods: Store<Pod>,
+        pods: Store<CachedPod>,
         hub: QueueHub,
         config: ControllerConfig,
     ) -> Self {
@@ -137,6 +140,7 @@ impl Context {
             targets: QueueTargets::new(config.secret_refresh),
             hub,
             pods,
+            pod_index: PodIndex::disabled(),
             config,
             wake: Wake::disabled(),
             leadership: Leadership::always(),
@@ -148,6 +152,12 @@ impl Context {
     /// The context with wake from zero by `wake`.
     pub fn with_wake(mut self, wake: Wake) -> Self {
         self.wake = wake;
+        self
+    }
+
+    /// The context looking pods up through `index` (fed by the pod watch).
+    pub fn with_pod_index(mut self, index: PodIndex) -> Self {
+        self.pod_index = index;
         self
     }
 
@@ -363,6 +373,9 @@ async fn apply(wp: Arc<WorkPool>, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// When a reconcile refused for lack of leadership is tried again.
+pub const NOT_LEADING_RETRY: Duration = Duration::from_secs(1);
+
 /// Error policy: count it, back off per pool (1 s doubling to 5 min). A deletion that
 /// waits (for its pods, for Redis) is looked at again at its own pace, uncounted, so the
 /// cleanup timeout is checked on time.
@@ -372,8 +385,12 @@ pub fn error_policy(wp: Arc<WorkPool>, err: &Error, ctx: Arc<Context>) -> Action
         debug!(namespace = %key.0, workpool = %key.1, waiting_for = %what, "deletion waits");
         return Action::requeue(*retry);
     }
+    // Leadership lapses for a moment when a renewal is late (its validity runs from the
+    // attempt's start); the controller is stopped when the Lease is really lost. Dropping
+    // the reconcile (await_change) left an idle pool on its last status until a trigger.
     if matches!(err, Error::NotLeader) {
-        return Action::await_change();
+        debug!(namespace = %key.0, workpool = %key.1, "not leading: looked at again in 1 s");
+        return Action::requeue(NOT_LEADING_RETRY);
     }
     // The pool went while it was being reconciled (its finalizer or status write found
     // nothing): its Delete event forgets it; counting the error here would bring back the

@@ -49,6 +49,10 @@ pub struct PoolMemory {
     pub published: Option<(i32, Option<String>)>,
     /// When queue figures were last written to the status (ms).
     pub queue_written_ms: u64,
+    /// The status this process wrote last. The pool a reconcile gets comes from the
+    /// cache, which may predate that write (its echo is on its way): a status equal to the
+    /// cached one but not to this is written, or the older write would stay.
+    pub written_status: Option<crate::crd::WorkPoolStatus>,
     /// Reconcile errors in a row (the error back-off).
     pub errors: u32,
     /// The API refused creates: the last refusal (without the pod's name), refusals in a

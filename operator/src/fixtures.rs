@@ -159,7 +159,9 @@ pub fn context_with(
     let (store, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
     for p in pods {
-        writer.apply_watcher_event(&watcher::Event::InitApply(p));
+        writer.apply_watcher_event(&watcher::Event::InitApply(
+            crate::podcache::CachedPod::from_pod(&p),
+        ));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
     let ctx = Context::new(

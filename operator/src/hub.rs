@@ -92,6 +92,8 @@ struct Inner {
     metrics: Option<Metrics>,
     timeout: Duration,
     detached: bool,
+    /// The origin of the poll ticks (see [`next_tick`]).
+    epoch: Instant,
 }
 
 /// The per-Redis readers of every pool's queue; cheap to clone.
@@ -105,6 +107,16 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The next read of a pool polled every `poll`: the first multiple of `poll` since
+/// `epoch` after `now`. Pools of one Redis with the same interval fall due on the same
+/// ticks, so at rest their reads go out together (one wake of the Redis's task, one
+/// round trip on its connection) instead of one wake per pool spread over the interval.
+fn next_tick(epoch: Instant, now: Instant, poll: Duration) -> Instant {
+    let poll_ns = poll.as_nanos().max(1);
+    let ticks = now.saturating_duration_since(epoch).as_nanos() / poll_ns + 1;
+    epoch + Duration::from_nanos(u64::try_from(ticks * poll_ns).unwrap_or(u64::MAX))
 }
 
 /// What a reconcile acts on, for deciding whether a new snapshot is worth one.
@@ -147,6 +159,7 @@ impl QueueHub {
                 metrics,
                 timeout,
                 detached: false,
+                epoch: Instant::now(),
             }),
         };
         (hub, rx)
@@ -164,6 +177,7 @@ impl QueueHub {
                 metrics: None,
                 timeout: Duration::from_secs(1),
                 detached: true,
+                epoch: Instant::now(),
             }),
         }
     }
@@ -368,7 +382,7 @@ impl QueueHub {
                     std::mem::take(&mut p.commands),
                     p.reason,
                 ));
-                p.due = now + p.reg.poll;
+                p.due = next_tick(self.inner.epoch, now, p.reg.poll);
                 p.reason = "poll";
             }
             next = Some(next.map_or(p.due, |n: Instant| n.min(p.due)));
@@ -621,7 +635,31 @@ async fn run_command(
                 .filter(|n| st.draining.contains_key(*n))
                 .cloned()
                 .collect();
+            debug!(consumers = ?names, drain_fields = ?gone, "consumers of gone pods removed");
             drains.cancel_drain(c, &gone).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_read_at_different_times_fall_due_on_the_same_tick() {
+        let epoch = Instant::now();
+        let poll = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        // Read at 0.3 s, 2.9 s and 4.999 s: all next read at 5 s.
+        for at in [ms(300), ms(2900), ms(4999)] {
+            assert_eq!(next_tick(epoch, epoch + at, poll), epoch + poll);
+        }
+        // A read on a tick: the next tick, one whole interval later.
+        assert_eq!(next_tick(epoch, epoch + poll, poll), epoch + poll * 2);
+        // Never later than one interval after the read.
+        for at in [ms(1), ms(7_777), ms(123_456)] {
+            let next = next_tick(epoch, epoch + at, poll);
+            assert!(next > epoch + at && next <= epoch + at + poll);
         }
     }
 }

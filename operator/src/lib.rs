@@ -8,7 +8,8 @@
 //!   when they change); deletion through `kube::runtime::finalizer`;
 //! - [`planner`]: pure: observed pods + desired count + queue + clock -> creates, drains,
 //!   deletes; [`status`]: pure: conditions and status;
-//! - [`pods`]: pure: the pod the operator creates for a pool;
+//! - [`pods`]: pure: the pod the operator creates for a pool; [`podcache`]: what is kept
+//!   of each watched pod and the index from pool to pods;
 //! - [`hub`]: every pool's queue read off the reconcile path, one task per Redis;
 //!   [`probe`]: the pool's Redis URL and the classification of queue errors;
 //! - [`wake`]: wake from zero: one blocking read per Redis over the streams of the
@@ -33,6 +34,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod planner;
+pub mod podcache;
 pub mod pods;
 pub mod probe;
 pub mod run;

@@ -15,6 +15,7 @@ use crate::controller::Context;
 use crate::crd::WorkPool;
 use crate::hub::{PoolKey, Registration, Snapshot};
 use crate::planner::{ObservedPod, Phase};
+use crate::podcache::CachedPod;
 use crate::pods::{self, POOL_LABEL, TEMPLATE_HASH_LABEL, WORKER_CONTAINER};
 use crate::probe::ProbeError;
 use workpool_worker::queue::Pool as QueuePool;
@@ -140,8 +141,14 @@ fn ts_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> u64 {
     t.0.as_millisecond().max(0) as u64
 }
 
-/// What a reconcile needs of one pod; `hash` is the current template's.
+/// What a reconcile needs of one pod (a whole Pod: tests); `hash` is the current
+/// template's.
 pub fn observe_pod(p: &Pod, hash: &str, now_ms: u64) -> Option<PodView> {
+    observe_cached(&CachedPod::from_pod(p), hash, now_ms)
+}
+
+/// What a reconcile needs of one cached pod; `hash` is the current template's.
+pub fn observe_cached(p: &CachedPod, hash: &str, now_ms: u64) -> Option<PodView> {
     let name = p.metadata.name.clone()?;
     let status = p.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
@@ -222,12 +229,13 @@ pub fn observe_pod(p: &Pod, hash: &str, now_ms: u64) -> Option<PodView> {
     })
 }
 
-/// The pool's pods in the cache (same namespace, pool label, controlled by this pool).
-pub fn cached_pods(ctx: &Context, wp: &WorkPool) -> Vec<Arc<Pod>> {
+/// The pool's pods in the cache (same namespace, pool label, controlled by this pool),
+/// looked up through the pool index (not a scan of every cached pod).
+pub fn cached_pods(ctx: &Context, wp: &WorkPool) -> Vec<Arc<CachedPod>> {
     let ns = wp.namespace().unwrap_or_default();
     let name = wp.name_any();
     let uid = wp.metadata.uid.clone().unwrap_or_default();
-    ctx.pods.state_filter(|p| {
+    ctx.pod_index.pods_of(&ctx.pods, &ns, &name, |p| {
         p.metadata.namespace.as_deref() == Some(ns.as_str())
             && p.labels().get(POOL_LABEL) == Some(&name)
             && p.owner_references()
@@ -247,7 +255,7 @@ pub async fn observe(wp: Arc<WorkPool>, ctx: &Context) -> Observed {
     let hash = template.clone().unwrap_or_default();
     let pods: Vec<PodView> = cached_pods(ctx, &wp)
         .iter()
-        .filter_map(|p| observe_pod(p, &hash, now_ms))
+        .filter_map(|p| observe_cached(p, &hash, now_ms))
         .collect();
     let mut target = match &queue {
         Ok(_) => Some(ctx.targets.target(&ctx.client, &wp).await),

@@ -10,6 +10,7 @@ use workpool_worker::queue::DrainState;
 use super::*;
 use crate::fixtures::{self, running_pod, set_queue, stats, status_error};
 use crate::hub::Command;
+use kube::runtime::reflector;
 
 const NS: &str = "ns";
 
@@ -301,7 +302,11 @@ async fn a_replica_that_does_not_lead_sends_nothing() {
         .await
         .expect_err("not leading");
     assert!(matches!(err, Error::NotLeader));
-    assert_eq!(error_policy(wp, &err, ctx.clone()), Action::await_change());
+    // Tried again soon (a late renewal); a replica that lost the Lease stops its controller.
+    assert_eq!(
+        error_policy(wp, &err, ctx.clone()),
+        Action::requeue(NOT_LEADING_RETRY)
+    );
     api.nothing_more().await;
     assert!(ctx.hub.take_commands().is_empty());
 }
@@ -386,5 +391,100 @@ async fn deletion_removes_the_pods_first_and_releases_the_finalizer_once_they_ar
         Action::await_change()
     );
     assert!(!ctx.remembers(&("ns".into(), "p".into())));
+    api.nothing_more().await;
+}
+
+/// Drives a reconcile to its end: answers the status patch with the pool carrying that
+/// status and Events with themselves; returns the statuses written.
+async fn reconcile_answering(
+    wp: Arc<WorkPool>,
+    ctx: Arc<Context>,
+    api: &mut fixtures::Verifier,
+) -> Vec<Value> {
+    // `ctx` is kept here: its client outlives the reconcile.
+    let mut task = tokio::spawn(reconcile(wp.clone(), ctx.clone()));
+    let mut written = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut task => {
+                r.expect("join").expect("reconciled");
+                return written;
+            }
+            s = api.next() => {
+                if s.path.ends_with("/status") {
+                    written.push(answer_status(s, &wp));
+                } else {
+                    assert!(s.path.ends_with("/events"), "unexpected {} {}", s.method, s.path);
+                    s.echo();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_status_written_is_not_undone_by_a_pool_read_from_before_that_write() {
+    let annotated = |mut p: Pod| {
+        p.metadata.annotations.get_or_insert_default().insert(
+            "cluster-autoscaler.kubernetes.io/safe-to-evict".into(),
+            "true".into(),
+        );
+        p
+    };
+    let wp0 = fixtures::pool(NS, "p", json!({"replicas": 2}));
+    let ready = [
+        annotated(running_pod(&wp0, "p-bbbbb")),
+        annotated(running_pod(&wp0, "p-ccccc")),
+    ];
+    let mut not_ready = ready[1].clone();
+    not_ready.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "worker", "ready": false, "restartCount": 0,
+                                   "image": "w", "imageID": "", "state": {"running": {}}}]
+        }))
+        .expect("status"),
+    );
+    // The status of two ready pods, as an earlier reconcile wrote it.
+    let (ctx, mut api) = fixtures::context(ready.to_vec());
+    set_queue(&ctx, &wp0, stats(&[], &[]), 1);
+    let all_ready = reconcile_answering(wp0.clone(), ctx, &mut api)
+        .await
+        .pop()
+        .expect("a status");
+    assert_eq!(condition(&all_ready, "Ready")["status"], "True");
+    let mut stale = (*wp0).clone();
+    stale.status = Some(serde_json::from_value(all_ready).expect("status"));
+    let stale = Arc::new(stale);
+
+    // This process's cache: one pod turns not ready, then ready again, while the cached
+    // pool still carries the status from before the first of these writes.
+    let (store, mut writer) = reflector::store::<CachedPod>();
+    let feed = |w: &mut reflector::store::Writer<CachedPod>, pods: &[&Pod]| {
+        w.apply_watcher_event(&watcher::Event::Init);
+        for p in pods {
+            w.apply_watcher_event(&watcher::Event::InitApply(CachedPod::from_pod(p)));
+        }
+        w.apply_watcher_event(&watcher::Event::InitDone);
+    };
+    feed(&mut writer, &[&ready[0], &not_ready]);
+    let (ctx, mut api) = fixtures::context_with(vec![], ControllerConfig::default(), |mut c| {
+        c.pods = store.clone();
+        c
+    });
+    set_queue(&ctx, &wp0, stats(&[], &[]), 1);
+    let one_ready = reconcile_answering(stale.clone(), ctx.clone(), &mut api).await;
+    assert_eq!(one_ready.len(), 1, "1/2 ready is written");
+    assert_eq!(condition(&one_ready[0], "Ready")["status"], "False");
+    feed(&mut writer, &[&ready[0], &ready[1]]);
+    let again = reconcile_answering(stale, ctx, &mut api).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "2/2 ready equals the cached pool's status, not the one written last: written"
+    );
+    assert_eq!(condition(&again[0], "Ready")["status"], "True");
     api.nothing_more().await;
 }

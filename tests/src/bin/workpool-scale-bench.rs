@@ -18,11 +18,21 @@
 //!   convergence and per second over `--idle-seconds` once nothing changes (target: none,
 //!   besides renewing the leader Lease).
 //!
+//! The peer, in the same run and on the same cluster, first (unless `--no-peer`): `--pools`
+//! Deployments of `--pods` replicas with the same pod template, run by the
+//! kube-controller-manager's deployment and replicaset controllers, measured the same way
+//! (milestones, the controller manager's RSS and CPU, its controllers' API requests counted
+//! by FlowSchemas of their service accounts); its namespaces are deleted before the
+//! operator starts. The JSON keeps every field of earlier runs and adds the peer's beside
+//! them (`peer_converged_s` next to `converged_s`, ...) and `targets`: each target of
+//! issue #19 with its measured value, bound and whether it is met.
+//!
 //! Everything it starts is stopped on exit, on Ctrl-C and on SIGTERM (and by the control
 //! plane's watchdog should this process be killed).
 //!
 //!   cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools 1000 --pods 10
 //!   cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools 50   # quick
+//!   cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools 10000 --pods 1 --namespaces 100
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -87,9 +97,17 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     max_pods_per_node: usize,
     /// The operator's `--queue-poll-interval` (seconds between queue reads of a pool; also
-    /// how often each pool is reconciled when nothing happens).
-    #[arg(long, default_value_t = 30)]
+    /// how often each pool is reconciled when nothing happens). Default: the operator's.
+    #[arg(long, default_value_t = 5)]
     poll_interval: u64,
+    /// Skip the peer: `--pools` Deployments of `--pods` replicas run by the
+    /// kube-controller-manager on the same cluster before the WorkPools (deleted before
+    /// the operator starts).
+    #[arg(long)]
+    no_peer: bool,
+    /// The operator's RSS target (default: 64 MiB up to 1,000 pools, 200 MiB above).
+    #[arg(long)]
+    rss_target_mib: Option<u64>,
     /// How the pools name their Redis URL.
     #[arg(long, value_enum, default_value = "secret")]
     queue_url: QueueUrl,
@@ -347,9 +365,51 @@ spec:
             "['workpool.dev']",
             "['workpools', 'workpools/status', 'workpools/scale']",
         ),
+        ("watches", "[watch]", "['*']", "['*']"),
         ("other", "['*']", "['*']", "['*']"),
     ];
     let mut out = binding;
+    // The peer's controllers (the kube-controller-manager runs each with its own service
+    // account): before the built-in kube-system-service-accounts FlowSchema (900), in the
+    // operator's priority level, so both are served alike.
+    for (i, (class, verbs, groups, resources)) in [
+        (
+            "pod-writes",
+            "[create, update, patch, delete, deletecollection]",
+            "['']",
+            "['pods', 'pods/status']",
+        ),
+        (
+            "pool-writes",
+            "[create, update, patch, delete, deletecollection]",
+            "['apps']",
+            "['deployments', 'deployments/status', 'replicasets', 'replicasets/status']",
+        ),
+        ("events", "['*']", "['', 'events.k8s.io']", "['events']"),
+        ("watches", "[watch]", "['*']", "['*']"),
+        ("other", "['*']", "['*']", "['*']"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        out.push_str(&format!(
+            r#"---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {{name: {FS_PREFIX}{PEER_CLASS}{class}}}
+spec:
+  priorityLevelConfiguration: {{name: {FS_PREFIX}operator}}
+  matchingPrecedence: {prec}
+  distinguisherMethod: {{type: ByUser}}
+  rules:
+    - subjects:
+        - {{kind: ServiceAccount, serviceAccount: {{name: deployment-controller, namespace: kube-system}}}}
+        - {{kind: ServiceAccount, serviceAccount: {{name: replicaset-controller, namespace: kube-system}}}}
+      resourceRules: [{{verbs: {verbs}, apiGroups: {groups}, resources: {resources}, clusterScope: true, namespaces: ['*']}}]
+"#,
+            prec = 500 + i
+        ));
+    }
     for (i, (class, verbs, groups, resources)) in classes.iter().enumerate() {
         let non_resource = if *class == "other" {
             "\n      nonResourceRules: [{verbs: ['*'], nonResourceURLs: ['*']}]"
@@ -375,7 +435,24 @@ spec:
     out
 }
 
-/// `apiserver_flowcontrol_dispatched_requests_total` of the operator's classes.
+/// Prefix of the peer's classes (after [`FS_PREFIX`]).
+const PEER_CLASS: &str = "peer-";
+
+/// `apiserver_flowcontrol_dispatched_requests_total` of the operator's classes, and of
+/// the peer's (the deployment and replicaset controllers).
+fn parse_apf_all(metrics: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let mut ours = BTreeMap::new();
+    let mut peer = BTreeMap::new();
+    for (class, v) in parse_apf(metrics) {
+        match class.strip_prefix(PEER_CLASS) {
+            Some(c) => peer.insert(c.to_string(), v),
+            None => ours.insert(class, v),
+        };
+    }
+    (ours, peer)
+}
+
+/// `apiserver_flowcontrol_dispatched_requests_total` of every class of ours.
 fn parse_apf(metrics: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in metrics.lines() {
@@ -560,9 +637,9 @@ fn pool_ready(p: &DynamicObject, pods: u32) -> (String, bool) {
     (key, ready)
 }
 
-fn watch_pods(client: kube::Client, obs: Arc<Mutex<Observed>>) {
+fn watch_pods(client: kube::Client, selector: &str, obs: Arc<Mutex<Observed>>) {
     let api: Api<Pod> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default().labels(POOL_LABEL)).default_backoff();
+    let stream = watcher(api, watcher::Config::default().labels(selector)).default_backoff();
     tokio::spawn(async move {
         let mut s = std::pin::pin!(stream);
         while let Some(ev) = s.next().await {
@@ -600,8 +677,8 @@ fn watch_pods(client: kube::Client, obs: Arc<Mutex<Observed>>) {
     });
 }
 
-fn watch_pools(client: kube::Client, pods: u32, obs: Arc<Mutex<Observed>>) {
-    let api: Api<DynamicObject> = Api::all_with(client, &workpool_resource());
+fn watch_pools(client: kube::Client, ar: &ApiResource, pods: u32, obs: Arc<Mutex<Observed>>) {
+    let api: Api<DynamicObject> = Api::all_with(client, ar);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
         let mut s = std::pin::pin!(stream);
@@ -661,6 +738,92 @@ struct Results {
     operator_reconcile_errors: f64,
     operator_cpu_converge_s: f64,
     operator_cpu_idle_s: f64,
+    /// The peer, measured in the same run on the same cluster: `pools` Deployments of
+    /// `pods_per_pool` replicas, run by the kube-controller-manager (its RSS and CPU are
+    /// the whole process': every controller it runs).
+    peer: bool,
+    peer_pools_created_s: Option<f64>,
+    peer_all_pods_created_s: Option<f64>,
+    peer_all_pods_scheduled_s: Option<f64>,
+    peer_all_pods_running_s: Option<f64>,
+    peer_all_pools_ready_s: Option<f64>,
+    peer_converged_s: Option<f64>,
+    peer_rss_peak_kib: u64,
+    peer_rss_converged_kib: u64,
+    peer_cpu_converge_s: f64,
+    peer_cpu_idle_s: f64,
+    peer_requests_converge: BTreeMap<String, f64>,
+    peer_requests_idle: BTreeMap<String, f64>,
+    /// Deleting the peer's namespaces until their last pod is gone.
+    peer_cleanup_s: Option<f64>,
+    /// Each target of issue #19: the figure, the bound, whether it is met.
+    targets: BTreeMap<String, Target>,
+}
+
+/// A target, its measured value and whether it was met.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Target {
+    value: Option<f64>,
+    bound: f64,
+    met: bool,
+    unit: &'static str,
+}
+
+impl Target {
+    fn at_most(value: Option<f64>, bound: f64, unit: &'static str) -> Target {
+        Target {
+            value,
+            bound,
+            met: value.is_some_and(|v| v <= bound),
+            unit,
+        }
+    }
+}
+
+/// The targets of issue #19 from the measured figures.
+fn targets(args: &Args, r: &Results) -> BTreeMap<String, Target> {
+    let mut t = BTreeMap::new();
+    if let (Some(ours), Some(peer)) = (r.converged_s, r.peer_converged_s) {
+        t.insert(
+            "converged_vs_peer".into(),
+            Target::at_most(Some(ours / peer.max(0.001)), 1.1, "x"),
+        );
+    }
+    let rss_bound = args
+        .rss_target_mib
+        .unwrap_or(if r.pools <= 1000 { 64 } else { 200 });
+    t.insert(
+        "operator_rss_peak".into(),
+        Target::at_most(
+            Some(r.operator_rss_peak_kib as f64 / 1024.0),
+            rss_bound as f64,
+            "MiB",
+        ),
+    );
+    t.insert(
+        "reconcile_converge_p99".into(),
+        Target::at_most(r.reconcile_converge_p99_s.map(|s| s * 1e3), 100.0, "ms"),
+    );
+    t.insert(
+        "operator_cpu_idle".into(),
+        Target::at_most(
+            Some(100.0 * r.operator_cpu_idle_s / r.idle_seconds.max(1.0)),
+            3.0,
+            "% of a core",
+        ),
+    );
+    // At rest: the Lease and the documented Secret re-reads only.
+    let other: f64 = r
+        .requests_idle
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "leases" | "secrets" | "watches"))
+        .map(|(_, v)| v)
+        .sum();
+    t.insert(
+        "idle_requests_besides_lease_and_secrets".into(),
+        Target::at_most(Some(other), 0.0, "requests"),
+    );
+    t
 }
 
 /// User + system CPU seconds of a process (`/proc/<pid>/stat`).
@@ -716,6 +879,237 @@ async fn kubectl(cp: &Arc<ControlPlane>, args: &[&str]) -> Result<String> {
         cp.kubectl(&a)
     })
     .await?
+}
+
+/// The pid of the control plane's kube-controller-manager (the process whose command
+/// line names this control plane's directory).
+fn controller_manager_pid(cp: &ControlPlane) -> Option<u32> {
+    let dir = cp.dir().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        let exe = cmd.split('\0').next()?;
+        (exe.ends_with("kube-controller-manager") && cmd.contains(&dir)).then_some(pid)
+    })
+}
+
+/// Label of the peer's pods.
+const PEER_LABEL: &str = "wpbench.dev/peer";
+
+fn deployment_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apps", "v1", "Deployment"),
+        "deployments",
+    )
+}
+
+/// The peer: `--pools` Deployments of `--pods` replicas (the same pod template, the same
+/// namespaces' spread, the same creation concurrency) run by the kube-controller-manager,
+/// measured like the WorkPools: convergence milestones, the controller manager's RSS
+/// and CPU, the deployment and replicaset controllers' API requests while converging and
+/// at rest. Its namespaces are deleted afterwards, and the WorkPools start once the last
+/// of its pods is gone.
+async fn run_peer(
+    args: &Args,
+    cp: &Arc<ControlPlane>,
+    admin: &kube::Client,
+    res: &mut Results,
+) -> Result<()> {
+    let total_pods = args.pools * args.pods as usize;
+    let kcm = controller_manager_pid(cp).context("the kube-controller-manager's pid")?;
+    let ns_api: Api<Namespace> = Api::all(admin.clone());
+    let peer_ns = |i: usize| format!("wpbench-peer-{:02}", i % args.namespaces.max(1));
+    let namespaces: Vec<String> = (0..args.namespaces.max(1)).map(peer_ns).collect();
+    for ns in &namespaces {
+        let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        ns_api.create(&PostParams::default(), &obj).await?;
+    }
+    // The ServiceAccount controller creates `default` in each: pods wait for it.
+    for ns in &namespaces {
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sa.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("no default ServiceAccount in {ns} after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let obs = Arc::new(Mutex::new(Observed::default()));
+    watch_pods(admin.clone(), PEER_LABEL, obs.clone());
+    watch_pools(
+        admin.clone(),
+        &deployment_resource(),
+        args.pods,
+        obs.clone(),
+    );
+    let api_m0 = scrape_apiserver(cp).await?;
+    let apf0 = parse_apf_all(&api_m0).1;
+    let cpu0 = cpu_seconds(kcm);
+    log(format!(
+        "peer: creating {} Deployments x {} replicas in {} namespaces",
+        args.pools, args.pods, args.namespaces
+    ));
+    res.peer = true;
+    let t0 = Instant::now();
+    let creator = {
+        let admin = admin.clone();
+        let (pools, pods, conc) = (args.pools, args.pods, args.create_concurrency.max(1));
+        let names: Vec<String> = (0..pools).map(peer_ns).collect();
+        tokio::spawn(async move {
+            let results: Vec<Result<()>> = futures::stream::iter(0..pools)
+                .map(|i| {
+                    let admin = admin.clone();
+                    let ns = names[i].clone();
+                    async move {
+                        let api: Api<DynamicObject> =
+                            Api::namespaced_with(admin, &ns, &deployment_resource());
+                        let name = format!("peer-{i:04}");
+                        let obj: DynamicObject = serde_json::from_value(json!({
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "metadata": {"name": name, "namespace": ns},
+                            "spec": {
+                                "replicas": pods,
+                                "selector": {"matchLabels": {PEER_LABEL: name}},
+                                "template": {
+                                    "metadata": {"labels": {PEER_LABEL: name}},
+                                    "spec": {"containers": [{
+                                        "name": "worker",
+                                        "image": "workpool-worker:scale-bench",
+                                        "args": ["run", "--builtin", "sleep"],
+                                    }]},
+                                },
+                            },
+                        }))?;
+                        api.create(&PostParams::default(), &obj).await?;
+                        Ok(())
+                    }
+                })
+                .buffer_unordered(conc)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+        })
+    };
+    let mut creator = Some(creator);
+    let mut peak = 0u64;
+    let mut last_print = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let el = t0.elapsed().as_secs_f64();
+        if let Some(c) = &creator
+            && c.is_finished()
+        {
+            creator.take().expect("checked").await??;
+            res.peer_pools_created_s = Some(el);
+        }
+        if let Some((rss, hwm)) = rss_kib(kcm) {
+            peak = peak.max(hwm).max(rss);
+        }
+        let (created, scheduled, running, ready) = {
+            let o = obs.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                o.pods.len(),
+                o.pods.values().filter(|v| v.0).count(),
+                o.pods.values().filter(|v| v.1).count(),
+                o.pools.values().filter(|r| **r).count(),
+            )
+        };
+        let mark = |slot: &mut Option<f64>, done: bool| {
+            if slot.is_none() && done {
+                *slot = Some(el);
+            }
+        };
+        mark(&mut res.peer_all_pods_created_s, created >= total_pods);
+        mark(&mut res.peer_all_pods_scheduled_s, scheduled >= total_pods);
+        mark(&mut res.peer_all_pods_running_s, running >= total_pods);
+        mark(&mut res.peer_all_pools_ready_s, ready >= args.pools);
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            log(format!(
+                "peer t={el:.0}s pods created {created}/{total_pods} scheduled {scheduled} running+ready {running}; deployments ready {ready}/{}",
+                args.pools
+            ));
+        }
+        if creator.is_none()
+            && running == total_pods
+            && created == total_pods
+            && ready == args.pools
+        {
+            res.peer_converged_s = Some(el);
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(args.timeout_seconds) {
+            bail!(
+                "peer not converged after {}s: pods created {created}/{total_pods}, scheduled {scheduled}, running+ready {running}, deployments ready {ready}/{}",
+                args.timeout_seconds,
+                args.pools
+            );
+        }
+    }
+    let apf1 = parse_apf_all(&scrape_apiserver(cp).await?).1;
+    let cpu1 = cpu_seconds(kcm);
+    res.peer_rss_converged_kib = rss_kib(kcm).map(|r| r.0).unwrap_or(0);
+    log(format!(
+        "peer converged in {:.1}s; settling {}s, then {}s at rest",
+        res.peer_converged_s.unwrap_or_default(),
+        args.settle_seconds,
+        args.idle_seconds
+    ));
+    tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
+    let apf2 = parse_apf_all(&scrape_apiserver(cp).await?).1;
+    let cpu2 = cpu_seconds(kcm);
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let apf3 = parse_apf_all(&scrape_apiserver(cp).await?).1;
+    let cpu3 = cpu_seconds(kcm);
+    if let Some((rss, hwm)) = rss_kib(kcm) {
+        peak = peak.max(hwm).max(rss);
+    }
+    res.peer_rss_peak_kib = peak;
+    res.peer_cpu_converge_s = cpu1 - cpu0;
+    res.peer_cpu_idle_s = cpu3 - cpu2;
+    res.peer_requests_converge = apf_delta(&apf0, &apf1);
+    res.peer_requests_idle = apf_delta(&apf2, &apf3);
+
+    // Out of the way of the WorkPools: the namespaces go, and with them every pod.
+    let cleanup = Instant::now();
+    for ns in &namespaces {
+        ns_api.delete(ns, &Default::default()).await?;
+    }
+    loop {
+        let left = obs.lock().unwrap_or_else(|p| p.into_inner()).pods.len();
+        let ns_left = ns_api
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("wpbench-peer-"))
+            })
+            .count();
+        if left == 0 && ns_left == 0 {
+            break;
+        }
+        if cleanup.elapsed() > Duration::from_secs(args.timeout_seconds) {
+            bail!(
+                "the peer's {left} pods and {ns_left} namespaces still there after {}s",
+                args.timeout_seconds
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    res.peer_cleanup_s = Some(cleanup.elapsed().as_secs_f64());
+    log(format!(
+        "peer removed in {:.1}s",
+        cleanup.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
@@ -874,10 +1268,14 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     }
     log(format!("{nodes} KWOK nodes Ready"));
 
+    if !args.no_peer {
+        run_peer(args, &cp, &admin, res).await?;
+    }
+
     // The benchmark's own view, through the admin user.
     let obs = Arc::new(Mutex::new(Observed::default()));
-    watch_pods(admin.clone(), obs.clone());
-    watch_pools(admin.clone(), args.pods, obs.clone());
+    watch_pods(admin.clone(), POOL_LABEL, obs.clone());
+    watch_pools(admin.clone(), &workpool_resource(), args.pods, obs.clone());
 
     // The operator.
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
@@ -932,7 +1330,7 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     keep(env, "operator-0-before-pools", &op_m0);
     let api_m0 = scrape_apiserver(&cp).await?;
     keep(env, "apiserver-0-before-pools", &api_m0);
-    let apf0 = parse_apf(&api_m0);
+    let apf0 = parse_apf_all(&api_m0).0;
     let cpu0 = cpu_seconds(op_pid);
 
     // Create the pools.
@@ -1058,7 +1456,7 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     keep(env, "operator-1-converged", &op_m1);
     let api_m1 = scrape_apiserver(&cp).await?;
     keep(env, "apiserver-1-converged", &api_m1);
-    let apf1 = parse_apf(&api_m1);
+    let apf1 = parse_apf_all(&api_m1).0;
     let cpu1 = cpu_seconds(op_pid);
     res.operator_rss_converged_kib = rss_kib(op_pid).map(|r| r.0).unwrap_or(0);
     log(format!(
@@ -1074,7 +1472,7 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     keep(env, "operator-2-idle-start", &op_m2);
     let api_m2 = scrape_apiserver(&cp).await?;
     keep(env, "apiserver-2-idle-start", &api_m2);
-    let apf2 = parse_apf(&api_m2);
+    let apf2 = parse_apf_all(&api_m2).0;
     let cpu2 = cpu_seconds(op_pid);
     let (pe0, we0) = {
         let o = obs.lock().unwrap_or_else(|p| p.into_inner());
@@ -1095,7 +1493,7 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     keep(env, "operator-3-idle-end", &op_m3);
     let api_m3 = scrape_apiserver(&cp).await?;
     keep(env, "apiserver-3-idle-end", &api_m3);
-    let apf3 = parse_apf(&api_m3);
+    let apf3 = parse_apf_all(&api_m3).0;
     let cpu3 = cpu_seconds(op_pid);
     {
         let o = obs.lock().unwrap_or_else(|p| p.into_inner());
@@ -1125,6 +1523,7 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
     res.requests_converge = apf_delta(&apf0, &apf1);
     res.requests_idle = apf_delta(&apf2, &apf3);
     res.operator_reconcile_errors = sum_counter(&op_m3, "workpool_reconcile_errors_total");
+    res.targets = targets(args, res);
 
     print_report(args, res, &conv, &idle_h);
     Ok(())
@@ -1141,65 +1540,91 @@ fn print_report(args: &Args, r: &Results, conv: &Histogram, idle: &Histogram) {
         "\n## workpool-scale-bench: {} WorkPools x {} pods ({total} pods) on {} KWOK nodes, {} namespaces, poll interval {} s, queue URL {}\n\n",
         r.pools, r.pods_per_pool, r.nodes, r.namespaces, r.poll_interval_s, r.queue_url
     ));
-    o.push_str("| what | value |\n| --- | --- |\n");
-    let rows: Vec<(String, String)> = vec![
+    let peer = |v: String| if r.peer { v } else { "-".into() };
+    o.push_str(&format!(
+        "| what | workpool-operator | peer: {} Deployments x {}, kube-controller-manager |\n| --- | --- | --- |\n",
+        r.pools, r.pods_per_pool
+    ));
+    let rows: Vec<(String, String, String)> = vec![
         (
-            "WorkPools created (from the first create)".into(),
+            "pools (WorkPools / Deployments) created, from the first create".into(),
             secs(r.pools_created_s),
+            peer(secs(r.peer_pools_created_s)),
         ),
         (
             format!("all {total} pods created"),
             secs(r.all_pods_created_s),
+            peer(secs(r.peer_all_pods_created_s)),
         ),
-        ("all pods scheduled".into(), secs(r.all_pods_scheduled_s)),
+        (
+            "all pods scheduled".into(),
+            secs(r.all_pods_scheduled_s),
+            peer(secs(r.peer_all_pods_scheduled_s)),
+        ),
         (
             "all pods Running and Ready".into(),
             secs(r.all_pods_running_s),
+            peer(secs(r.peer_all_pods_running_s)),
         ),
         (
             format!(
-                "all pools' status: {} of {} ready",
+                "every status: {} of {} ready",
                 r.pods_per_pool, r.pods_per_pool
             ),
             secs(r.all_pools_ready_s),
+            peer(secs(r.peer_all_pools_ready_s)),
         ),
         (
             "**converged**".into(),
             format!("**{}**", secs(r.converged_s)),
+            peer(format!("**{}**", secs(r.peer_converged_s))),
         ),
         (
-            "operator RSS: before the pools / converged / end of idle".into(),
+            "RSS: before the pools / converged / end of idle".into(),
             format!(
                 "{} / {} / {}",
                 mib(r.operator_rss_before_pools_kib),
                 mib(r.operator_rss_converged_kib),
                 mib(r.operator_rss_idle_end_kib)
             ),
+            peer(format!("- / {} / -", mib(r.peer_rss_converged_kib))),
         ),
         (
-            "operator RSS peak (VmHWM)".into(),
+            "RSS peak (VmHWM)".into(),
             mib(r.operator_rss_peak_kib),
+            peer(format!("{} (every controller)", mib(r.peer_rss_peak_kib))),
         ),
         (
-            "operator CPU: converging / idle window".into(),
+            "CPU: converging / idle window".into(),
             format!(
-                "{:.1} s / {:.1} s",
-                r.operator_cpu_converge_s, r.operator_cpu_idle_s
+                "{:.1} s / {:.1} s ({:.1}% of a core)",
+                r.operator_cpu_converge_s,
+                r.operator_cpu_idle_s,
+                100.0 * r.operator_cpu_idle_s / r.idle_seconds.max(1.0)
             ),
+            peer(format!(
+                "{:.1} s / {:.1} s ({:.1}% of a core; every controller)",
+                r.peer_cpu_converge_s,
+                r.peer_cpu_idle_s,
+                100.0 * r.peer_cpu_idle_s / r.idle_seconds.max(1.0)
+            )),
         ),
         (
             "reconciles while converging".into(),
             format!("{:.0}", r.reconciles_converge),
+            "-".into(),
         ),
         (
             "reconcile p50 / p99 while converging".into(),
             format!("{} / {}", fmt_q(conv, 0.5), fmt_q(conv, 0.99)),
+            "-".into(),
         ),
         (
             "reconcile mean while converging".into(),
             r.reconcile_converge_mean_s
                 .map(|m| format!("{:.2} ms", m * 1e3))
                 .unwrap_or_else(|| "-".into()),
+            "-".into(),
         ),
         (
             format!("reconciles in the idle window ({:.0} s)", r.idle_seconds),
@@ -1208,32 +1633,30 @@ fn print_report(args: &Args, r: &Results, conv: &Histogram, idle: &Histogram) {
                 r.reconciles_idle,
                 r.reconciles_idle / r.idle_seconds.max(1.0)
             ),
+            "-".into(),
         ),
         (
             "reconcile p50 / p99 idle".into(),
             format!("{} / {}", fmt_q(idle, 0.5), fmt_q(idle, 0.99)),
-        ),
-        (
-            "reconcile mean idle".into(),
-            r.reconcile_idle_mean_s
-                .map(|m| format!("{:.2} ms", m * 1e3))
-                .unwrap_or_else(|| "-".into()),
+            "-".into(),
         ),
         (
             "reconcile errors (total)".into(),
             format!("{:.0}", r.operator_reconcile_errors),
+            "-".into(),
         ),
         (
             "pod / pool changes seen in the idle window".into(),
             format!("{} / {}", r.idle_pod_events, r.idle_pool_events),
+            "-".into(),
         ),
     ];
-    for (k, v) in rows {
-        o.push_str(&format!("| {k} | {v} |\n"));
+    for (k, v, p) in rows {
+        o.push_str(&format!("| {k} | {v} | {p} |\n"));
     }
-    o.push_str("\nAPI requests by the operator (counted by the API server per FlowSchema):\n\n");
+    o.push_str("\nAPI requests, counted by the API server per FlowSchema (the operator's user; the peer's deployment and replicaset controllers):\n\n");
     o.push_str(
-        "| class | while converging | idle window | idle req/s |\n| --- | --- | --- | --- |\n",
+        "| class | operator converging | operator idle | operator idle req/s | peer converging | peer idle |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     let classes = [
         "leases",
@@ -1241,29 +1664,59 @@ fn print_report(args: &Args, r: &Results, conv: &Histogram, idle: &Histogram) {
         "events",
         "pod-writes",
         "pool-writes",
+        "watches",
         "other",
     ];
-    let mut tc = 0.0;
-    let mut ti = 0.0;
+    let (mut tc, mut ti, mut pc, mut pi) = (0.0, 0.0, 0.0, 0.0);
+    let get = |m: &BTreeMap<String, f64>, c: &str| m.get(c).copied().unwrap_or(0.0);
     for c in classes {
-        let a = r.requests_converge.get(c).copied().unwrap_or(0.0);
-        let b = r.requests_idle.get(c).copied().unwrap_or(0.0);
+        let (a, b) = (get(&r.requests_converge, c), get(&r.requests_idle, c));
+        let (x, y) = (
+            get(&r.peer_requests_converge, c),
+            get(&r.peer_requests_idle, c),
+        );
         tc += a;
         ti += b;
+        pc += x;
+        pi += y;
         o.push_str(&format!(
-            "| {c} | {a:.0} | {b:.0} | {:.2} |\n",
-            b / r.idle_seconds.max(1.0)
+            "| {c} | {a:.0} | {b:.0} | {:.2} | {} | {} |\n",
+            b / r.idle_seconds.max(1.0),
+            peer(format!("{x:.0}")),
+            peer(format!("{y:.0}")),
         ));
     }
     o.push_str(&format!(
-        "| **all** | {tc:.0} | {ti:.0} | **{:.2}** |\n| all but leases | | {:.0} | **{:.2}** |\n",
+        "| **all** | {tc:.0} | {ti:.0} | **{:.2}** | {} | {} |\n",
         ti / r.idle_seconds.max(1.0),
-        ti - r.requests_idle.get("leases").copied().unwrap_or(0.0),
-        (ti - r.requests_idle.get("leases").copied().unwrap_or(0.0)) / r.idle_seconds.max(1.0)
+        peer(format!("{pc:.0}")),
+        peer(format!("{pi:.0}")),
     ));
+    o.push_str("\nTargets (issue #19):\n\n| target | measured | bound | met |\n| --- | --- | --- | --- |\n");
+    for (name, t) in &r.targets {
+        o.push_str(&format!(
+            "| {name} | {} | ≤ {} {} | {} |\n",
+            t.value
+                .map(|v| format!("{v:.2} {}", t.unit))
+                .unwrap_or_else(|| "-".into()),
+            t.bound,
+            t.unit,
+            if t.met { "yes" } else { "**no**" }
+        ));
+    }
+    if !r.peer {
+        o.push_str("| converged_vs_peer | - (--no-peer) | ≤ 1.1 x | - |\n");
+    }
     o.push_str(&format!(
-        "\nreproduce: cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools {} --pods {} --namespaces {} --nodes {} --poll-interval {} --queue-url {} --idle-seconds {}\n",
-        r.pools, r.pods_per_pool, r.namespaces, r.nodes, r.poll_interval_s, r.queue_url, args.idle_seconds
+        "\nreproduce: cargo run --release -p workpool-tests --bin workpool-scale-bench -- --pools {} --pods {} --namespaces {} --nodes {} --poll-interval {} --queue-url {} --idle-seconds {}{}\n",
+        r.pools,
+        r.pods_per_pool,
+        r.namespaces,
+        r.nodes,
+        r.poll_interval_s,
+        r.queue_url,
+        args.idle_seconds,
+        if r.peer { "" } else { " --no-peer" }
     ));
     println!("{o}");
 }
