@@ -16,7 +16,7 @@
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -205,7 +205,6 @@ struct Producer {
     language: &'static str,
     pool: &'static str,
     payloads: Vec<String>,
-    command: Command,
 }
 
 impl Producer {
@@ -223,14 +222,7 @@ impl Producer {
             language,
             pool,
             payloads,
-            command: Command::new("true"),
         }
-    }
-
-    fn program(mut self, program: impl AsRef<std::ffi::OsStr>, args: &[&Path]) -> Self {
-        self.command = Command::new(program);
-        self.command.args(args);
-        self
     }
 }
 
@@ -318,21 +310,22 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
         Producer::new("rust", "js", 3, false),
     ];
     let examples = repo_root().join("examples/producers");
-    let python_example = examples.join("python/produce.py");
-    let node_example = examples.join("node/produce.js");
-    let producers: Vec<Producer> = producers
-        .into_iter()
-        .map(|p| match p.language {
-            "python" => p.program(&tools.python, &[python_example.as_path()]),
-            "node" => p.program("node", &[node_example.as_path()]),
-            "go" => p.program(&tools.go_producer, &[]),
-            _ => p.program(&rust_producer, &[]),
-        })
-        .collect();
     let mut running = Vec::new();
-    for mut p in producers {
-        let mut cmd =
-            tokio::process::Command::from(std::mem::replace(&mut p.command, Command::new("true")));
+    for p in producers {
+        let mut cmd = match p.language {
+            "python" => {
+                let mut c = tokio::process::Command::new(&tools.python);
+                c.arg(examples.join("python/produce.py"));
+                c
+            }
+            "node" => {
+                let mut c = tokio::process::Command::new("node");
+                c.arg(examples.join("node/produce.js"));
+                c
+            }
+            "go" => tokio::process::Command::new(&tools.go_producer),
+            _ => tokio::process::Command::new(&rust_producer),
+        };
         cmd.args(&p.payloads)
             .env("WORKPOOL_REDIS_URL", &redis_url)
             .env("WORKPOOL_STREAM", p.pool)
