@@ -76,7 +76,7 @@ require("http").createServer((req, res) => {{
       res.end("js:" + body.length + ":" + body);
     }}, 200);
   }});
-}}).listen(8080, "127.0.0.1");
+}}).listen(8080); // all addresses: the kubelet probes the pod IP
 "#
     )
 }
@@ -226,6 +226,35 @@ impl Producer {
     }
 }
 
+/// [`Env::wait_ready`], and on a timeout the pods' container states and the handler
+/// sidecars' logs (a sidecar that never starts keeps its worker from starting).
+async fn wait_ready_or_explain(env: &Env, pool: &str, n: i64) {
+    let ready = |v: &Value| {
+        v["status"]["readyReplicas"] == json!(n) && cond_status(v, "Ready") == Some("True".into())
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        if env.pool(pool).await.is_some_and(|v| ready(&v)) {
+            env.wait_ready(pool, n).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut why = String::new();
+    for pod in env.pool_pods(pool, true).await {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let status = pod.status.map(
+            |s| json!({"init": s.init_container_statuses, "containers": s.container_statuses}),
+        );
+        let log = env
+            .node
+            .container_log(&env.ns, &name, "handler")
+            .unwrap_or_default();
+        why += &format!("pod {name}: {}\nhandler log: {log}\n", json!(status));
+    }
+    panic!("WorkPool {pool}: {n} ready pods not within {T:?}\n{why}");
+}
+
 /// One line a producer printed: its task's result.
 #[derive(Debug, Clone)]
 struct Printed {
@@ -296,7 +325,7 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
     }]);
     env.apply_pool(&js).await;
     env.wait_ready("shell", 3).await;
-    env.wait_ready("js", 2).await;
+    wait_ready_or_explain(&env, "js", 2).await;
 
     // Every producer submits several tasks to one pool and waits for each result; the
     // Python and Node ones use both pools, and each has one task that fails once.
@@ -436,7 +465,7 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
             "{pool}'s dead letter: {d}"
         );
         let reference = d["ref"].as_str().expect("ref").to_string();
-        dead.insert(pool, (reference, payload.clone(), printed.task_id.clone()));
+        dead.insert(pool, (reference, payload.clone()));
     }
 
     // `kubectl workpool retry` (the plugin found on PATH by the real kubectl), as a
@@ -468,7 +497,8 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
     )))
     .expect("PATH");
     let client_layout = |pool: &str| Layout::new(pool, pool);
-    for (pool, (reference, payload, task_id)) in &dead {
+    let mut retried: BTreeMap<String, String> = BTreeMap::new();
+    for (pool, (reference, payload)) in &dead {
         let said = run(Command::new(kubectl_path())
             .args([
                 "workpool",
@@ -497,23 +527,21 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
             "{pool}'s dead letters after the retry: {listed:?}"
         );
 
-        // ... and completes under its task id (its new run replaces the dead record).
+        // ... and completes. Its result is read under the new entry's id: these tasks
+        // were submitted without an `id`, the retry gives the new entry `id` = the old
+        // entry id (protocol section 6, "a retried task keeps its task id"), but the
+        // worker keys results by an `id` field only when a client would accept it
+        // (section 8: not of the form <digits>-<digits>), so the retried run is
+        // recorded under its own entry id. Where the two sections meet, the test
+        // follows the worker (docs/protocol.md: "the worker is right").
         let rust = Pool::connect_url(&admin_url, &Tls::none(), client_layout(pool))
             .await
             .expect("rust client");
-        let deadline = tokio::time::Instant::now() + RESULTS_WITHIN;
-        let result = loop {
-            let r = rust
-                .wait_for(0, task_id, RESULTS_WITHIN)
-                .await
-                .unwrap_or_else(|e| panic!("the retried {pool} task {task_id}: {e}"));
-            // A retry deletes the old record before it returns, so anything read now
-            // belongs to the new run; still, say so if it does not.
-            if r.state == "done" || tokio::time::Instant::now() > deadline {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let result = rust
+            .wait_for(0, &new_entry, RESULTS_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("the retried {pool} task {new_entry}: {e}"));
+        retried.insert(payload.clone(), new_entry.clone());
         assert_eq!(result.state, "done", "{pool}: {result:?}");
         assert_eq!(
             result.entry_id.as_deref(),
@@ -556,8 +584,9 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
                 want,
                 "runs of {payload} in {pool}: {runs:?}"
             );
+            let record_id = retried.get(*payload).unwrap_or(&printed.task_id);
             let record = rust
-                .result(0, &printed.task_id)
+                .result(0, record_id)
                 .await
                 .expect("result")
                 .unwrap_or_else(|| panic!("no result for {payload} in {pool}"));
