@@ -39,61 +39,59 @@ pub fn bin_dir() -> PathBuf {
 pub fn binaries() -> (PathBuf, PathBuf) {
     static BUILT: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     let r = BUILT.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "workpool-operator",
-                "-p",
-                "workpool-worker",
-                "--bins",
-            ])
-            .current_dir(repo_root())
-            .stdout(Stdio::null());
-        // What cargo set for this test process is not the environment of a build: build
-        // scripts that track such a variable (ring's tracks CARGO_MANIFEST_DIR) would be
-        // rebuilt here and again by the next plain `cargo` command, and so on.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| key.starts_with(p))
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
-            {
-                cargo.env_remove(&*key);
-            }
-        }
-        let mut build = cargo.spawn().map_err(|e| format!("cargo build: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(1200);
-        let ok = loop {
-            match build.try_wait() {
-                Ok(Some(st)) => break st.success(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                _ => {
-                    let _ = build.kill();
-                    let _ = build.wait();
-                    break false;
-                }
-            }
-        };
-        if !ok {
-            return Err("cargo build -p workpool-operator -p workpool-worker failed".into());
-        }
+        cargo_build(&["-p", "workpool-operator", "-p", "workpool-worker", "--bins"])?;
         Ok((
             bin_dir().join("workpool-operator"),
             bin_dir().join("workpool-worker"),
         ))
     });
     r.clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `cargo build -q <args>` in the workspace (debug, into [`bin_dir`]), up to 20 minutes.
+pub fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "-q"])
+        .args(args)
+        .current_dir(repo_root())
+        .stdout(Stdio::null());
+    // What cargo set for this test process is not the environment of a build: build
+    // scripts that track such a variable (ring's tracks CARGO_MANIFEST_DIR) would be
+    // rebuilt here and again by the next plain `cargo` command, and so on.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
+        {
+            cargo.env_remove(&*key);
+        }
+    }
+    let mut build = cargo.spawn().map_err(|e| format!("cargo build: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let ok = loop {
+        match build.try_wait() {
+            Ok(Some(st)) => break st.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            _ => {
+                let _ = build.kill();
+                let _ = build.wait();
+                break false;
+            }
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("cargo build {} failed", args.join(" ")))
+    }
 }
 
 /// The WorkPool API of a namespace, untyped (the tests speak the wire format).
