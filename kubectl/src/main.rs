@@ -200,9 +200,11 @@ async fn open_pool(cli: &Cli, name: &str) -> anyhow::Result<Pool> {
         .await
         .map_err(|e| match e {
             // The operator's wording names itself; here the reader is the caller.
+            ProbeError::SecretForbidden { name: secret, message } => anyhow::anyhow!(
+                "cannot read the Redis URL of WorkPool {ns}/{name} from its Secret with your credentials: you may not read Secret {secret:?}: {message}"
+            ),
             ProbeError::Secret(m) => anyhow::anyhow!(
-                "cannot read the Redis URL of WorkPool {ns}/{name} from its Secret with your credentials: {}",
-                m.replace("the operator may not read", "you may not read")
+                "cannot read the Redis URL of WorkPool {ns}/{name} from its Secret: {m}"
             ),
             e => anyhow::anyhow!("WorkPool {ns}/{name}: {e}"),
         })?;

@@ -468,7 +468,12 @@ async fn cleanup(wp: Arc<WorkPool>, ctx: &Context) -> Result<Action> {
                     notes.push(decide_note(true, "ConsumersKept", format!("{} consumers still hold {total} tasks; they stay in group {:?} so that the tasks are not lost", kept.len(), q.group())));
                 }
             }
-            Err(e @ (ProbeError::Secret(_) | ProbeError::InvalidUrl | ProbeError::Invalid(_))) => {
+            Err(
+                e @ (ProbeError::Secret(_)
+                | ProbeError::SecretForbidden { .. }
+                | ProbeError::InvalidUrl
+                | ProbeError::Invalid(_)),
+            ) => {
                 notes.push(decide_note(
                     true,
                     "CleanupSkipped",

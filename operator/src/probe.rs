@@ -27,6 +27,11 @@ pub enum ProbeError {
     /// The Secret or its key is missing, or it cannot be read.
     #[error("{0}")]
     Secret(String),
+    /// The operator's credentials may not read the Secret (403). Kept apart from
+    /// `Secret` so a tool running with the caller's credentials (kubectl-workpool) can
+    /// say who was refused.
+    #[error("the operator may not read Secret {name:?}: {message}")]
+    SecretForbidden { name: String, message: String },
     /// The URL cannot be parsed.
     #[error("the Redis URL is not valid")]
     InvalidUrl,
@@ -56,7 +61,7 @@ impl ProbeError {
     /// The reason of `QueueReachable=False`.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProbeError::Secret(_) => "SecretUnavailable",
+            ProbeError::Secret(_) | ProbeError::SecretForbidden { .. } => "SecretUnavailable",
             ProbeError::InvalidUrl => "InvalidURL",
             ProbeError::Unreachable(_) => "Unreachable",
             ProbeError::Auth(_) => "AuthenticationFailed",
@@ -70,7 +75,7 @@ impl ProbeError {
     /// The `reason` label of `workpool_queue_probe_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ProbeError::Secret(_) => "secret",
+            ProbeError::Secret(_) | ProbeError::SecretForbidden { .. } => "secret",
             ProbeError::InvalidUrl => "invalid_url",
             ProbeError::Unreachable(_) => "unreachable",
             ProbeError::Auth(_) => "auth",
@@ -239,10 +244,10 @@ impl QueueTargets {
                 )));
             }
             Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(ProbeError::Secret(format!(
-                    "the operator may not read Secret {name:?}: {}",
-                    s.message
-                )));
+                return Err(ProbeError::SecretForbidden {
+                    name: name.to_string(),
+                    message: s.message,
+                });
             }
             Err(e) => {
                 return Err(ProbeError::Secret(format!("reading Secret {name:?}: {e}")));
@@ -289,6 +294,10 @@ mod tests {
     fn reasons_and_labels_are_known() {
         let all = [
             ProbeError::Secret("x".into()),
+            ProbeError::SecretForbidden {
+                name: "x".into(),
+                message: "forbidden".into(),
+            },
             ProbeError::InvalidUrl,
             ProbeError::Unreachable("x".into()),
             ProbeError::Auth("x".into()),
