@@ -44,4 +44,4 @@ pub use submit::{DEFAULT_DEDUP_WINDOW, Durable, NewTask, SubmitError, Submitted,
 /// The version of docs/protocol.md this crate implements, and its revision.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The revision of [`PROTOCOL_VERSION`] (docs/protocol.md section 9).
-pub const PROTOCOL_REVISION: u32 = 3;
+pub const PROTOCOL_REVISION: u32 = 4;

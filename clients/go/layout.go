@@ -21,7 +21,7 @@ import (
 const ProtocolVersion = 1
 
 // ProtocolRevision is the revision of that version (docs/protocol.md section 9).
-const ProtocolRevision = 3
+const ProtocolRevision = 4
 
 const (
 	maxTaskIDBytes        = 512

@@ -465,7 +465,7 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
             "{pool}'s dead letter: {d}"
         );
         let reference = d["ref"].as_str().expect("ref").to_string();
-        dead.insert(pool, (reference, payload.clone()));
+        dead.insert(pool, (reference, payload.clone(), printed.task_id.clone()));
     }
 
     // `kubectl workpool retry` (the plugin found on PATH by the real kubectl), as a
@@ -497,8 +497,7 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
     )))
     .expect("PATH");
     let client_layout = |pool: &str| Layout::new(pool, pool);
-    let mut retried: BTreeMap<String, String> = BTreeMap::new();
-    for (pool, (reference, payload)) in &dead {
+    for (pool, (reference, payload, task_id)) in &dead {
         let said = run(Command::new(kubectl_path())
             .args([
                 "workpool",
@@ -527,21 +526,26 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
             "{pool}'s dead letters after the retry: {listed:?}"
         );
 
-        // ... and completes. Its result is read under the new entry's id: these tasks
-        // were submitted without an `id`, the retry gives the new entry `id` = the old
-        // entry id (protocol section 6, "a retried task keeps its task id"), but the
-        // worker keys results by an `id` field only when a client would accept it
-        // (section 8: not of the form <digits>-<digits>), so the retried run is
-        // recorded under its own entry id. Where the two sections meet, the test
-        // follows the worker (docs/protocol.md: "the worker is right").
+        // ... and completes, under the task id its producer printed: these tasks were
+        // submitted without an `id`, so the task id is the first entry id, which the
+        // retried entry keeps (docs/protocol.md 6 and 8).
         let rust = Pool::connect_url(&admin_url, &Tls::none(), client_layout(pool))
             .await
             .expect("rust client");
+        assert_ne!(task_id, &new_entry, "the retry added a new entry");
         let result = rust
-            .wait_for(0, &new_entry, RESULTS_WITHIN)
+            .wait_for(0, task_id, RESULTS_WITHIN)
             .await
-            .unwrap_or_else(|e| panic!("the retried {pool} task {new_entry}: {e}"));
-        retried.insert(payload.clone(), new_entry.clone());
+            .unwrap_or_else(|e| panic!("the retried {pool} task {task_id} ({new_entry}): {e}"));
+        assert_eq!(
+            result.task_id.as_deref(),
+            Some(task_id.as_str()),
+            "{result:?}"
+        );
+        assert!(
+            rust.result(0, &new_entry).await.expect("result").is_none(),
+            "no record under the retried entry's own id"
+        );
         assert_eq!(result.state, "done", "{pool}: {result:?}");
         assert_eq!(
             result.entry_id.as_deref(),
@@ -584,9 +588,8 @@ async fn producers_in_four_languages_get_their_results_and_a_dead_letter_is_retr
                 want,
                 "runs of {payload} in {pool}: {runs:?}"
             );
-            let record_id = retried.get(*payload).unwrap_or(&printed.task_id);
             let record = rust
-                .result(0, record_id)
+                .result(0, &printed.task_id)
                 .await
                 .expect("result")
                 .unwrap_or_else(|| panic!("no result for {payload} in {pool}"));

@@ -76,13 +76,18 @@ impl ResultRecord {
 }
 
 /// The task id of an entry (docs/protocol.md 3): its `id` field when that is a task id a
-/// client accepts, otherwise its entry id (a raw producer's `id` of another form must not
-/// name another task's record).
+/// client accepts, or when `retry.lua` set it to the task's first entry id (marked by
+/// `id_source` = `entry`); otherwise its entry id (a raw producer's `id` of another form
+/// must not name another task's record).
 pub fn task_id_of(entry: &Entry) -> String {
+    let retried_without_producer_id = entry.field("id_source") == Some(&b"entry"[..]);
     entry
         .field("id")
         .and_then(|v| std::str::from_utf8(v).ok())
-        .filter(|id| workpool_client::submit::check_task_id(id).is_ok())
+        .filter(|id| {
+            workpool_client::submit::check_task_id(id).is_ok()
+                || (retried_without_producer_id && id.parse::<EntryId>().is_ok())
+        })
         .map(str::to_string)
         .unwrap_or_else(|| entry.id.to_string())
 }

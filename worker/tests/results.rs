@@ -759,3 +759,118 @@ async fn records_without_a_run_and_task_ids_a_client_would_refuse() {
     want.sort();
     assert_eq!(keys, want);
 }
+
+/// A task retried from the dead-letter stream keeps its task id, with or without a
+/// producer id, also when it is dead-lettered and retried a second time: waiters of the
+/// task id (the entry id of its first submit when it had no producer id) get each new
+/// run's record (docs/protocol.md 6 and 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_tasks_keep_their_task_ids() {
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let layout = Layout::new(STREAM, GROUP).with_partitions(2);
+    let pool = Pool::connect_url(&url, &Tls::none(), layout)
+        .await
+        .expect("pool");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    // Fails for good until the file exists, then prints its payload.
+    let handler = format!(
+        r#"p=$(cat); if [ -e '{}' ]; then printf 'out:%s' "$p"; else echo "not yet $p" >&2; exit 100; fi"#,
+        ready.display()
+    );
+    let _workers: Vec<Worker> = ["w1", "w2"]
+        .iter()
+        .map(|name| {
+            Worker::spawn(
+                &url,
+                STREAM,
+                GROUP,
+                name,
+                &worker_args("2", &["--exec-shell", &handler]),
+            )
+        })
+        .collect();
+    let mut subs = Vec::new();
+    for i in 0..8 {
+        let mut t = Task::new(format!(r#"{{"i":{i}}}"#));
+        if i % 2 == 0 {
+            t = t.with_id(format!("order-{i}"));
+        }
+        subs.push((i, pool.submit(t).await.expect("submit")));
+    }
+    let wait_all = |round: &'static str| {
+        let pool = pool.clone();
+        let subs = subs.clone();
+        async move {
+            let mut out = Vec::new();
+            for (i, s) in &subs {
+                let r = pool
+                    .wait_for(s.partition, &s.task_id, Duration::from_secs(30))
+                    .await
+                    .unwrap_or_else(|e| panic!("{round}: task {i} ({}): {e}", s.task_id));
+                assert_eq!(r.task_id.as_deref(), Some(s.task_id.as_str()), "{round}");
+                out.push(r);
+            }
+            out
+        }
+    };
+    let first = wait_all("first run").await;
+    for r in &first {
+        assert_eq!(r.state, "dead", "{r:?}");
+    }
+    // Retried while the handler still fails: dead again, a new record under the same id.
+    let retried = pool
+        .retry_all_dead_letters(&Default::default())
+        .await
+        .expect("retry");
+    assert_eq!(retried.iter().filter(|o| o.entry_id.is_some()).count(), 8);
+    let second = wait_all("second run").await;
+    for (r, (i, s)) in second.iter().zip(&subs) {
+        assert_eq!(r.state, "dead", "{r:?}");
+        assert_ne!(
+            r.entry_id,
+            Some(s.entry_id.to_string()),
+            "task {i} ran again"
+        );
+        assert_ne!(r.dead_letter_id, first[*i].dead_letter_id);
+    }
+    std::fs::write(&ready, b"").expect("ready");
+    pool.retry_all_dead_letters(&Default::default())
+        .await
+        .expect("retry");
+    let third = wait_all("third run").await;
+    for ((r, (i, s)), before) in third.iter().zip(&subs).zip(&second) {
+        assert_eq!(r.state, "done", "{r:?}");
+        assert_eq!(
+            r.output.as_deref(),
+            Some(format!(r#"out:{{"i":{i}}}"#).as_bytes())
+        );
+        assert_ne!(r.entry_id, Some(s.entry_id.to_string()));
+        assert_ne!(r.entry_id, before.entry_id);
+    }
+    // Every record is keyed by its task id: none under a retried entry's id.
+    let mut c = pool.connection();
+    let mut keys: Vec<String> = Vec::new();
+    for p in 0..2 {
+        let stream = pool.layout().partition_stream(p);
+        let mut k: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{stream}:result:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.append(&mut k);
+    }
+    keys.sort();
+    let mut want: Vec<String> = subs
+        .iter()
+        .map(|(_, s)| {
+            workpool_client::results::result_key(
+                &pool.layout().partition_stream(s.partition),
+                &s.task_id,
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+}

@@ -4,9 +4,10 @@
 -- ARGV[2..]: dead-letter entry ids.
 -- Each dead letter still present is, in one step, added back to KEYS[1] with the task's
 -- original fields (payload first; the dead letter's own fields dropped; orig_X renamed
--- back to X for the reserved names; `id` = original_id when the task had none, so it
--- keeps its task id), deleted from KEYS[2], and its task's result and notification keys
--- are deleted. Returns one {dead-letter id, new entry id or nil} per ARGV id.
+-- back to X for the reserved names; `id` = original_id and `id_source` = `entry` when the
+-- task had no id, so it keeps its task id and workers accept that id although it has
+-- the form of an entry id), deleted from KEYS[2], and its task's result and notification
+-- keys are deleted. Returns one {dead-letter id, new entry id or nil} per ARGV id.
 local reserved = {original_id = true, error = true, deliveries = true,
                   stream = true, group = true, consumer = true}
 local out = {}
@@ -33,6 +34,8 @@ for i = 2, #ARGV do
       task_id = original_id
       args[#args + 1] = 'id'
       args[#args + 1] = original_id
+      args[#args + 1] = 'id_source'
+      args[#args + 1] = 'entry'
     end
     local new_id = redis.call(unpack(args))
     redis.call('XDEL', KEYS[2], ARGV[i])

@@ -3,7 +3,7 @@
 
 export const PROTOCOL_VERSION = 1;
 /** The revision of that version (docs/protocol.md section 9). */
-export const PROTOCOL_REVISION = 3;
+export const PROTOCOL_REVISION = 4;
 export const MAX_TASK_ID_BYTES = 512;
 export const DEFAULT_DEDUP_WINDOW_MS = 86_400_000;
 export const PIPELINE_CHUNK = 1000;

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote
 
 PROTOCOL_VERSION = 1
 #: The revision of that version (docs/protocol.md section 9).
-PROTOCOL_REVISION = 3
+PROTOCOL_REVISION = 4
 MAX_TASK_ID_BYTES = 512
 DEFAULT_DEDUP_WINDOW = 86_400.0  # seconds
 PIPELINE_CHUNK = 1000
