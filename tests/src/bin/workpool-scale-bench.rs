@@ -267,6 +267,10 @@ fn run_cmd(cmd: &mut Command) -> Result<String> {
 
 fn operator_binary(args: &Args) -> Result<PathBuf> {
     if let Some(p) = &args.operator {
+        // Checked before the peer's ten minutes, not when the operator is started.
+        if !p.is_file() {
+            bail!("--operator {}: no such file", p.display());
+        }
         return Ok(p.clone());
     }
     log("building the release operator (cargo build --release -p workpool-operator)");
