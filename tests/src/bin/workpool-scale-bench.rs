@@ -915,6 +915,33 @@ fn deployment_resource() -> ApiResource {
     )
 }
 
+/// Creates `objects` (each names its namespace) in the background, `concurrency` at once
+/// (the WorkPools and the peer's Deployments alike).
+fn spawn_creates(
+    admin: kube::Client,
+    resource: ApiResource,
+    objects: Vec<serde_json::Value>,
+    concurrency: usize,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let results: Vec<Result<()>> = futures::stream::iter(objects)
+            .map(|v| {
+                let (admin, resource) = (admin.clone(), resource.clone());
+                async move {
+                    let obj: DynamicObject = serde_json::from_value(v)?;
+                    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+                    let api: Api<DynamicObject> = Api::namespaced_with(admin, &ns, &resource);
+                    api.create(&PostParams::default(), &obj).await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    })
+}
+
 /// The peer: `--pools` Deployments of `--pods` replicas (the same pod template, the same
 /// namespaces' spread, the same creation concurrency) run by the kube-controller-manager,
 /// measured like the WorkPools: convergence milestones, the controller manager's RSS
@@ -966,44 +993,35 @@ async fn run_peer(
     res.peer = true;
     let t0 = Instant::now();
     let creator = {
-        let admin = admin.clone();
-        let (pools, pods, conc) = (args.pools, args.pods, args.create_concurrency.max(1));
-        let names: Vec<String> = (0..pools).map(peer_ns).collect();
-        tokio::spawn(async move {
-            let results: Vec<Result<()>> = futures::stream::iter(0..pools)
-                .map(|i| {
-                    let admin = admin.clone();
-                    let ns = names[i].clone();
-                    async move {
-                        let api: Api<DynamicObject> =
-                            Api::namespaced_with(admin, &ns, &deployment_resource());
-                        let name = format!("peer-{i:04}");
-                        let obj: DynamicObject = serde_json::from_value(json!({
-                            "apiVersion": "apps/v1",
-                            "kind": "Deployment",
-                            "metadata": {"name": name, "namespace": ns},
-                            "spec": {
-                                "replicas": pods,
-                                "selector": {"matchLabels": {PEER_LABEL: name}},
-                                "template": {
-                                    "metadata": {"labels": {PEER_LABEL: name}},
-                                    "spec": {"containers": [{
-                                        "name": "worker",
-                                        "image": "workpool-worker:scale-bench",
-                                        "args": ["run", "--builtin", "sleep"],
-                                    }]},
-                                },
-                            },
-                        }))?;
-                        api.create(&PostParams::default(), &obj).await?;
-                        Ok(())
-                    }
+        let pods = args.pods;
+        let objects = (0..args.pools)
+            .map(|i| {
+                let (ns, name) = (peer_ns(i), format!("peer-{i:04}"));
+                json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {
+                        "replicas": pods,
+                        "selector": {"matchLabels": {PEER_LABEL: name}},
+                        "template": {
+                            "metadata": {"labels": {PEER_LABEL: name}},
+                            "spec": {"containers": [{
+                                "name": "worker",
+                                "image": "workpool-worker:scale-bench",
+                                "args": ["run", "--builtin", "sleep"],
+                            }]},
+                        },
+                    },
                 })
-                .buffer_unordered(conc)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
-        })
+            })
+            .collect();
+        spawn_creates(
+            admin.clone(),
+            deployment_resource(),
+            objects,
+            args.create_concurrency,
+        )
     };
     let mut creator = Some(creator);
     let mut peak = 0u64;
@@ -1362,43 +1380,25 @@ async fn run(args: &Args, env: &mut Env, res: &mut Results) -> Result<()> {
         QueueUrl::Inline => json!({"url": redis_url}),
     };
     let creator = {
-        let admin = admin.clone();
-        let pods = args.pods;
-        let n = args.namespaces;
-        let pools = args.pools;
-        let conc = args.create_concurrency.max(1);
-        tokio::spawn(async move {
-            let results: Vec<Result<()>> = futures::stream::iter(0..pools)
-                .map(|i| {
-                    let admin = admin.clone();
-                    let ar = ar.clone();
-                    let url_spec = url_spec.clone();
-                    async move {
-                        let ns = namespace_of(i, n);
-                        let api: Api<DynamicObject> = Api::namespaced_with(admin, &ns, &ar);
-                        let obj: DynamicObject = serde_json::from_value(json!({
-                            "apiVersion": "workpool.dev/v1alpha1",
-                            "kind": "WorkPool",
-                            "metadata": {"name": format!("pool-{i:04}"), "namespace": ns},
-                            "spec": {
-                                "queue": {"redis": url_spec},
-                                "replicas": pods,
-                                "template": {"spec": {"containers": [{
-                                    "name": "worker",
-                                    "image": "workpool-worker:scale-bench",
-                                    "args": ["run", "--builtin", "sleep"],
-                                }]}},
-                            },
-                        }))?;
-                        api.create(&PostParams::default(), &obj).await?;
-                        Ok(())
-                    }
+        let objects = (0..args.pools)
+            .map(|i| {
+                json!({
+                    "apiVersion": "workpool.dev/v1alpha1",
+                    "kind": "WorkPool",
+                    "metadata": {"name": format!("pool-{i:04}"), "namespace": namespace_of(i, args.namespaces)},
+                    "spec": {
+                        "queue": {"redis": url_spec},
+                        "replicas": args.pods,
+                        "template": {"spec": {"containers": [{
+                            "name": "worker",
+                            "image": "workpool-worker:scale-bench",
+                            "args": ["run", "--builtin", "sleep"],
+                        }]}},
+                    },
                 })
-                .buffer_unordered(conc)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
-        })
+            })
+            .collect();
+        spawn_creates(admin.clone(), ar, objects, args.create_concurrency)
     };
     let mut creator = Some(creator);
 
