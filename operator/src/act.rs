@@ -11,7 +11,9 @@ use tracing::{debug, info, warn};
 
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::crd::{API_VERSION, KIND, WorkPool};
-use crate::decide::{CreateRefused, Decided, Note, SignalPatch, WakeIntent, stable_refusal};
+use crate::decide::{
+    CreateRefused, Decided, Note, SignalPatch, WakeIntent, is_refusal, stable_refusal,
+};
 use crate::observe::{Observed, signal};
 use crate::planner::DeleteReason;
 use crate::pods;
@@ -117,7 +119,7 @@ pub async fn act(o: &Observed, d: &Decided, ctx: &Context) -> Result<Outcome> {
                     });
                     out.created.push(name);
                 }
-                Err((name, kube::Error::Api(s))) => {
+                Err((name, kube::Error::Api(s))) if is_refusal(s.code) => {
                     let refusal = stable_refusal(&s.message, &name, pool);
                     ctx.with_memory(&o.key, |m| {
                         m.create_refused = Some(CreateRefused::after(

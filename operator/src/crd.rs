@@ -693,13 +693,22 @@ impl WorkPool {
 
     /// Whether the pool refers to the Secret `name` (URL, CA or client certificate).
     pub fn references_secret(&self, name: &str) -> bool {
+        self.secret_names().any(|s| s == name)
+    }
+
+    /// The names of the Secrets the pool refers to (URL, CA, client certificate; a name
+    /// may come twice), all in the pool's namespace.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
         let r = &self.spec.queue.redis;
-        r.url_secret_ref.as_ref().is_some_and(|s| s.name == name)
-            || r.tls.as_ref().is_some_and(|t| {
-                t.ca_secret_ref.as_ref().is_some_and(|s| s.name == name)
-                    || t.client_cert_secret_ref
-                        .as_ref()
-                        .is_some_and(|s| s.name == name)
-            })
+        let tls = r.tls.as_ref();
+        [
+            r.url_secret_ref.as_ref().map(|s| s.name.as_str()),
+            tls.and_then(|t| t.ca_secret_ref.as_ref())
+                .map(|s| s.name.as_str()),
+            tls.and_then(|t| t.client_cert_secret_ref.as_ref())
+                .map(|s| s.name.as_str()),
+        ]
+        .into_iter()
+        .flatten()
     }
 }

@@ -626,10 +626,9 @@ fn requeue(
     if time_limited || (o.pool.spec.autoscaling.is_some() && o.snapshot.is_none()) {
         next = next.min(poll);
     }
-    // A Secret nobody watches is read again on the next reconcile after it expired.
-    if o.pool.reads_secrets() && !cfg.secrets_watched {
-        next = next.min(cfg.secret_refresh);
-    }
+    // Secrets need no timer here: a change triggers the pools naming them, from the
+    // Secret watch or, without it, from one read per Secret every --secret-refresh
+    // (`controller::secret_polls`).
     next.min(RESYNC)
 }
 
@@ -880,6 +879,16 @@ pub fn wake_after(st: &QueueStats) -> EntryId {
 /// A pool's key.
 pub fn key_of(wp: &WorkPool) -> (String, String) {
     (wp.namespace().unwrap_or_default(), wp.name_any())
+}
+
+/// Whether the API's answer to a pod create (its HTTP status code) is a refusal to report
+/// on the pool (the spec, a quota, a webhook, RBAC: the same create would be refused
+/// again) rather than a passing failure a retry clears: 429 (API Priority and Fairness
+/// throttling, common when many pools create at once) and 5xx (a timeout, an API server
+/// restarting). A passing failure is retried with the reconcile's back-off and says
+/// nothing in the status or in a Warning Event.
+pub fn is_refusal(code: u16) -> bool {
+    !(code == 429 || code >= 500)
 }
 
 /// What a refused create says, without the name of the pod it tried (a new random name

@@ -102,9 +102,10 @@ pub struct Args {
     /// Event).
     #[arg(long, env = "WORKPOOL_CLEANUP_TIMEOUT", default_value_t = 300)]
     pub cleanup_timeout: u64,
-    /// Seconds a Redis URL read from a Secret is used before the Secret is read again,
-    /// when the operator may not watch Secrets (RBAC `get` only; with `list` and `watch` a
-    /// change is followed at once).
+    /// Seconds a Redis URL read from a Secret is used before the Secret is read again;
+    /// when the operator may not watch Secrets (RBAC `get` only), also the period of the
+    /// one metadata read per named Secret that finds a rotation (a change reconciles the
+    /// pools naming it). With `list` and `watch` a change is followed at once.
     #[arg(long, env = "WORKPOOL_SECRET_REFRESH", default_value_t = 30)]
     pub secret_refresh: u64,
 }
@@ -386,7 +387,6 @@ pub async fn run(args: Args) -> Result<()> {
     let config = ControllerConfig {
         poll_interval: Duration::from_secs(args.queue_poll_interval.max(1)),
         secret_refresh: Duration::from_secs(args.secret_refresh.max(1)),
-        secrets_watched,
         backoff: BackoffConfig {
             base_ms: args.replacement_backoff_ms.max(1),
             max_ms: args.replacement_backoff_max.saturating_mul(1000).max(1),
@@ -461,27 +461,28 @@ pub async fn run(args: Args) -> Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let secret_watch = if secrets_watched {
-        Some(controller::secret_triggers(
-            secrets_api,
-            pool_store.clone(),
-            ctx.clone(),
-        ))
+    let secret_changes = if secrets_watched {
+        controller::secret_triggers(secrets_api, pool_store.clone(), ctx.clone()).boxed()
     } else {
         info!(
             refresh_secs = args.secret_refresh,
-            "RBAC grants no list and watch on secrets: a pool's Redis Secret is read again \
-             every --secret-refresh seconds (grant them to follow a rotation at once)"
+            "RBAC grants no list and watch on secrets: each Secret a pool names is read \
+             again (its metadata) every --secret-refresh seconds (grant them to follow a \
+             rotation at once)"
         );
-        None
+        controller::secret_polls(
+            client.clone(),
+            pool_store.clone(),
+            ctx.clone(),
+            Duration::from_secs(args.secret_refresh.max(1)),
+        )
+        .boxed()
     };
-    let mut ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
+    let ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
         .owns_stream(rx.map(Ok))
         .reconcile_on(wakes)
-        .reconcile_on(reads);
-    if let Some(s) = secret_watch {
-        ctrl = ctrl.reconcile_on(s);
-    }
+        .reconcile_on(reads)
+        .reconcile_on(secret_changes);
 
     // Stop acting on shutdown or when the Lease is lost.
     let (ctrl_stop_tx, ctrl_stop_rx) = watch::channel(false);

@@ -273,6 +273,42 @@ fn a_refusal_never_names_the_pod_it_refused() {
 }
 
 #[test]
+fn throttled_and_failed_creates_are_not_refusals() {
+    // What a retry will not change: quota and RBAC (403), an invalid pod (422), a
+    // webhook's denial (400), a namespace being deleted (403/404), names taken (409).
+    for code in [400, 403, 404, 409, 422] {
+        assert!(is_refusal(code), "{code} is a refusal");
+    }
+    // API Priority and Fairness throttling, API server errors and timeouts pass.
+    for code in [429, 500, 502, 503, 504] {
+        assert!(!is_refusal(code), "{code} passes");
+    }
+}
+
+#[test]
+fn a_pool_reading_its_redis_from_secrets_rests_without_a_timer_of_its_own() {
+    let wp = fixtures::pool(
+        "ns",
+        "p",
+        json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 5},
+               "queue": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"},
+                                   "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"},
+                                           "clientCertSecretRef": {"name": "redis"}}}}}),
+    );
+    assert_eq!(
+        wp.secret_names().collect::<Vec<_>>(),
+        ["redis", "ca", "redis"]
+    );
+    assert!(wp.references_secret("ca") && !wp.references_secret("other"));
+    let o = world(&wp, &[], Some(stats(&[], &[])));
+    let d = decide(&o, &mut PoolMemory::default(), &cfg());
+    assert_eq!(
+        d.requeue, RESYNC,
+        "a Secret change triggers the pool (watch or one read per Secret), no timer"
+    );
+}
+
+#[test]
 fn refused_creates_back_off_whatever_triggers_the_reconcile() {
     let wp = fixtures::pool("ns", "p", json!({"replicas": 3}));
     let pods = vec![running_pod(&wp, "p-bbbbb")];
