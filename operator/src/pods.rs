@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::crd::{API_VERSION, KIND, WorkPool};
+use crate::observe::signal;
 
 /// Label naming the pool a pod belongs to.
 pub const POOL_LABEL: &str = "workpool.dev/pool";
@@ -321,6 +322,14 @@ pub fn build_pod(wp: &WorkPool, name: &str) -> Result<Pod, PodError> {
         .ok_or(PodError::MissingMetadata("namespace"))?;
     let labels: &mut BTreeMap<String, String> = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(TEMPLATE_HASH_LABEL.into(), hash);
+    // A new pod holds no task: it is created with the idle signals, so that it needs no
+    // annotation patch until it takes one (signals are written only when they change:
+    // one write per pod instead of two). Set after the hash: the signals are the
+    // operator's, and the hash of existing pods stays what it was.
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(signal::SAFE_TO_EVICT.into(), "true".into());
+    annotations.remove(signal::DO_NOT_DISRUPT);
+    annotations.remove(signal::DELETION_COST);
     meta.name = Some(name.to_string());
     meta.namespace = Some(namespace);
     meta.owner_references = Some(vec![OwnerReference {
@@ -495,6 +504,32 @@ mod tests {
         let (m1, s1) = render_template(&wp).expect("render");
         let (m2, s2) = render_template(&wp).expect("render");
         assert_eq!(template_hash(&m1, &s1), template_hash(&m2, &s2));
+    }
+
+    #[test]
+    fn pods_are_created_with_the_idle_signals_whatever_the_template_says() {
+        let wp = pool(json!({
+            "queue": {"redis": {"url": "redis://r:6379"}},
+            "template": {"metadata": {"annotations": {
+                             "x": "y",
+                             signal::SAFE_TO_EVICT: "false",
+                             signal::DO_NOT_DISRUPT: "true",
+                             signal::DELETION_COST: "7"}},
+                         "spec": {"containers": [{"name": "worker", "image": "w"}]}}
+        }));
+        let pod = build_pod(&wp, "thumbs-abcde").expect("pod");
+        let ann = pod.metadata.annotations.clone().expect("annotations");
+        assert_eq!(ann["x"], "y");
+        assert_eq!(ann[signal::SAFE_TO_EVICT], "true");
+        assert!(
+            !ann.contains_key(signal::DO_NOT_DISRUPT) && !ann.contains_key(signal::DELETION_COST)
+        );
+        // The hash is the template's: the same as before the signals were set at create.
+        let (meta, spec) = render_template(&wp).expect("render");
+        assert_eq!(
+            pod.metadata.labels.expect("labels")[TEMPLATE_HASH_LABEL],
+            template_hash(&meta, &spec)
+        );
     }
 
     #[test]

@@ -220,26 +220,36 @@ fn busy_and_idle_signals_are_written_only_when_they_change() {
     let o = world(&wp, &pods, None);
     let held = BTreeMap::from([("p-bbbbb".to_string(), 5u64)]);
     let patches = signal_patches(&o.pods, &held);
+    // p-ccccc is idle as it was created (build_pod sets the idle signals): no write.
     assert_eq!(
         patches,
-        vec![
-            (
-                "p-bbbbb".to_string(),
-                SignalPatch {
-                    safe_to_evict: "false".into(),
-                    do_not_disrupt: Some("true".into()),
-                    deletion_cost: Some("3".into()),
-                }
-            ),
-            (
-                "p-ccccc".to_string(),
-                SignalPatch {
-                    safe_to_evict: "true".into(),
-                    do_not_disrupt: None,
-                    deletion_cost: None,
-                }
-            ),
-        ]
+        vec![(
+            "p-bbbbb".to_string(),
+            SignalPatch {
+                safe_to_evict: "false".into(),
+                do_not_disrupt: Some("true".into()),
+                deletion_cost: Some("3".into()),
+            }
+        )]
+    );
+    // A pod whose signals were changed by someone else is set back.
+    let mut edited = running_pod(&wp, "p-ddddd");
+    edited
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(crate::observe::signal::SAFE_TO_EVICT.into(), "false".into());
+    let o2 = world(&wp, &[edited], None);
+    assert_eq!(
+        signal_patches(&o2.pods, &BTreeMap::new()),
+        vec![(
+            "p-ddddd".to_string(),
+            SignalPatch {
+                safe_to_evict: "true".into(),
+                do_not_disrupt: None,
+                deletion_cost: None,
+            }
+        )]
     );
     // Once applied, nothing more to write; 4..7 tasks stay in the same cost bucket.
     for (p, (_, patch)) in pods.iter_mut().zip(&patches) {
