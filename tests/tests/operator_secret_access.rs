@@ -2,8 +2,9 @@
 //! each with exactly the RBAC it documents, through a ServiceAccount token:
 //!
 //! - `get` (the default, `operator/rbac.yaml`): the operator reads the Secret a pool
-//!   names and reads it again every `--secret-refresh` seconds; a rotated Secret is
-//!   followed then, and the operator never lists or watches Secrets;
+//!   names, and each named Secret's metadata again every `--secret-refresh` seconds; a
+//!   rotated Secret is followed then (its pools reconciled), and the operator never
+//!   lists or watches Secrets;
 //! - `watch` (the same plus `list` and `watch` on Secrets, here a Role in the pool's
 //!   namespace): a rotated Secret is followed at once, long before the refresh.
 #![forbid(unsafe_code)]
@@ -92,6 +93,9 @@ async fn with_get_only_a_rotated_secret_is_followed_at_the_next_refresh() {
         log.contains("RBAC grants no list and watch on secrets"),
         "{log}"
     );
+    // Found by the one read per Secret and period, which reconciles the pool naming it
+    // (the pool itself has no Secret timer).
+    assert!(log.contains("the pool's Redis Secret changed"), "{log}");
     assert!(
         !log.to_lowercase().contains("forbidden"),
         "forbidden requests:\n{log}"
