@@ -544,12 +544,13 @@ pub fn secret_triggers(
 }
 
 /// Without list and watch on Secrets: the Secrets the pools name, each read (its
-/// metadata only) once every `period`, and the pools naming one whose resourceVersion
-/// changed (or that appeared, vanished or became readable or forbidden) triggered as by
-/// [`secret_triggers`]. One read per Secret, however many pools share it, and no
-/// reconcile of a pool whose Secrets did not change (it was a reconcile of every such
-/// pool every `period`: 10,000 pools cost 330 reconciles/s at rest). The first read of
-/// a Secret triggers nothing (the pool's own reconcile read it).
+/// metadata only) once every `period`, and the pools naming one that now reads
+/// otherwise than when their reconcile last read it (another resourceVersion; created,
+/// deleted, made readable or forbidden) triggered as by [`secret_triggers`]. One read
+/// per Secret, however many pools share it, and no reconcile of a pool whose Secrets did
+/// not change (it was a reconcile of every such pool every `period`: 10,000 pools cost
+/// 330 reconciles/s at rest). A Secret no reconcile has read yet triggers nothing: the
+/// pool's first reconcile reads it as it is.
 pub fn secret_polls(
     client: kube::Client,
     pools: Store<WorkPool>,
@@ -560,8 +561,7 @@ pub fn secret_polls(
     const READS_IN_FLIGHT: usize = 8;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (tick, HashMap::<(String, String), String>::new());
-    futures::stream::unfold(state, move |(mut tick, mut seen)| {
+    futures::stream::unfold(tick, move |mut tick| {
         let (client, pools, ctx) = (client.clone(), pools.clone(), ctx.clone());
         async move {
             tick.tick().await;
@@ -575,8 +575,11 @@ pub fn secret_polls(
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            seen.retain(|k, _| named.contains(k));
+            ctx.targets.retain_versions(|k| named.contains(k));
             let reads = futures::stream::iter(named)
+                .filter(|(ns, name)| {
+                    std::future::ready(ctx.targets.version_read(ns, name).is_some())
+                })
                 .map(|(ns, name)| {
                     let client = client.clone();
                     async move {
@@ -584,33 +587,30 @@ pub fn secret_polls(
                             Api::namespaced(client, &ns);
                         let version = match api.get_metadata_opt(&name).await {
                             Ok(Some(s)) => Some(s.metadata.resource_version.unwrap_or_default()),
-                            Ok(None) => Some("absent".to_string()),
+                            Ok(None) => Some(crate::probe::SECRET_ABSENT.to_string()),
                             Err(kube::Error::Api(s)) if s.code == 403 => {
-                                Some("forbidden".to_string())
+                                Some(crate::probe::SECRET_FORBIDDEN.to_string())
                             }
-                            // Not an answer about the Secret: compared next time.
+                            // No answer about the Secret: asked again next period.
                             Err(e) => {
                                 debug!(namespace = %ns, secret = %name, error = %e, "reading a Secret's metadata");
                                 None
                             }
                         };
-                        ((ns, name), version)
+                        (ns, name, version)
                     }
                 })
                 .buffer_unordered(READS_IN_FLIGHT)
                 .collect::<Vec<_>>()
                 .await;
             let mut refs = Vec::new();
-            for ((ns, name), version) in reads {
-                let Some(version) = version else { continue };
-                let changed = seen
-                    .insert((ns.clone(), name.clone()), version.clone())
-                    .is_some_and(|old| old != version);
-                if changed {
+            for (ns, name, version) in reads {
+                let used = ctx.targets.version_read(&ns, &name);
+                if version.is_some() && used.is_some() && version != used {
                     refs.extend(secret_changed(&ctx, &pools, &ns, &name));
                 }
             }
-            Some((futures::stream::iter(refs), (tick, seen)))
+            Some((futures::stream::iter(refs), tick))
         }
     })
     .flatten()

@@ -147,8 +147,17 @@ const MAX_TARGETS: usize = 256;
 pub struct QueueTargets {
     secrets: Mutex<SecretCache>,
     targets: Mutex<HashMap<String, Target>>,
+    /// What the last read of each Secret (namespace, name) found: its resourceVersion,
+    /// or [`SECRET_ABSENT`] / [`SECRET_FORBIDDEN`]. A Secret that reads otherwise now
+    /// has changed under the pools using it (`controller::secret_polls`).
+    versions: Mutex<HashMap<(String, String), String>>,
     ttl: Duration,
 }
+
+/// [`QueueTargets::version_read`] of a Secret that was not found.
+pub const SECRET_ABSENT: &str = "absent";
+/// [`QueueTargets::version_read`] of a Secret the operator may not read.
+pub const SECRET_FORBIDDEN: &str = "forbidden";
 
 impl Default for QueueTargets {
     fn default() -> Self {
@@ -162,7 +171,28 @@ impl QueueTargets {
         QueueTargets {
             secrets: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
             ttl,
+        }
+    }
+
+    /// What the last read of Secret `ns`/`name` found (its resourceVersion, or
+    /// [`SECRET_ABSENT`] / [`SECRET_FORBIDDEN`]); `None` if no reconcile read it.
+    pub fn version_read(&self, ns: &str, name: &str) -> Option<String> {
+        let v = self.versions.lock().ok()?;
+        v.get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    /// Forgets the versions read of Secrets no pool names any more.
+    pub fn retain_versions(&self, named: impl Fn(&(String, String)) -> bool) {
+        if let Ok(mut v) = self.versions.lock() {
+            v.retain(|k, _| named(k));
+        }
+    }
+
+    pub(crate) fn read(&self, ns: &str, name: &str, version: &str) {
+        if let Ok(mut v) = self.versions.lock() {
+            v.insert((ns.to_string(), name.to_string()), version.to_string());
         }
     }
 
@@ -239,11 +269,13 @@ impl QueueTargets {
         let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
+                self.read(&ns, name, SECRET_ABSENT);
                 return Err(ProbeError::Secret(format!(
                     "Secret {name:?} not found in namespace {ns:?}"
                 )));
             }
             Err(kube::Error::Api(s)) if s.code == 403 => {
+                self.read(&ns, name, SECRET_FORBIDDEN);
                 return Err(ProbeError::SecretForbidden {
                     name: name.to_string(),
                     message: s.message,
@@ -253,6 +285,15 @@ impl QueueTargets {
                 return Err(ProbeError::Secret(format!("reading Secret {name:?}: {e}")));
             }
         };
+        self.read(
+            &ns,
+            name,
+            secret
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or_default(),
+        );
         let value = secret
             .data
             .as_ref()

@@ -480,3 +480,88 @@ async fn a_status_written_is_not_undone_by_a_pool_read_from_before_that_write() 
     assert_eq!(condition(&again[0], "Ready")["status"], "True");
     api.nothing_more().await;
 }
+
+/// Without a Secret watch: each Secret a reconcile has read is read again (metadata only)
+/// every period, one read however many pools name it; only a Secret that now reads
+/// otherwise triggers, and only the pools naming it.
+#[tokio::test]
+async fn a_polled_secret_triggers_only_its_pools_and_only_when_it_changed() {
+    let secret_pool = |name: &str, secret: &str| {
+        fixtures::pool(
+            NS,
+            name,
+            json!({"queue": {"redis": {"urlSecretRef": {"name": secret, "key": "url"}}}}),
+        )
+    };
+    let pools = [
+        secret_pool("a", "s"),
+        secret_pool("b", "s"),
+        secret_pool("never-read", "t"),
+        fixtures::pool(NS, "plain", json!({})),
+    ];
+    let (ctx, mut api) = fixtures::context(vec![]);
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for p in &pools {
+        writer.apply_watcher_event(&watcher::Event::InitApply((**p).clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    // A reconcile read Secret "s" at resourceVersion 1; none has read "t" yet.
+    ctx.targets.read(NS, "s", "1");
+    let polls = secret_polls(
+        ctx.client.clone(),
+        store,
+        ctx.clone(),
+        Duration::from_millis(200),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut polls = std::pin::pin!(polls);
+        while let Some(r) = polls.next().await {
+            let _ = tx.send(r.name);
+        }
+    });
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/s");
+    let metadata = |rv: &str| {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": "s", "namespace": NS, "resourceVersion": rv}})
+    };
+    // Unchanged for two periods: one read of "s" each, nothing triggered.
+    for _ in 0..2 {
+        api.expect(Method::GET, &secret_path)
+            .await
+            .answer(200, metadata("1"));
+    }
+    // Rotated: both pools naming it, and no other.
+    api.expect(Method::GET, &secret_path)
+        .await
+        .answer(200, metadata("2"));
+    let mut triggered = Vec::new();
+    for _ in 0..2 {
+        let name = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a trigger within 5 s")
+            .expect("stream alive");
+        triggered.push(name);
+    }
+    triggered.sort();
+    assert_eq!(triggered, ["a", "b"]);
+    assert!(rx.try_recv().is_err(), "only the pools naming the Secret");
+    assert_eq!(
+        ctx.with_memory(&(NS.to_string(), "a".to_string()), |m| m.read_reason),
+        Some("secret"),
+        "the triggered reconcile reads the queue afresh"
+    );
+    // Deleted: the pools are triggered again (their reconcile then says so).
+    ctx.targets.read(NS, "s", "2");
+    api.expect(Method::GET, &secret_path).await.answer(
+        404,
+        status_error(404, "NotFound", "secrets \"s\" not found"),
+    );
+    let name = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a trigger within 5 s")
+        .expect("stream alive");
+    assert!(name == "a" || name == "b");
+    task.abort();
+}
