@@ -119,7 +119,20 @@ class Env:
                                                "command": ["sleep", "100000"]}]}})
         self.k("rollout", "status", "deployment/redis", "--timeout=120s")
         self.k("wait", "--for=condition=Ready", "pod/toolbox", "--timeout=120s")
+        # Ready is not reachable yet: the Service's endpoints reach kube-proxy's rules on
+        # the toolbox's node a moment later, and until then a connection is refused (a
+        # submit failed so once, with the cluster busy).
+        wait("Redis reachable through its Service from the toolbox", 120, self.redis_answers, 1)
         return self
+
+    def redis_answers(self) -> bool:
+        try:
+            self.worker("stats", "--stream", "reachable", "--group", "reachable", "--json")
+            return True
+        except RuntimeError as e:
+            if "cannot connect" in str(e):
+                return False
+            raise
 
     def __exit__(self, *exc):
         # The pools first, while their Redis still runs: their finalizer removes their
