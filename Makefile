@@ -13,8 +13,8 @@ lint:  ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit:  ## cargo test over the workspace (real redis-servers, the real control plane and node)
-	cargo test --workspace --no-fail-fast
+unit:  ## cargo test over the workspace (real redis-servers, the real control plane and node); the Redis-only suites run beside the others
+	scripts/unit-tests.sh
 
 chart-test:  ## Helm chart, dashboards, alerts, images, handler examples; starts the real test cluster (control plane + node) and installs the chart into it (installs helm-python-sdk, kubernetes-validate, pytest, prometheus)
 	scripts/chart-test.sh
