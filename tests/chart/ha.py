@@ -75,6 +75,23 @@ def primary(k, namespace: str, release: str, password: str, timeout: float = 120
     raise TimeoutError(f"no primary named by the sentinels and ready: {last}")
 
 
+def _replication_views(k, namespace: str, release: str, password: str) -> str:
+    """What each Redis pod says of its replication and what each sentinel says of the
+    primary and its replicas: for the message of a failed wait (one pod did not re-attach
+    after a failover once, unexplained)."""
+    out = []
+    for name, p in sorted(_pods(k, namespace, release, "redis").items()):
+        ip = _ready_ip(p)
+        info = _cli(ip, 6379, password, "INFO", "replication") if ip else "not ready"
+        out.append(f"--- {name} ({ip}):\n{info}")
+    for name, p in sorted(_pods(k, namespace, release, "redis-sentinel").items()):
+        ip = _ready_ip(p)
+        view = (_cli(ip, 26379, password, "SENTINEL", "get-master-addr-by-name", "workpool") + "\n"
+                + _cli(ip, 26379, password, "SENTINEL", "replicas", "workpool")) if ip else "not ready"
+        out.append(f"--- {name} ({ip}):\n{view}")
+    return "\n".join(out)
+
+
 def ha_failover(k, rep, namespace: str, release: str) -> None:
     password = _password(k, namespace, release)
     redis_pods = _pods(k, namespace, release, "redis")
@@ -161,7 +178,9 @@ def ha_failover(k, rep, namespace: str, release: str) -> None:
         # The deleted pod is back, as a replica of the new primary.
         deadline = time.monotonic() + 180
         while "connected_slaves:2" not in _cli(new_ip, 6379, password, "INFO", "replication"):
-            assert time.monotonic() < deadline, _cli(new_ip, 6379, password, "INFO", "replication")
+            assert time.monotonic() < deadline, (
+                f"{pod} did not rejoin {new_pod} within 180 s:\n"
+                + _replication_views(k, namespace, release, password))
             time.sleep(1)
         rep.step(f"{pod} rejoined as a replica of {new_pod}")
     finally:
