@@ -108,6 +108,11 @@ pub struct Args {
     /// pools naming it). With `list` and `watch` a change is followed at once.
     #[arg(long, env = "WORKPOOL_SECRET_REFRESH", default_value_t = 30)]
     pub secret_refresh: u64,
+    /// Pools reconciled at once (others wait their turn in the controller's queue, which
+    /// merges repeated triggers of one pool). Bounds the API requests in flight, and so
+    /// the memory and the API server's queue, when many pools change together.
+    #[arg(long, env = "WORKPOOL_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: u16,
 }
 
 fn init_logging(format: LogFormat) {
@@ -479,6 +484,10 @@ pub async fn run(args: Args) -> Result<()> {
         .boxed()
     };
     let ctrl = kube::runtime::Controller::for_stream(pools, pool_store)
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(args.max_concurrent_reconciles.max(1)),
+        )
         .owns_stream(rx.map(Ok))
         .reconcile_on(wakes)
         .reconcile_on(reads)
