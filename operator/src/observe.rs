@@ -16,7 +16,7 @@ use crate::crd::WorkPool;
 use crate::hub::{PoolKey, Registration, Snapshot};
 use crate::planner::{ObservedPod, Phase};
 use crate::podcache::CachedPod;
-use crate::pods::{self, POOL_LABEL, TEMPLATE_HASH_LABEL, WORKER_CONTAINER};
+use crate::pods::{self, WORKER_CONTAINER};
 use crate::probe::ProbeError;
 use workpool_worker::queue::Pool as QueuePool;
 use workpool_worker::target::{Mode, Target};
@@ -194,8 +194,6 @@ pub fn observe_cached(p: &CachedPod, hash: &str, now_ms: u64) -> Option<PodView>
         .deletion_timestamp
         .as_ref()
         .map(|t| ts_ms(t) + STUCK_AFTER.as_millis() as u64);
-    let annotations = p.metadata.annotations.as_ref();
-    let get = |k: &str| annotations.and_then(|a| a.get(k)).cloned();
     Some(PodView {
         pod: ObservedPod {
             name,
@@ -205,12 +203,7 @@ pub fn observe_cached(p: &CachedPod, hash: &str, now_ms: u64) -> Option<PodView>
             terminating: p.metadata.deletion_timestamp.is_some(),
             stuck: stuck_at_ms.is_some_and(|t| now_ms >= t),
             evicted: status.and_then(|s| s.reason.as_deref()) == Some("Evicted"),
-            current: p
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
-                .is_some_and(|h| h == hash),
+            current: p.kept.template_hash.as_deref() == Some(hash),
             created_ms: p
                 .metadata
                 .creation_timestamp
@@ -221,9 +214,9 @@ pub fn observe_cached(p: &CachedPod, hash: &str, now_ms: u64) -> Option<PodView>
         uid: p.metadata.uid.clone(),
         not_starting,
         signals: Signals {
-            safe_to_evict: get(signal::SAFE_TO_EVICT),
-            do_not_disrupt: get(signal::DO_NOT_DISRUPT),
-            deletion_cost: get(signal::DELETION_COST),
+            safe_to_evict: p.kept.safe_to_evict.as_deref().map(str::to_string),
+            do_not_disrupt: p.kept.do_not_disrupt.as_deref().map(str::to_string),
+            deletion_cost: p.kept.deletion_cost.as_deref().map(str::to_string),
         },
         stuck_at_ms,
     })
@@ -237,7 +230,7 @@ pub fn cached_pods(ctx: &Context, wp: &WorkPool) -> Vec<Arc<CachedPod>> {
     let uid = wp.metadata.uid.clone().unwrap_or_default();
     ctx.pod_index.pods_of(&ctx.pods, &ns, &name, |p| {
         p.metadata.namespace.as_deref() == Some(ns.as_str())
-            && p.labels().get(POOL_LABEL) == Some(&name)
+            && p.kept.pool.as_deref() == Some(name.as_str())
             && p.owner_references()
                 .iter()
                 .any(|o| o.uid == uid && o.controller == Some(true))
@@ -337,6 +330,7 @@ pub fn held(snapshot: Option<&Snapshot>) -> Option<BTreeMap<String, u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pods::TEMPLATE_HASH_LABEL;
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {

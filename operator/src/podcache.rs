@@ -28,8 +28,13 @@ use crate::pods::{POOL_LABEL, TEMPLATE_HASH_LABEL};
 /// field names are the Pod's, so it reads from the same JSON).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct CachedPod {
-    /// The pod's metadata (trimmed by [`project`]).
+    /// The pod's metadata (trimmed by [`project`]: no labels or annotations, they are
+    /// in `kept`).
     pub metadata: ObjectMeta,
+    /// The labels and annotations the operator reads, moved out of `metadata` by
+    /// [`project`].
+    #[serde(skip)]
+    pub kept: Kept,
     /// Its containers' names.
     #[serde(default)]
     pub spec: Option<CachedSpec>,
@@ -145,29 +150,52 @@ impl CachedPod {
     }
 }
 
-/// The labels kept of a pod: the pool's and the template hash.
-const KEPT_LABELS: &[&str] = &[POOL_LABEL, TEMPLATE_HASH_LABEL];
-/// The annotations kept of a pod: the busy/idle signals.
-const KEPT_ANNOTATIONS: &[&str] = &[
-    signal::SAFE_TO_EVICT,
-    signal::DO_NOT_DISRUPT,
-    signal::DELETION_COST,
-];
+/// The labels and annotations of a pod that the operator reads. Kept as fields rather
+/// than in `metadata`'s maps: a `BTreeMap` allocates a ~540-byte node for its first entry,
+/// and those two maps were a quarter of the operator's heap at 10,000 pods.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Kept {
+    /// The pool label.
+    pub pool: Option<Box<str>>,
+    /// The template-hash label.
+    pub template_hash: Option<Box<str>>,
+    /// The busy/idle annotations.
+    pub safe_to_evict: Option<Box<str>>,
+    /// ...
+    pub do_not_disrupt: Option<Box<str>>,
+    /// ...
+    pub deletion_cost: Option<Box<str>>,
+}
 
-fn kept(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> Option<BTreeMap<String, String>> {
-    let kept: BTreeMap<String, String> = map?
-        .into_iter()
-        .filter(|(k, _)| keys.contains(&k.as_str()))
-        .collect();
-    (!kept.is_empty()).then_some(kept)
+impl Kept {
+    fn from_maps(
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> Kept {
+        let mut labels = labels.unwrap_or_default();
+        let mut annotations = annotations.unwrap_or_default();
+        let take =
+            |m: &mut BTreeMap<String, String>, k: &str| m.remove(k).map(String::into_boxed_str);
+        Kept {
+            pool: take(&mut labels, POOL_LABEL),
+            template_hash: take(&mut labels, TEMPLATE_HASH_LABEL),
+            safe_to_evict: take(&mut annotations, signal::SAFE_TO_EVICT),
+            do_not_disrupt: take(&mut annotations, signal::DO_NOT_DISRUPT),
+            deletion_cost: take(&mut annotations, signal::DELETION_COST),
+        }
+    }
 }
 
 /// Trims a watched pod's metadata to what the operator reads: name, namespace, uid,
-/// resourceVersion, creation and deletion times, the pool and template-hash labels, the
-/// busy/idle annotations, the WorkPool owner references (no managedFields, no user
-/// labels or annotations); and its conditions to `Ready`.
+/// resourceVersion, creation and deletion times, the WorkPool owner references (no
+/// managedFields, no labels or annotations: the pool and template-hash labels and the
+/// busy/idle annotations go to `kept`); and its conditions to `Ready`. Projecting twice
+/// keeps what the first kept.
 pub fn project(pod: &mut CachedPod) {
     let m = std::mem::take(&mut pod.metadata);
+    if m.labels.is_some() || m.annotations.is_some() {
+        pod.kept = Kept::from_maps(m.labels, m.annotations);
+    }
     pod.metadata = ObjectMeta {
         name: m.name,
         namespace: m.namespace,
@@ -175,8 +203,6 @@ pub fn project(pod: &mut CachedPod) {
         resource_version: m.resource_version,
         creation_timestamp: m.creation_timestamp,
         deletion_timestamp: m.deletion_timestamp,
-        labels: kept(m.labels, KEPT_LABELS),
-        annotations: kept(m.annotations, KEPT_ANNOTATIONS),
         owner_references: m.owner_references.map(|refs| {
             refs.into_iter()
                 .filter(|o| o.kind == KIND && o.api_version == API_VERSION)
@@ -199,10 +225,10 @@ pub fn project(pod: &mut CachedPod) {
 
 /// (namespace, pool) of a pod, from its pool label.
 fn pool_of(p: &CachedPod) -> Option<(String, String)> {
-    let pool = p.metadata.labels.as_ref()?.get(POOL_LABEL)?;
+    let pool = p.kept.pool.as_deref()?;
     Some((
         p.metadata.namespace.clone().unwrap_or_default(),
-        pool.clone(),
+        pool.to_string(),
     ))
 }
 
@@ -530,8 +556,12 @@ mod tests {
         let refs = small.metadata.owner_references.as_ref().expect("refs");
         assert_eq!(refs.len(), 1, "only the WorkPool owner is kept");
         assert_eq!(refs[0].controller, Some(true));
-        let labels = small.metadata.labels.as_ref().expect("labels");
-        assert!(labels.contains_key(POOL_LABEL) && !labels.contains_key("app"));
+        assert_eq!(small.kept.pool.as_deref(), Some("p"));
+        assert_eq!(small.kept.template_hash.as_deref(), Some("h1"));
+        assert!(small.metadata.labels.is_none() && small.metadata.annotations.is_none());
+        let mut again = small.clone();
+        project(&mut again);
+        assert_eq!(again, small, "projecting twice keeps what the first kept");
         assert!(small.metadata.managed_fields.is_none());
         let conditions = small.status.as_ref().and_then(|s| s.conditions.as_ref());
         assert_eq!(conditions.map(Vec::len), Some(1), "only Ready");
@@ -603,9 +633,8 @@ mod tests {
             "the vanished pods, b-1 unchanged"
         );
         // Disabled: the same answers by scanning.
-        let scan = PodIndex::disabled().pods_of(&store, "ns", "b", |p| {
-            p.metadata.labels.as_ref().and_then(|l| l.get(POOL_LABEL)) == Some(&"b".to_string())
-        });
+        let scan = PodIndex::disabled()
+            .pods_of(&store, "ns", "b", |p| p.kept.pool.as_deref() == Some("b"));
         assert_eq!(scan.len(), 1);
     }
 
@@ -744,12 +773,7 @@ mod tests {
                         .iter()
                         .filter(|p| {
                             p.metadata.namespace.as_deref() == Some(ns)
-                                && p.metadata
-                                    .labels
-                                    .as_ref()
-                                    .and_then(|l| l.get(POOL_LABEL))
-                                    .map(String::as_str)
-                                    == Some(pool)
+                                && p.kept.pool.as_deref() == Some(pool)
                         })
                         .map(|p| {
                             (
@@ -928,7 +952,7 @@ mod tests {
             // The watch selects on the pool label: a pod whose label is removed comes as a
             // Delete of the object without the label.
             let mut unlabelled = cached(&h.api[&(ns.clone(), name.clone())]);
-            unlabelled.metadata.labels = None;
+            unlabelled.kept.pool = None;
             h.api.clear();
             h.deliver(watcher::Event::Delete(unlabelled));
             assert!(h.index.is_empty(), "no name left behind");
