@@ -8,6 +8,7 @@ import base64
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,17 @@ def test_rendered_config_runs_in_a_real_redis(key):
 
 STUB_CLI = """#!/bin/sh
 # redis-cli -h HOST -p PORT --raw ...: sentinel i answers $Ai (nothing: unreachable);
-# a Redis pod answers ROLE with $ROLE.
+# a Redis pod answers ROLE with $ROLE; this pod (127.0.0.1) answers INFO replication
+# with $ROLE and $MHOST and writes a REPLICAOF to $CALLS. Every call is logged to $LOG.
+[ -z "${LOG:-}" ] || echo "$2 $*" >> "$LOG"
 case "$2" in
   s-0.*) [ -n "${A0:-}" ] && echo "$A0" || exit 1;;
   s-1.*) [ -n "${A1:-}" ] && echo "$A1" || exit 1;;
   s-2.*) [ -n "${A2:-}" ] && echo "$A2" || exit 1;;
+  127.0.0.1) case " $* " in
+      *" REPLICAOF "*) echo "$*" >> "$CALLS";;
+      *) printf 'role:%s\r\nmaster_host:%s\r\n' "${ROLE:-slave}" "${MHOST:-}";;
+    esac;;
   *) echo "${ROLE:-slave}";;
 esac
 """
@@ -134,3 +141,56 @@ def test_ha_start_scripts_follow_the_majority_of_the_sentinels(shell):
         assert out.index("resolve-hostnames") < out.index("sentinel monitor"), "hostnames resolve before monitor"
         out = run("start-sentinel.sh", POD_NAME="s-1", ROLE="master")
         assert "sentinel monitor workpool r-0.h 6379 2" in out, out
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox sh"])
+def test_ha_follower_attaches_its_pod_to_the_primary_the_sentinels_name(shell):
+    """The follower container (`start-redis.sh follow`), run by a real sh and by busybox's,
+    against redis-cli answering as the sentinels and the pod's Redis would: a pod that is
+    a primary, or replicates another host, while most sentinels name another primary is
+    made that primary's replica (after two looks in a row); a pod that replicates the named
+    primary, a pod the sentinels name, and a pod whose sentinels have no majority (a tie,
+    none answering) are left alone."""
+    if shell.startswith("busybox") and not shutil.which("busybox"):
+        missing("busybox is not installed", "make deps installs busybox-static")
+    data = render(MATRIX["redis-ha"]).one("ConfigMap", "-redis").obj["data"]
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        (root / "bin").mkdir()
+        (root / "bin" / "redis-cli").write_text(STUB_CLI)
+        (root / "bin" / "redis-cli").chmod(0o755)
+        (root / "start-redis.sh").write_text(data["start-redis.sh"])
+        env = {"PATH": f"{root}/bin:/usr/bin:/bin", "HEADLESS": "h", "SENTINEL_NAME": "s",
+               "SENTINEL_HEADLESS": "sh", "SENTINELS": "3", "MASTER_NAME": "workpool",
+               "REDISCLI_AUTH": "pw", "FOLLOW_PERIOD": "0.05", "POD_NAME": "r-2"}
+
+        def follow(case: str, looks: int, **more) -> list[str]:
+            """Runs the follower until it looked `looks` times (or called REPLICAOF);
+            the REPLICAOF calls it made."""
+            log, calls = root / f"{case}.log", root / f"{case}.calls"
+            log.touch()
+            calls.touch()
+            p = subprocess.Popen([*shell.split(), str(root / "start-redis.sh"), "follow"],
+                                 env={**env, **more, "LOG": str(log), "CALLS": str(calls)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                deadline = time.monotonic() + 60
+                # a look asks every sentinel: s-2 is asked last
+                while (log.read_text().count("s-2.sh ") < looks and not calls.read_text()
+                       and p.poll() is None):
+                    assert time.monotonic() < deadline, f"{case}: {log.read_text()}"
+                    time.sleep(0.05)
+            finally:
+                p.kill()
+                out = p.communicate()[0]
+            assert p.returncode is not None and "set: " not in out and "not found" not in out, out
+            return calls.read_text().splitlines()
+
+        named_r1 = {"A0": "r-1.h", "A1": "r-1.h", "A2": "r-0.h"}
+        want = ["-h 127.0.0.1 -p 6379 REPLICAOF r-1.h 6379"]
+        assert follow("chained", 20, **named_r1, ROLE="slave", MHOST="r-0.h") == want
+        assert follow("primary", 20, **named_r1, ROLE="master") == want
+        assert follow("attached", 5, **named_r1, ROLE="slave", MHOST="r-1.h") == []
+        assert follow("named", 5, A0="r-2.h", A1="r-2.h", A2="r-1.h", ROLE="master") == []
+        assert follow("no-majority", 5, A0="r-0.h", A1="r-1.h", ROLE="master") == []
+        assert follow("unreachable", 5, ROLE="master") == []

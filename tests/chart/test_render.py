@@ -350,11 +350,15 @@ def test_bundled_redis_ha():
     sentinel = docs.one("StatefulSet", "-redis-sentinel").obj
     assert redis["spec"]["replicas"] == 3 and sentinel["spec"]["replicas"] == 3
     assert redis["spec"]["podManagementPolicy"] == "Parallel"
-    (c,) = redis["spec"]["template"]["spec"]["containers"]
+    (c, follower) = redis["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["sh", "/etc/redis/start-redis.sh"]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]["key"] == "redis-password", "the password by reference"
-    assert all(password not in json.dumps(e) for e in c["env"])
+    # beside each Redis pod, the follower keeps it attached to the sentinels' primary
+    assert follower["command"] == ["sh", "/etc/redis/start-redis.sh", "follow"]
+    assert {e["name"]: e.get("value") for e in follower["env"]}["FOLLOW_PERIOD"] == "10"
+    for container in (c, follower):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]["key"] == "redis-password", "the password by reference"
+        assert all(password not in json.dumps(e) for e in container["env"])
     (sc,) = sentinel["spec"]["template"]["spec"]["containers"]
     assert sc["command"] == ["sh", "/etc/redis/start-sentinel.sh"]
     assert {"SENTINELS", "QUORUM", "MASTER_NAME", "DOWN_AFTER"} <= {e["name"] for e in sc["env"]}
