@@ -61,11 +61,20 @@ impl Health {
 
 async fn metrics(
     State(h): State<Health>,
-) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+) -> (
+    StatusCode,
+    [(&'static str, &'static str); 1],
+    axum::body::Body,
+) {
+    // Streamed one metric at a time (see `Metrics::render_families`).
+    let families = h
+        .metrics
+        .render_families()
+        .map(Ok::<_, std::convert::Infallible>);
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        h.metrics.render(),
+        axum::body::Body::from_stream(futures::stream::iter(families)),
     )
 }
 
@@ -104,4 +113,39 @@ pub async fn serve(addr: SocketAddr, h: Health) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn metrics_are_streamed_as_rendered() {
+        let m = Metrics::new().expect("metrics");
+        for i in 0..300 {
+            let pool = format!("pool-{i}");
+            m.desired.with_label_values(&["ns", &pool]).set(i);
+            m.probes.with_label_values(&["ns", &pool, "poll"]).inc();
+        }
+        m.leader.set(1);
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), Health::new(m.clone()))
+            .await
+            .expect("serve");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // HTTP/1.0: the streamed body ends with the connection (no chunked encoding).
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        assert_eq!(body, m.render());
+        assert!(
+            body.contains("workpool_desired_replicas{namespace=\"ns\",workpool=\"pool-299\"} 299")
+        );
+        assert!(body.contains("workpool_leader 1"));
+    }
 }
