@@ -96,6 +96,21 @@ esac
 """
 
 
+def ha_scripts(shell: str) -> dict:
+    """The scripts of redis.ha's ConfigMap, for `shell` (missing busybox: skipped, in CI
+    a failure)."""
+    if shell.startswith("busybox") and not shutil.which("busybox"):
+        missing("busybox is not installed", "make deps installs busybox-static")
+    return render(MATRIX["redis-ha"]).one("ConfigMap", "-redis").obj["data"]
+
+
+def stub_cli(root: Path) -> None:
+    """STUB_CLI as `redis-cli` in root/bin."""
+    (root / "bin").mkdir()
+    (root / "bin" / "redis-cli").write_text(STUB_CLI)
+    (root / "bin" / "redis-cli").chmod(0o755)
+
+
 @pytest.mark.parametrize("shell", ["sh", "busybox sh"])
 def test_ha_start_scripts_follow_the_majority_of_the_sentinels(shell):
     """The scripts the Redis pods and sentinels of redis.ha start with, run by a real
@@ -104,17 +119,13 @@ def test_ha_start_scripts_follow_the_majority_of_the_sentinels(shell):
     that missed the last failover does not outvote them), is the primary when they name
     it, and on a fresh install pod 0 is the primary; a sentinel monitors what the others
     name, else the pod that says it is the primary, else pod 0."""
-    if shell.startswith("busybox") and not shutil.which("busybox"):
-        missing("busybox is not installed", "make deps installs busybox-static")
-    data = render(MATRIX["redis-ha"]).one("ConfigMap", "-redis").obj["data"]
+    data = ha_scripts(shell)
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        (root / "bin").mkdir()
-        (root / "bin" / "redis-cli").write_text(STUB_CLI)
+        stub_cli(root)
         # redis-server prints the config it was given, instead of serving it
         (root / "bin" / "redis-server").write_text('#!/bin/sh\necho "config $1 $2"; cat "$1"\n')
-        for f in ("redis-cli", "redis-server"):
-            (root / "bin" / f).chmod(0o755)
+        (root / "bin" / "redis-server").chmod(0o755)
         (root / "redis.conf").write_text("port 6379\n")
         redis_sh = (data["start-redis.sh"].replace("/etc/redis/redis.conf", str(root / "redis.conf"))
                     .replace("/tmp/redis.conf", str(root / "run.conf")))
@@ -151,14 +162,10 @@ def test_ha_follower_attaches_its_pod_to_the_primary_the_sentinels_name(shell):
     made that primary's replica (after two looks in a row); a pod that replicates the named
     primary, a pod the sentinels name, and a pod whose sentinels have no majority (a tie,
     none answering) are left alone."""
-    if shell.startswith("busybox") and not shutil.which("busybox"):
-        missing("busybox is not installed", "make deps installs busybox-static")
-    data = render(MATRIX["redis-ha"]).one("ConfigMap", "-redis").obj["data"]
+    data = ha_scripts(shell)
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        (root / "bin").mkdir()
-        (root / "bin" / "redis-cli").write_text(STUB_CLI)
-        (root / "bin" / "redis-cli").chmod(0o755)
+        stub_cli(root)
         (root / "start-redis.sh").write_text(data["start-redis.sh"])
         env = {"PATH": f"{root}/bin:/usr/bin:/bin", "HEADLESS": "h", "SENTINEL_NAME": "s",
                "SENTINEL_HEADLESS": "sh", "SENTINELS": "3", "MASTER_NAME": "workpool",

@@ -25,25 +25,21 @@ pub trait Value: Copy + Default + Display + Send + 'static {
     fn plus(self, by: Self) -> Self;
 }
 
-impl Value for i64 {
-    const KIND: &'static str = "gauge";
-    fn plus_one(self) -> Self {
-        self.saturating_add(1)
-    }
-    fn plus(self, by: Self) -> Self {
-        self.saturating_add(by)
-    }
+macro_rules! value {
+    ($t:ty, $kind:literal) => {
+        impl Value for $t {
+            const KIND: &'static str = $kind;
+            fn plus_one(self) -> Self {
+                self.saturating_add(1)
+            }
+            fn plus(self, by: Self) -> Self {
+                self.saturating_add(by)
+            }
+        }
+    };
 }
-
-impl Value for u64 {
-    const KIND: &'static str = "counter";
-    fn plus_one(self) -> Self {
-        self.saturating_add(1)
-    }
-    fn plus(self, by: Self) -> Self {
-        self.saturating_add(by)
-    }
-}
+value!(i64, "gauge");
+value!(u64, "counter");
 
 struct Inner<V> {
     name: &'static str,
