@@ -4,14 +4,12 @@
 use prometheus::{Encoder, Histogram, HistogramOpts, IntGauge, Registry, TextEncoder};
 
 mod lean;
-pub use lean::LeanVec;
+pub use lean::{Family, LeanVec};
 
 /// A gauge with labels (one series per pool, or per pool and partition).
 pub type IntGaugeVec = LeanVec<i64>;
 /// A counter with labels.
 pub type IntCounterVec = LeanVec<u64>;
-
-use crate::planner::ReplacementReason;
 
 /// Reasons of `workpool_reconcile_errors_total` (see [`crate::Error::metric_label`]).
 pub const RECONCILE_ERROR_REASONS: &[&str] = &[
@@ -38,36 +36,6 @@ pub const PROBE_ERROR_REASONS: &[&str] = &[
     "tls",
     "invalid_spec",
 ];
-
-/// Directions of `workpool_scale_events_total`.
-pub const DIRECTIONS: &[&str] = &["up", "down"];
-
-/// Triggers of `workpool_queue_probes_total`: the poll interval, a wake from zero, a
-/// write to the queue (drains, consumer removal: read back at once), or a change of the
-/// pool's Redis Secret.
-pub const PROBE_TRIGGERS: &[&str] = &["poll", "wake", "write", "secret"];
-
-/// Reasons of `workpool_scale_decisions_total`: the autoscaler's reasons
-/// ([`crate::autoscale::ScalingReason::as_str`]) and `Spec` for a change of
-/// `spec.replicas` without autoscaling.
-pub const SCALE_REASONS: &[&str] = &[
-    "DesiredWithinRange",
-    "WithinTolerance",
-    "MaxReplicas",
-    "MinReplicas",
-    "StabilizationWindow",
-    "RatePolicy",
-    "ScalingDisabled",
-    "Fallback",
-    "QueueUnreadable",
-    "Activation",
-    "ScaleToZeroDelay",
-    "ScaledToZero",
-    "Spec",
-];
-
-/// Reasons of `workpool_wake_errors_total`.
-pub const WAKE_ERROR_REASONS: &[&str] = &["unreachable", "redis", "protocol"];
 
 /// All operator metrics, registered in one registry.
 #[derive(Clone)]
@@ -130,23 +98,10 @@ pub struct Metrics {
     pub signal_updates: IntCounterVec,
 }
 
-/// Outcomes of `workpool_drains_total`: a pod told to stop taking tasks (`started`), the
-/// drain taken back by a scale-up (`cancelled`), the pod deleted holding nothing
-/// (`completed`) or after `drain.maxSeconds` while still holding tasks (`timed_out`).
-pub const DRAIN_OUTCOMES: &[&str] = &["started", "cancelled", "completed", "timed_out"];
-
 const POOL: &[&str] = &["namespace", "workpool"];
 
 fn gauge(name: &'static str, help: &'static str) -> IntGaugeVec {
     LeanVec::new(name, help, POOL)
-}
-
-fn counter(
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-) -> IntCounterVec {
-    LeanVec::new(name, help, labels)
 }
 
 impl Metrics {
@@ -186,31 +141,31 @@ impl Metrics {
                 PARTITION,
             ),
             partitions_seen: Default::default(),
-            probes: counter(
+            probes: LeanVec::new(
                 "workpool_queue_probes_total",
                 "Reads of the pool's queue statistics, by what triggered them",
                 &["namespace", "workpool", "trigger"],
             ),
-            wakes: counter(
+            wakes: LeanVec::new(
                 "workpool_wakes_total",
                 "New tasks noticed for the pool while it was at zero, each \
                  triggering a reconcile at once",
                 POOL,
             ),
-            deletion_cost_updates: counter(
+            deletion_cost_updates: LeanVec::new(
                 "workpool_pod_deletion_cost_updates_total",
                 "Writes of controller.kubernetes.io/pod-deletion-cost on the pool's pods \
                  (with the busy/idle annotations)",
                 POOL,
             ),
-            scale_decisions: counter(
+            scale_decisions: LeanVec::new(
                 "workpool_scale_decisions_total",
                 "Changes of the pool's desired replicas, by direction and by what decided \
                  or limited the new count",
                 &["namespace", "workpool", "direction", "reason"],
             ),
             wake_watched_pools,
-            wake_errors: counter(
+            wake_errors: LeanVec::new(
                 "workpool_wake_errors_total",
                 "Failed connections or reads of the wake-from-zero watcher, by reason",
                 &["reason"],
@@ -219,12 +174,12 @@ impl Metrics {
                 "workpool_draining_replicas",
                 "Pods told to stop taking tasks that finish what they hold before they are deleted",
             ),
-            drains: counter(
+            drains: LeanVec::new(
                 "workpool_drains_total",
                 "Drains of the pool's pods, by outcome (started, cancelled, completed, timed_out)",
                 &["namespace", "workpool", "outcome"],
             ),
-            signal_updates: counter(
+            signal_updates: LeanVec::new(
                 "workpool_pod_signal_updates_total",
                 "Writes of the busy/idle annotations (safe-to-evict, do-not-disrupt, \
                  pod-deletion-cost) on the pool's pods, by the state written",
@@ -257,22 +212,22 @@ impl Metrics {
                 "workpool_queue_up",
                 "1 when the last queue probe succeeded, else 0",
             ),
-            scale_events: counter(
+            scale_events: LeanVec::new(
                 "workpool_scale_events_total",
                 "Changes of the pool's size to follow a new desired count, by direction",
                 &["namespace", "workpool", "direction"],
             ),
-            replacements: counter(
+            replacements: LeanVec::new(
                 "workpool_pod_replacements_total",
                 "Pods replaced because they failed, succeeded, were evicted or deleted",
                 &["namespace", "workpool", "reason"],
             ),
-            reconcile_errors: counter(
+            reconcile_errors: LeanVec::new(
                 "workpool_reconcile_errors_total",
                 "Reconciles that failed, by reason",
                 &["namespace", "workpool", "reason"],
             ),
-            probe_errors: counter(
+            probe_errors: LeanVec::new(
                 "workpool_queue_probe_errors_total",
                 "Queue probes that failed, by reason",
                 &["namespace", "workpool", "reason"],
@@ -283,36 +238,33 @@ impl Metrics {
         })
     }
 
-    fn gauges(&self) -> [&IntGaugeVec; 12] {
+    /// Every labelled metric (the registry holds the others); each a handle on the
+    /// same series.
+    fn families(&self) -> [Box<dyn Family>; 23] {
         [
-            &self.desired,
-            &self.replicas,
-            &self.ready,
-            &self.busy,
-            &self.backlog,
-            &self.pending,
-            &self.dead_letters,
-            &self.oldest_pending,
-            &self.queue_up,
-            &self.draining,
-            &self.partition_backlog,
-            &self.partition_pending,
-        ]
-    }
-
-    fn counters(&self) -> [&IntCounterVec; 11] {
-        [
-            &self.scale_events,
-            &self.replacements,
-            &self.reconcile_errors,
-            &self.probe_errors,
-            &self.probes,
-            &self.scale_decisions,
-            &self.wakes,
-            &self.wake_errors,
-            &self.deletion_cost_updates,
-            &self.drains,
-            &self.signal_updates,
+            Box::new(self.desired.clone()),
+            Box::new(self.replicas.clone()),
+            Box::new(self.ready.clone()),
+            Box::new(self.busy.clone()),
+            Box::new(self.backlog.clone()),
+            Box::new(self.pending.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.oldest_pending.clone()),
+            Box::new(self.queue_up.clone()),
+            Box::new(self.draining.clone()),
+            Box::new(self.partition_backlog.clone()),
+            Box::new(self.partition_pending.clone()),
+            Box::new(self.scale_events.clone()),
+            Box::new(self.replacements.clone()),
+            Box::new(self.reconcile_errors.clone()),
+            Box::new(self.probe_errors.clone()),
+            Box::new(self.probes.clone()),
+            Box::new(self.scale_decisions.clone()),
+            Box::new(self.wakes.clone()),
+            Box::new(self.wake_errors.clone()),
+            Box::new(self.deletion_cost_updates.clone()),
+            Box::new(self.drains.clone()),
+            Box::new(self.signal_updates.clone()),
         ]
     }
 
@@ -326,35 +278,27 @@ impl Metrics {
     /// for: `/metrics` streams it, so a scrape holds one metric's text at a time instead
     /// of the whole (12 MB at 10,000 pools).
     pub fn render_families(&self) -> impl Iterator<Item = String> + Send + 'static {
-        enum Family {
-            Gauges(IntGaugeVec),
-            Counters(IntCounterVec),
+        enum Rendered {
+            Lean(Box<dyn Family>),
             Registered(prometheus::proto::MetricFamily),
         }
-        let mut families: Vec<(String, Family)> = Vec::new();
-        families.extend(
-            self.gauges()
-                .into_iter()
-                .map(|g| (g.name().to_string(), Family::Gauges(g.clone()))),
-        );
-        families.extend(
-            self.counters()
-                .into_iter()
-                .map(|c| (c.name().to_string(), Family::Counters(c.clone()))),
-        );
+        let mut families: Vec<(String, Rendered)> = self
+            .families()
+            .into_iter()
+            .map(|f| (f.name().to_string(), Rendered::Lean(f)))
+            .collect();
         families.extend(
             self.registry
                 .gather()
                 .into_iter()
-                .map(|f| (f.name().to_string(), Family::Registered(f))),
+                .map(|f| (f.name().to_string(), Rendered::Registered(f))),
         );
         families.sort_by(|a, b| a.0.cmp(&b.0));
         families.into_iter().map(|(_, family)| {
             let mut out = String::new();
             match family {
-                Family::Gauges(g) => g.render_into(&mut out),
-                Family::Counters(c) => c.render_into(&mut out),
-                Family::Registered(f) => {
+                Rendered::Lean(f) => f.render_into(&mut out),
+                Rendered::Registered(f) => {
                     let mut buf = Vec::new();
                     match TextEncoder::new().encode(&[f], &mut buf) {
                         Ok(()) => out.push_str(&String::from_utf8_lossy(&buf)),
@@ -402,54 +346,15 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of a deleted pool.
+    /// Removes every series of a deleted pool, whatever its other labels.
     pub fn remove_pool(&self, namespace: &str, name: &str) {
-        let seen = self
-            .partitions_seen
-            .lock()
-            .map(|mut m| m.remove(&(namespace.to_string(), name.to_string())))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        self.remove_partitions(namespace, name, 0..seen);
-        let l = [namespace, name];
-        // The partition gauges (three labels) went above.
-        for g in &self.gauges()[..10] {
-            let _ = g.remove_label_values(&l);
+        if let Ok(mut seen) = self.partitions_seen.lock() {
+            seen.remove(&(namespace.to_string(), name.to_string()));
         }
-        for d in DIRECTIONS {
-            let _ = self.scale_events.remove_label_values(&[namespace, name, d]);
-            for r in SCALE_REASONS {
-                let _ = self
-                    .scale_decisions
-                    .remove_label_values(&[namespace, name, d, r]);
+        for f in self.families() {
+            if f.label_names().starts_with(POOL) {
+                f.remove_leading(&[namespace, name]);
             }
-        }
-        for t in PROBE_TRIGGERS {
-            let _ = self.probes.remove_label_values(&[namespace, name, t]);
-        }
-        let _ = self.wakes.remove_label_values(&l);
-        let _ = self.deletion_cost_updates.remove_label_values(&l);
-        for o in DRAIN_OUTCOMES {
-            let _ = self.drains.remove_label_values(&[namespace, name, o]);
-        }
-        for st in ["busy", "idle"] {
-            let _ = self
-                .signal_updates
-                .remove_label_values(&[namespace, name, st]);
-        }
-        for r in ReplacementReason::ALL {
-            let _ = self
-                .replacements
-                .remove_label_values(&[namespace, name, r.as_str()]);
-        }
-        for r in RECONCILE_ERROR_REASONS {
-            let _ = self
-                .reconcile_errors
-                .remove_label_values(&[namespace, name, r]);
-        }
-        for r in PROBE_ERROR_REASONS {
-            let _ = self.probe_errors.remove_label_values(&[namespace, name, r]);
         }
     }
 }

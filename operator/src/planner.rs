@@ -106,14 +106,6 @@ pub enum ReplacementReason {
 }
 
 impl ReplacementReason {
-    /// All reasons (metric label values).
-    pub const ALL: [ReplacementReason; 4] = [
-        ReplacementReason::Failed,
-        ReplacementReason::Succeeded,
-        ReplacementReason::Evicted,
-        ReplacementReason::Deleted,
-    ];
-
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {

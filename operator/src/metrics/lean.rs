@@ -56,6 +56,19 @@ pub struct LeanVec<V: Value> {
     inner: Arc<Inner<V>>,
 }
 
+/// A [`LeanVec`] of either value type, as rendering and pool removal see it.
+pub trait Family: Send + Sync {
+    /// The metric's name.
+    fn name(&self) -> &'static str;
+    /// Its label names, in the order `with_label_values` takes the values.
+    fn label_names(&self) -> &'static [&'static str];
+    /// Appends the metric in the text format (nothing when it has no series).
+    fn render_into(&self, out: &mut String);
+    /// Removes every series whose first label values are `leading` (a pool's series:
+    /// namespace and name, whatever the other labels); how many.
+    fn remove_leading(&self, leading: &[&str]) -> usize;
+}
+
 /// One series of a [`LeanVec`], as `with_label_values` returns it.
 pub struct Series<'a, V: Value> {
     vec: &'a LeanVec<V>,
@@ -121,14 +134,42 @@ impl<V: Value> LeanVec<V> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// The metric's name.
-    pub fn name(&self) -> &'static str {
+impl<V: Value> Family for LeanVec<V> {
+    fn name(&self) -> &'static str {
         self.inner.name
     }
 
-    /// Appends the metric in the text format (nothing when it has no series).
-    pub fn render_into(&self, out: &mut String) {
+    fn label_names(&self) -> &'static [&'static str] {
+        self.inner.labels
+    }
+
+    fn remove_leading(&self, leading: &[&str]) -> usize {
+        // SEP sorts before every other character, so the series that start with these
+        // values are the key itself and the keys right after it that continue with SEP
+        // ("ns\0a", "ns\0a\0x" come before "ns\0ab").
+        let prefix = Self::key(leading);
+        let mut series = self.lock();
+        let gone: Vec<Box<str>> = series
+            .range::<str, _>((
+                std::ops::Bound::Included(&*prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(|k| {
+                k.strip_prefix(&*prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(SEP))
+            })
+            .cloned()
+            .collect();
+        for k in &gone {
+            series.remove(k);
+        }
+        gone.len()
+    }
+
+    fn render_into(&self, out: &mut String) {
         let series = self.lock();
         if series.is_empty() {
             return;
@@ -254,6 +295,30 @@ mod tests {
         let mut empty = String::new();
         g.render_into(&mut empty);
         assert_eq!(empty, "", "a metric without series is left out");
+    }
+
+    #[test]
+    fn a_pools_series_go_whatever_their_other_labels_and_no_other_pools() {
+        let c: LeanVec<u64> = LeanVec::new("x_total", "h", &["namespace", "workpool", "reason"]);
+        for (ns, pool) in [
+            ("ns", "a"),
+            ("ns", "ab"),
+            ("ns", "a-b"),
+            ("ns2", "a"),
+            ("n", "s"),
+        ] {
+            c.with_label_values(&[ns, pool, "api"]).inc();
+            c.with_label_values(&[ns, pool, "auth"]).inc();
+        }
+        assert_eq!(c.remove_leading(&["ns", "a"]), 2);
+        assert_eq!(c.remove_leading(&["ns", "a"]), 0);
+        assert_eq!(c.len(), 8, "ns/ab, ns/a-b, ns2/a and n/s stay");
+        assert_eq!(c.with_label_values(&["ns", "ab", "api"]).get(), 1);
+        let g: LeanVec<i64> = LeanVec::new("x", "h", &["namespace", "workpool"]);
+        g.with_label_values(&["ns", "a"]).set(1);
+        g.with_label_values(&["ns", "ab"]).set(1);
+        assert_eq!(g.remove_leading(&["ns", "a"]), 1);
+        assert_eq!(g.len(), 1);
     }
 
     #[test]
