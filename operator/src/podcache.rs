@@ -159,11 +159,11 @@ pub struct Kept {
     pub pool: Option<Box<str>>,
     /// The template-hash label.
     pub template_hash: Option<Box<str>>,
-    /// The busy/idle annotations.
+    /// `cluster-autoscaler.kubernetes.io/safe-to-evict` (busy/idle signal).
     pub safe_to_evict: Option<Box<str>>,
-    /// ...
+    /// Karpenter's `karpenter.sh/do-not-disrupt` (busy/idle signal).
     pub do_not_disrupt: Option<Box<str>>,
-    /// ...
+    /// `controller.kubernetes.io/pod-deletion-cost` (busy/idle signal).
     pub deletion_cost: Option<Box<str>>,
 }
 
