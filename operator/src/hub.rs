@@ -578,6 +578,8 @@ impl QueueHub {
             }
         };
         let t = self.inner.timeout;
+        // Collected first: a lazy `map` over `due` inside the stream made the spawned
+        // reader's future fail the compiler's `Send` check (a higher-ranked lifetime).
         let reads: Vec<_> = due
             .into_iter()
             .map(|d: Due| {
