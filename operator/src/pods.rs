@@ -254,7 +254,7 @@ pub fn render_template(wp: &WorkPool) -> Result<(ObjectMeta, PodSpec), PodError>
         .name
         .clone()
         .ok_or(PodError::MissingMetadata("name"))?;
-    let tpl: PodTemplateSpec = serde_json::from_value(wp.spec.template.clone())
+    let tpl: PodTemplateSpec = serde_json::from_value(wp.spec.template.value())
         .map_err(|e| PodError::InvalidTemplate(e.to_string()))?;
     let mut spec = tpl.spec.clone().unwrap_or_default();
     if spec.containers.is_empty() {

@@ -27,6 +27,19 @@ use crate::podcache::{CachedPod, PodFeed, PodIndex, RelistDiff, project};
 use crate::pods::POOL_LABEL;
 use crate::wake::Wake;
 
+/// The annotation where `kubectl apply` keeps the whole object it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the pool cache drops of each pool: never read, and each as large as the spec (the
+/// managedFields, and the copy of the whole pool that `kubectl apply` keeps in an
+/// annotation). The operator never writes a pool back whole, so nothing is lost.
+fn trim_pool(wp: &mut WorkPool) {
+    wp.metadata.managed_fields = None;
+    if let Some(a) = wp.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
 /// Log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -428,8 +441,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut relist = RelistDiff::<WorkPool>::default();
     let pools = watcher(pools_api, watcher::Config::default().any_semantic())
         .default_backoff()
-        // Never read; a pool's managedFields are as large as its spec.
-        .modify(|wp| wp.metadata.managed_fields = None)
+        .modify(trim_pool)
         .map_ok(move |event| {
             relist.before(&event, &listed);
             pool_writer.apply_watcher_event(&event);
@@ -526,4 +538,34 @@ pub async fn run(args: Args) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_cache_drops_managed_fields_and_the_last_applied_copy_only() {
+        let mut wp: WorkPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": crate::crd::API_VERSION, "kind": crate::crd::KIND,
+            "metadata": {
+                "name": "p", "namespace": "n",
+                "annotations": {LAST_APPLIED: "{\"spec\":{}}", "team": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"queue": {"redis": {"url": "redis://r:6379"}},
+                     "template": {"spec": {"containers": [{"name": "worker", "image": "w"}]}}},
+        }))
+        .expect("a WorkPool");
+        let spec = wp.spec.clone();
+        trim_pool(&mut wp);
+        assert!(wp.metadata.managed_fields.is_none());
+        let annotations = wp.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+        assert_eq!(wp.spec, spec);
+        // Without annotations: nothing to do, and no empty map made up.
+        wp.metadata.annotations = None;
+        trim_pool(&mut wp);
+        assert!(wp.metadata.annotations.is_none());
+    }
 }
