@@ -398,12 +398,13 @@ impl QueueHub {
         Some((due, next))
     }
 
-    /// Stores a read; triggers the pool's reconcile when it changed what the operator
-    /// acts on.
+    /// Stores a read and its metrics; triggers the pool's reconcile when it changed what
+    /// the operator acts on.
     fn store(
         &self,
         key: &PoolKey,
         queue: &QueuePool,
+        reason: &str,
         result: Result<QueueStats, ProbeError>,
         taken_ms: u64,
     ) {
@@ -415,6 +416,11 @@ impl QueueHub {
             if &p.reg.queue != queue {
                 return; // re-registered meanwhile: this read is of the old queue
             }
+            // Under the lock, and only for a pool still registered: forgetting a pool
+            // unregisters it, then removes its series, so a read that was in flight
+            // meanwhile cannot bring them back (it either wrote before the removal or
+            // finds the pool gone).
+            self.record(key, reason, &result);
             let seq = p.snapshot.as_ref().map_or(1, |s| s.seq + 1);
             let new = Snapshot {
                 result,
@@ -497,9 +503,7 @@ impl QueueHub {
                 Ok(r) => r,
                 Err(e) => {
                     for (key, queue, _, reason) in &due {
-                        let r = Err(e.clone());
-                        self.record(key, reason, &r);
-                        self.store(key, queue, r, taken_ms);
+                        self.store(key, queue, reason, Err(e.clone()), taken_ms);
                     }
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(200 * (1u64 << failures.min(7)))
@@ -546,8 +550,7 @@ impl QueueHub {
             let mut any_broken = false;
             for ((key, queue, _, reason), r) in results {
                 any_broken |= broken(&r);
-                self.record(&key, reason, &r);
-                self.store(&key, &queue, r, taken_ms);
+                self.store(&key, &queue, reason, r, taken_ms);
             }
             if any_broken {
                 // Reconnect next time (Redis restarted, a failover: Sentinel names the new
@@ -659,6 +662,74 @@ async fn run_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hub that starts no reader but keeps metrics, as the operator's does.
+    fn hub_with_metrics(metrics: &Metrics) -> QueueHub {
+        let (trigger, _) = mpsc::unbounded();
+        QueueHub {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                trigger,
+                metrics: Some(metrics.clone()),
+                timeout: Duration::from_secs(1),
+                detached: true,
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    fn series_of(metrics: &Metrics, pool: &str) -> Vec<String> {
+        let label = format!("workpool=\"{pool}\"");
+        metrics
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Reads in flight when a pool is forgotten finish after it: they must not bring back
+    /// the series forgetting removed (finding 10 saw exactly that once in CI: a deleted
+    /// pool's queue gauges and `probes_total 1` exported a minute later).
+    #[tokio::test]
+    async fn a_read_that_finishes_after_its_pool_is_forgotten_leaves_no_series() {
+        let metrics = Metrics::new().expect("metrics");
+        let hub = hub_with_metrics(&metrics);
+        let queue = QueuePool::new("s", "g");
+        let reg = Registration {
+            target: Target::new("redis://r.invalid", &Default::default()).expect("target"),
+            queue: queue.clone(),
+            poll: Duration::from_secs(5),
+        };
+        let stats = QueueStats {
+            backlog: 3,
+            ..Default::default()
+        };
+        let (gone, kept) = (
+            ("ns".to_string(), "gone".to_string()),
+            ("ns".to_string(), "kept".to_string()),
+        );
+        for key in [&gone, &kept] {
+            hub.register(key, reg.clone(), "poll");
+            hub.store(key, &queue, "poll", Ok(stats.clone()), 1);
+        }
+        assert!(!series_of(&metrics, "gone").is_empty());
+        // Forgetting, in the controller's order: unregister, then remove the series.
+        hub.unregister(&gone);
+        metrics.remove_pool("ns", "gone");
+        // The reads of both that were in flight come back.
+        for r in [Ok(stats.clone()), Err(ProbeError::Unreachable("x".into()))] {
+            hub.store(&gone, &queue, "poll", r.clone(), 2);
+            hub.store(&kept, &queue, "poll", r, 2);
+        }
+        assert_eq!(series_of(&metrics, "gone"), Vec::<String>::new());
+        assert!(hub.snapshot(&gone).is_none());
+        let kept_series = series_of(&metrics, "kept").join("\n");
+        assert!(
+            kept_series.contains("workpool_queue_up{namespace=\"ns\",workpool=\"kept\"} 0"),
+            "{kept_series}"
+        );
+    }
 
     #[test]
     fn pools_read_at_different_times_fall_due_on_the_same_tick() {
