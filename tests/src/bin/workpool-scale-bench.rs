@@ -913,8 +913,15 @@ fn why_reconcile_p99(r: &Results) -> String {
         w("pool patch (finalizer)"),
         w("pool status apply"),
     );
-    // Slow start: batches of 1, 2, 4, ... pods, each batch after the last one.
-    let batches = (u32::BITS - r.pods_per_pool.max(1).leading_zeros()) as f64;
+    // Slow start: batches of 1, 2, 4, ... pods (at most the operator's
+    // CREATE_BATCH_MAX), each batch after the last one.
+    let (mut left, mut batch, mut batches) = (r.pods_per_pool.max(1), 1u32, 0.0);
+    while left > 0 {
+        left = left.saturating_sub(batch);
+        // The operator's `act::CREATE_BATCH_MAX` (this crate does not link the operator).
+        batch = (batch * 2).min(16);
+        batches += 1.0;
+    }
     let serial = patch.mean_ms.unwrap_or(0.0)
         + batches * create.mean_ms.unwrap_or(0.0)
         + status.mean_ms.unwrap_or(0.0);
